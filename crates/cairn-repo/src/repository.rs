@@ -1,0 +1,230 @@
+//! Opening a repository folder and reading its chains.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_format::crypto::{KdfParams, Keys};
+use cairn_format::index::{BlockRef, PointIndex};
+use cairn_format::record::{RECORD_HEADER_LEN, RecordDecoder};
+
+use crate::chain::{ChainMeta, Location, PointMeta};
+use crate::config::{Config, Encryption};
+use crate::error::{RepoError, Result, fmt, io};
+use crate::fsutil;
+
+/// Name of the config file at the repository root.
+pub const CONFIG_FILE: &str = "config";
+/// Folder holding one sub-folder per chain.
+pub const CHAINS_DIR: &str = "chains";
+/// Name of the metadata file in a chain folder.
+pub const CHAIN_META: &str = "chain.meta";
+/// Name of the lock file in a chain folder.
+pub const LOCK_FILE: &str = "lock";
+
+/// An open repository: its folder, config and unlocked keys.
+pub struct Repository {
+    root: PathBuf,
+    config: Config,
+    keys: Arc<Keys>,
+}
+
+impl Repository {
+    /// Creates a repository in `root` (absent or an empty folder).
+    pub fn init(root: &Path, encryption: Encryption, password: Option<&[u8]>, kdf: Option<KdfParams>) -> Result<Self> {
+        if root.exists() {
+            let mut entries = std::fs::read_dir(root).map_err(io(root, "read directory"))?;
+            if entries.next().is_some() {
+                return Err(RepoError::AlreadyExists { path: root.to_path_buf() });
+            }
+        }
+        let (config, keys) = Config::generate(encryption, password, kdf)?;
+        let chains = root.join(CHAINS_DIR);
+        std::fs::create_dir_all(&chains).map_err(io(&chains, "create directory"))?;
+        fsutil::sync_parent(&chains)?;
+        // The config is written last: a folder without it is not a repository yet.
+        fsutil::write_atomic(&root.join(CONFIG_FILE), &config.encode()?)?;
+        Ok(Repository { root: root.to_path_buf(), config, keys: Arc::new(keys) })
+    }
+
+    /// Opens the repository in `root`, unlocking it with `password` if encrypted.
+    pub fn open(root: &Path, password: Option<&[u8]>) -> Result<Self> {
+        let path = root.join(CONFIG_FILE);
+        if !path.exists() {
+            return Err(RepoError::NotARepository { path: root.to_path_buf() });
+        }
+        let config = Config::decode(&fsutil::read(&path)?, &path)?;
+        let keys = config.keys(password, &path)?;
+        Ok(Repository { root: root.to_path_buf(), config, keys: Arc::new(keys) })
+    }
+
+    /// The repository folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The unlocked keys.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    /// The chain id of a VM: derived from its name with the repository's hash
+    /// key, so folder names reveal nothing in encrypted repositories.
+    pub fn chain_id(&self, vm: &str) -> String {
+        let h = blake3::keyed_hash(self.keys.hash_key(), format!("vm\0{vm}").as_bytes());
+        hex::encode(&h.as_bytes()[..16])
+    }
+
+    /// The folder of a VM's chain.
+    pub fn chain_dir(&self, vm: &str) -> PathBuf {
+        self.root.join(CHAINS_DIR).join(self.chain_id(vm))
+    }
+
+    /// Every chain folder in the repository.
+    pub fn chain_dirs(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join(CHAINS_DIR);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io(&dir, "read directory"))? {
+            let e = e.map_err(io(&dir, "read directory"))?;
+            if e.path().join(CHAIN_META).exists() {
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads the metadata of the chain in `dir`.
+    pub fn read_meta(&self, dir: &Path) -> Result<ChainMeta> {
+        let path = dir.join(CHAIN_META);
+        ChainMeta::decode(&fsutil::read(&path)?, &self.keys, &path)
+    }
+
+    /// The metadata of every chain (VM) in the repository, by VM name.
+    pub fn list(&self) -> Result<Vec<ChainMeta>> {
+        let mut out = Vec::new();
+        for dir in self.chain_dirs()? {
+            let _lock = fsutil::lock(&dir.join(LOCK_FILE), false)?;
+            out.push(self.read_meta(&dir)?);
+        }
+        out.sort_by(|a, b| a.vm.cmp(&b.vm));
+        Ok(out)
+    }
+
+    /// Opens a VM's chain for reading (shared lock held while the reader lives).
+    pub fn chain(&self, vm: &str) -> Result<ChainReader> {
+        let dir = self.chain_dir(vm);
+        if !dir.join(CHAIN_META).exists() {
+            return Err(RepoError::NoSuchVm { vm: vm.to_string() });
+        }
+        ChainReader::open(self, &dir)
+    }
+
+    /// Opens the chain in `dir` for reading.
+    pub fn chain_at(&self, dir: &Path) -> Result<ChainReader> {
+        ChainReader::open(self, dir)
+    }
+}
+
+/// A chain opened for reading: metadata, open data files, a shared lock.
+pub struct ChainReader {
+    dir: PathBuf,
+    meta: ChainMeta,
+    keys: Arc<Keys>,
+    files: HashMap<u32, (PathBuf, File)>,
+    _lock: Option<fsutil::Lock>,
+}
+
+impl ChainReader {
+    fn open(repo: &Repository, dir: &Path) -> Result<Self> {
+        let lock = fsutil::lock(&dir.join(LOCK_FILE), false)?;
+        let meta = repo.read_meta(dir)?;
+        let mut reader = Self::open_unlocked(repo, dir, meta)?;
+        reader._lock = Some(lock);
+        Ok(reader)
+    }
+
+    /// Opens a chain whose lock the caller already holds.
+    pub(crate) fn open_unlocked(repo: &Repository, dir: &Path, meta: ChainMeta) -> Result<Self> {
+        let mut files = HashMap::new();
+        for f in &meta.files {
+            let path = dir.join(&f.name);
+            let file = File::open(&path).map_err(io(&path, "open data file"))?;
+            files.insert(f.no, (path, file));
+        }
+        Ok(ChainReader { dir: dir.to_path_buf(), meta, keys: repo.keys.clone(), files, _lock: None })
+    }
+
+    /// The chain's metadata.
+    pub fn meta(&self) -> &ChainMeta {
+        &self.meta
+    }
+
+    /// The chain folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The repository keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Selects a point by id, id prefix or `latest`.
+    pub fn point(&self, sel: &str) -> Result<&PointMeta> {
+        self.meta.find_point(sel).ok_or_else(|| RepoError::NoSuchPoint { vm: self.meta.vm.clone(), point: sel.to_string() })
+    }
+
+    /// Reads and checks a point's index.
+    pub fn index(&self, point: &PointMeta) -> Result<PointIndex> {
+        let path = self.dir.join(&point.index);
+        PointIndex::decode(&fsutil::read(&path)?, &self.keys).map_err(fmt(&path))
+    }
+
+    /// Where `r`'s record is, or a damage error naming the chain.
+    pub fn locate(&self, r: &BlockRef) -> Result<Location> {
+        self.meta.locate(r).ok_or_else(|| RepoError::Damaged {
+            path: self.dir.join(CHAIN_META),
+            reason: format!("block {} refers to unknown data file {}", r.block, r.file),
+        })
+    }
+
+    /// Reads the raw bytes of `r`'s record (header and payload) into `buf`.
+    pub fn read_record(&self, r: &BlockRef, buf: &mut Vec<u8>) -> Result<()> {
+        let loc = self.locate(r)?;
+        let (path, file) = self.files.get(&loc.file).ok_or_else(|| RepoError::Damaged {
+            path: self.dir.join(CHAIN_META),
+            reason: format!("data file {} is not open", loc.file),
+        })?;
+        buf.resize(RECORD_HEADER_LEN + r.stored_len as usize, 0);
+        fsutil::read_exact_at(file, path, buf, loc.offset)
+    }
+
+    /// Reads, checks and decodes `r`'s block into `out`.
+    pub fn read_block(&self, decoder: &mut RecordDecoder, r: &BlockRef, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<()> {
+        self.read_record(r, scratch)?;
+        let h = decoder.decode(&self.keys, scratch, Some(&r.hash), out).map_err(|e| {
+            let loc = self.meta.locate(r);
+            let path = loc.and_then(|l| self.files.get(&l.file)).map(|(p, _)| p.clone()).unwrap_or_else(|| self.dir.clone());
+            RepoError::Format { path, source: e }
+        })?;
+        if h.stored_len != r.stored_len {
+            return Err(RepoError::Damaged {
+                path: self.dir.clone(),
+                reason: format!("block {}: record length {} differs from the index's {}", r.block, h.stored_len, r.stored_len),
+            });
+        }
+        Ok(())
+    }
+
+    /// The open data file with physical number `no`.
+    pub fn data_file(&self, no: u32) -> Option<(&Path, &File)> {
+        self.files.get(&no).map(|(p, f)| (p.as_path(), f))
+    }
+}
