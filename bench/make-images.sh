@@ -17,7 +17,7 @@ TARGET_BYTES=${TARGET_BYTES:-1500000000}   # ~1.5 GB of file data in the image
 IMG_SIZE=4G
 BIG_SIZE=64G
 SEED=${IMAGE_SEED:-20240601}
-STAMP="v3 target=$TARGET_BYTES size=$IMG_SIZE big=$BIG_SIZE seed=$SEED"
+STAMP="v5 target=$TARGET_BYTES size=$IMG_SIZE big=$BIG_SIZE seed=$SEED"
 
 export PATH=$PATH:/usr/sbin:/sbin
 need() { # need CMD PKG: install the Debian package if the command is missing
@@ -37,7 +37,7 @@ if [[ -f $OUT/stamp && $(cat "$OUT/stamp") == "$STAMP" \
     echo "images cached in $OUT ($STAMP)"
     exit 0
 fi
-rm -f "$OUT/stamp" "$OUT/day1.raw" "$OUT/day2.raw" "$OUT/big.raw"
+rm -f "$OUT/stamp" "$OUT/day1.tmp" "$OUT/day1.raw" "$OUT/day2.raw" "$OUT/big.raw"
 
 # --- staging tree: hardlinks (cheap) when on the same filesystem as /usr ---
 STAGING=$OUT/staging
@@ -47,32 +47,28 @@ copy_tree() { # copy_tree SRC DESTDIR
     cp -al "$1" "$2" 2>/dev/null || { rm -rf "$2/$(basename "$1")"; cp -a "$1" "$2"; }
 }
 total=0
-# Candidate trees in order; stop once the target amount of data is reached.
-for src in /usr/share /usr/lib/x86_64-linux-gnu /usr/lib/gcc /usr/lib/jvm \
-           /usr/lib/python3 /usr/lib/python3.11 /usr/lib; do
-    (( total >= TARGET_BYTES )) && break
+# Candidate trees in order, copied one top-level entry at a time so the total
+# stops close to the target (the exact mix depends on the machine's packages).
+for src in /usr/share /usr/lib/x86_64-linux-gnu /usr/lib/gcc /usr/lib/jvm /usr/lib; do
     [[ -d $src ]] || continue
-    if [[ $src == /usr/lib ]]; then   # last resort: the rest of /usr/lib
-        for d in /usr/lib/*; do
-            (( total >= TARGET_BYTES )) && break
-            [[ -e $STAGING$d ]] && continue
-            copy_tree "$d" "$STAGING/usr/lib"
-            total=$(du -sb --apparent-size "$STAGING" | cut -f1)
-        done
-        continue
-    fi
-    mkdir -p "$STAGING$(dirname "$src")"
-    copy_tree "$src" "$STAGING$(dirname "$src")"
-    total=$(du -sb --apparent-size "$STAGING" | cut -f1)
+    mkdir -p "$STAGING$src"
+    for item in "$src"/*; do
+        (( total >= TARGET_BYTES )) && break 2
+        [[ -e $STAGING$item ]] && continue          # already staged (e.g. /usr/lib/gcc)
+        [[ -L $item || -f $item || -d $item ]] || continue
+        copy_tree "$item" "$STAGING$src"
+        total=$(( total + $(du -sb --apparent-size "$item" | cut -f1) ))
+    done
     echo "staged $src -> total $((total / 1000000)) MB"
 done
-
 # --- day1: fresh ext4 populated from the staging tree ---
 # Fixed UUID, hash seed and time make the image reproducible for a given tree.
 echo "mkfs.ext4 -d (this takes a minute)"
 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F \
     -U 6c1f5e2a-8d3b-4c7e-9a10-0123456789ab -E hash_seed=0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0 \
-    -d "$STAGING" "$OUT/day1.raw" "$IMG_SIZE"
+    -d "$STAGING" "$OUT/day1.tmp" "$IMG_SIZE"
+cp --sparse=always "$OUT/day1.tmp" "$OUT/day1.raw"   # zeroed blocks become holes, as in a thin disk
+rm -f "$OUT/day1.tmp"
 
 # --- day2: copy, then change ~2.5% of the data with debugfs ---
 cp --sparse=always "$OUT/day1.raw" "$OUT/day2.raw"
@@ -91,7 +87,7 @@ for root, dirs, names in os.walk(staging):
         p = os.path.join(root, n)
         if os.path.isfile(p) and not os.path.islink(p):
             sz = os.path.getsize(p)
-            if sz >= 64 * 1024:
+            if 64 * 1024 <= sz <= 8 << 20:   # skip huge files: keep changes spread
                 files.append((p[len(staging):], sz))
 rng.shuffle(files)
 budget_rewrite = target * 12 // 1000   # ~1.2% rewritten in place (same path, new data)
@@ -143,7 +139,8 @@ E2FSPROGS_FAKE_TIME=1700086400 debugfs -w -f "$CHG/debugfs.cmds" "$OUT/day2.raw"
 if grep -qiE 'error|not found|could not' "$CHG/debugfs.log"; then
     echo "debugfs reported problems:" >&2; grep -iE 'error|not found|could not' "$CHG/debugfs.log" | head >&2; exit 1
 fi
-e2fsck -fn "$OUT/day2.raw" >/dev/null   # the day-2 filesystem must be consistent
+# the day-2 filesystem must be consistent
+e2fsck -fn "$OUT/day2.raw" >"$CHG/fsck.log" 2>&1 || { cat "$CHG/fsck.log" >&2; exit 1; }
 
 # --- big: same content in a 64 GiB sparse disk ---
 cp --sparse=always "$OUT/day1.raw" "$OUT/big.raw"

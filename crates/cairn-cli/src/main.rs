@@ -1,3 +1,32 @@
-fn main() {
-    println!("Hello, world!");
+//! `cairn`: image-level backup of virtual machine disks.
+//!
+//! Works directly on a repository folder, the way restic or borg users work:
+//! `cairn repo init`, `cairn backup`, `cairn points`, `cairn restore`,
+//! `cairn verify`, `cairn retain`. Every command prints a human summary and
+//! takes `--json` for scripts.
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.global.verbose { "info" } else { "warn" })),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

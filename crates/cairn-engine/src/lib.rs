@@ -1,14 +1,41 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! cairn's data path: backup (`source read → zero filter → hash/dedup →
+//! compress → encrypt → write`) and restore, with stages running
+//! concurrently on all cores, bounded memory, and per-stage busy time.
+//!
+//! ```no_run
+//! use cairn_engine::{backup, BackupOptions, DiskInput};
+//! use cairn_disk::raw::RawFile;
+//! use cairn_repo::{BackupPlan, Method, FullKind, Repository};
+//! let repo = Repository::open("/backups".as_ref(), None).unwrap();
+//! let plan = BackupPlan { vm: "web01".into(), block_size: 1 << 20, method: Method::ForeverForward,
+//!     full_every: None, full_kind: FullKind::Synthetic, force_full: false };
+//! let disk = DiskInput { source: Box::new(RawFile::open("disk0.raw".as_ref()).unwrap()), changed: None };
+//! let result = backup(&repo, &plan, vec![disk], &BackupOptions::default(), &|_| {}).unwrap();
+//! println!("point {} bottleneck {}", result.point.id, result.point.stats.bottleneck);
+//! ```
+
+mod backup;
+mod restore;
+mod stages;
+
+pub use backup::{BackupOptions, BackupResult, DiskInput, backup};
+pub use restore::{RestoreStats, restore};
+pub use stages::Progress;
+
+/// Errors of the data path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Reading a source disk failed.
+    #[error(transparent)]
+    Disk(#[from] cairn_disk::DiskError),
+    /// A repository operation failed.
+    #[error(transparent)]
+    Repo(#[from] cairn_repo::RepoError),
+    /// Encoding a block failed.
+    #[error("encoding a block: {0}")]
+    Format(#[from] cairn_format::FormatError),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+/// Result alias for this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! `cairn restore`.
+
+use std::process::ExitCode;
+
+use crate::args::{Global, RestoreArgs};
+use crate::output::{self, bytes};
+
+pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let repo = super::open_repo(g, &a.repo)?;
+    let bar = output::progress_bar(!g.json && !g.quiet, "restore");
+    let result = cairn_engine::restore(&repo, &a.vm, &a.point, a.disk, &a.to, &|p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+    });
+    bar.finish_and_clear();
+    let stats = result?;
+    if g.json {
+        output::json(&stats)?;
+    } else {
+        println!(
+            "restored disk {} of {} point {} to {}: {} virtual, {} written in {:.2} s",
+            stats.disk,
+            stats.vm,
+            stats.point,
+            a.to.display(),
+            bytes(stats.virtual_size),
+            bytes(stats.written_bytes),
+            stats.duration_secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

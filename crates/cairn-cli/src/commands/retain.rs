@@ -1,0 +1,39 @@
+//! `cairn retain`.
+
+use std::process::ExitCode;
+
+use cairn_repo::retention::{self, RetainReport};
+
+use crate::args::{Global, RetainArgs};
+use crate::output::{self, bytes};
+
+pub fn run(g: &Global, a: &RetainArgs) -> anyhow::Result<ExitCode> {
+    let repo = super::open_repo(g, &a.repo)?;
+    let vms: Vec<String> = match &a.vm {
+        Some(vm) => vec![vm.clone()],
+        None => repo.list()?.into_iter().map(|c| c.vm).collect(),
+    };
+    let mut reports: Vec<RetainReport> = Vec::new();
+    for vm in &vms {
+        reports.push(retention::retain(&repo, vm, a.keep)?);
+    }
+    if g.json {
+        output::json(&reports)?;
+    } else {
+        for r in &reports {
+            println!(
+                "VM {}: kept {} points, removed {}, merged into full {}, {} files deleted, {} reclaimed",
+                r.vm,
+                r.kept,
+                r.removed.len(),
+                r.merged_into_full.len(),
+                r.files_deleted,
+                bytes(r.reclaimed_bytes)
+            );
+            if let Some(n) = &r.note {
+                println!("  note: {n}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,280 @@
+//! Backup: one restore point of a VM from its disks.
+//!
+//! Threads per disk: one reader (source stage), N workers (proxy stage: zero
+//! check, keyed hash, comparison with the previous point, dedup lookup,
+//! compression, encryption), and the calling thread as writer (target stage).
+//! Queues between them are bounded, so memory is about
+//! `(2 × workers + 2) × block size` whatever the disk size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cairn_disk::extent::{self, Extent};
+use cairn_disk::raw::is_zero;
+use cairn_disk::DiskSource;
+use cairn_format::codec::{Compression, Compressor};
+use cairn_format::crypto::Keys;
+use cairn_format::index::{BlockRef, DiskMap};
+use cairn_format::record::RecordEncoder;
+use cairn_repo::chain::{DiskMeta, PointStats};
+use cairn_repo::{BackupPlan, BackupSession, PointMeta, Repository, SessionKind};
+use crossbeam_channel::bounded;
+
+use crate::stages::{Busy, Progress, bottleneck};
+use crate::Result;
+
+/// Tuning of the data path.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Block compression.
+    pub compression: Compression,
+    /// Worker threads for the proxy stage (default: all cores).
+    pub threads: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            compression: Compression::DEFAULT,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// One disk to back up, with the extents that changed since the previous
+/// restore point when the source tracks them (CBT).
+pub struct DiskInput {
+    /// The disk.
+    pub source: Box<dyn DiskSource>,
+    /// Changed extents since the previous point; `None` reads all allocated data.
+    pub changed: Option<Vec<Extent>>,
+}
+
+/// What a backup produced.
+#[derive(Clone, Debug)]
+pub struct BackupResult {
+    /// The new restore point.
+    pub point: PointMeta,
+    /// What kind of session wrote it.
+    pub kind: SessionKind,
+}
+
+/// What a worker made of one block.
+enum Outcome {
+    Zero,
+    Unchanged(BlockRef),
+    Duplicate(BlockRef),
+    Stored { record: Vec<u8>, stored_len: u32, hash: [u8; 32], raw_len: u32 },
+}
+
+#[derive(Default)]
+struct Counters {
+    read_bytes: AtomicU64,
+    read_blocks: AtomicU64,
+}
+
+/// Backs up `disks` as one new restore point of `plan.vm`.
+pub fn backup(
+    repo: &Repository,
+    plan: &BackupPlan,
+    disks: Vec<DiskInput>,
+    opts: &BackupOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    let mut session = BackupSession::begin(repo, plan)?;
+    let kind = session.kind();
+    let bs = u64::from(session.block_size());
+    let previous = session.previous().cloned();
+    let dedup: Arc<HashMap<[u8; 32], BlockRef>> = Arc::new(
+        previous
+            .iter()
+            .flat_map(|p| p.disks.iter().flat_map(|d| d.blocks.iter()))
+            .map(|r| (r.hash, *r))
+            .collect(),
+    );
+
+    // Decide what to read on every disk first, so progress knows the total.
+    let mut plans = Vec::new();
+    for (no, input) in disks.into_iter().enumerate() {
+        let prev_map = previous.as_ref().and_then(|p| p.disk(no as u32).cloned()).map(Arc::new);
+        let to_read = match (&input.changed, &prev_map) {
+            // With CBT, read only changed blocks; unchanged ones come from the previous point.
+            (Some(changed), Some(_)) => extent::normalize(changed.clone()),
+            _ => input.source.allocation()?,
+        };
+        let blocks: Vec<u64> = extent::touched_blocks(&to_read, bs).collect();
+        plans.push((no as u32, input, prev_map, blocks));
+    }
+    let total_bytes: u64 = plans.iter().map(|p| p.3.len() as u64 * bs).sum();
+    let done = AtomicU64::new(0);
+
+    let counters = Counters::default();
+    let (source_busy, proxy_busy, target_busy) = (Busy::default(), Busy::default(), Busy::default());
+    let mut stats = PointStats::default();
+    let mut maps = Vec::new();
+    for (no, input, prev_map, blocks) in plans {
+        let disk = DiskWork { source: input.source.as_ref(), prev: prev_map.clone(), blocks, bs };
+        let mut refs = run_disk(
+            &mut session,
+            &disk,
+            repo.keys(),
+            &dedup,
+            opts,
+            (&source_busy, &proxy_busy, &target_busy),
+            &counters,
+            &mut stats,
+            &|n| progress(Progress { done_bytes: done.fetch_add(n, Ordering::Relaxed) + n, total_bytes }),
+        )?;
+        let size = input.source.virtual_size();
+        if input.changed.is_some() {
+            if let Some(prev) = &prev_map {
+                // Blocks outside the changed extents are as they were.
+                let read: std::collections::HashSet<u64> = disk.blocks.iter().copied().collect();
+                let count = size.div_ceil(bs);
+                for r in prev.blocks.iter().filter(|r| !read.contains(&r.block) && r.block < count) {
+                    refs.push(target_busy.time(|| session.reuse(r.block, r))?);
+                    stats.unchanged_blocks += 1;
+                }
+            }
+        }
+        refs.sort_unstable_by_key(|r| r.block);
+        let map = DiskMap { disk: no, virtual_size: size, block_size: session.block_size(), blocks: refs };
+        let meta = DiskMeta { disk: no, source: input.source.describe(), virtual_size: size, blocks: map.blocks.len() as u64 };
+        maps.push((map, meta));
+    }
+
+    let wall = started.elapsed();
+    stats.read_bytes = counters.read_bytes.load(Ordering::Relaxed);
+    stats.read_blocks = counters.read_blocks.load(Ordering::Relaxed);
+    stats.duration_secs = wall.as_secs_f64();
+    stats.busy = vec![
+        ("source".to_string(), source_busy.percent(wall, 1)),
+        ("proxy".to_string(), proxy_busy.percent(wall, opts.threads)),
+        ("network".to_string(), 0.0),
+        ("target".to_string(), target_busy.percent(wall, 1)),
+    ];
+    stats.bottleneck = bottleneck(&stats.busy);
+    let point = target_busy.time(|| session.commit(maps, stats))?;
+    Ok(BackupResult { point, kind })
+}
+
+struct DiskWork<'a> {
+    source: &'a dyn DiskSource,
+    prev: Option<Arc<DiskMap>>,
+    blocks: Vec<u64>,
+    bs: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_disk(
+    session: &mut BackupSession,
+    disk: &DiskWork<'_>,
+    keys: &Arc<Keys>,
+    dedup: &Arc<HashMap<[u8; 32], BlockRef>>,
+    opts: &BackupOptions,
+    (source_busy, proxy_busy, target_busy): (&Busy, &Busy, &Busy),
+    counters: &Counters,
+    stats: &mut PointStats,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<BlockRef>> {
+    let threads = opts.threads.max(1);
+    let size = disk.source.virtual_size();
+    let (read_tx, read_rx) = bounded::<(u64, Vec<u8>)>(threads * 2);
+    let (out_tx, out_rx) = bounded::<Result<(u64, Outcome)>>(threads * 2);
+    let mut refs = Vec::with_capacity(disk.blocks.len());
+    let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
+
+    std::thread::scope(|s| -> Result<()> {
+        // Source stage.
+        let reader_out = out_tx.clone();
+        s.spawn(move || {
+            for &block in &disk.blocks {
+                let offset = block * disk.bs;
+                let len = (size - offset).min(disk.bs) as usize;
+                let mut buf = vec![0u8; len];
+                if let Err(e) = source_busy.time(|| disk.source.read_at(&mut buf, offset)) {
+                    let _ = reader_out.send(Err(e.into()));
+                    return;
+                }
+                counters.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                counters.read_blocks.fetch_add(1, Ordering::Relaxed);
+                if read_tx.send((block, buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        // Proxy stage.
+        for _ in 0..threads {
+            let (rx, tx) = (read_rx.clone(), out_tx.clone());
+            let (keys, dedup, prev) = (keys.clone(), dedup.clone(), disk.prev.clone());
+            s.spawn(move || {
+                let mut encoder = match Compressor::new(opts.compression) {
+                    Ok(c) => RecordEncoder::new(c),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                for (block, buf) in rx {
+                    let outcome = proxy_busy.time(|| -> Result<Outcome> {
+                        if is_zero(&buf) {
+                            return Ok(Outcome::Zero);
+                        }
+                        let hash = keys.hash(&buf);
+                        if let Some(r) = prev.as_ref().and_then(|p| p.get(block)).filter(|r| r.hash == hash) {
+                            return Ok(Outcome::Unchanged(*r));
+                        }
+                        if let Some(r) = dedup.get(&hash) {
+                            return Ok(Outcome::Duplicate(*r));
+                        }
+                        let mut record = Vec::new();
+                        encoder.encode(&keys, &buf, hash, &mut record)?;
+                        let stored_len = cairn_format::record::RecordHeader::decode(&record)?.stored_len;
+                        Ok(Outcome::Stored { record, stored_len, hash, raw_len: buf.len() as u32 })
+                    });
+                    if tx.send(outcome.map(|o| (block, o))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        drop(read_rx);
+
+        // Target stage, on this thread.
+        for msg in &out_rx {
+            let (block, outcome) = msg?;
+            let len = (size - block * disk.bs).min(disk.bs);
+            match outcome {
+                Outcome::Zero => stats.zero_blocks += 1,
+                Outcome::Unchanged(r) => {
+                    refs.push(target_busy.time(|| session.reuse(block, &r))?);
+                    stats.unchanged_blocks += 1;
+                }
+                Outcome::Duplicate(r) => {
+                    refs.push(target_busy.time(|| session.reuse(block, &r))?);
+                    stats.dedup_blocks += 1;
+                }
+                Outcome::Stored { record, stored_len, hash, raw_len } => {
+                    if let Some(r) = written.get(&hash) {
+                        refs.push(BlockRef { block, ..*r });
+                        stats.dedup_blocks += 1;
+                    } else {
+                        let r = target_busy.time(|| session.append(block, &record, stored_len, hash))?;
+                        written.insert(hash, r);
+                        refs.push(r);
+                        stats.new_blocks += 1;
+                        stats.new_bytes += u64::from(raw_len);
+                        stats.stored_bytes += record.len() as u64;
+                    }
+                }
+            }
+            progress(len);
+        }
+        Ok(())
+    })?;
+    Ok(refs)
+}
