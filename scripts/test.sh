@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, then runs it.
+# Needs root (or sudo) for apt and for the tests that mount a tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+# Real tools the tests drive: qemu-img (compare), mkfs.ext4/debugfs/e2fsck
+# (real file systems in test images), zstd (fuzz seeds), util-linux (mount).
+need_apt=()
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v debugfs >/dev/null || need_apt+=(e2fsprogs)
+command -v mount >/dev/null || need_apt+=(mount)
+command -v cc >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo test --workspace --locked "$@"
+
+# Fuzz smoke run of every parser target (nightly + cargo-fuzz), unless disabled.
+if [ "${CAIRN_FUZZ_SECONDS:-20}" != 0 ] && [ -x scripts/fuzz-smoke.sh ]; then
+    bash scripts/fuzz-smoke.sh "${CAIRN_FUZZ_SECONDS:-20}"
+fi
