@@ -182,12 +182,15 @@ fn run_disk(
 ) -> Result<Vec<BlockRef>> {
     let threads = opts.threads.max(1);
     let size = disk.source.virtual_size();
-    let (read_tx, read_rx) = bounded::<(u64, Vec<u8>)>(threads * 2);
-    let (out_tx, out_rx) = bounded::<Result<(u64, Outcome)>>(threads * 2);
     let mut refs = Vec::with_capacity(disk.blocks.len());
     let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
 
     std::thread::scope(|s| -> Result<()> {
+        // The channels live inside the scope: when the writer stops early on an
+        // error, dropping them unblocks and ends the other stages before the
+        // scope joins them.
+        let (read_tx, read_rx) = bounded::<(u64, Vec<u8>)>(threads * 2);
+        let (out_tx, out_rx) = bounded::<Result<(u64, Outcome)>>(threads * 2);
         // Source stage.
         let reader_out = out_tx.clone();
         s.spawn(move || {
