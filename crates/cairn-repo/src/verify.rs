@@ -113,7 +113,13 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
 
     let mut work: Vec<(Location, BlockRef)> = unique.into_iter().filter(|(l, _)| !bad_files.contains(&l.file)).collect();
     work.sort_by_key(|(l, _)| *l);
-    let bad_records = check_records(&reader, &work, progress);
+    let bad_records = match check_records(&reader, &work, progress) {
+        Ok(b) => b,
+        Err(e) => {
+            health.problems.push(format!("cannot check records: {e}"));
+            return health;
+        }
+    };
     health.records_checked = work.len() as u64;
     health.bytes_checked = work.iter().map(|(_, r)| u64::from(r.stored_len)).sum();
 
@@ -196,14 +202,15 @@ fn check_files(repo: &Repository, reader: &ChainReader, meta: &ChainMeta, proble
 }
 
 /// Reads and decodes every record on all cores; returns the damaged ones with causes.
-fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: &(dyn Fn(u64) + Sync)) -> HashMap<Location, String> {
+fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: &(dyn Fn(u64) + Sync)) -> Result<HashMap<Location, String>> {
     let bad = Mutex::new(HashMap::new());
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let decoders: Vec<RecordDecoder> = (0..threads).map(|_| RecordDecoder::new()).collect::<Result<_, _>>().map_err(|e| crate::RepoError::Format { path: reader.dir().to_path_buf(), source: e })?;
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let Ok(mut decoder) = RecordDecoder::new() else { return };
+        for mut decoder in decoders {
+            let (bad, next) = (&bad, &next);
+            s.spawn(move || {
                 let (mut scratch, mut out) = (Vec::new(), Vec::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -218,5 +225,5 @@ fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: 
             });
         }
     });
-    bad.into_inner().unwrap_or_default()
+    Ok(bad.into_inner().unwrap_or_default())
 }
