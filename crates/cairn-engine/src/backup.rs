@@ -102,7 +102,11 @@ pub fn backup(
         let prev_map = previous.as_ref().and_then(|p| p.disk(no as u32).cloned()).map(Arc::new);
         let to_read = match (&input.changed, &prev_map) {
             // With CBT, read only changed blocks; unchanged ones come from the previous point.
-            (Some(changed), Some(_)) => extent::normalize(changed.clone()),
+            (Some(changed), Some(prev)) => {
+                let mut read = changed.clone();
+                read.extend(resized_tail(prev.virtual_size, input.source.virtual_size(), bs));
+                extent::normalize(read)
+            }
             _ => input.source.allocation()?,
         };
         let blocks: Vec<u64> = extent::touched_blocks(&to_read, bs).collect();
@@ -159,6 +163,23 @@ pub fn backup(
     stats.bottleneck = bottleneck(&stats.busy);
     let point = target_busy.time(|| session.commit(maps, stats))?;
     Ok(BackupResult { point, kind })
+}
+
+/// The blocks a size change alters although no byte in them was written: a
+/// short last block, at the old or the new end, whose length is now
+/// different. With CBT they must be read again; reusing the previous
+/// point's record would give the block its old length.
+fn resized_tail(old_size: u64, new_size: u64, bs: u64) -> Vec<Extent> {
+    if old_size == new_size {
+        return Vec::new();
+    }
+    [old_size, new_size]
+        .into_iter()
+        .filter(|end| end % bs != 0)
+        .map(|end| end / bs * bs)
+        .filter(|&start| start < new_size)
+        .map(|start| Extent { offset: start, length: (new_size - start).min(bs) })
+        .collect()
 }
 
 struct DiskWork<'a> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, FlockOperation};
 
-use crate::error::{Result, io};
+use crate::error::{RepoError, Result, io};
 
 /// Suffix of files being written; leftovers with it are removed on the next write.
 pub const TMP_SUFFIX: &str = ".tmp";
@@ -62,7 +62,18 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads exactly `buf.len()` bytes at `offset`, failing on a short file.
 pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    file.read_exact_at(buf, offset).map_err(io(path, "read"))
+    file.read_exact_at(buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            // Say what is missing rather than "failed to fill whole buffer".
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            RepoError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!("file is truncated: {} bytes at offset {offset} lie past its end ({len} bytes)", buf.len()),
+            }
+        } else {
+            io(path, "read")(e)
+        }
+    })
 }
 
 /// An advisory lock (flock) held until dropped.

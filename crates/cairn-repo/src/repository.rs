@@ -106,14 +106,20 @@ impl Repository {
         ChainMeta::decode(&fsutil::read(&path)?, &self.keys, &path)
     }
 
-    /// The metadata of every chain (VM) in the repository, by VM name.
-    pub fn list(&self) -> Result<Vec<ChainMeta>> {
+    /// The metadata of every chain (VM) in the repository, sorted by VM name.
+    /// A chain whose metadata cannot be read is returned as its error, so one
+    /// damaged chain does not hide the others.
+    pub fn list(&self) -> Result<Vec<Result<ChainMeta>>> {
         let mut out = Vec::new();
         for dir in self.chain_dirs()? {
-            let _lock = fsutil::lock(&dir.join(LOCK_FILE), false)?;
-            out.push(self.read_meta(&dir)?);
+            out.push(fsutil::lock(&dir.join(LOCK_FILE), false).and_then(|_lock| self.read_meta(&dir)));
         }
-        out.sort_by(|a, b| a.vm.cmp(&b.vm));
+        out.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => a.vm.cmp(&b.vm),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+        });
         Ok(out)
     }
 

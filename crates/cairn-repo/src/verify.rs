@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::chain::{ChainMeta, Location};
 use crate::error::Result;
-use crate::repository::{ChainReader, Repository};
+use crate::repository::{CHAIN_META, ChainReader, Repository};
 
 /// The health of one restore point.
 #[derive(Clone, Debug, Serialize)]
@@ -68,7 +68,9 @@ pub fn verify(repo: &Repository, vm: Option<&str>, progress: &(dyn Fn(u64) + Syn
     let dirs = match vm {
         Some(vm) => {
             let dir = repo.chain_dir(vm);
-            if !dir.exists() {
+            // Without metadata the VM has no restore points: a first backup
+            // that was interrupted leaves only a folder with leftovers.
+            if !dir.join(CHAIN_META).exists() {
                 return Err(crate::RepoError::NoSuchVm { vm: vm.to_string() });
             }
             vec![dir]
@@ -113,7 +115,7 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
 
     let mut work: Vec<(Location, BlockRef)> = unique.into_iter().filter(|(l, _)| !bad_files.contains(&l.file)).collect();
     work.sort_by_key(|(l, _)| *l);
-    let bad_records = match check_records(&reader, &work, progress) {
+    let records = match check_records(&reader, &work, progress) {
         Ok(b) => b,
         Err(e) => {
             health.problems.push(format!("cannot check records: {e}"));
@@ -132,7 +134,12 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
                 let cause = match meta.locate(r) {
                     None => Some(format!("refers to unknown data file {}", r.file)),
                     Some(l) if bad_files.contains(&l.file) => Some(format!("data file {} is damaged", l.file)),
-                    Some(l) => bad_records.get(&l).cloned(),
+                    Some(l) => match records.get(&l) {
+                        Some(Ok(len)) if *len == d.block_len(r.block) as usize => None,
+                        Some(Ok(len)) => Some(format!("record decodes to {len} bytes, the disk's block has {}", d.block_len(r.block))),
+                        Some(Err(e)) => Some(e.clone()),
+                        None => Some("record was not checked".to_string()),
+                    },
                 };
                 if let Some(cause) = cause {
                     damaged += 1;
@@ -185,45 +192,48 @@ fn check_files(repo: &Repository, reader: &ChainReader, meta: &ChainMeta, proble
                     Ok(())
                 }
             })
-            .and_then(|()| {
-                let len = file.metadata().map_err(|e| e.to_string())?.len();
-                if len < f.committed_len {
-                    Err(format!("has {len} bytes, {} committed", f.committed_len))
-                } else {
-                    Ok(())
-                }
-            });
+            ;
         if let Err(e) = result {
             problems.push(format!("data file {}: {e}", path.display()));
             bad.insert(f.no);
+        }
+        // A short file is damage too, but the records it still holds are
+        // judged one by one (those past its end fail their read).
+        if let Ok(len) = file.metadata().map(|m| m.len()) {
+            if len < f.committed_len {
+                problems.push(format!("data file {}: truncated: has {len} bytes, {} committed", path.display(), f.committed_len));
+            }
         }
     }
     bad
 }
 
-/// Reads and decodes every record on all cores; returns the damaged ones with causes.
-fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: &(dyn Fn(u64) + Sync)) -> Result<HashMap<Location, String>> {
-    let bad = Mutex::new(HashMap::new());
+/// Reads and decodes every record on all cores; returns, per record, its
+/// decoded length or the cause of its damage.
+fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: &(dyn Fn(u64) + Sync)) -> Result<HashMap<Location, Result<usize, String>>> {
+    let results = Mutex::new(HashMap::with_capacity(work.len()));
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let decoders: Vec<RecordDecoder> = (0..threads).map(|_| RecordDecoder::new()).collect::<Result<_, _>>().map_err(|e| crate::RepoError::Format { path: reader.dir().to_path_buf(), source: e })?;
+    let decoders: Vec<RecordDecoder> = (0..threads)
+        .map(|_| RecordDecoder::new())
+        .collect::<Result<_, _>>()
+        .map_err(|e| crate::RepoError::Format { path: reader.dir().to_path_buf(), source: e })?;
     std::thread::scope(|s| {
         for mut decoder in decoders {
-            let (bad, next) = (&bad, &next);
+            let (results, next) = (&results, &next);
             s.spawn(move || {
                 let (mut scratch, mut out) = (Vec::new(), Vec::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((loc, r)) = work.get(i) else { break };
-                    if let Err(e) = reader.read_block(&mut decoder, r, &mut scratch, &mut out) {
-                        if let Ok(mut b) = bad.lock() {
-                            b.insert(*loc, e.to_string());
-                        }
+                    let outcome = reader.read_block(&mut decoder, r, &mut scratch, &mut out).map(|()| out.len()).map_err(|e| e.to_string());
+                    if let Ok(mut map) = results.lock() {
+                        map.insert(*loc, outcome);
                     }
                     progress(u64::from(r.stored_len));
                 }
             });
         }
     });
-    Ok(bad.into_inner().unwrap_or_default())
+    Ok(results.into_inner().unwrap_or_default())
 }

@@ -44,3 +44,16 @@ pub fn open_repo(g: &Global, path: &Path) -> anyhow::Result<Repository> {
     let pw = password(g)?;
     Ok(Repository::open(path, pw.as_deref())?)
 }
+
+/// Splits a repository listing into readable chains and the errors of the others.
+pub fn split_chains(list: Vec<cairn_repo::Result<cairn_repo::ChainMeta>>) -> (Vec<cairn_repo::ChainMeta>, Vec<cairn_repo::RepoError>) {
+    let mut ok = Vec::new();
+    let mut broken = Vec::new();
+    for c in list {
+        match c {
+            Ok(c) => ok.push(c),
+            Err(e) => broken.push(e),
+        }
+    }
+    (ok, broken)
+}

@@ -18,19 +18,23 @@ struct VmPoints<'a> {
 
 pub fn run(g: &Global, a: &PointsArgs) -> anyhow::Result<ExitCode> {
     let repo = super::open_repo(g, &a.repo)?;
-    let chains = match &a.vm {
-        Some(vm) => vec![repo.chain(vm)?.meta().clone()],
-        None => repo.list()?,
+    let (chains, broken) = match &a.vm {
+        Some(vm) => (vec![repo.chain(vm)?.meta().clone()], Vec::new()),
+        None => super::split_chains(repo.list()?),
     };
+    for e in &broken {
+        eprintln!("error: {e} (run `cairn verify`)");
+    }
+    let code = if broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
     if g.json {
         let out: Vec<VmPoints> = chains
             .iter()
             .map(|c| VmPoints { vm: &c.vm, block_size: c.block_size, method: c.method, points: &c.points })
             .collect();
         output::json(&out)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
-    if chains.is_empty() {
+    if chains.is_empty() && broken.is_empty() {
         println!("no restore points");
     }
     for c in &chains {
@@ -58,5 +62,5 @@ pub fn run(g: &Global, a: &PointsArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

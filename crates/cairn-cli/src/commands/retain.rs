@@ -9,10 +9,16 @@ use crate::output::{self, bytes};
 
 pub fn run(g: &Global, a: &RetainArgs) -> anyhow::Result<ExitCode> {
     let repo = super::open_repo(g, &a.repo)?;
-    let vms: Vec<String> = match &a.vm {
-        Some(vm) => vec![vm.clone()],
-        None => repo.list()?.into_iter().map(|c| c.vm).collect(),
+    let (vms, broken): (Vec<String>, _) = match &a.vm {
+        Some(vm) => (vec![vm.clone()], Vec::new()),
+        None => {
+            let (chains, broken) = super::split_chains(repo.list()?);
+            (chains.into_iter().map(|c| c.vm).collect(), broken)
+        }
     };
+    for e in &broken {
+        eprintln!("error: {e}; its retention was skipped (run `cairn verify`)");
+    }
     let mut reports: Vec<RetainReport> = Vec::new();
     for vm in &vms {
         reports.push(retention::retain(&repo, vm, a.keep)?);
@@ -35,5 +41,5 @@ pub fn run(g: &Global, a: &RetainArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
