@@ -118,7 +118,7 @@ impl RawWriter {
 /// Whether every byte of `data` is zero (compared 16 bytes at a time).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(16);
-    (&mut chunks).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
         && chunks.remainder().iter().all(|&b| b == 0)
 }
 

@@ -133,8 +133,8 @@ pub fn backup(
             &|n| progress(Progress { done_bytes: done.fetch_add(n, Ordering::Relaxed) + n, total_bytes }),
         )?;
         let size = input.source.virtual_size();
-        if input.changed.is_some() {
-            if let Some(prev) = &prev_map {
+        if input.changed.is_some()
+            && let Some(prev) = &prev_map {
                 // Blocks outside the changed extents are as they were.
                 let read: std::collections::HashSet<u64> = disk.blocks.iter().copied().collect();
                 let count = size.div_ceil(bs);
@@ -143,7 +143,6 @@ pub fn backup(
                     stats.unchanged_blocks += 1;
                 }
             }
-        }
         refs.sort_unstable_by_key(|r| r.block);
         let map = DiskMap { disk: no, virtual_size: size, block_size: session.block_size(), blocks: refs };
         let meta = DiskMeta { disk: no, source: input.source.describe(), virtual_size: size, blocks: map.blocks.len() as u64 };

@@ -86,11 +86,10 @@ pub fn restore(
                         progress(Progress { done_bytes: d + u64::from(map.block_size), total_bytes });
                     }
                 };
-                if let Err(e) = run() {
-                    if let Ok(mut f) = failure.lock() {
+                if let Err(e) = run()
+                    && let Ok(mut f) = failure.lock() {
                         f.get_or_insert(e);
                     }
-                }
             });
         }
     });

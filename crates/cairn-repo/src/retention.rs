@@ -129,8 +129,8 @@ fn merge_oldest(dir: &Path, meta: &mut ChainMeta, keep: usize, report: &mut Reta
 }
 
 fn drop_old_segments(meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) {
-    loop {
-        let Some(next_full) = meta.points.iter().skip(1).position(|p| p.kind == PointKind::Full).map(|i| i + 1) else { break };
+    // The next segment starts at the first full after the oldest point.
+    while let Some(next_full) = meta.points.iter().skip(1).position(|p| p.kind == PointKind::Full).map(|i| i + 1) {
         if meta.points.len() - next_full < keep {
             break;
         }

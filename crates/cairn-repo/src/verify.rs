@@ -199,11 +199,10 @@ fn check_files(repo: &Repository, reader: &ChainReader, meta: &ChainMeta, proble
         }
         // A short file is damage too, but the records it still holds are
         // judged one by one (those past its end fail their read).
-        if let Ok(len) = file.metadata().map(|m| m.len()) {
-            if len < f.committed_len {
+        if let Ok(len) = file.metadata().map(|m| m.len())
+            && len < f.committed_len {
                 problems.push(format!("data file {}: truncated: has {len} bytes, {} committed", path.display(), f.committed_len));
             }
-        }
     }
     bad
 }
