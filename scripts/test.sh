@@ -8,12 +8,14 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # Real tools the tests drive: qemu-img (compare), mkfs.ext4/debugfs/e2fsck
-# (real file systems in test images), zstd (fuzz seeds), util-linux (mount).
+# (real file systems in test images), zstd (fuzz seeds), util-linux (mount),
+# strace (crash-safety tests kill cairn on entering a chosen system call).
 need_apt=()
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v debugfs >/dev/null || need_apt+=(e2fsprogs)
 command -v mount >/dev/null || need_apt+=(mount)
+command -v strace >/dev/null || need_apt+=(strace)
 command -v cc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
