@@ -19,7 +19,7 @@ pub enum Compression {
 
 impl Compression {
     /// The default, chosen by benchmark (see `docs/benchmarks.md`).
-    pub const DEFAULT: Compression = Compression::Zstd(1);
+    pub const DEFAULT: Compression = Compression::Zstd(3);
 
     /// The codec id stored in a block record header.
     pub fn codec_id(self) -> u8 {
