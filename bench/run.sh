@@ -46,7 +46,7 @@ if ((${#missing[@]})); then
 fi
 
 # --- images (cached) and a clean work area ---
-"$HERE/make-images.sh" "$IMG"
+"$HERE/make-images.sh" "$IMG" >&2
 D1=$IMG/day1.raw D2=$IMG/day2.raw BIG=$IMG/big.raw
 rm -rf "$RUN" "$LOGS"
 mkdir -p "$RUN/work" "$LOGS" "$RESULTS"
@@ -78,6 +78,15 @@ row() {
     [[ -n $size ]] && size="$(mib "$size") MiB"
     echo "| $1 | $2 | $WALL | $(kib2mib "$RSS") | $size | ${4:-} |" >>"$ROWS"
 }
+# stats ID: summary of a cairn backup's --json output (best effort)
+stats() { python3 - "$LOGS/$1.out" <<'PY' 2>/dev/null || true
+import json, sys
+s = json.load(open(sys.argv[1]))["point"]["stats"]
+m = lambda k: s.get(k, 0) / 1048576
+print("read %.0f MiB, new %.0f MiB, stored %.0f MiB, bottleneck %s"
+  % (m("read_bytes"), m("new_bytes"), m("stored_bytes"), s.get("bottleneck", "?")))
+PY
+}
 note() { echo "| $1 | $2 | | | | $3 |" >>"$ROWS"; }
 val() { echo "$1=$2" >>"$VALS"; }
 get() { grep "^$1=" "$VALS" | tail -n 1 | cut -d= -f2- || true; }
@@ -106,6 +115,7 @@ section() {
     rm -rf "${RUN:?}/work/"* "$RUN/restore"
 }
 
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 # --- warm the page cache once: all runs are hot-cache ---
 cat "$D1" "$D2" >/dev/null
 python3 - "$BIG" <<'PY'   # big.raw: read only its data, not 64 GiB of holes
@@ -196,6 +206,8 @@ section_cairn() {
     if ! "$CAIRN" --help 2>/dev/null | grep -qw backup; then
         echo "$CAIRN --help does not list 'backup'" >&2; return 1
     fi
+    # run a private copy: the binary may be rebuilt while the benchmark runs
+    cp "$CAIRN" "$RUN/cairn"; CAIRN=$RUN/cairn
     export CAIRN_PASSWORD=bench
     local A=$RUN/cairn-aes B=$RUN/cairn-cbt s1 s2 v msg
     local bs=() backup=("$CAIRN" backup --vm bench --json)
@@ -204,18 +216,19 @@ section_cairn() {
     [[ -n ${CAIRN_COMPRESSION:-} ]] && backup+=(--compression "$CAIRN_COMPRESSION")
     cd "$RUN/work"
 
-    # A: encrypted, full then incremental without CBT (reads the whole disk)
+    # A: encrypted, full then incremental without CBT (re-reads all the data)
     measure cairn-init "$CAIRN" repo init "$A" --encryption aes-256-gcm
-    row cairn "repo init (aes-256-gcm)"
+    row cairn "repo init (aes-256-gcm)" "" "RSS = key derivation"
+    val cairn_init_rss "$RSS"
     put "$D1"
     measure cairn-full "${backup[@]}" --repo "$A" disk.raw
     s1=$(dirsize "$A")
-    row cairn "full backup day1" "$s1" "repo size after; compression ${CAIRN_COMPRESSION:-default}"
+    row cairn "full backup day1" "$s1" "repo size after; $(stats cairn-full)"
     val cairn_full_wall "$WALL"; val cairn_full_rss "$RSS"; val cairn_full_size "$s1"
     put "$D2"
     measure cairn-incr "${backup[@]}" --repo "$A" disk.raw
     s2=$(dirsize "$A")
-    row cairn "incremental day2 (no CBT)" "$s2" "repo size after (+$(mib $((s2 - s1))) MiB)"
+    row cairn "incremental day2 (no CBT)" "$s2" "repo size after (+$(mib $((s2 - s1))) MiB); $(stats cairn-incr)"
     val cairn_incr_wall "$WALL"; val cairn_incr_rss "$RSS"; val cairn_size "$s2"
     measure cairn-points "$CAIRN" points --repo "$A" --vm bench --json
     row cairn "points --json"
@@ -238,7 +251,7 @@ section_cairn() {
     put "$D2"
     measure cairn-cbt-incr "${backup[@]}" --repo "$B" --cbt "0=$RUN/cbt-day2.txt" disk.raw
     s2=$(dirsize "$B")
-    row cairn "incremental day2 (--cbt)" "$s2" "repo size after (+$(mib $((s2 - s1))) MiB)"
+    row cairn "incremental day2 (--cbt)" "$s2" "repo size after (+$(mib $((s2 - s1))) MiB); $(stats cairn-cbt-incr)"
     val cairn_cbt_wall "$WALL"; val cairn_cbt_rss "$RSS"
     mkdir -p "$RUN/restore"
     measure cairn-cbt-restore "$CAIRN" restore --repo "$B" --vm bench --point latest --disk 0 --to "$RUN/restore/out.raw"
@@ -250,14 +263,15 @@ section_cairn() {
     "$CAIRN" repo init "$RUN/cairn-plain" --encryption none >"$LOGS/cairn-plain-init.out" 2>&1
     put "$D1"
     measure cairn-plain-full "${backup[@]}" --repo "$RUN/cairn-plain" disk.raw
-    row cairn "full backup day1, --encryption none" "$(dirsize "$RUN/cairn-plain")"
+    row cairn "full backup day1, --encryption none" "$(dirsize "$RUN/cairn-plain")" "$(stats cairn-plain-full)"
+    val cairn_plain_rss "$RSS"
     rm -rf "$RUN/cairn-plain"
 
     # D: the same content in a 64 GiB sparse disk: memory must stay flat
     "$CAIRN" repo init "$RUN/cairn-big" --encryption aes-256-gcm >"$LOGS/cairn-big-init.out" 2>&1
     measure cairn-big-full "${backup[@]}" --repo "$RUN/cairn-big" "$BIG"
     row cairn "full backup big.raw (64 GiB sparse)" "$(dirsize "$RUN/cairn-big")" \
-        "peak RSS vs 4 GiB: $(kib2mib "$RSS") vs $(kib2mib "$(get cairn_full_rss)") MiB"
+        "peak RSS vs 4 GiB: $(kib2mib "$RSS") vs $(kib2mib "$(get cairn_full_rss)") MiB; $(stats cairn-big-full)"
     val cairn_big_wall "$WALL"; val cairn_big_rss "$RSS"
     rm -rf "$RUN/cairn-big"
 
@@ -266,7 +280,7 @@ section_cairn() {
         "$CAIRN" repo init "$RUN/cairn-c" --encryption aes-256-gcm >"$LOGS/cairn-c-init.out" 2>&1
         measure "cairn-full-${v/:/}" "$CAIRN" backup --repo "$RUN/cairn-c" --vm bench --json \
             "${bs[@]}" --compression "$v" disk.raw
-        row cairn "full backup day1, --compression $v" "$(dirsize "$RUN/cairn-c")"
+        row cairn "full backup day1, --compression $v" "$(dirsize "$RUN/cairn-c")" "$(stats "cairn-full-${v/:/}")"
         rm -rf "$RUN/cairn-c"
     done
 }
@@ -284,8 +298,8 @@ line() { # line LABEL KEY_RESTIC KEY_BORG KEY_CAIRN [bytes|kib|s]
     local r b c
     r=$(get "$2"); b=$(get "$3"); c=$(get "$4")
     fmt() { [[ -z $1 ]] && { echo -; return; }
-            case $2 in bytes) mib "$1" ;; kib) kib2mib "$1" ;; *) echo "$1" ;; esac; }
-    echo "| $1 | $(fmt "$r" "$5") | $(fmt "$b" "$5") | $(fmt "$c" "$5") | $(ratio "$c" "$r") |"
+            case ${2:-} in bytes) mib "$1" ;; kib) kib2mib "$1" ;; *) echo "$1" ;; esac; }
+    echo "| $1 | $(fmt "$r" "${5:-}") | $(fmt "$b" "${5:-}") | $(fmt "$c" "${5:-}") | $(ratio "$c" "$r") |"
 }
 ver() { "$@" 2>/dev/null | head -n 1 || echo "?"; }
 REPORT=$RUN/report.md
@@ -293,12 +307,13 @@ REPORT=$RUN/report.md
     echo "# cairn benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
-         "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1). Hot page cache."
-    echo "Versions: $(ver restic version | cut -d' ' -f1-2), $(ver borg --version), $(ver zstd --version | grep -o 'v[0-9.]*'), cairn $(ver "$CAIRN" --version | awk '{ print $NF }')."
+         "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1). Hot page cache." \
+         "Load average (1 min) at start $LOAD_START, at end $(cut -d' ' -f1 /proc/loadavg): other work on the machine skews wall times."
+    echo "Versions: $(ver restic version | cut -d' ' -f1-2), $(ver borg --version), zstd $(ver zstd --version | grep -o 'v[0-9.]*' | head -n 1), cairn $(ver "$CAIRN" --version | awk '{ print $NF }')."
     echo "Images: day1.raw/day2.raw 4 GiB raw ext4, allocated $(mib "$(alloc "$D1")") / $(mib "$(alloc "$D2")") MiB;" \
          "day1→day2 changes $(mib "$CBT_BYTES") MiB in $CBT_N extents; big.raw = day1 content in 64 GiB."
     echo "restic: repo v2, compression auto (zstd), always encrypted. borg: -e $BORG_ENC, compression lz4 (default)." \
-         "cairn: aes-256-gcm, compression ${CAIRN_COMPRESSION:-default}${CAIRN_BLOCK_SIZE:+, block size $CAIRN_BLOCK_SIZE}."
+         "cairn: aes-256-gcm, compression ${CAIRN_COMPRESSION:-its default}${CAIRN_BLOCK_SIZE:+, block size $CAIRN_BLOCK_SIZE}."
     ((${#FAILED[@]})) && echo && echo "**Failed sections: ${FAILED[*]}** (logs in $LOGS)"
     echo
     echo "## Summary"
@@ -314,9 +329,14 @@ REPORT=$RUN/report.md
     line "peak RSS full, MiB" restic_full_rss borg_full_rss cairn_full_rss kib
     line "peak RSS incremental, MiB" restic_incr_rss borg_incr_rss cairn_incr_rss kib
     line "peak RSS restore, MiB" restic_restore_rss borg_restore_rss cairn_restore_rss kib
+    line "full backup of 64 GiB sparse disk, wall s" - - cairn_big_wall
+    line "peak RSS full of 64 GiB sparse disk, MiB" - - cairn_big_rss kib
     echo
     echo "The CBT row compares cairn's --cbt incremental with the others' full-read incrementals (they have no CBT input)."
     [[ -n $(get read_wall) ]] && echo "Read limit: cat day1.raw takes $(get read_wall) s."
+    [[ -n $(get cairn_init_rss) ]] && echo "cairn's encrypted peak RSS includes the password key derivation:" \
+        "\`repo init\` alone peaks at $(kib2mib "$(get cairn_init_rss)") MiB;" \
+        "an unencrypted full backup peaks at $(kib2mib "$(get cairn_plain_rss)") MiB."
     echo
     echo "## Steps"
     echo
