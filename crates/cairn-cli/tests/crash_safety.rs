@@ -765,6 +765,22 @@ fn full_disk() {
     repo.verify_ok("after retain on a full disk");
     saved.check_all(&repo, VM, &now, tmp.path(), "after retain on a full disk");
 
+    // Room for metadata but not for merging increments into the full file:
+    // retention must still drop the points and give their space back (the
+    // merge waits for a later run).
+    if now.len() > 1 {
+        fill_up(&filler, 256 << 10);
+        let free_before = rustix::fs::statvfs(&mnt).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
+        let out = output(repo.retain_cmd(VM, 1));
+        let free_after = rustix::fs::statvfs(&mnt).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
+        std::fs::remove_file(&filler).unwrap();
+        assert!(out.status.success(), "{test}: retain with little free space failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(repo.ids(VM), [before.last().unwrap().clone()], "{test}: retain --keep 1 with little free space");
+        assert!(free_after > free_before, "{test}: retain gave no space back ({free_before} → {free_after} bytes free)");
+        repo.verify_ok("after retain with little free space");
+        saved.check_all(&repo, VM, &repo.ids(VM), tmp.path(), "after retain with little free space");
+    }
+
     // With space back, retention works and cleans what the failures left.
     repo.retain(VM, 1);
     let ids = repo.ids(VM);

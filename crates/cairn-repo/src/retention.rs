@@ -1,15 +1,17 @@
 //! Retention: keep the newest N restore points and reclaim the space of the rest.
 //!
-//! *Forever forward*: the oldest point is removed and the next one becomes the
-//! full by merging its incremental file into the full file. The merge appends
-//! the incremental file's records to the full file (a block clone where the
-//! file system has one) and records an alias, so no index is rewritten and the
-//! merge costs O(the increment). Order: append + fsync → commit `chain.meta`
-//! → delete merged files and old indexes → punch holes where records of
-//! removed points were. A crash before the commit leaves bytes past the full
-//! file's committed length (truncated by the next writer); after it, only
-//! unreferenced files (deleted by the next writer) and unpunched space, which
-//! every later retention run punches again.
+//! *Forever forward*, in two commits. First the oldest points are dropped
+//! from `chain.meta` and the next one is marked full (its index already lists
+//! every block it needs); then files no point needs are deleted and the records
+//! only dropped points used are punched out — this needs no free space. Then
+//! the data files the new oldest point refers to are appended to the full file
+//! (a block clone where the file system has one) and aliased there, so no
+//! index is rewritten and the merge costs O(the increment); a second commit
+//! makes that visible, and the merged files are deleted. Without room for the
+//! copy the merge is postponed to a later run. A crash before a commit leaves
+//! bytes past the full file's committed length (truncated by the next
+//! writer); after it, unreferenced files (deleted by the next writer) and
+//! unpunched space, which every later retention run punches again.
 //!
 //! *Forward*: a full and its increments are removed together, once all of
 //! them are older than the newest N points.
@@ -61,71 +63,113 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
     let old = repo.read_meta(&dir)?;
     cleanup(&dir, Some(&old))?;
     let space_before = used_space(&dir, &old);
-
-    let mut meta = old.clone();
     let mut report = RetainReport { vm: vm.to_string(), ..Default::default() };
+
+    // First commit: drop the points (and, forward, whole segments). This needs
+    // no free space and gives back the space only they used.
+    let mut meta = old.clone();
     match meta.method {
-        Method::ForeverForward => merge_oldest(&dir, &mut meta, keep, &mut report)?,
+        Method::ForeverForward => drop_oldest(&mut meta, keep, &mut report),
         Method::Forward => drop_old_segments(&mut meta, keep, &mut report),
     }
+    commit_and_reclaim(repo, &dir, &old, &mut meta, &mut report)?;
 
-    let (live_files, live_aliases) = referenced(&meta);
-    meta.files.retain(|f| live_files.contains(&f.no));
-    meta.aliases.retain(|a| live_aliases.contains(&a.no));
-    if meta != old {
-        meta.generation += 1;
-        write_meta(&dir, &meta, repo.keys())?;
-        // Committed: now remove what the new metadata no longer lists.
-        cleanup(&dir, Some(&meta))?;
-        report.files_deleted = old.files.iter().filter(|f| meta.file(f.no).is_none()).count();
+    // Second commit (forever forward): merge the files the oldest point needs
+    // into the full file. Without room for the copy, the merge waits for a
+    // later run; the chain is complete either way.
+    if meta.method == Method::ForeverForward {
+        let before = meta.clone();
+        match merge_into_full(&dir, &mut meta) {
+            Ok(true) => commit_and_reclaim(repo, &dir, &before, &mut meta, &mut report)?,
+            Ok(false) => {}
+            Err(e) if is_no_space(&e) => {
+                cleanup(&dir, Some(&before))?;
+                meta = before;
+                report.note = Some(format!("merge into the full file postponed until there is free space: {e}"));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    punch_dead_space(repo, &dir, &meta)?;
     report.kept = meta.points.len();
     report.reclaimed_bytes = space_before.saturating_sub(used_space(&dir, &meta));
     Ok(report)
 }
 
-fn merge_oldest(dir: &Path, meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) -> Result<()> {
-    let mut appended: BTreeSet<u32> = BTreeSet::new();
+/// Drops files and aliases no point needs, commits `meta` if it differs from
+/// `old`, removes what it no longer lists, and punches out dead records.
+fn commit_and_reclaim(repo: &Repository, dir: &Path, old: &ChainMeta, meta: &mut ChainMeta, report: &mut RetainReport) -> Result<()> {
+    let (live_files, live_aliases) = referenced(meta);
+    meta.files.retain(|f| live_files.contains(&f.no));
+    meta.aliases.retain(|a| live_aliases.contains(&a.no));
+    if meta != old {
+        meta.generation += 1;
+        write_meta(dir, meta, repo.keys())?;
+        // Committed: now remove what the new metadata no longer lists.
+        cleanup(dir, Some(meta))?;
+        report.files_deleted += old.files.iter().filter(|f| meta.file(f.no).is_none()).count();
+    }
+    punch_dead_space(repo, dir, meta)
+}
+
+fn is_no_space(e: &RepoError) -> bool {
+    matches!(e, RepoError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
+}
+
+/// Removes the oldest points beyond `keep`; the new oldest point becomes the
+/// full (its index already lists every block it needs).
+fn drop_oldest(meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) {
     while meta.points.len() > keep {
-        let p0 = meta.points.remove(0);
-        report.removed.push(p0.id.clone());
-        let Some(p1) = meta.points.first() else { break };
-        if p1.kind != PointKind::Incremental {
-            continue; // p0 was a full on its own; the next segment stands alone
-        }
-        let damaged = |reason: String| RepoError::Damaged { path: dir.join(CHAIN_META), reason };
-        let (target, _) = meta.resolve_no(p0.created_file).ok_or_else(|| damaged(format!("file {} of point {} is missing", p0.created_file, p0.id)))?;
-        let (src, _) = meta.resolve_no(p1.created_file).ok_or_else(|| damaged(format!("file {} of point {} is missing", p1.created_file, p1.id)))?;
-        if src != target {
-            let src_entry = meta.file(src).cloned().ok_or_else(|| damaged(format!("file {src} missing")))?;
-            let target_entry = meta.file(target).cloned().ok_or_else(|| damaged(format!("file {target} missing")))?;
-            let body = src_entry.committed_len - DATA_HEADER_LEN;
-            let src_path = dir.join(&src_entry.name);
-            let dst_path = dir.join(&target_entry.name);
-            let src_file = std::fs::File::open(&src_path).map_err(io(&src_path, "open"))?;
-            let dst_file = OpenOptions::new().read(true).write(true).open(&dst_path).map_err(io(&dst_path, "open"))?;
-            fsutil::copy_range(&src_file, &src_path, DATA_HEADER_LEN, &dst_file, &dst_path, target_entry.committed_len, body)?;
-            dst_file.sync_all().map_err(io(&dst_path, "fsync"))?;
-            let shift = target_entry.committed_len - DATA_HEADER_LEN;
-            // Every file already aliased to `src` moves along with it.
-            for a in meta.aliases.iter_mut().filter(|a| a.into == src) {
-                a.into = target;
-                a.shift += shift;
-            }
-            meta.aliases.push(Alias { no: src, into: target, shift });
-            meta.files.retain(|f| f.no != src);
-            if let Some(t) = meta.files.iter_mut().find(|f| f.no == target) {
-                t.committed_len += body;
-            }
-            appended.insert(target);
-        }
-        if let Some(p1) = meta.points.first_mut() {
-            p1.kind = PointKind::Full;
-            report.merged_into_full.push(p1.id.clone());
+        report.removed.push(meta.points.remove(0).id);
+        if let Some(p) = meta.points.first_mut().filter(|p| p.kind == PointKind::Incremental) {
+            p.kind = PointKind::Full;
+            report.merged_into_full.push(p.id.clone());
         }
     }
-    Ok(())
+}
+
+/// Appends every data file the oldest point refers to, other than the full
+/// file (the lowest-numbered one), to the full file, and aliases it there.
+/// Returns whether anything was merged.
+fn merge_into_full(dir: &Path, meta: &mut ChainMeta) -> Result<bool> {
+    let Some(oldest) = meta.points.first() else { return Ok(false) };
+    let physical: BTreeSet<u32> = oldest
+        .files
+        .iter()
+        .chain(std::iter::once(&oldest.created_file))
+        .filter_map(|&no| meta.resolve_no(no).map(|(f, _)| f))
+        .collect();
+    let mut files = physical.into_iter();
+    let Some(target) = files.next() else { return Ok(false) };
+    let sources: Vec<u32> = files.collect();
+    if sources.is_empty() {
+        return Ok(false);
+    }
+    let damaged = |no: u32| RepoError::Damaged { path: dir.join(CHAIN_META), reason: format!("data file {no} is missing") };
+    let target_entry = meta.file(target).cloned().ok_or_else(|| damaged(target))?;
+    let dst_path = dir.join(&target_entry.name);
+    let dst_file = OpenOptions::new().read(true).write(true).open(&dst_path).map_err(io(&dst_path, "open"))?;
+    let mut end = target_entry.committed_len;
+    for src in sources {
+        let src_entry = meta.file(src).cloned().ok_or_else(|| damaged(src))?;
+        let body = src_entry.committed_len - DATA_HEADER_LEN;
+        let src_path = dir.join(&src_entry.name);
+        let src_file = std::fs::File::open(&src_path).map_err(io(&src_path, "open"))?;
+        fsutil::copy_range(&src_file, &src_path, DATA_HEADER_LEN, &dst_file, &dst_path, end, body)?;
+        let shift = end - DATA_HEADER_LEN;
+        // Files already aliased to `src` move along with it.
+        for a in meta.aliases.iter_mut().filter(|a| a.into == src) {
+            a.into = target;
+            a.shift += shift;
+        }
+        meta.aliases.push(Alias { no: src, into: target, shift });
+        meta.files.retain(|f| f.no != src);
+        end += body;
+    }
+    dst_file.sync_all().map_err(io(&dst_path, "fsync"))?;
+    if let Some(t) = meta.files.iter_mut().find(|f| f.no == target) {
+        t.committed_len = end;
+    }
+    Ok(true)
 }
 
 fn drop_old_segments(meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) {
