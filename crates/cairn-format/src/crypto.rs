@@ -115,15 +115,28 @@ impl Keys {
         &self.hash_key
     }
 
-    /// Encrypts `buf` in place and appends nonce and tag: `buf ‖ tag`, with the
-    /// nonce put first (`nonce ‖ ciphertext ‖ tag`).
+    /// Encrypts the plaintext `buf` into `nonce ‖ ciphertext ‖ tag` (used for
+    /// small metadata bodies; blocks use [`Keys::seal_framed`]).
     pub fn seal(&self, aad: &[u8], buf: &mut Vec<u8>) -> Result<()> {
+        buf.splice(0..0, [0u8; NONCE_LEN]);
+        self.seal_framed(aad, buf, 0)
+    }
+
+    /// Encrypts in place a plaintext that `buf` holds from `start + 12` on,
+    /// writing a fresh nonce into `buf[start..start + 12]` (which the caller
+    /// reserved) and appending the tag: `buf[start..]` becomes
+    /// `nonce ‖ ciphertext ‖ tag` without moving the data.
+    pub fn seal_framed(&self, aad: &[u8], buf: &mut Vec<u8>, start: usize) -> Result<()> {
         let key = self.aead.as_ref().ok_or(FormatError::Crypto("sealing without a data key"))?;
+        if buf.len() < start + NONCE_LEN {
+            return Err(FormatError::Crypto("no room reserved for the nonce"));
+        }
         let nonce_bytes = random_bytes::<NONCE_LEN>()?;
-        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
-        key.seal_in_place_append_tag(nonce, Aad::from(aad), buf)
+        buf[start..start + NONCE_LEN].copy_from_slice(&nonce_bytes);
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad), &mut buf[start + NONCE_LEN..])
             .map_err(|_| FormatError::Crypto("AES-256-GCM seal failed"))?;
-        buf.splice(0..0, nonce_bytes);
+        buf.extend_from_slice(tag.as_ref());
         Ok(())
     }
 

@@ -137,9 +137,9 @@ impl RecordEncoder {
         out.reserve(padded_len(header.stored_len) as usize);
         out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
         if encrypted {
-            let mut payload = body.to_vec();
-            keys.seal(&aad(&header), &mut payload)?;
-            out.extend_from_slice(&payload);
+            out.extend_from_slice(&[0u8; 12]); // nonce, filled in by seal_framed
+            out.extend_from_slice(body);
+            keys.seal_framed(&aad(&header), out, RECORD_HEADER_LEN)?;
         } else {
             out.extend_from_slice(body);
         }
