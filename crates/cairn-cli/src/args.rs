@@ -160,7 +160,9 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
         _ => (s, 1),
     };
     let n: u32 = num.parse().map_err(|_| format!("invalid block size {s:?}"))?;
-    let v = n.checked_mul(mul).ok_or_else(|| format!("block size {s:?} too large"))?;
+    let v = n
+        .checked_mul(mul)
+        .ok_or_else(|| format!("block size {s:?} too large"))?;
     if cairn_format::index::BLOCK_SIZES.contains(&v) {
         Ok(v)
     } else {

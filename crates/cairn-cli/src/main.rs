@@ -17,8 +17,9 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.global.verbose { "info" } else { "warn" })),
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if cli.global.verbose { "info" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

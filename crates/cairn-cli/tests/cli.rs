@@ -46,7 +46,10 @@ fn json_output_of_every_command() {
     assert_eq!(init["encryption"], "none");
     assert_eq!(init["path"].as_str().unwrap(), repo.to_str().unwrap());
     let rid = init["repository_id"].as_str().unwrap();
-    assert!(rid.len() == 32 && rid.chars().all(|c| c.is_ascii_hexdigit()), "repository id {rid:?}");
+    assert!(
+        rid.len() == 32 && rid.chars().all(|c| c.is_ascii_hexdigit()),
+        "repository id {rid:?}"
+    );
 
     // backup: three points, the later ones changing a little
     let b1 = backup(&repo, "web01", &[], &[&disk]);
@@ -56,9 +59,21 @@ fn json_output_of_every_command() {
     assert_eq!(p["kind"], "full");
     assert_eq!(p["index"].as_str().unwrap(), format!("{}.idx", point_id(&b1)));
     assert_eq!(p["disks"][0]["disk"], 0);
-    assert_eq!(p["disks"][0]["virtual_size"].as_u64().unwrap(), std::fs::metadata(&disk).unwrap().len());
+    assert_eq!(
+        p["disks"][0]["virtual_size"].as_u64().unwrap(),
+        std::fs::metadata(&disk).unwrap().len()
+    );
     assert!(p["time"].as_str().unwrap().contains('T'));
-    for f in ["read_bytes", "read_blocks", "zero_blocks", "unchanged_blocks", "dedup_blocks", "new_blocks", "new_bytes", "stored_bytes"] {
+    for f in [
+        "read_bytes",
+        "read_blocks",
+        "zero_blocks",
+        "unchanged_blocks",
+        "dedup_blocks",
+        "new_blocks",
+        "new_bytes",
+        "stored_bytes",
+    ] {
         stat(&b1, f);
     }
     assert!(p["stats"]["duration_secs"].as_f64().unwrap() > 0.0);
@@ -69,7 +84,11 @@ fn json_output_of_every_command() {
         let pct = b[1].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&pct), "busy {b}");
     }
-    assert!(stages.contains(&p["stats"]["bottleneck"].as_str().unwrap()), "bottleneck {}", p["stats"]["bottleneck"]);
+    assert!(
+        stages.contains(&p["stats"]["bottleneck"].as_str().unwrap()),
+        "bottleneck {}",
+        p["stats"]["bottleneck"]
+    );
     // 1 MiB blocks of the mixed disk: 4 random + 4 text + 1 zero + 3 random + 4 text + 1 short block.
     assert_eq!(stat(&b1, "read_blocks"), 17, "holes must not be read");
     assert_eq!(stat(&b1, "zero_blocks"), 1);
@@ -98,7 +117,10 @@ fn json_output_of_every_command() {
     assert_eq!(vms[0]["vm"], "web01");
     assert_eq!(vms[0]["block_size"], 1 << 20);
     assert_eq!(vms[0]["method"], "forever-forward");
-    let listed: Vec<&str> = arr(&vms[0]["points"], "points").iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = arr(&vms[0]["points"], "points")
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
 
     // restore
@@ -107,7 +129,10 @@ fn json_output_of_every_command() {
     assert_eq!(r["vm"], "web01");
     assert_eq!(r["point"].as_str().unwrap(), ids[1]);
     assert_eq!(r["disk"], 0);
-    assert_eq!(r["virtual_size"].as_u64().unwrap(), std::fs::metadata(&v2).unwrap().len());
+    assert_eq!(
+        r["virtual_size"].as_u64().unwrap(),
+        std::fs::metadata(&v2).unwrap().len()
+    );
     assert_eq!(r["blocks"], 16);
     assert_eq!(r["written_bytes"].as_u64().unwrap(), 15 * MIB + 3 * 4096 + 512);
     assert!(r["duration_secs"].as_f64().is_some());
@@ -122,8 +147,10 @@ fn json_output_of_every_command() {
     assert_eq!(chains[0]["ok"], true);
     assert!(arr(&chains[0]["problems"], "problems").is_empty());
     assert_eq!(chains[0]["records_checked"], 19, "16 + 1 + 2 distinct records");
-    let health: Vec<(&str, bool)> =
-        arr(&chains[0]["points"], "points").iter().map(|p| (p["id"].as_str().unwrap(), p["ok"].as_bool().unwrap())).collect();
+    let health: Vec<(&str, bool)> = arr(&chains[0]["points"], "points")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["ok"].as_bool().unwrap()))
+        .collect();
     assert_eq!(health, ids.iter().map(|i| (i.as_str(), true)).collect::<Vec<_>>());
 
     // retain (forever forward): the two oldest go, the newest becomes the full
@@ -138,7 +165,10 @@ fn json_output_of_every_command() {
     assert_eq!(rep["removed"], serde_json::json!([ids[0], ids[1]]));
     assert_eq!(rep["merged_into_full"], serde_json::json!([ids[1], ids[2]]));
     assert_eq!(rep["files_deleted"], 2, "both increment files merged into the full");
-    assert!(rep["reclaimed_bytes"].as_u64().unwrap() >= 2 * MIB, "three rewritten blocks are dead: {rep}");
+    assert!(
+        rep["reclaimed_bytes"].as_u64().unwrap() >= 2 * MIB,
+        "three rewritten blocks are dead: {rep}"
+    );
     assert!(rep["note"].is_null());
     let left = points(&repo, "web01");
     assert_eq!(left.len(), 1);
@@ -189,19 +219,28 @@ fn human_output_names_points() {
     let mut c = cairn(["points", "--vm", "beta"]);
     c.arg("--repo").arg(&repo);
     let beta = ok_stdout(c);
-    assert!(beta.contains(&ids[1]) && !beta.contains(&ids[0]) && !beta.contains(&ids[2]), "{beta}");
+    assert!(
+        beta.contains(&ids[1]) && !beta.contains(&ids[0]) && !beta.contains(&ids[2]),
+        "{beta}"
+    );
 
     let out = tmp.path().join("o.raw");
     let mut c = restore_cmd(&repo, "alpha", &ids[2][..4], 0, &out);
     c.arg("-q");
     let text = ok_stdout(c);
-    assert!(text.contains(&format!("restored disk 0 of alpha point {}", ids[2])), "{text}");
+    assert!(
+        text.contains(&format!("restored disk 0 of alpha point {}", ids[2])),
+        "{text}"
+    );
     assert_same_file(&disk, &out);
 
     let mut c = cairn(["verify"]);
     c.arg("--repo").arg(&repo);
     let text = ok_stdout(c);
-    assert!(text.contains("VM alpha: ok (2 points") && text.contains("VM beta: ok (1 points"), "{text}");
+    assert!(
+        text.contains("VM alpha: ok (2 points") && text.contains("VM beta: ok (1 points"),
+        "{text}"
+    );
 
     let mut c = cairn(["retain", "--vm", "alpha", "--keep", "1"]);
     c.arg("--repo").arg(&repo);
@@ -217,7 +256,11 @@ fn two_disks_per_vm() {
     let d0 = tmp.path().join("system.raw");
     let d1 = tmp.path().join("data.raw");
     mixed_disk(&d0, 10);
-    write_disk(&d1, 7 * MIB + 4096, &[(MIB, 2 * MIB, Fill::Text(20)), (5 * MIB, MIB + 4096, Fill::Random(21))]);
+    write_disk(
+        &d1,
+        7 * MIB + 4096,
+        &[(MIB, 2 * MIB, Fill::Text(20)), (5 * MIB, MIB + 4096, Fill::Random(21))],
+    );
 
     let b1 = backup(&repo, "db", &[], &[&d0, &d1]);
     let disks = arr(&b1["point"]["disks"], "disks");
@@ -272,23 +315,40 @@ fn codecs_round_trip(block_size: &str) {
         // Allocated data: 16 MiB + the tail; the 1 MiB of written zeros is a whole
         // block only for block sizes up to 1 MiB.
         let data_blocks = stat(&b1, "new_blocks") + stat(&b1, "dedup_blocks");
-        assert_eq!(stat(&b1, "read_blocks"), data_blocks + stat(&b1, "zero_blocks"), "{codec} {block_size}");
-        assert_eq!(stat(&b1, "zero_blocks"), if bs <= MIB { MIB / bs } else { 0 }, "{codec} {block_size}");
+        assert_eq!(
+            stat(&b1, "read_blocks"),
+            data_blocks + stat(&b1, "zero_blocks"),
+            "{codec} {block_size}"
+        );
+        assert_eq!(
+            stat(&b1, "zero_blocks"),
+            if bs <= MIB { MIB / bs } else { 0 },
+            "{codec} {block_size}"
+        );
         assert_eq!(b1["point"]["disks"][0]["blocks"].as_u64().unwrap(), data_blocks);
         let (new_bytes, stored) = (stat(&b1, "new_bytes"), stat(&b1, "stored_bytes"));
         if codec == "none" {
-            assert!(stored >= new_bytes, "no compression stores everything: {stored} < {new_bytes}");
+            assert!(
+                stored >= new_bytes,
+                "no compression stores everything: {stored} < {new_bytes}"
+            );
             stored_none = Some(stored);
         } else {
             // 8 MiB of the data are text, which every codec shrinks to less than half.
             let none = stored_none.unwrap();
-            assert!(stored + 4 * MIB < none, "{codec} with {block_size} blocks stored {stored} bytes, uncompressed {none}");
+            assert!(
+                stored + 4 * MIB < none,
+                "{codec} with {block_size} blocks stored {stored} bytes, uncompressed {none}"
+            );
         }
         if codec == "zstd:1" {
             stored_zstd1 = Some(stored);
         }
         if codec == "zstd:9" {
-            assert!(stored <= stored_zstd1.unwrap(), "zstd:9 stored more than zstd:1 with {block_size} blocks");
+            assert!(
+                stored <= stored_zstd1.unwrap(),
+                "zstd:9 stored more than zstd:1 with {block_size} blocks"
+            );
         }
 
         patch_disk(&disk, 9 * MIB + 7, 100 * KIB, Fill::Random(7));
@@ -297,13 +357,21 @@ fn codecs_round_trip(block_size: &str) {
         assert_eq!(session(&b2), "incremental");
         let changed = touched_blocks(&[(9 * MIB + 7, 100 * KIB), (size - 1000, 1000)], bs);
         assert_eq!(stat(&b2, "new_blocks"), changed, "{codec} {block_size}");
-        assert_eq!(stat(&b2, "unchanged_blocks") + changed, data_blocks, "{codec} {block_size}");
+        assert_eq!(
+            stat(&b2, "unchanged_blocks") + changed,
+            data_blocks,
+            "{codec} {block_size}"
+        );
 
         for (point, expected) in [(point_id(&b1), &v0), (point_id(&b2), &disk)] {
             let out = tmp.path().join(format!("{vm}-{point}.out"));
             restore(&repo, &vm, &point, 0, &out);
             assert_same_file(expected, &out);
-            assert!(allocated_bytes(&out) <= 18 * MIB, "restore is not sparse: {} bytes", allocated_bytes(&out));
+            assert!(
+                allocated_bytes(&out) <= 18 * MIB,
+                "restore is not sparse: {} bytes",
+                allocated_bytes(&out)
+            );
             std::fs::remove_file(&out).unwrap();
         }
     }
@@ -359,7 +427,11 @@ fn bad_options_are_rejected() {
     let (_, err) = fails(c, 2);
     assert!(err.contains("block size is fixed per chain"), "{err}");
     // Bad --cbt specifications.
-    for (spec, needle) in [("0", "expected DISK=FILE"), ("3=/nonexistent", "there is no disk 3"), ("0=/nonexistent-cbt", "/nonexistent-cbt")] {
+    for (spec, needle) in [
+        ("0", "expected DISK=FILE"),
+        ("3=/nonexistent", "there is no disk 3"),
+        ("0=/nonexistent-cbt", "/nonexistent-cbt"),
+    ] {
         let mut c = cairn(["backup", "--vm", "x", "--block-size", "512K", "--cbt", spec]);
         c.arg("--repo").arg(&repo).arg(&disk);
         let (_, err) = fails(c, 2);
@@ -368,7 +440,10 @@ fn bad_options_are_rejected() {
     let cbt = tmp.path().join("cbt.txt");
     std::fs::write(&cbt, "0 4096\n4194000 4096\n").unwrap();
     let mut c = cairn(["backup", "--vm", "x", "--block-size", "512K", "--cbt"]);
-    c.arg(format!("0={}", cbt.display())).arg("--repo").arg(&repo).arg(&disk);
+    c.arg(format!("0={}", cbt.display()))
+        .arg("--repo")
+        .arg(&repo)
+        .arg(&disk);
     let (_, err) = fails(c, 2);
     assert!(err.contains("line 2") && err.contains("past the disk"), "{err}");
     let mut c = cairn(["retain", "--vm", "x", "--keep", "0"]);
@@ -388,7 +463,11 @@ fn forever_forward_retention_over_many_rounds() {
     init_repo(&repo);
     let disk = tmp.path().join("d.raw");
     let size = 12 * MIB + 4096;
-    write_disk(&disk, size, &[(0, 6 * MIB, Fill::Random(1)), (8 * MIB, 4 * MIB + 4096, Fill::Text(2))]);
+    write_disk(
+        &disk,
+        size,
+        &[(0, 6 * MIB, Fill::Random(1)), (8 * MIB, 4 * MIB + 4096, Fill::Text(2))],
+    );
     // (point id, copy of the disk it saw)
     let mut kept: Vec<(String, PathBuf)> = Vec::new();
     let mut rng = Rng::new(42);
@@ -405,10 +484,18 @@ fn forever_forward_retention_over_many_rounds() {
         let cbt = tmp.path().join(format!("cbt-{round}.txt"));
         write_cbt_file(&cbt, &extents);
         let cbt_arg = format!("0={}", cbt.display());
-        let args: Vec<&str> = if round % 2 == 1 { vec!["--block-size", "512K", "--cbt", &cbt_arg] } else { vec!["--block-size", "512K"] };
+        let args: Vec<&str> = if round % 2 == 1 {
+            vec!["--block-size", "512K", "--cbt", &cbt_arg]
+        } else {
+            vec!["--block-size", "512K"]
+        };
         let b = backup(&repo, "ff", &args, &[&disk]);
         if round % 2 == 1 {
-            assert!(stat(&b, "read_blocks") <= touched_blocks(&extents, 512 * KIB), "{}", b["point"]["stats"]);
+            assert!(
+                stat(&b, "read_blocks") <= touched_blocks(&extents, 512 * KIB),
+                "{}",
+                b["point"]["stats"]
+            );
         }
         let copy = tmp.path().join(format!("v{round}.raw"));
         std::fs::copy(&disk, &copy).unwrap();
@@ -419,12 +506,23 @@ fn forever_forward_retention_over_many_rounds() {
         c.arg("--repo").arg(&repo);
         let rep = &ok_json(c)[0];
         let removed = kept.len().saturating_sub(keep);
-        assert_eq!(rep["removed"].as_array().unwrap().len(), removed, "round {round}: {rep}");
+        assert_eq!(
+            rep["removed"].as_array().unwrap().len(),
+            removed,
+            "round {round}: {rep}"
+        );
         for (_, copy) in kept.drain(..removed) {
             std::fs::remove_file(copy).unwrap();
         }
-        let listed: Vec<String> = points(&repo, "ff").iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
-        assert_eq!(listed, kept.iter().map(|k| k.0.clone()).collect::<Vec<_>>(), "round {round}");
+        let listed: Vec<String> = points(&repo, "ff")
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            listed,
+            kept.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+            "round {round}"
+        );
         for (id, expected) in &kept {
             let out = tmp.path().join(format!("out-{round}-{id}.raw"));
             restore(&repo, "ff", id, 0, &out);
@@ -436,7 +534,10 @@ fn forever_forward_retention_over_many_rounds() {
     // Space is given back: the chain holds little more than two disk versions.
     let chain = only_chain_dir(&repo);
     let used: u64 = all_files(&chain).iter().map(|f| allocated_bytes(f)).sum();
-    assert!(used < 3 * size, "the chain keeps {used} bytes for 2-3 points of a {size}-byte disk");
+    assert!(
+        used < 3 * size,
+        "the chain keeps {used} bytes for 2-3 points of a {size}-byte disk"
+    );
 }
 
 #[test]
@@ -482,7 +583,10 @@ fn cbt_across_disk_resizes() {
     let disk = tmp.path().join("d.raw");
     write_disk(&disk, 3 * MIB + 4096, &[(0, 3 * MIB + 4096, Fill::Random(1))]);
     let args = ["--block-size", "256K"];
-    let mut versions = vec![(point_id(&backup(&repo, "rs", &args, &[&disk])), tmp.path().join("v0.raw"))];
+    let mut versions = vec![(
+        point_id(&backup(&repo, "rs", &args, &[&disk])),
+        tmp.path().join("v0.raw"),
+    )];
     std::fs::copy(&disk, &versions[0].1).unwrap();
 
     let steps: [(u64, Vec<(u64, u64)>); 4] = [
@@ -496,7 +600,12 @@ fn cbt_across_disk_resizes() {
         (3 * MIB + 300, vec![]),
     ];
     for (i, (size, writes)) in steps.iter().enumerate() {
-        std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(*size).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .set_len(*size)
+            .unwrap();
         for (k, &(off, len)) in writes.iter().enumerate() {
             patch_disk(&disk, off, len, Fill::Random(100 + (i * 10 + k) as u64));
         }

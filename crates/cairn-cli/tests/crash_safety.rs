@@ -161,7 +161,10 @@ fn kill_during_backup() {
         saved.save(&id, &disk);
         pending.clear();
         let after = repo.leftovers(VM);
-        assert!(after.is_empty(), "{ctx}: the backup after the kill left files not accounted for: {after:?} (after the kill: {left:?})");
+        assert!(
+            after.is_empty(),
+            "{ctx}: the backup after the kill left files not accounted for: {after:?} (after the kill: {left:?})"
+        );
         saved.check_all(&repo, VM, &[id], tmp.path(), &format!("{ctx}, next backup"));
 
         // Keep the chain short so each trial restores only a few points.
@@ -204,11 +207,24 @@ fn kill_during_first_backup_of_a_vm() {
         let committed = listed.status.success();
         if committed {
             assert_eq!(repo.ids(&vm).len(), 1, "{ctx}");
-            tally.add(if ending == Ending::Completed { "finished before the kill" } else { "killed after the commit" });
+            tally.add(if ending == Ending::Completed {
+                "finished before the kill"
+            } else {
+                "killed after the commit"
+            });
         } else {
-            assert_eq!(ending, Ending::Killed, "{ctx}: backup exited 0 but its VM has no points:\n{}", show(&listed));
+            assert_eq!(
+                ending,
+                Ending::Killed,
+                "{ctx}: backup exited 0 but its VM has no points:\n{}",
+                show(&listed)
+            );
             let err = String::from_utf8_lossy(&listed.stderr);
-            assert!(err.contains("no backups of VM"), "{ctx}: points --vm {vm}:\n{}", show(&listed));
+            assert!(
+                err.contains("no backups of VM"),
+                "{ctx}: points --vm {vm}:\n{}",
+                show(&listed)
+            );
             tally.add("killed before the commit");
         }
 
@@ -222,13 +238,25 @@ fn kill_during_first_backup_of_a_vm() {
         if committed {
             assert!(v.status.success(), "{ctx}: verify --vm {vm}:\n{}", show(&v));
         } else {
-            assert_eq!(v.status.code(), Some(2), "{ctx}: verify --vm {vm} of a VM without backups:\n{}", show(&v));
-            assert!(String::from_utf8_lossy(&v.stderr).contains("no backups of VM"), "{ctx}: verify --vm {vm}:\n{}", show(&v));
+            assert_eq!(
+                v.status.code(),
+                Some(2),
+                "{ctx}: verify --vm {vm} of a VM without backups:\n{}",
+                show(&v)
+            );
+            assert!(
+                String::from_utf8_lossy(&v.stderr).contains("no backups of VM"),
+                "{ctx}: verify --vm {vm}:\n{}",
+                show(&v)
+            );
         }
 
         let (id, _) = repo.backup(&vm, &disk, &[]);
         let left = repo.leftovers(&vm);
-        assert!(left.is_empty(), "{ctx}: the backup after the kill left files not accounted for: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{ctx}: the backup after the kill left files not accounted for: {left:?}"
+        );
         let ids = repo.ids(&vm);
         assert_eq!(ids.last(), Some(&id), "{ctx}");
         let out = tmp.path().join("restored.raw");
@@ -237,7 +265,10 @@ fn kill_during_first_backup_of_a_vm() {
         std::fs::remove_file(&out).unwrap();
     }
     tally.print(&format!("{test}: where the kills landed"));
-    assert!(tally.get("killed before the commit") > 0, "{test}: no kill interrupted a first backup");
+    assert!(
+        tally.get("killed before the commit") > 0,
+        "{test}: no kill interrupted a first backup"
+    );
 }
 
 /// Regression: a first backup killed before its commit leaves a chain folder
@@ -259,8 +290,17 @@ fn verify_of_a_vm_whose_first_backup_was_interrupted() {
     let mut c = cairn(["verify", "--vm", "new", "--repo"]);
     c.arg(&repo.root);
     let out = output(c);
-    assert_eq!(out.status.code(), Some(2), "verify --vm of a VM without backups:\n{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no backups of VM \"new\""), "{}", show(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "verify --vm of a VM without backups:\n{}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backups of VM \"new\""),
+        "{}",
+        show(&out)
+    );
     repo.verify_ok("a repository with an interrupted first backup");
 
     // The next backup of the VM removes the leftover.
@@ -345,7 +385,12 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
     let repo = Repo::init(&tmp.path().join("repo"));
     let mut args = s(&["--block-size", "1M", "--compression", "none"]);
     args.extend(s(method));
-    let mut chain = Chain { repo: &repo, disk: &disk, args, saved: Saved::new(&tmp.path().join("saved")) };
+    let mut chain = Chain {
+        repo: &repo,
+        disk: &disk,
+        args,
+        saved: Saved::new(&tmp.path().join("saved")),
+    };
     chain.grow(&mut rng);
     chain.grow_to(POINTS, &mut rng);
 
@@ -354,12 +399,18 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
     let mut took = BTreeMap::new();
     let points = repo.points(VM);
     for keep in 1..POINTS {
-        let copy = Repo { root: tmp.path().join("calibration") };
+        let copy = Repo {
+            root: tmp.path().join("calibration"),
+        };
         copy_tree(&repo.root, &copy.root);
         let started = Instant::now();
         copy.retain(VM, keep);
         took.insert(keep, started.elapsed());
-        assert_eq!(copy.ids(VM), after_retention(&points, keep, forward), "{test}: retain --keep {keep} on a copy");
+        assert_eq!(
+            copy.ids(VM),
+            after_retention(&points, keep, forward),
+            "{test}: retain --keep {keep} on a copy"
+        );
         std::fs::remove_dir_all(&copy.root).unwrap();
     }
     eprintln!("{test}: uninterrupted retention by --keep: {took:?}");
@@ -372,7 +423,10 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
         let keep = 1 + trial % (POINTS - 1);
         let expected = after_retention(&points, keep, forward);
         let delay = took[&keep].mul_f64(frac);
-        let ctx = format!("{test} trial {trial} (--keep {keep} of {}, killed after {delay:?})", old.len());
+        let ctx = format!(
+            "{test} trial {trial} (--keep {keep} of {}, killed after {delay:?})",
+            old.len()
+        );
         let (ending, _, finished) = run_and_kill(repo.retain_cmd(VM, keep), delay);
         if let Some(t) = finished {
             // One timing on a busy machine can be far off; runs that end by
@@ -402,15 +456,23 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
         // A backup and a retention run after the kill work and clean up.
         let id = chain.grow(&mut rng);
         let after = repo.leftovers(VM);
-        assert!(after.is_empty(), "{ctx}: the backup after the kill left files not accounted for: {after:?} (after the kill: {left:?})");
-        chain.saved.check_all(&repo, VM, &[id], tmp.path(), &format!("{ctx}, next backup"));
+        assert!(
+            after.is_empty(),
+            "{ctx}: the backup after the kill left files not accounted for: {after:?} (after the kill: {left:?})"
+        );
+        chain
+            .saved
+            .check_all(&repo, VM, &[id], tmp.path(), &format!("{ctx}, next backup"));
         let expected = after_retention(&repo.points(VM), keep, forward);
         repo.retain(VM, keep);
         let ids = repo.ids(VM);
         assert_eq!(ids, expected, "{ctx}: retain --keep {keep} after the next backup");
         chain.saved.keep_only(&ids);
         let after = repo.leftovers(VM);
-        assert!(after.is_empty(), "{ctx}: the retention after the kill left files not accounted for: {after:?}");
+        assert!(
+            after.is_empty(),
+            "{ctx}: the retention after the kill left files not accounted for: {after:?}"
+        );
         // Space of removed points is given back, also what an interrupted run left unpunched.
         let (needed, allocated) = repo.space(VM);
         assert!(
@@ -420,7 +482,9 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
     }
     tally.print(&format!("{test}: where the kills landed"));
     let ids = repo.ids(VM);
-    chain.saved.check_all(&repo, VM, &ids, tmp.path(), &format!("{test}: at the end"));
+    chain
+        .saved
+        .check_all(&repo, VM, &ids, tmp.path(), &format!("{test}: at the end"));
     assert!(
         tally.get("killed before the commit, after writing") + tally.get("killed after the commit") > 0,
         "{test}: no kill interrupted a retention run midway; the kill times do not cover it"
@@ -473,7 +537,10 @@ fn kill_at_each_step_of_backup() {
     let mut saved = Saved::new(&tmp.path().join("saved"));
     let sessions: [(&str, &[&str]); 3] = [
         ("incremental", &["--block-size", "256K"]),
-        ("synthetic full", &["--block-size", "256K", "--method", "forward", "--full-every", "1"]),
+        (
+            "synthetic full",
+            &["--block-size", "256K", "--method", "forward", "--full-every", "1"],
+        ),
         ("active full", &["--block-size", "256K", "--full"]),
     ];
     let (id, _) = repo.backup(VM, &disk, sessions[0].1);
@@ -488,7 +555,10 @@ fn kill_at_each_step_of_backup() {
                 scribble(&disk, &mut rng, 3, 256 * KIB);
                 let (ending, _) = run_killable(kill_at_syscall(&repo.backup_cmd(VM, &disk, args), syscalls, nth));
                 let now = repo.ids(VM);
-                assert!(now.starts_with(&before) && now.len() <= before.len() + 1, "{ctx}: points before {before:?}, after {now:?}");
+                assert!(
+                    now.starts_with(&before) && now.len() <= before.len() + 1,
+                    "{ctx}: points before {before:?}, after {now:?}"
+                );
                 let committed = now.len() > before.len();
                 if ending == Ending::Completed {
                     assert!(committed, "{ctx}: backup exited 0 but listed no new point");
@@ -501,20 +571,36 @@ fn kill_at_each_step_of_backup() {
                 if ending == Ending::Completed {
                     break; // it makes fewer than `nth` such calls
                 }
-                tally.add(if committed { "killed after the commit" } else { "killed before the commit" });
+                tally.add(if committed {
+                    "killed after the commit"
+                } else {
+                    "killed before the commit"
+                });
             }
             // The next backup works and leaves nothing behind.
             let (id, _) = repo.backup(VM, &disk, args);
             saved.save(&id, &disk);
             let left = repo.leftovers(VM);
-            assert!(left.is_empty(), "{test}: {session}: the backup after kills at {syscalls} left {left:?}");
-            saved.check_all(&repo, VM, &[id], tmp.path(), &format!("{test}: {session}, after kills at {syscalls}"));
+            assert!(
+                left.is_empty(),
+                "{test}: {session}: the backup after kills at {syscalls} left {left:?}"
+            );
+            saved.check_all(
+                &repo,
+                VM,
+                &[id],
+                tmp.path(),
+                &format!("{test}: {session}, after kills at {syscalls}"),
+            );
             repo.retain(VM, 2);
             saved.keep_only(&repo.ids(VM));
         }
     }
     tally.print(&format!("{test}: kills"));
-    assert!(tally.get("killed before the commit") > 0 && tally.get("killed after the commit") > 0, "{test}: kills missed the commit");
+    assert!(
+        tally.get("killed before the commit") > 0 && tally.get("killed after the commit") > 0,
+        "{test}: kills missed the commit"
+    );
 }
 
 /// Retention runs killed (with strace) on entering each fsync, rename,
@@ -524,8 +610,10 @@ fn kill_at_each_step_of_retention() {
     require_tool("strace", "strace");
     let test = "kill_at_each_step_of_retention";
     let mut rng = Rng::new(test_seed(test, 0x6b69_6c6c_0007));
-    let methods: [(&str, &[&str]); 2] =
-        [("forever forward", &[]), ("forward", &["--method", "forward", "--full-every", "2"])];
+    let methods: [(&str, &[&str]); 2] = [
+        ("forever forward", &[]),
+        ("forward", &["--method", "forward", "--full-every", "2"]),
+    ];
     let mut tally = Tally::default();
     for (method, method_args) in methods {
         let forward = !method_args.is_empty();
@@ -535,7 +623,12 @@ fn kill_at_each_step_of_retention() {
         let repo = Repo::init(&tmp.path().join("repo"));
         let mut args = s(&["--block-size", "256K", "--compression", "none"]);
         args.extend(s(method_args));
-        let mut chain = Chain { repo: &repo, disk: &disk, args, saved: Saved::new(&tmp.path().join("saved")) };
+        let mut chain = Chain {
+            repo: &repo,
+            disk: &disk,
+            args,
+            saved: Saved::new(&tmp.path().join("saved")),
+        };
         chain.grow(&mut rng);
         for &(syscalls, max) in STEPS {
             for nth in 1..=max {
@@ -546,7 +639,10 @@ fn kill_at_each_step_of_retention() {
                 let expected = after_retention(&points, 1, forward);
                 let (ending, _) = run_killable(kill_at_syscall(&repo.retain_cmd(VM, 1), syscalls, nth));
                 let now = repo.ids(VM);
-                assert!(now == old || now == expected, "{ctx}: the chain lists {now:?}; expected {old:?} or {expected:?}");
+                assert!(
+                    now == old || now == expected,
+                    "{ctx}: the chain lists {now:?}; expected {old:?} or {expected:?}"
+                );
                 if ending == Ending::Completed {
                     assert_eq!(now, expected, "{ctx}: retain exited 0");
                 }
@@ -555,24 +651,43 @@ fn kill_at_each_step_of_retention() {
                 if ending == Ending::Completed {
                     break;
                 }
-                tally.add(if now == old { "killed before the commit" } else { "killed after the commit" });
+                tally.add(if now == old {
+                    "killed before the commit"
+                } else {
+                    "killed after the commit"
+                });
             }
             // A backup and a retention run after the kills work and clean up.
             chain.grow(&mut rng);
             let left = repo.leftovers(VM);
-            assert!(left.is_empty(), "{test}: {method}: the backup after kills at {syscalls} left {left:?}");
+            assert!(
+                left.is_empty(),
+                "{test}: {method}: the backup after kills at {syscalls} left {left:?}"
+            );
             let expected = after_retention(&repo.points(VM), 1, forward);
             repo.retain(VM, 1);
             let ids = repo.ids(VM);
             assert_eq!(ids, expected, "{test}: {method}: retain after kills at {syscalls}");
             chain.saved.keep_only(&ids);
-            chain.saved.check_all(&repo, VM, &ids, tmp.path(), &format!("{test}: {method}, after kills at {syscalls}"));
+            chain.saved.check_all(
+                &repo,
+                VM,
+                &ids,
+                tmp.path(),
+                &format!("{test}: {method}, after kills at {syscalls}"),
+            );
             let (needed, allocated) = repo.space(VM);
-            assert!(allocated <= needed + MIB, "{test}: {method}: data files occupy {allocated} bytes, the points need {needed}");
+            assert!(
+                allocated <= needed + MIB,
+                "{test}: {method}: data files occupy {allocated} bytes, the points need {needed}"
+            );
         }
     }
     tally.print(&format!("{test}: kills"));
-    assert!(tally.get("killed before the commit") > 0 && tally.get("killed after the commit") > 0, "{test}: kills missed the commit");
+    assert!(
+        tally.get("killed before the commit") > 0 && tally.get("killed after the commit") > 0,
+        "{test}: kills missed the commit"
+    );
 }
 
 // ------------------------------------------------------------ full disk
@@ -605,7 +720,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.dir).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
@@ -637,8 +755,17 @@ fn fill_up(path: &Path, free: u64) {
 /// Asserts that a failed command reported ENOSPC and named a file of the repository.
 fn assert_enospc(out: &std::process::Output, repo: &Repo, ctx: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{ctx}: expected exit code 2:\n{}", show(out));
-    assert!(err.contains("No space left on device"), "{ctx}: the error does not say the disk is full:\n{}", show(out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{ctx}: expected exit code 2:\n{}",
+        show(out)
+    );
+    assert!(
+        err.contains("No space left on device"),
+        "{ctx}: the error does not say the disk is full:\n{}",
+        show(out)
+    );
     assert!(
         err.contains(&*repo.root.to_string_lossy()),
         "{ctx}: the error does not name the file that could not be written:\n{}",
@@ -678,7 +805,13 @@ fn full_disk() {
     eprintln!("{test}: the backup that does not fit says: {}", err.trim());
     repo.verify_ok("after the failed backup");
     assert_eq!(repo.ids(VM), std::slice::from_ref(&p1), "after the failed backup");
-    saved.check_all(&repo, VM, std::slice::from_ref(&p1), tmp.path(), "after the failed backup");
+    saved.check_all(
+        &repo,
+        VM,
+        std::slice::from_ref(&p1),
+        tmp.path(),
+        "after the failed backup",
+    );
     // Retention has nothing to remove but must work on the full repository.
     repo.retain(VM, 1);
 
@@ -693,10 +826,20 @@ fn full_disk() {
     small(&mut rng);
     let (p2, _) = repo.backup(VM, &disk, &small_args);
     saved.save(&p2, &disk);
-    saved.check_all(&repo, VM, &repo.ids(VM), tmp.path(), "small backup after the failed one");
+    saved.check_all(
+        &repo,
+        VM,
+        &repo.ids(VM),
+        tmp.path(),
+        "small backup after the failed one",
+    );
     let left = repo.leftovers(VM);
     assert!(left.is_empty(), "leftovers after the small backup: {left:?}");
-    assert!(tmp_files(&repo.root).is_empty(), "*.tmp files after the small backup: {:?}", tmp_files(&repo.root));
+    assert!(
+        tmp_files(&repo.root).is_empty(),
+        "*.tmp files after the small backup: {:?}",
+        tmp_files(&repo.root)
+    );
 
     // Every backup below changes the same two blocks again, so its data file
     // is as long as this one's.
@@ -705,7 +848,10 @@ fn full_disk() {
         let meta = r.read_meta(&r.chain_dir(VM)).unwrap();
         meta.files.last().unwrap().committed_len
     };
-    assert!(data_len > 2 * MIB && data_len % PAGE == 0, "{test}: data file of a two-block backup has {data_len} bytes");
+    assert!(
+        data_len > 2 * MIB && data_len % PAGE == 0,
+        "{test}: data file of a two-block backup has {data_len} bytes"
+    );
     // Free space from two pages short of the data file to well past the
     // whole commit: the backup fails writing its data file, its index or the
     // metadata, or succeeds.
@@ -739,7 +885,10 @@ fn full_disk() {
     }
     stages.print(&format!("{test}: how the backups with little free space ended"));
     for stage in ["failed writing the data file", "succeeded"] {
-        assert!(stages.get(stage) > 0, "{test}: no backup {stage}; the free space sweep missed its mark");
+        assert!(
+            stages.get(stage) > 0,
+            "{test}: no backup {stage}; the free space sweep missed its mark"
+        );
     }
     assert!(
         stages.get("failed writing the index") + stages.get("failed writing the metadata") > 0,
@@ -774,11 +923,28 @@ fn full_disk() {
         let out = output(repo.retain_cmd(VM, 1));
         let free_after = rustix::fs::statvfs(&mnt).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
         std::fs::remove_file(&filler).unwrap();
-        assert!(out.status.success(), "{test}: retain with little free space failed: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(repo.ids(VM), [before.last().unwrap().clone()], "{test}: retain --keep 1 with little free space");
-        assert!(free_after > free_before, "{test}: retain gave no space back ({free_before} → {free_after} bytes free)");
+        assert!(
+            out.status.success(),
+            "{test}: retain with little free space failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            repo.ids(VM),
+            [before.last().unwrap().clone()],
+            "{test}: retain --keep 1 with little free space"
+        );
+        assert!(
+            free_after > free_before,
+            "{test}: retain gave no space back ({free_before} → {free_after} bytes free)"
+        );
         repo.verify_ok("after retain with little free space");
-        saved.check_all(&repo, VM, &repo.ids(VM), tmp.path(), "after retain with little free space");
+        saved.check_all(
+            &repo,
+            VM,
+            &repo.ids(VM),
+            tmp.path(),
+            "after retain with little free space",
+        );
     }
 
     // With space back, retention works and cleans what the failures left.
@@ -789,5 +955,9 @@ fn full_disk() {
     saved.check_all(&repo, VM, &ids, tmp.path(), "after retain");
     let left = repo.leftovers(VM);
     assert!(left.is_empty(), "leftovers after retain: {left:?}");
-    assert!(tmp_files(&repo.root).is_empty(), "*.tmp files after retain: {:?}", tmp_files(&repo.root));
+    assert!(
+        tmp_files(&repo.root).is_empty(),
+        "*.tmp files after retain: {:?}",
+        tmp_files(&repo.root)
+    );
 }

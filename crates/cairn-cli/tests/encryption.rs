@@ -39,7 +39,11 @@ fn encrypted_round_trip() {
     write_disk(
         &disk,
         24 * MIB + 4096,
-        &[(0, 5 * MIB, Fill::Text(1)), (8 * MIB, 3 * MIB, Fill::Random(2)), (20 * MIB, 4 * MIB + 4096, Fill::Text(3))],
+        &[
+            (0, 5 * MIB, Fill::Text(1)),
+            (8 * MIB, 3 * MIB, Fill::Random(2)),
+            (20 * MIB, 4 * MIB + 4096, Fill::Text(3)),
+        ],
     );
     let v0 = tmp.path().join("v0.raw");
     std::fs::copy(&disk, &v0).unwrap();
@@ -65,10 +69,19 @@ fn encrypted_round_trip() {
     // its header) and its payload carries the nonce and tag overhead.
     let chain = only_chain_dir(&repo);
     let mut n = 0;
-    for f in all_files(&chain).iter().filter(|p| p.extension().is_some_and(|e| e == "full" || e == "inc")) {
+    for f in all_files(&chain)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "full" || e == "inc"))
+    {
         let bytes = std::fs::read(f).unwrap();
         for r in records(f) {
-            assert_eq!(bytes[r.offset as usize + 6] & 1, 1, "record at {} of {} is not encrypted", r.offset, f.display());
+            assert_eq!(
+                bytes[r.offset as usize + 6] & 1,
+                1,
+                "record at {} of {} is not encrypted",
+                r.offset,
+                f.display()
+            );
             n += 1;
         }
     }
@@ -101,12 +114,21 @@ fn wrong_password_is_refused_by_every_command() {
         assert!(!out.exists(), "{args:?} created the output file");
 
         let (_, err) = fails(cairn(args), 2);
-        assert!(err.contains("CAIRN_PASSWORD") && err.contains("--password-file"), "{args:?} without password: {err}");
+        assert!(
+            err.contains("CAIRN_PASSWORD") && err.contains("--password-file"),
+            "{args:?} without password: {err}"
+        );
     }
     // Nothing was changed by the refused commands.
     let mut c = cairn(["points", "--json", "--vm", "vm1"]);
     c.arg("--repo").arg(&repo);
-    assert_eq!(ok_json(with_password(c, PASSWORD))[0]["points"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        ok_json(with_password(c, PASSWORD))[0]["points"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -123,7 +145,10 @@ fn init_needs_a_password() {
     c.arg(&repo);
     let (_, err) = fails(with_password(c, ""), 2);
     assert!(err.contains("password is empty"), "{err}");
-    assert!(!repo.exists() || std::fs::read_dir(&repo).unwrap().next().is_none(), "a failed init must create nothing");
+    assert!(
+        !repo.exists() || std::fs::read_dir(&repo).unwrap().next().is_none(),
+        "a failed init must create nothing"
+    );
 
     let mut c = cairn(["repo", "init", "--encryption", "rot13"]);
     c.arg(&repo);
@@ -168,7 +193,10 @@ fn password_file() {
     let mut c = cairn(["points", "--password-file"]);
     c.arg(&missing).arg("--repo").arg(&repo);
     let (_, err) = fails(c, 2);
-    assert!(err.contains("no-such-pw-file"), "the error must name the password file: {err}");
+    assert!(
+        err.contains("no-such-pw-file"),
+        "the error must name the password file: {err}"
+    );
 }
 
 /// Searches every file under `repo` for each needle; returns (needle, file) hits.
@@ -195,7 +223,15 @@ fn secret_disk(dir: &Path) -> std::path::PathBuf {
     for i in (0..mixed.len()).step_by(4096) {
         mixed[i..i + MARKER.len()].copy_from_slice(MARKER.as_bytes());
     }
-    write_disk(&disk, 8 * MIB, &[(0, MIB, Fill::Bytes(text)), (2 * MIB, MIB, Fill::Bytes(mixed)), (5 * MIB, MIB, Fill::Random(6))]);
+    write_disk(
+        &disk,
+        8 * MIB,
+        &[
+            (0, MIB, Fill::Bytes(text)),
+            (2 * MIB, MIB, Fill::Bytes(mixed)),
+            (5 * MIB, MIB, Fill::Random(6)),
+        ],
+    );
     disk
 }
 
@@ -203,7 +239,12 @@ fn secret_disk(dir: &Path) -> std::path::PathBuf {
 fn no_plaintext_in_an_encrypted_repository() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = secret_disk(tmp.path());
-    let needles: [&[u8]; 4] = [MARKER.as_bytes(), b"SECRET-MARKER", b"secret-vm-name", b"secret-disk-path"];
+    let needles: [&[u8]; 4] = [
+        MARKER.as_bytes(),
+        b"SECRET-MARKER",
+        b"secret-vm-name",
+        b"secret-disk-path",
+    ];
 
     // Control: without encryption and compression the scan does find the data,
     // so an empty result below means something.
@@ -211,14 +252,31 @@ fn no_plaintext_in_an_encrypted_repository() {
     init_repo(&plain);
     backup(&plain, "secret-vm-name", &["--compression", "none"], &[&disk]);
     let hits = scan(&plain, &needles);
-    assert!(hits.iter().any(|(n, f)| n == MARKER && f.ends_with(".full")), "control scan found nothing: {hits:?}");
+    assert!(
+        hits.iter().any(|(n, f)| n == MARKER && f.ends_with(".full")),
+        "control scan found nothing: {hits:?}"
+    );
 
     let repo = tmp.path().join("enc");
     init_encrypted(&repo);
     for codec in ["none", "zstd:1", "lz4"] {
         backup_enc(&repo, "secret-vm-name", &["--compression", codec, "--full"], &disk);
     }
-    patch_disk(&disk, 3 * MIB, MIB, Fill::Bytes(MARKER.as_bytes().iter().copied().cycle().skip(3).take(MIB as usize).collect()));
+    patch_disk(
+        &disk,
+        3 * MIB,
+        MIB,
+        Fill::Bytes(
+            MARKER
+                .as_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .skip(3)
+                .take(MIB as usize)
+                .collect(),
+        ),
+    );
     backup_enc(&repo, "secret-vm-name", &["--compression", "none"], &disk);
     let mut c = cairn(["retain", "--keep", "2"]);
     c.arg("--repo").arg(&repo);
@@ -279,7 +337,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -45,13 +45,24 @@ fn fixture() -> Fixture {
     assert_eq!(stat(&b2, "new_blocks"), 1);
     let b3 = backup(&repo, "vm", &args, &[&d0, &d1]);
     assert_eq!(stat(&b3, "new_blocks"), 0);
-    Fixture { _tmp: tmp, dir, repo, ids: vec![point_id(&b1), point_id(&b2), point_id(&b3)], d0, d1_p1, d1_p2: d1 }
+    Fixture {
+        _tmp: tmp,
+        dir,
+        repo,
+        ids: vec![point_id(&b1), point_id(&b2), point_id(&b3)],
+        d0,
+        d1_p1,
+        d1_p2: d1,
+    }
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut b = vec![0u8; len];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut b, offset).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
     b
 }
 
@@ -61,13 +72,23 @@ fn record_holding(data_file: &Path, content: &[u8]) -> Record {
         .into_iter()
         .filter(|r| r.codec == 0 && read_at(data_file, r.payload_offset(), 4096) == content[..4096])
         .collect();
-    assert_eq!(found.len(), 1, "records holding the block in {}: {found:?}", data_file.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "records holding the block in {}: {found:?}",
+        data_file.display()
+    );
     found[0].clone()
 }
 
 fn health_of<'a>(report: &'a Value, id: &str) -> &'a Value {
     let chain = &report["chains"][0];
-    chain["points"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap_or_else(|| panic!("point {id} not in {report}"))
+    chain["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("point {id} not in {report}"))
 }
 
 #[test]
@@ -88,13 +109,19 @@ fn damaged_block_names_only_the_points_and_disk_using_it() {
     let chain_h = &report["chains"][0];
     assert_eq!(chain_h["vm"], "vm");
     assert_eq!(chain_h["ok"], false);
-    assert!(chain_h["problems"].as_array().unwrap().is_empty(), "the file as a whole is fine: {chain_h}");
+    assert!(
+        chain_h["problems"].as_array().unwrap().is_empty(),
+        "the file as a whole is fine: {chain_h}"
+    );
     let p1 = health_of(&report, &f.ids[0]);
     assert_eq!(p1["ok"], false);
     assert_eq!(p1["damaged_disks"], serde_json::json!([1]));
     assert_eq!(p1["damaged_blocks"], serde_json::json!({"1": 1}));
     let problem = p1["problems"][0].as_str().unwrap();
-    assert!(problem.contains("disk 1 block 3") && problem.contains("checksum"), "{problem}");
+    assert!(
+        problem.contains("disk 1 block 3") && problem.contains("checksum"),
+        "{problem}"
+    );
     for id in &f.ids[1..] {
         let p = health_of(&report, id);
         assert_eq!(p["ok"], true, "{id} does not use the damaged record: {p}");
@@ -105,13 +132,19 @@ fn damaged_block_names_only_the_points_and_disk_using_it() {
     c.arg("--repo").arg(&f.repo);
     let (out, _) = fails(c, 1);
     assert!(out.contains("VM vm: DAMAGED"), "{out}");
-    assert!(out.contains(&format!("restore point {} (", f.ids[0])) && out.contains("disks: 1 (1 blocks)"), "{out}");
+    assert!(
+        out.contains(&format!("restore point {} (", f.ids[0])) && out.contains("disks: 1 (1 blocks)"),
+        "{out}"
+    );
     assert!(!out.contains(&format!("restore point {} (", f.ids[1])), "{out}");
 
     // Restoring the damaged disk of p1 fails and leaves nothing behind.
     let out = f.dir.join("p1-disk1.raw");
     let (_, err) = fails(restore_cmd(&f.repo, "vm", &f.ids[0], 1, &out), 2);
-    assert!(err.contains("00000001.full") && err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains("00000001.full") && err.contains("checksum mismatch"),
+        "{err}"
+    );
     assert!(!out.exists(), "a failed restore must not leave {}", out.display());
     // Every other disk image restores intact.
     for (point, disk, expected) in [
@@ -144,7 +177,10 @@ fn damaged_block_shared_by_every_point() {
     assert_eq!(report["chains"][0]["records_checked"], 17);
     let out = f.dir.join("latest-0.raw");
     let (_, err) = fails(restore_cmd(&f.repo, "vm", "latest", 0, &out), 2);
-    assert!(err.contains("00000001.full") && err.contains("block record header"), "{err}");
+    assert!(
+        err.contains("00000001.full") && err.contains("block record header"),
+        "{err}"
+    );
     assert!(!out.exists());
     let out = f.dir.join("latest-1.raw");
     restore(&f.repo, "vm", "latest", 1, &out);
@@ -159,7 +195,15 @@ fn damaged_chain_metadata() {
     write_disk(&other, 4 * MIB, &[(0, MIB, Fill::Random(9))]);
     backup(&f.repo, "other", &[], &[&other]);
     let before = ok_json(verify_cmd(&f.repo));
-    let vm_dir = before["chains"].as_array().unwrap().iter().find(|c| c["vm"] == "vm").unwrap()["dir"].as_str().unwrap().to_string();
+    let vm_dir = before["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["vm"] == "vm")
+        .unwrap()["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let meta = Path::new(&vm_dir).join("chain.meta");
     let len = std::fs::metadata(&meta).unwrap().len();
     flip_byte(&meta, len / 2);
@@ -171,14 +215,20 @@ fn damaged_chain_metadata() {
     assert_eq!(bad["ok"], false);
     assert!(bad["vm"].is_null());
     let problem = bad["problems"][0].as_str().unwrap();
-    assert!(problem.contains("chain unreadable") && problem.contains("chain.meta"), "{problem}");
+    assert!(
+        problem.contains("chain unreadable") && problem.contains("chain.meta"),
+        "{problem}"
+    );
     let good = chains.iter().find(|c| c["vm"] == "other").unwrap();
     assert_eq!(good["ok"], true);
 
     let mut c = cairn(["verify"]);
     c.arg("--repo").arg(&f.repo);
     let (out, _) = fails(c, 1);
-    assert!(out.contains("unreadable chain") && out.contains("DAMAGED") && out.contains("VM other: ok"), "{out}");
+    assert!(
+        out.contains("unreadable chain") && out.contains("DAMAGED") && out.contains("VM other: ok"),
+        "{out}"
+    );
 
     let out = f.dir.join("o.raw");
     let (_, err) = fails(restore_cmd(&f.repo, "vm", "latest", 0, &out), 2);
@@ -212,13 +262,19 @@ fn damaged_point_index() {
     let p2 = health_of(&report, &f.ids[1]);
     assert_eq!(p2["ok"], false);
     let problem = p2["problems"][0].as_str().unwrap();
-    assert!(problem.contains("index unreadable") && problem.contains(".idx"), "{problem}");
+    assert!(
+        problem.contains("index unreadable") && problem.contains(".idx"),
+        "{problem}"
+    );
     for id in [&f.ids[0], &f.ids[2]] {
         assert_eq!(health_of(&report, id)["ok"], true);
     }
     let out = f.dir.join("p2.raw");
     let (_, err) = fails(restore_cmd(&f.repo, "vm", &f.ids[1], 0, &out), 2);
-    assert!(err.contains(&format!("{}.idx", f.ids[1])) && err.contains("checksum"), "{err}");
+    assert!(
+        err.contains(&format!("{}.idx", f.ids[1])) && err.contains("checksum"),
+        "{err}"
+    );
     assert!(!out.exists());
     for (point, expected) in [(&f.ids[0], &f.d1_p1), (&f.ids[2], &f.d1_p2)] {
         let out = f.dir.join(format!("{point}.raw"));
@@ -238,8 +294,13 @@ fn truncated_data_file() {
     drop(file);
 
     let report = json_with_code(verify_cmd(&f.repo), 1);
-    let problem = report["chains"][0]["problems"][0].as_str().unwrap_or_else(|| panic!("{report}"));
-    assert!(problem.contains("00000001.full") && problem.contains("committed"), "{problem}");
+    let problem = report["chains"][0]["problems"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        problem.contains("00000001.full") && problem.contains("committed"),
+        "{problem}"
+    );
     // The records of disk 1 were written after those of disk 0: only they are
     // gone, and each point names disk 1 alone; disk 0 still restores.
     for id in &f.ids {
@@ -253,7 +314,10 @@ fn truncated_data_file() {
 
     let out = f.dir.join("o.raw");
     let (_, err) = fails(restore_cmd(&f.repo, "vm", "latest", 1, &out), 2);
-    assert!(err.contains("00000001.full") && err.contains("truncated"), "the error must name the data file and say what is wrong: {err}");
+    assert!(
+        err.contains("00000001.full") && err.contains("truncated"),
+        "the error must name the data file and say what is wrong: {err}"
+    );
     assert!(!out.exists());
     // A backup refuses to build on the damaged chain.
     let mut c = cairn(["backup", "--vm", "vm", "--block-size", "256K"]);
@@ -273,7 +337,10 @@ fn init_refuses_a_non_empty_folder() {
     let mut c = cairn(["repo", "init"]);
     c.arg(&dir);
     let (_, err) = fails(c, 2);
-    assert!(err.contains("already exists and is not empty") && err.contains("full"), "{err}");
+    assert!(
+        err.contains("already exists and is not empty") && err.contains("full"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(dir.join("precious.txt")).unwrap(), "keep me");
     assert!(!dir.join("config").exists() && !dir.join("chains").exists());
 
@@ -301,8 +368,15 @@ fn backup_errors_name_what_is_wrong() {
     let mut c = cairn(["backup", "--vm", "vm"]);
     c.arg("--repo").arg(&repo).arg(&missing);
     let (_, err) = fails(c, 2);
-    assert!(err.contains(missing.to_str().unwrap()), "the error must name the disk: {err}");
-    assert_eq!(err.matches("No such file or directory").count(), 1, "the cause once, not repeated: {err}");
+    assert!(
+        err.contains(missing.to_str().unwrap()),
+        "the error must name the disk: {err}"
+    );
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause once, not repeated: {err}"
+    );
     assert!(chain_dirs(&repo).is_empty(), "a failed backup must create no chain");
 
     let disk = tmp.path().join("d.raw");
@@ -318,8 +392,14 @@ fn backup_errors_name_what_is_wrong() {
     let mut c = cairn(["backup", "--vm", "vm"]);
     c.arg("--repo").arg(&not_repo).arg(&disk);
     let (_, err) = fails(c, 2);
-    assert!(err.contains("not a cairn repository") && err.contains("cairn repo init"), "{err}");
-    assert!(std::fs::read_dir(&not_repo).unwrap().next().is_none(), "nothing written into a non-repository");
+    assert!(
+        err.contains("not a cairn repository") && err.contains("cairn repo init"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&not_repo).unwrap().next().is_none(),
+        "nothing written into a non-repository"
+    );
 }
 
 #[test]
@@ -337,7 +417,10 @@ fn restore_errors_name_what_is_wrong() {
     let (_, err) = fails(restore_cmd(&repo, "web", "deadbeef", 0, &out), 2);
     assert!(err.contains("has no restore point \"deadbeef\""), "{err}");
     let (_, err) = fails(restore_cmd(&repo, "web", "latest", 1, &out), 2);
-    assert!(err.contains(&format!("restore point {id} of VM \"web\" has no disk 1")), "{err}");
+    assert!(
+        err.contains(&format!("restore point {id} of VM \"web\" has no disk 1")),
+        "{err}"
+    );
     assert!(!out.exists());
 
     // The output must not exist; an existing file is left alone.

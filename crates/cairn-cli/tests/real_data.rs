@@ -65,7 +65,12 @@ fn base_image() -> &'static BaseImage {
 /// Work folders of runs that were killed before they could clean up (a day old).
 fn remove_stale_runs(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > 86_400);
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 86_400);
         if old && e.file_name().to_string_lossy().starts_with("run-") {
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -93,7 +98,12 @@ fn build_base_image(dir: &Path, img: &Path, manifest: &Path) {
         stage_tree(Path::new(src), &stage.join(name));
     }
     // More real files only if those two are too small on this machine.
-    for extra in [("/usr/bin", "bin"), ("/usr/libexec", "libexec"), ("/usr/sbin", "sbin"), ("/usr/lib", "usr-lib")] {
+    for extra in [
+        ("/usr/bin", "bin"),
+        ("/usr/libexec", "libexec"),
+        ("/usr/sbin", "sbin"),
+        ("/usr/lib", "usr-lib"),
+    ] {
         let staged: u64 = list_files(&stage).iter().map(|f| f.0).sum();
         if staged >= GIB + 64 * MIB {
             break;
@@ -105,11 +115,21 @@ fn build_base_image(dir: &Path, img: &Path, manifest: &Path) {
     }
     let files = list_files(&stage);
     let total: u64 = files.iter().map(|f| f.0).sum();
-    assert!(total >= GIB, "the staged real files hold only {} MiB, the test needs at least 1 GiB ({sources:?})", total >> 20);
+    assert!(
+        total >= GIB,
+        "the staged real files hold only {} MiB, the test needs at least 1 GiB ({sources:?})",
+        total >> 20
+    );
 
     let tmp_img = dir.join(format!("{IMAGE_VERSION}.img.tmp"));
     let _ = std::fs::remove_file(&tmp_img);
-    run_tool(Command::new(&mkfs).args(["-q", "-F", "-d"]).arg(&stage).arg(&tmp_img).arg(IMAGE_SIZE));
+    run_tool(
+        Command::new(&mkfs)
+            .args(["-q", "-F", "-d"])
+            .arg(&stage)
+            .arg(&tmp_img)
+            .arg(IMAGE_SIZE),
+    );
     File::open(&tmp_img).unwrap().sync_all().unwrap();
     std::fs::rename(&tmp_img, img).unwrap();
     let text: String = files.iter().map(|(s, p)| format!("{s}\t{p}\n")).collect();
@@ -129,7 +149,12 @@ fn build_base_image(dir: &Path, img: &Path, manifest: &Path) {
 /// Copies a tree with hard links (`cp -al`, free on the same file system),
 /// falling back to a real copy (`cp -a`).
 fn stage_tree(src: &Path, dst: &Path) {
-    let linked = Command::new("cp").arg("-al").arg(src).arg(dst).output().expect("run cp");
+    let linked = Command::new("cp")
+        .arg("-al")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("run cp");
     if !linked.status.success() {
         let _ = std::fs::remove_dir_all(dst);
         run_tool(Command::new("cp").arg("-a").arg(src).arg(dst));
@@ -147,7 +172,11 @@ fn list_files(root: &Path) -> Vec<(u64, String)> {
             if md.is_dir() {
                 stack.push(e.path());
             } else if md.is_file()
-                && let Some(rel) = e.path().strip_prefix(root).ok().and_then(|r| r.to_str().map(String::from))
+                && let Some(rel) = e
+                    .path()
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(|r| r.to_str().map(String::from))
             {
                 out.push((md.len(), rel));
             }
@@ -176,7 +205,11 @@ fn debugfs_write(img: &Path, commands: &[String]) {
         .lines()
         .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
         .collect();
-    assert!(complaints.is_empty(), "debugfs {commands:?} on {}: {complaints:?}", img.display());
+    assert!(
+        complaints.is_empty(),
+        "debugfs {commands:?} on {}: {complaints:?}",
+        img.display()
+    );
     std::fs::remove_file(script).unwrap();
 }
 
@@ -188,7 +221,10 @@ fn exists_in(img: &Path, path: &str) -> bool {
     if err.contains("File not found") {
         return false;
     }
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Inode:"), "debugfs stat {path}: {err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Inode:"),
+        "debugfs stat {path}: {err}"
+    );
     true
 }
 
@@ -196,7 +232,12 @@ fn exists_in(img: &Path, path: &str) -> bool {
 fn read_from(img: &Path, path: &str, scratch: &Path) -> Vec<u8> {
     let debugfs = require_tool("debugfs", "e2fsprogs");
     let _ = std::fs::remove_file(scratch);
-    run_tool(Command::new(&debugfs).arg("-R").arg(format!("dump {path} {}", scratch.display())).arg(img));
+    run_tool(
+        Command::new(&debugfs)
+            .arg("-R")
+            .arg(format!("dump {path} {}", scratch.display()))
+            .arg(img),
+    );
     let data = std::fs::read(scratch).unwrap_or_else(|e| panic!("debugfs dump {path} from {}: {e}", img.display()));
     std::fs::remove_file(scratch).unwrap();
     data
@@ -221,7 +262,10 @@ fn assert_fsck_clean(img: &Path) {
 #[track_caller]
 fn sparse_copy(src: &Path, dst: &Path) {
     run_tool(Command::new("cp").arg("--sparse=always").arg(src).arg(dst));
-    assert!(allocated_bytes(dst) <= allocated_bytes(src) + MIB, "cp --sparse=always filled holes");
+    assert!(
+        allocated_bytes(dst) <= allocated_bytes(src) + MIB,
+        "cp --sparse=always filled holes"
+    );
 }
 
 /// Writes `len` seeded random bytes to `host_src` and returns the debugfs
@@ -253,7 +297,10 @@ fn restore_and_compare(repo: &Path, vm: &str, point: &Value, block_size: u64, ex
 /// Points of a backup output, as `points --json` shows them.
 fn point_of(repo: &Path, vm: &str, backup_json: &Value) -> Value {
     let id = point_id(backup_json);
-    points(repo, vm).into_iter().find(|p| p["id"] == id.as_str()).unwrap_or_else(|| panic!("point {id} not listed"))
+    points(repo, vm)
+        .into_iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("point {id} not listed"))
 }
 
 #[track_caller]
@@ -282,8 +329,11 @@ fn ext4_full_incremental_and_cbt_backups_restore_identically() {
     let vm = "fileserver";
 
     // Files to remove: real, largish files, in a fixed order.
-    let mut victims: Vec<&(u64, String)> =
-        base.files.iter().filter(|(s, p)| (256 * KIB..8 * MIB).contains(s) && p.starts_with("share/") && plain_path(p)).collect();
+    let mut victims: Vec<&(u64, String)> = base
+        .files
+        .iter()
+        .filter(|(s, p)| (256 * KIB..8 * MIB).contains(s) && p.starts_with("share/") && plain_path(p))
+        .collect();
     victims.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     assert!(victims.len() >= 6, "too few files to remove in the image");
     let victim = |i: usize| format!("/{}", victims[i].1);
@@ -292,7 +342,11 @@ fn ext4_full_incremental_and_cbt_backups_restore_identically() {
     let v0 = &base.path;
     let full = backup(&repo, vm, &[], &[v0]);
     assert_eq!(session(&full), "full");
-    assert!(stat(&full, "read_bytes") >= GIB, "the full must read the whole file system: {}", full["point"]["stats"]);
+    assert!(
+        stat(&full, "read_bytes") >= GIB,
+        "the full must read the whole file system: {}",
+        full["point"]["stats"]
+    );
     assert!(stat(&full, "new_blocks") >= 1000, "{}", full["point"]["stats"]);
     assert_eq!(stat(&full, "unchanged_blocks"), 0);
     assert_block_accounting(&full);
@@ -324,13 +378,25 @@ fn ext4_full_incremental_and_cbt_backups_restore_identically() {
         "incremental stored {new_blocks} new blocks, the full {full_blocks}: {}",
         inc["point"]["stats"]
     );
-    assert!(stat(&inc, "unchanged_blocks") >= full_blocks * 9 / 10, "{}", inc["point"]["stats"]);
-    assert!(stat(&inc, "read_blocks") >= stat(&full, "read_blocks") * 9 / 10, "without CBT every allocated block is read");
+    assert!(
+        stat(&inc, "unchanged_blocks") >= full_blocks * 9 / 10,
+        "{}",
+        inc["point"]["stats"]
+    );
+    assert!(
+        stat(&inc, "read_blocks") >= stat(&full, "read_blocks") * 9 / 10,
+        "without CBT every allocated block is read"
+    );
 
     // ---- point 3: more changes, incremental with CBT from an image comparison
     let v2 = work.join("v2.img");
     sparse_copy(&v1, &v2);
-    let (w4, d) = new_file(&work.join("d.src"), "/cairn-new/sub/d.bin", 4, 2 * MIB as usize + 100 * KIB as usize);
+    let (w4, d) = new_file(
+        &work.join("d.src"),
+        "/cairn-new/sub/d.bin",
+        4,
+        2 * MIB as usize + 100 * KIB as usize,
+    );
     let (w5, e) = new_file(&work.join("e.src"), "/cairn-new/b.bin", 5, 64 * KIB as usize);
     let cmds = vec![
         "mkdir /cairn-new/sub".to_string(),
@@ -354,10 +420,25 @@ fn ext4_full_incremental_and_cbt_backups_restore_identically() {
     assert_eq!(session(&cbt), "incremental");
     assert_block_accounting(&cbt);
     let read = stat(&cbt, "read_bytes");
-    assert_eq!(stat(&cbt, "read_blocks"), touched, "CBT reads exactly the blocks the changed extents touch");
-    assert!(read <= touched * MIB, "CBT read {read} bytes for {changed} changed bytes in {touched} blocks");
-    assert!(read * 20 < stat(&full, "read_bytes"), "CBT read {read} bytes, the full {}", stat(&full, "read_bytes"));
-    assert!(stat(&cbt, "new_blocks") >= 3 && stat(&cbt, "new_blocks") <= touched, "{}", cbt["point"]["stats"]);
+    assert_eq!(
+        stat(&cbt, "read_blocks"),
+        touched,
+        "CBT reads exactly the blocks the changed extents touch"
+    );
+    assert!(
+        read <= touched * MIB,
+        "CBT read {read} bytes for {changed} changed bytes in {touched} blocks"
+    );
+    assert!(
+        read * 20 < stat(&full, "read_bytes"),
+        "CBT read {read} bytes, the full {}",
+        stat(&full, "read_bytes")
+    );
+    assert!(
+        stat(&cbt, "new_blocks") >= 3 && stat(&cbt, "new_blocks") <= touched,
+        "{}",
+        cbt["point"]["stats"]
+    );
     eprintln!(
         "full: read {} MiB, {full_blocks} blocks; incremental: {new_blocks} new, {} unchanged; \
          CBT: {} changed bytes in {} extents, read {} KiB ({touched} blocks), {} new",
@@ -370,7 +451,10 @@ fn ext4_full_incremental_and_cbt_backups_restore_identically() {
     );
 
     // ---- every point restores identical, sparse, and as a clean file system
-    for (i, (point, expected)) in [(&full, v0.as_path()), (&inc, v1.as_path()), (&cbt, v2.as_path())].into_iter().enumerate() {
+    for (i, (point, expected)) in [(&full, v0.as_path()), (&inc, v1.as_path()), (&cbt, v2.as_path())]
+        .into_iter()
+        .enumerate()
+    {
         let out = work.join(format!("restored-{i}.img"));
         restore_and_compare(&repo, vm, &point_of(&repo, vm, point), MIB, expected, &out);
         match i {
@@ -433,8 +517,17 @@ fn forward_method_with_retention_restores_every_kept_point() {
     let stage = work.join("stage");
     let staged = stage_some_files(&stage, 40 * MIB);
     let v0 = work.join("v0.img");
-    run_tool(Command::new(&mkfs).args(["-q", "-F", "-d"]).arg(&stage).arg(&v0).arg("128M"));
-    let mut removable: Vec<&String> = staged.iter().filter(|p| std::fs::metadata(stage.join(p)).unwrap().len() >= 16 * KIB).collect();
+    run_tool(
+        Command::new(&mkfs)
+            .args(["-q", "-F", "-d"])
+            .arg(&stage)
+            .arg(&v0)
+            .arg("128M"),
+    );
+    let mut removable: Vec<&String> = staged
+        .iter()
+        .filter(|p| std::fs::metadata(stage.join(p)).unwrap().len() >= 16 * KIB)
+        .collect();
     removable.sort();
     assert!(removable.len() >= 4);
 
@@ -446,7 +539,12 @@ fn forward_method_with_retention_restores_every_kept_point() {
         if i > 0 {
             let v = work.join(format!("v{i}.img"));
             sparse_copy(&versions[i as usize - 1], &v);
-            let (w, _) = new_file(&work.join(format!("{i}.src")), &format!("/gen-{i}.bin"), 10 + i, (MIB + i * 4097) as usize);
+            let (w, _) = new_file(
+                &work.join(format!("{i}.src")),
+                &format!("/gen-{i}.bin"),
+                10 + i,
+                (MIB + i * 4097) as usize,
+            );
             debugfs_write(&v, &[w, format!("rm /{}", removable[i as usize - 1])]);
             versions.push(v);
         }
@@ -457,14 +555,30 @@ fn forward_method_with_retention_restores_every_kept_point() {
         backups.push(backup(&repo, "vm", &args, &[&versions[i as usize]]));
     }
     let sessions: Vec<String> = backups.iter().map(session).collect();
-    assert_eq!(sessions, ["full", "incremental", "synthetic-full", "incremental", "full"]);
+    assert_eq!(
+        sessions,
+        ["full", "incremental", "synthetic-full", "incremental", "full"]
+    );
     let synthetic = &backups[2];
-    assert!(stat(synthetic, "new_blocks") < stat(synthetic, "unchanged_blocks") / 4, "{}", synthetic["point"]["stats"]);
+    assert!(
+        stat(synthetic, "new_blocks") < stat(synthetic, "unchanged_blocks") / 4,
+        "{}",
+        synthetic["point"]["stats"]
+    );
     let ids: Vec<String> = backups.iter().map(point_id).collect();
-    let kinds: Vec<String> = points(&repo, "vm").iter().map(|p| p["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = points(&repo, "vm")
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, ["full", "incremental", "full", "incremental", "full"]);
     let chain = only_chain_dir(&repo);
-    for name in ["00000001.full", "00000002.inc", "00000003.full", "00000004.inc", "00000005.full"] {
+    for name in [
+        "00000001.full",
+        "00000002.inc",
+        "00000003.full",
+        "00000004.inc",
+        "00000005.full",
+    ] {
         assert!(chain.join(name).exists(), "{name} missing: {:?}", all_files(&chain));
     }
 
@@ -476,10 +590,16 @@ fn forward_method_with_retention_restores_every_kept_point() {
     assert_eq!(rep["kept"], 3);
     assert_eq!(rep["files_deleted"], 2);
     let first_segment = stat(&backups[0], "stored_bytes") + stat(&backups[1], "stored_bytes");
-    assert!(rep["reclaimed_bytes"].as_u64().unwrap() >= first_segment * 9 / 10, "{rep}, segment stored {first_segment}");
+    assert!(
+        rep["reclaimed_bytes"].as_u64().unwrap() >= first_segment * 9 / 10,
+        "{rep}, segment stored {first_segment}"
+    );
     assert!(!chain.join("00000001.full").exists() && !chain.join("00000002.inc").exists());
     let left: Vec<Value> = points(&repo, "vm");
-    assert_eq!(left.iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(), ids[2..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        left.iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        ids[2..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
     for (p, expected) in left.iter().zip(&versions[2..]) {
         let out = work.join(format!("out-{}.img", p["id"].as_str().unwrap()));
         restore_and_compare(&repo, "vm", p, 256 * KIB, expected, &out);

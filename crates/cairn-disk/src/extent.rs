@@ -11,7 +11,6 @@ pub struct Extent {
     pub length: u64,
 }
 
-
 impl Extent {
     /// One past the last byte.
     pub fn end(&self) -> u64 {
@@ -57,14 +56,20 @@ pub fn parse_list(text: &str, origin: &str, disk_size: u64) -> Result<Vec<Extent
         if line.is_empty() {
             continue;
         }
-        let err = |reason: String| DiskError::BadExtents { origin: origin.to_string(), line: i + 1, reason };
+        let err = |reason: String| DiskError::BadExtents {
+            origin: origin.to_string(),
+            line: i + 1,
+            reason,
+        };
         let mut parts = line.split_whitespace();
         let (Some(o), Some(l), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(err(format!("expected `OFFSET LENGTH`, got {line:?}")));
         };
         let offset: u64 = o.parse().map_err(|e| err(format!("offset {o:?}: {e}")))?;
         let length: u64 = l.parse().map_err(|e| err(format!("length {l:?}: {e}")))?;
-        let end = offset.checked_add(length).ok_or_else(|| err("extent overflows".into()))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| err("extent overflows".into()))?;
         if end > disk_size {
             return Err(err(format!("extent ends at {end}, past the disk's {disk_size} bytes")));
         }
@@ -84,12 +89,18 @@ mod tests {
 
     #[test]
     fn normalize_merges_touching_and_overlapping() {
-        assert_eq!(normalize(vec![e(10, 5), e(0, 10), e(20, 0), e(30, 5), e(32, 10)]), vec![e(0, 15), e(30, 12)]);
+        assert_eq!(
+            normalize(vec![e(10, 5), e(0, 10), e(20, 0), e(30, 5), e(32, 10)]),
+            vec![e(0, 15), e(30, 12)]
+        );
     }
 
     #[test]
     fn parse_list_errors_name_the_line() {
-        assert_eq!(parse_list("# c\n0 10\n\n100 5\n", "x", 1000).unwrap(), vec![e(0, 10), e(100, 5)]);
+        assert_eq!(
+            parse_list("# c\n0 10\n\n100 5\n", "x", 1000).unwrap(),
+            vec![e(0, 10), e(100, 5)]
+        );
         let err = parse_list("0 10\nfoo\n", "cbt.txt", 1000).unwrap_err().to_string();
         assert!(err.contains("cbt.txt") && err.contains("line 2"), "{err}");
         assert!(parse_list("990 20\n", "x", 1000).is_err());

@@ -34,7 +34,11 @@ pub enum DiskError {
     },
     /// A changed-extents list could not be parsed or does not fit the disk.
     #[error("changed extents {origin}: line {line}: {reason}")]
-    BadExtents { origin: String, line: usize, reason: String },
+    BadExtents {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// Result alias for this crate.

@@ -17,7 +17,11 @@ pub struct RawFile {
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io { path: path.to_path_buf(), op, source }
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 impl RawFile {
@@ -25,9 +29,16 @@ impl RawFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(io(path, "open"))?;
         // Seeking to the end works for files and block devices alike.
-        let size = rustix::fs::seek(&file, SeekFrom::End(0))
-            .map_err(|e| DiskError::Io { path: path.to_path_buf(), op: "size", source: e.into() })?;
-        Ok(RawFile { path: path.to_path_buf(), file, size })
+        let size = rustix::fs::seek(&file, SeekFrom::End(0)).map_err(|e| DiskError::Io {
+            path: path.to_path_buf(),
+            op: "size",
+            source: e.into(),
+        })?;
+        Ok(RawFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+        })
     }
 }
 
@@ -49,7 +60,10 @@ impl DiskSource for RawFile {
                 Err(rustix::io::Errno::NXIO) => break, // no data after pos
                 // No SEEK_DATA support (some block devices, old file systems): all data.
                 Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
-                    return Ok(vec![Extent { offset: 0, length: self.size }]);
+                    return Ok(vec![Extent {
+                        offset: 0,
+                        length: self.size,
+                    }]);
                 }
                 Err(e) => return Err(io(&self.path, "seek data")(e.into())),
             };
@@ -59,7 +73,10 @@ impl DiskSource for RawFile {
             if hole <= data {
                 break;
             }
-            out.push(Extent { offset: data, length: hole - data });
+            out.push(Extent {
+                offset: data,
+                length: hole - data,
+            });
             pos = hole;
         }
         Ok(normalize(out))
@@ -98,7 +115,10 @@ impl RawWriter {
             .open(path)
             .map_err(io(path, "create"))?;
         file.set_len(size).map_err(io(path, "set length"))?;
-        Ok(RawWriter { path: path.to_path_buf(), file })
+        Ok(RawWriter {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Writes `data` at `offset` unless it is all zeros.
@@ -118,8 +138,7 @@ impl RawWriter {
 /// Whether every byte of `data` is zero (compared 16 bytes at a time).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(16);
-    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
-        && chunks.remainder().iter().all(|&b| b == 0)
+    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0) && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

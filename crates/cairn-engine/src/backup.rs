@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use cairn_disk::DiskSource;
 use cairn_disk::extent::{self, Extent};
 use cairn_disk::raw::is_zero;
-use cairn_disk::DiskSource;
 use cairn_format::codec::{Compression, Compressor};
 use cairn_format::crypto::Keys;
 use cairn_format::index::{BlockRef, DiskMap};
@@ -22,8 +22,8 @@ use cairn_repo::chain::{DiskMeta, PointStats};
 use cairn_repo::{BackupPlan, BackupSession, PointMeta, Repository, SessionKind};
 use crossbeam_channel::bounded;
 
-use crate::stages::{Busy, Progress, bottleneck};
 use crate::Result;
+use crate::stages::{Busy, Progress, bottleneck};
 
 /// Tuning of the data path.
 #[derive(Clone, Debug)]
@@ -66,7 +66,12 @@ enum Outcome {
     Zero,
     Unchanged(BlockRef),
     Duplicate(BlockRef),
-    Stored { record: Vec<u8>, stored_len: u32, hash: [u8; 32], raw_len: u32 },
+    Stored {
+        record: Vec<u8>,
+        stored_len: u32,
+        hash: [u8; 32],
+        raw_len: u32,
+    },
 }
 
 #[derive(Default)]
@@ -120,7 +125,12 @@ pub fn backup(
     let mut stats = PointStats::default();
     let mut maps = Vec::new();
     for (no, input, prev_map, blocks) in plans {
-        let disk = DiskWork { source: input.source.as_ref(), prev: prev_map.clone(), blocks, bs };
+        let disk = DiskWork {
+            source: input.source.as_ref(),
+            prev: prev_map.clone(),
+            blocks,
+            bs,
+        };
         let mut refs = run_disk(
             &mut session,
             &disk,
@@ -130,22 +140,42 @@ pub fn backup(
             (&source_busy, &proxy_busy, &target_busy),
             &counters,
             &mut stats,
-            &|n| progress(Progress { done_bytes: done.fetch_add(n, Ordering::Relaxed) + n, total_bytes }),
+            &|n| {
+                progress(Progress {
+                    done_bytes: done.fetch_add(n, Ordering::Relaxed) + n,
+                    total_bytes,
+                })
+            },
         )?;
         let size = input.source.virtual_size();
         if input.changed.is_some()
-            && let Some(prev) = &prev_map {
-                // Blocks outside the changed extents are as they were.
-                let read: std::collections::HashSet<u64> = disk.blocks.iter().copied().collect();
-                let count = size.div_ceil(bs);
-                for r in prev.blocks.iter().filter(|r| !read.contains(&r.block) && r.block < count) {
-                    refs.push(target_busy.time(|| session.reuse(r.block, r))?);
-                    stats.unchanged_blocks += 1;
-                }
+            && let Some(prev) = &prev_map
+        {
+            // Blocks outside the changed extents are as they were.
+            let read: std::collections::HashSet<u64> = disk.blocks.iter().copied().collect();
+            let count = size.div_ceil(bs);
+            for r in prev
+                .blocks
+                .iter()
+                .filter(|r| !read.contains(&r.block) && r.block < count)
+            {
+                refs.push(target_busy.time(|| session.reuse(r.block, r))?);
+                stats.unchanged_blocks += 1;
             }
+        }
         refs.sort_unstable_by_key(|r| r.block);
-        let map = DiskMap { disk: no, virtual_size: size, block_size: session.block_size(), blocks: refs };
-        let meta = DiskMeta { disk: no, source: input.source.describe(), virtual_size: size, blocks: map.blocks.len() as u64 };
+        let map = DiskMap {
+            disk: no,
+            virtual_size: size,
+            block_size: session.block_size(),
+            blocks: refs,
+        };
+        let meta = DiskMeta {
+            disk: no,
+            source: input.source.describe(),
+            virtual_size: size,
+            blocks: map.blocks.len() as u64,
+        };
         maps.push((map, meta));
     }
 
@@ -177,7 +207,10 @@ fn resized_tail(old_size: u64, new_size: u64, bs: u64) -> Vec<Extent> {
         .filter(|end| end % bs != 0)
         .map(|end| end / bs * bs)
         .filter(|&start| start < new_size)
-        .map(|start| Extent { offset: start, length: (new_size - start).min(bs) })
+        .map(|start| Extent {
+            offset: start,
+            length: (new_size - start).min(bs),
+        })
         .collect()
 }
 
@@ -256,7 +289,12 @@ fn run_disk(
                         let mut record = Vec::new();
                         encoder.encode(&keys, &buf, hash, &mut record)?;
                         let stored_len = cairn_format::record::RecordHeader::decode(&record)?.stored_len;
-                        Ok(Outcome::Stored { record, stored_len, hash, raw_len: buf.len() as u32 })
+                        Ok(Outcome::Stored {
+                            record,
+                            stored_len,
+                            hash,
+                            raw_len: buf.len() as u32,
+                        })
                     });
                     if tx.send(outcome.map(|o| (block, o))).is_err() {
                         return;
@@ -281,7 +319,12 @@ fn run_disk(
                     refs.push(target_busy.time(|| session.reuse(block, &r))?);
                     stats.dedup_blocks += 1;
                 }
-                Outcome::Stored { record, stored_len, hash, raw_len } => {
+                Outcome::Stored {
+                    record,
+                    stored_len,
+                    hash,
+                    raw_len,
+                } => {
                     if let Some(r) = written.get(&hash) {
                         refs.push(BlockRef { block, ..*r });
                         stats.dedup_blocks += 1;

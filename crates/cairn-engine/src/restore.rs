@@ -50,9 +50,11 @@ pub fn restore(
     let chain = repo.chain(vm)?;
     let p = chain.point(point)?.clone();
     let index = chain.index(&p)?;
-    let map = index
-        .disk(disk)
-        .ok_or_else(|| RepoError::NoSuchDisk { vm: vm.to_string(), point: p.id.clone(), disk })?;
+    let map = index.disk(disk).ok_or_else(|| RepoError::NoSuchDisk {
+        vm: vm.to_string(),
+        point: p.id.clone(),
+        disk,
+    })?;
     let writer = RawWriter::create(to, map.virtual_size)?;
     let total_bytes = map.blocks.len() as u64 * u64::from(map.block_size);
     let (next, done, written) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicU64::new(0));
@@ -76,20 +78,28 @@ pub fn restore(
                         if out.len() != expected {
                             return Err(RepoError::Damaged {
                                 path: chain.dir().to_path_buf(),
-                                reason: format!("block {} decodes to {} bytes, expected {expected}", r.block, out.len()),
+                                reason: format!(
+                                    "block {} decodes to {} bytes, expected {expected}",
+                                    r.block,
+                                    out.len()
+                                ),
                             }
                             .into());
                         }
                         writer.write_at(&out, r.block * u64::from(map.block_size))?;
                         written.fetch_add(out.len() as u64, Ordering::Relaxed);
                         let d = done.fetch_add(u64::from(map.block_size), Ordering::Relaxed);
-                        progress(Progress { done_bytes: d + u64::from(map.block_size), total_bytes });
+                        progress(Progress {
+                            done_bytes: d + u64::from(map.block_size),
+                            total_bytes,
+                        });
                     }
                 };
                 if let Err(e) = run()
-                    && let Ok(mut f) = failure.lock() {
-                        f.get_or_insert(e);
-                    }
+                    && let Ok(mut f) = failure.lock()
+                {
+                    f.get_or_insert(e);
+                }
             });
         }
     });

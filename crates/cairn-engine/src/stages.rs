@@ -28,7 +28,11 @@ impl Busy {
     /// Percentage of `wall × threads` the stage was busy.
     pub fn percent(&self, wall: Duration, threads: usize) -> f64 {
         let total = wall.as_nanos() as f64 * threads.max(1) as f64;
-        if total == 0.0 { 0.0 } else { (self.0.load(Ordering::Relaxed) as f64 / total * 100.0).min(100.0) }
+        if total == 0.0 {
+            0.0
+        } else {
+            (self.0.load(Ordering::Relaxed) as f64 / total * 100.0).min(100.0)
+        }
     }
 }
 

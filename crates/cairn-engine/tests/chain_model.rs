@@ -57,7 +57,10 @@ impl DiskSource for MemDisk {
 
     fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
         if !self.sparse {
-            return Ok(vec![Extent { offset: 0, length: self.data.len() as u64 }]);
+            return Ok(vec![Extent {
+                offset: 0,
+                length: self.data.len() as u64,
+            }]);
         }
         let mut out: Vec<Extent> = Vec::new();
         for (i, granule) in self.data.chunks(4096).enumerate() {
@@ -67,7 +70,10 @@ impl DiskSource for MemDisk {
             let offset = i as u64 * 4096;
             match out.last_mut() {
                 Some(last) if last.end() == offset => last.length += granule.len() as u64,
-                _ => out.push(Extent { offset, length: granule.len() as u64 }),
+                _ => out.push(Extent {
+                    offset,
+                    length: granule.len() as u64,
+                }),
             }
         }
         Ok(out)
@@ -115,9 +121,19 @@ enum Cbt {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { disk: usize, block: usize, fill: Fill },
-    Backup { cbt: Cbt, force_full: bool, sparse: bool },
-    Retain { keep: usize },
+    Write {
+        disk: usize,
+        block: usize,
+        fill: Fill,
+    },
+    Backup {
+        cbt: Cbt,
+        force_full: bool,
+        sparse: bool,
+    },
+    Retain {
+        keep: usize,
+    },
     /// Later backups use the other method (the chain records it).
     SwitchMethod,
 }
@@ -172,20 +188,26 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop_oneof![Just(Method::ForeverForward), Just(Method::Forward)],
         1u32..=3,
         prop_oneof![Just(FullKind::Synthetic), Just(FullKind::Active)],
-        prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd(1))],
+        prop_oneof![
+            Just(Compression::None),
+            Just(Compression::Lz4),
+            Just(Compression::Zstd(1))
+        ],
         prop::bool::weighted(0.25),
         prop::collection::vec((8u64..=24, prop_oneof![3 => Just(0u64), 1 => 1..BS]), 1..=2),
         prop::collection::vec(any::<u8>(), 1..32),
     )
-        .prop_map(|(method, full_every, full_kind, compression, encrypted, disks, initial)| Setup {
-            method,
-            full_every,
-            full_kind,
-            compression,
-            encrypted,
-            disks,
-            initial,
-        })
+        .prop_map(
+            |(method, full_every, full_kind, compression, encrypted, disks, initial)| Setup {
+                method,
+                full_every,
+                full_kind,
+                compression,
+                encrypted,
+                disks,
+                initial,
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------
@@ -247,7 +269,13 @@ impl Model {
             disks.push(data);
         }
         let dirty = vec![Vec::new(); disks.len()];
-        Model { method: setup.method, chain_method: setup.method, disks, dirty, points: Vec::new() }
+        Model {
+            method: setup.method,
+            chain_method: setup.method,
+            disks,
+            dirty,
+            points: Vec::new(),
+        }
     }
 
     fn write(&mut self, disk: usize, block: usize, fill: &Fill) {
@@ -272,16 +300,28 @@ impl Model {
                 let from = (start + at % (end - start)).min(end - 1);
                 let to = (from + len).min(end);
                 random_fill(&mut self.disks[d][from as usize..to as usize], seed);
-                self.dirty[d].push(Extent { offset: from, length: to - from });
+                self.dirty[d].push(Extent {
+                    offset: from,
+                    length: to - from,
+                });
                 return;
             }
         }
-        self.dirty[d].push(Extent { offset: start, length: end - start });
+        self.dirty[d].push(Extent {
+            offset: start,
+            length: end - start,
+        });
     }
 
     /// The kind of point the next backup must make.
     fn next_kind(&self, setup: &Setup, force_full: bool) -> SessionKind {
-        let segment = self.points.iter().rev().take_while(|p| p.kind == PointKind::Incremental).count() as u32 + 1;
+        let segment = self
+            .points
+            .iter()
+            .rev()
+            .take_while(|p| p.kind == PointKind::Incremental)
+            .count() as u32
+            + 1;
         if self.points.is_empty() || force_full {
             SessionKind::ActiveFull
         } else if self.method == Method::Forward && segment >= setup.full_every {
@@ -324,7 +364,12 @@ impl Model {
 // Running a case.
 
 fn cheap_kdf() -> KdfParams {
-    KdfParams { memory_kib: 64, iterations: 1, parallelism: 1, salt: "00112233445566778899aabbccddeeff".into() }
+    KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+        salt: "00112233445566778899aabbccddeeff".into(),
+    }
 }
 
 /// Blocks a backup reads from disk `d`: the touched blocks of the changed
@@ -352,7 +397,9 @@ fn blocks_read(data: &[u8], changed: Option<&[Extent]>, sparse: bool) -> Vec<u64
 static OUT_NO: AtomicU64 = AtomicU64::new(0);
 
 fn check_repository(repo: &Repository, model: &Model, scratch: &Path) -> Result<(), TestCaseError> {
-    let chain = repo.chain(VM).map_err(|e| TestCaseError::fail(format!("open chain: {e}")))?;
+    let chain = repo
+        .chain(VM)
+        .map_err(|e| TestCaseError::fail(format!("open chain: {e}")))?;
     let meta = chain.meta().clone();
     drop(chain);
     let ids: Vec<&str> = meta.points.iter().map(|p| p.id.as_str()).collect();
@@ -374,7 +421,10 @@ fn check_repository(repo: &Repository, model: &Model, scratch: &Path) -> Result<
                 let bad: Vec<u64> = (0..block_count(want.len() as u64))
                     .filter(|&b| got[block_range(want.len() as u64, b)] != want[block_range(want.len() as u64, b)])
                     .collect();
-                return Err(TestCaseError::fail(format!("point {} disk {d}: blocks {bad:?} differ", p.id)));
+                return Err(TestCaseError::fail(format!(
+                    "point {} disk {d}: blocks {bad:?} differ",
+                    p.id
+                )));
             }
         }
     }
@@ -408,7 +458,10 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
         Repository::init(&repo_dir, Encryption::None, None, None)
     }
     .map_err(|e| TestCaseError::fail(format!("init: {e}")))?;
-    let opts = BackupOptions { compression: setup.compression, threads: 2 };
+    let opts = BackupOptions {
+        compression: setup.compression,
+        threads: 2,
+    };
     let mut model = Model::new(setup);
 
     for (step, op) in ops.iter().enumerate() {
@@ -425,7 +478,11 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 continue;
             }
-            Op::Backup { cbt, force_full, sparse } => {
+            Op::Backup {
+                cbt,
+                force_full,
+                sparse,
+            } => {
                 let want_kind = model.next_kind(setup, *force_full);
                 let plan = BackupPlan {
                     vm: VM.into(),
@@ -446,7 +503,10 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                             let mut v = model.dirty[d].clone();
                             for &(o, l) in extra {
                                 let offset = o % size;
-                                v.push(Extent { offset, length: l.min(size - offset) });
+                                v.push(Extent {
+                                    offset,
+                                    length: l.min(size - offset),
+                                });
                             }
                             Some(v)
                         }
@@ -454,7 +514,13 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                     // CBT is used only when there is a previous point to build on.
                     let uses_cbt = changed.is_some() && want_kind != SessionKind::ActiveFull;
                     read_sets.push(blocks_read(data, changed.as_deref().filter(|_| uses_cbt), *sparse));
-                    inputs.push(DiskInput { source: Box::new(MemDisk { data: data.clone(), sparse: *sparse }), changed });
+                    inputs.push(DiskInput {
+                        source: Box::new(MemDisk {
+                            data: data.clone(),
+                            sparse: *sparse,
+                        }),
+                        changed,
+                    });
                 }
                 let result = backup(&repo, &plan, inputs, &opts, &|_| {})
                     .map_err(|e| TestCaseError::fail(ctx(&format!("backup failed: {e}"))))?;
@@ -499,7 +565,11 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
 
                 model.points.push(PointModel {
                     id: result.point.id.clone(),
-                    kind: if want_kind == SessionKind::Incremental { PointKind::Incremental } else { PointKind::Full },
+                    kind: if want_kind == SessionKind::Incremental {
+                        PointKind::Incremental
+                    } else {
+                        PointKind::Full
+                    },
                     disks: model.disks.clone(),
                 });
                 model.chain_method = model.method;
@@ -512,7 +582,11 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                 let newest: Vec<String> = model.points.iter().rev().take(*keep).map(|p| p.id.clone()).collect();
                 let res = retain(&repo, VM, *keep);
                 if before == 0 {
-                    prop_assert!(matches!(res, Err(RepoError::NoSuchVm { .. })), "{}", ctx("retain on no chain"));
+                    prop_assert!(
+                        matches!(res, Err(RepoError::NoSuchVm { .. })),
+                        "{}",
+                        ctx("retain on no chain")
+                    );
                     continue;
                 }
                 let report = res.map_err(|e| TestCaseError::fail(ctx(&format!("retain failed: {e}"))))?;
@@ -528,7 +602,11 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(report.removed.len(), before - kept, "{}", ctx("removed"));
                 let ids: HashSet<&str> = model.points.iter().map(|p| p.id.as_str()).collect();
                 for id in &newest {
-                    prop_assert!(ids.contains(id.as_str()), "{}: newest point {id} removed", ctx("retain"));
+                    prop_assert!(
+                        ids.contains(id.as_str()),
+                        "{}: newest point {id} removed",
+                        ctx("retain")
+                    );
                 }
             }
         }
@@ -538,10 +616,18 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     // Integration tests have no lib.rs for proptest to store regressions next
     // to; the minimal failing input is printed instead.
-    ProptestConfig { cases, max_shrink_iters: 512, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases,
+        max_shrink_iters: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -569,11 +655,23 @@ fn fixed_scenario_both_methods() {
                 initial: vec![1, 2, 3, 0, 5, 6, 7],
             };
             let w = |disk, block, fill| Op::Write { disk, block, fill };
-            let b = |cbt, force_full| Op::Backup { cbt, force_full, sparse: true };
+            let b = |cbt, force_full| Op::Backup {
+                cbt,
+                force_full,
+                sparse: true,
+            };
             let ops = vec![
                 b(Cbt::Off, false),
                 w(0, 1, Fill::Random(3)),
-                w(1, 9, Fill::Partial { at: 10, len: 100, seed: 9 }),
+                w(
+                    1,
+                    9,
+                    Fill::Partial {
+                        at: 10,
+                        len: 100,
+                        seed: 9,
+                    },
+                ),
                 b(Cbt::Exact, false),
                 w(0, 2, Fill::CopyOf { disk: 1, block: 3 }),
                 w(0, 3, Fill::Zero),

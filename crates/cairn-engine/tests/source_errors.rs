@@ -25,7 +25,10 @@ impl DiskSource for FlakyDisk {
         self.data.len() as u64
     }
     fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
-        Ok(vec![Extent { offset: 0, length: self.data.len() as u64 }])
+        Ok(vec![Extent {
+            offset: 0,
+            length: self.data.len() as u64,
+        }])
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> cairn_disk::Result<()> {
         if self.reads.fetch_add(1, Ordering::Relaxed) == self.fail_at {
@@ -69,14 +72,44 @@ fn failing_source_fails_the_backup_and_keeps_the_repository() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::init(&dir.path().join("r"), Encryption::None, None, None).unwrap();
     let good = content(1, 64);
-    let ok = FlakyDisk { data: good.clone(), reads: AtomicU64::new(0), fail_at: u64::MAX };
-    let opts = BackupOptions { threads: 2, ..BackupOptions::default() };
-    backup(&repo, &plan(), vec![DiskInput { source: Box::new(ok), changed: None }], &opts, &|_| {}).unwrap();
+    let ok = FlakyDisk {
+        data: good.clone(),
+        reads: AtomicU64::new(0),
+        fail_at: u64::MAX,
+    };
+    let opts = BackupOptions {
+        threads: 2,
+        ..BackupOptions::default()
+    };
+    backup(
+        &repo,
+        &plan(),
+        vec![DiskInput {
+            source: Box::new(ok),
+            changed: None,
+        }],
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
 
     for fail_at in [0, 1, 17, 63] {
-        let bad = FlakyDisk { data: content(2, 64), reads: AtomicU64::new(0), fail_at };
-        let err = backup(&repo, &plan(), vec![DiskInput { source: Box::new(bad), changed: None }], &opts, &|_| {})
-            .expect_err("a failing read must fail the backup");
+        let bad = FlakyDisk {
+            data: content(2, 64),
+            reads: AtomicU64::new(0),
+            fail_at,
+        };
+        let err = backup(
+            &repo,
+            &plan(),
+            vec![DiskInput {
+                source: Box::new(bad),
+                changed: None,
+            }],
+            &opts,
+            &|_| {},
+        )
+        .expect_err("a failing read must fail the backup");
         assert!(err.to_string().contains("connection dropped"), "{err}");
     }
 

@@ -49,9 +49,7 @@ impl Compressor {
     /// Creates a compressor for `kind`.
     pub fn new(kind: Compression) -> Result<Self> {
         let zstd = match kind {
-            Compression::Zstd(level) => {
-                Some(zstd::bulk::Compressor::new(level).map_err(|e| codec_err("zstd", e))?)
-            }
+            Compression::Zstd(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| codec_err("zstd", e))?),
             _ => None,
         };
         Ok(Compressor { kind, zstd })
@@ -69,8 +67,7 @@ impl Compressor {
             }
             (Compression::Zstd(_), Some(z)) => {
                 out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-                z.compress_to_buffer(raw, out)
-                    .map_err(|e| codec_err("zstd", e))?;
+                z.compress_to_buffer(raw, out).map_err(|e| codec_err("zstd", e))?;
             }
             _ => return Ok(false),
         }
@@ -97,20 +94,13 @@ impl Decompressor {
 
     /// Decompresses `stored` written with codec `codec_id` into exactly `raw_len`
     /// bytes; never allocates more than `raw_len`.
-    pub fn decompress(
-        &mut self,
-        codec_id: u8,
-        stored: &[u8],
-        raw_len: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<()> {
+    pub fn decompress(&mut self, codec_id: u8, stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
         out.clear();
         match codec_id {
             0 => out.extend_from_slice(stored),
             1 => {
                 out.resize(raw_len, 0);
-                let n = lz4_flex::block::decompress_into(stored, out)
-                    .map_err(|e| codec_err("lz4", e))?;
+                let n = lz4_flex::block::decompress_into(stored, out).map_err(|e| codec_err("lz4", e))?;
                 out.truncate(n);
             }
             2 => {
@@ -186,10 +176,19 @@ mod tests {
     fn round_trip_every_codec() {
         let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let mut d = Decompressor::new().unwrap();
-        for c in [Compression::None, Compression::Lz4, Compression::Zstd(1), Compression::Zstd(9)] {
+        for c in [
+            Compression::None,
+            Compression::Lz4,
+            Compression::Zstd(1),
+            Compression::Zstd(9),
+        ] {
             let mut out = Vec::new();
             let smaller = Compressor::new(c).unwrap().compress(&raw, &mut out).unwrap();
-            let (id, stored) = if smaller { (c.codec_id(), &out[..]) } else { (0, &raw[..]) };
+            let (id, stored) = if smaller {
+                (c.codec_id(), &out[..])
+            } else {
+                (0, &raw[..])
+            };
             let mut back = Vec::new();
             d.decompress(id, stored, raw.len(), &mut back).unwrap();
             assert_eq!(back, raw, "{c}");
@@ -210,9 +209,15 @@ mod tests {
         let mut out = Vec::new();
         let mut d = Decompressor::new().unwrap();
         let mut back = Vec::new();
-        Compressor::new(Compression::Zstd(1)).unwrap().compress(&raw, &mut out).unwrap();
+        Compressor::new(Compression::Zstd(1))
+            .unwrap()
+            .compress(&raw, &mut out)
+            .unwrap();
         assert!(d.decompress(2, &out, 100, &mut back).is_err());
-        Compressor::new(Compression::Lz4).unwrap().compress(&raw, &mut out).unwrap();
+        Compressor::new(Compression::Lz4)
+            .unwrap()
+            .compress(&raw, &mut out)
+            .unwrap();
         assert!(d.decompress(1, &out, 100, &mut back).is_err());
     }
 }

@@ -51,11 +51,13 @@ impl KdfParams {
                 reason: "Argon2id parameters out of range".into(),
             });
         }
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| FormatError::InvalidField {
-                what: "repository config",
-                field: "kdf",
-                reason: e.to_string(),
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32)).map_err(|e| {
+                FormatError::InvalidField {
+                    what: "repository config",
+                    field: "kdf",
+                    reason: e.to_string(),
+                }
             })?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
@@ -81,7 +83,9 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("encrypted", &self.is_encrypted()).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("encrypted", &self.is_encrypted())
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +101,10 @@ impl Keys {
         hash_key.copy_from_slice(&master[32..]);
         let unbound = UnboundKey::new(&AES_256_GCM, &master[..32])
             .map_err(|_| FormatError::Crypto("AES-256-GCM key setup failed"))?;
-        Ok(Keys { hash_key, aead: Some(LessSafeKey::new(unbound)) })
+        Ok(Keys {
+            hash_key,
+            aead: Some(LessSafeKey::new(unbound)),
+        })
     }
 
     /// Whether block and metadata bodies are encrypted.
@@ -127,14 +134,21 @@ impl Keys {
     /// reserved) and appending the tag: `buf[start..]` becomes
     /// `nonce ‖ ciphertext ‖ tag` without moving the data.
     pub fn seal_framed(&self, aad: &[u8], buf: &mut Vec<u8>, start: usize) -> Result<()> {
-        let key = self.aead.as_ref().ok_or(FormatError::Crypto("sealing without a data key"))?;
+        let key = self
+            .aead
+            .as_ref()
+            .ok_or(FormatError::Crypto("sealing without a data key"))?;
         if buf.len() < start + NONCE_LEN {
             return Err(FormatError::Crypto("no room reserved for the nonce"));
         }
         let nonce_bytes = random_bytes::<NONCE_LEN>()?;
         buf[start..start + NONCE_LEN].copy_from_slice(&nonce_bytes);
         let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad), &mut buf[start + NONCE_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                &mut buf[start + NONCE_LEN..],
+            )
             .map_err(|_| FormatError::Crypto("AES-256-GCM seal failed"))?;
         buf.extend_from_slice(tag.as_ref());
         Ok(())
@@ -152,7 +166,8 @@ impl Keys {
         }
         let (nonce, rest) = buf.split_at_mut(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| FormatError::Decrypt { what })?;
-        key.open_in_place(nonce, Aad::from(aad), rest).map_err(|_| FormatError::Decrypt { what })
+        key.open_in_place(nonce, Aad::from(aad), rest)
+            .map_err(|_| FormatError::Decrypt { what })
     }
 }
 
@@ -195,7 +210,12 @@ mod tests {
     use super::*;
 
     fn cheap_kdf() -> KdfParams {
-        KdfParams { memory_kib: 64, iterations: 1, parallelism: 1, salt: "00112233445566778899aabbccddeeff".into() }
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            salt: "00112233445566778899aabbccddeeff".into(),
+        }
     }
 
     #[test]
@@ -203,7 +223,10 @@ mod tests {
         let master = generate_master().unwrap();
         let wrapped = wrap_master(&master, b"secret", &cheap_kdf()).unwrap();
         assert_eq!(unwrap_master(&wrapped, b"secret", &cheap_kdf()).unwrap(), master);
-        assert!(matches!(unwrap_master(&wrapped, b"wrong", &cheap_kdf()), Err(FormatError::WrongPassword)));
+        assert!(matches!(
+            unwrap_master(&wrapped, b"wrong", &cheap_kdf()),
+            Err(FormatError::WrongPassword)
+        ));
     }
 
     #[test]

@@ -70,13 +70,20 @@ impl DataFileHeader {
         }
         let version = le::u16(b, 8);
         if version != VERSION {
-            return Err(FormatError::UnsupportedVersion { what: WHAT, version: version.into() });
+            return Err(FormatError::UnsupportedVersion {
+                what: WHAT,
+                version: version.into(),
+            });
         }
         let kind = match b[10] {
             1 => FileKind::Full,
             2 => FileKind::Incremental,
             k => {
-                return Err(FormatError::InvalidField { what: WHAT, field: "kind", reason: format!("unknown kind {k}") });
+                return Err(FormatError::InvalidField {
+                    what: WHAT,
+                    field: "kind",
+                    reason: format!("unknown kind {k}"),
+                });
             }
         };
         Ok(DataFileHeader {
@@ -94,12 +101,20 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let h = DataFileHeader { kind: FileKind::Incremental, repository_id: [1; 16], chain_id: [2; 16], file_no: 7 };
+        let h = DataFileHeader {
+            kind: FileKind::Incremental,
+            repository_id: [1; 16],
+            chain_id: [2; 16],
+            file_no: 7,
+        };
         let b = h.encode();
         assert_eq!(DataFileHeader::decode(&b).unwrap(), h);
         let mut bad = b.clone();
         bad[20] ^= 4;
-        assert!(matches!(DataFileHeader::decode(&bad), Err(FormatError::Checksum { .. })));
+        assert!(matches!(
+            DataFileHeader::decode(&bad),
+            Err(FormatError::Checksum { .. })
+        ));
         assert!(DataFileHeader::decode(&b[..10]).is_err());
     }
 }

@@ -66,7 +66,12 @@ pub fn seal(kind: Kind, body: &[u8], compress: bool, keys: Option<&Keys>) -> Res
     if encrypt.is_some() {
         flags |= FLAG_ENCRYPTED;
     }
-    let sealed_len = payload.len() + if encrypt.is_some() { crate::crypto::SEAL_OVERHEAD } else { 0 };
+    let sealed_len = payload.len()
+        + if encrypt.is_some() {
+            crate::crypto::SEAL_OVERHEAD
+        } else {
+            0
+        };
     let mut out = Vec::with_capacity(HEADER_LEN + sealed_len + TRAILER_LEN);
     out.extend_from_slice(kind.magic());
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -91,12 +96,19 @@ pub fn open(kind: Kind, bytes: &[u8], keys: Option<&Keys>) -> Result<Vec<u8>> {
     }
     let version = le::u16(bytes, 8);
     if version != VERSION {
-        return Err(FormatError::UnsupportedVersion { what, version: version.into() });
+        return Err(FormatError::UnsupportedVersion {
+            what,
+            version: version.into(),
+        });
     }
     let flags = le::u16(bytes, 10);
     let body_len = le::u64(bytes, 16);
     if body_len > MAX_BODY_LEN {
-        return Err(FormatError::InvalidField { what, field: "body_len", reason: format!("{body_len} is absurd") });
+        return Err(FormatError::InvalidField {
+            what,
+            field: "body_len",
+            reason: format!("{body_len} is absurd"),
+        });
     }
     let total = HEADER_LEN + body_len as usize + TRAILER_LEN;
     need(what, bytes, total)?;
@@ -118,7 +130,9 @@ pub fn open(kind: Kind, bytes: &[u8], keys: Option<&Keys>) -> Result<Vec<u8>> {
     }
     let mut payload = bytes[HEADER_LEN..total - TRAILER_LEN].to_vec();
     if flags & FLAG_ENCRYPTED != 0 {
-        let keys = keys.filter(|k| k.is_encrypted()).ok_or(FormatError::KeyRequired { what })?;
+        let keys = keys
+            .filter(|k| k.is_encrypted())
+            .ok_or(FormatError::KeyRequired { what })?;
         let n = keys.open(what, &bytes[..HEADER_LEN], &mut payload)?.len();
         payload.drain(..crate::crypto::SEAL_OVERHEAD - 16);
         payload.truncate(n);
@@ -131,8 +145,18 @@ pub fn open(kind: Kind, bytes: &[u8], keys: Option<&Keys>) -> Result<Vec<u8>> {
     }
     if flags & FLAG_ZSTD != 0 {
         let mut out = Vec::new();
-        zstd::stream::copy_decode(&payload[..], &mut LimitedWriter { out: &mut out, left: MAX_BODY_LEN })
-            .map_err(|e| FormatError::Codec { what, codec: "zstd", reason: e.to_string() })?;
+        zstd::stream::copy_decode(
+            &payload[..],
+            &mut LimitedWriter {
+                out: &mut out,
+                left: MAX_BODY_LEN,
+            },
+        )
+        .map_err(|e| FormatError::Codec {
+            what,
+            codec: "zstd",
+            reason: e.to_string(),
+        })?;
         return Ok(out);
     }
     Ok(payload)
@@ -172,9 +196,15 @@ mod tests {
             assert_eq!(open(Kind::Chain, &sealed, keys).unwrap(), body);
             if keys.is_some() {
                 assert!(!sealed.windows(5).any(|w| w == b"web01"));
-                assert!(matches!(open(Kind::Chain, &sealed, None), Err(FormatError::KeyRequired { .. })));
+                assert!(matches!(
+                    open(Kind::Chain, &sealed, None),
+                    Err(FormatError::KeyRequired { .. })
+                ));
             }
-            assert!(matches!(open(Kind::Index, &sealed, keys), Err(FormatError::BadMagic { .. })));
+            assert!(matches!(
+                open(Kind::Index, &sealed, keys),
+                Err(FormatError::BadMagic { .. })
+            ));
             for i in [0, 9, 17, 30, sealed.len() - 1] {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x10;

@@ -9,11 +9,7 @@
 pub enum FormatError {
     /// The bytes end before the structure does.
     #[error("{what}: truncated (need {needed} bytes, have {have})")]
-    Truncated {
-        what: &'static str,
-        needed: u64,
-        have: u64,
-    },
+    Truncated { what: &'static str, needed: u64, have: u64 },
     /// A magic number did not match: this is not the expected structure.
     #[error("{what}: bad magic (not a cairn {what})")]
     BadMagic { what: &'static str },

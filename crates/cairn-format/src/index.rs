@@ -56,14 +56,26 @@ impl DiskMap {
 
     /// Finds the stored block `block`, if any (binary search).
     pub fn get(&self, block: u64) -> Option<&BlockRef> {
-        self.blocks.binary_search_by_key(&block, |r| r.block).ok().map(|i| &self.blocks[i])
+        self.blocks
+            .binary_search_by_key(&block, |r| r.block)
+            .ok()
+            .map(|i| &self.blocks[i])
     }
 
     /// Checks the invariants a reader relies on.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: String| Err(FormatError::InvalidField { what: "restore point index", field, reason });
+        let bad = |field, reason: String| {
+            Err(FormatError::InvalidField {
+                what: "restore point index",
+                field,
+                reason,
+            })
+        };
         if !BLOCK_SIZES.contains(&self.block_size) {
-            return bad("block_size", format!("{} is not a supported block size", self.block_size));
+            return bad(
+                "block_size",
+                format!("{} is not a supported block size", self.block_size),
+            );
         }
         if self.virtual_size > 1 << 60 {
             return bad("virtual_size", format!("{} is absurd", self.virtual_size));
@@ -78,10 +90,16 @@ impl DiskMap {
                 return bad("blocks", format!("block {} beyond the disk's {count} blocks", r.block));
             }
             if r.offset % RECORD_ALIGN != 0 || r.offset < crate::datafile::DATA_HEADER_LEN {
-                return bad("blocks", format!("block {} has misaligned offset {}", r.block, r.offset));
+                return bad(
+                    "blocks",
+                    format!("block {} has misaligned offset {}", r.block, r.offset),
+                );
             }
             if r.stored_len > MAX_BLOCK_LEN + 1024 {
-                return bad("blocks", format!("block {} has stored length {}", r.block, r.stored_len));
+                return bad(
+                    "blocks",
+                    format!("block {} has stored length {}", r.block, r.stored_len),
+                );
             }
             prev = Some(r.block);
         }
@@ -133,9 +151,23 @@ mod tests {
 
     fn sample() -> PointIndex {
         let blocks = (0..100)
-            .map(|i| BlockRef { block: i * 3, file: (i % 2) as u32, offset: 4096 * (i + 1), stored_len: 1000, hash: [i as u8; 32] })
+            .map(|i| BlockRef {
+                block: i * 3,
+                file: (i % 2) as u32,
+                offset: 4096 * (i + 1),
+                stored_len: 1000,
+                hash: [i as u8; 32],
+            })
             .collect();
-        PointIndex { point_id: "ab12cd34".into(), disks: vec![DiskMap { disk: 0, virtual_size: 400 << 20, block_size: 1 << 20, blocks }] }
+        PointIndex {
+            point_id: "ab12cd34".into(),
+            disks: vec![DiskMap {
+                disk: 0,
+                virtual_size: 400 << 20,
+                block_size: 1 << 20,
+                blocks,
+            }],
+        }
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl RecordHeader {
             });
         }
         if b[4] != VERSION {
-            return Err(FormatError::UnsupportedVersion { what: WHAT, version: b[4].into() });
+            return Err(FormatError::UnsupportedVersion {
+                what: WHAT,
+                version: b[4].into(),
+            });
         }
         let h = RecordHeader {
             codec: b[5],
@@ -87,7 +90,10 @@ impl RecordHeader {
             return Err(FormatError::InvalidField {
                 what: WHAT,
                 field: "length",
-                reason: format!("raw {} / stored {} exceed the format's maximum", h.raw_len, h.stored_len),
+                reason: format!(
+                    "raw {} / stored {} exceed the format's maximum",
+                    h.raw_len, h.stored_len
+                ),
             });
         }
         Ok(h)
@@ -108,7 +114,10 @@ pub struct RecordEncoder {
 impl RecordEncoder {
     /// Creates an encoder with its own compression context.
     pub fn new(compressor: Compressor) -> Self {
-        RecordEncoder { compressor, scratch: Vec::new() }
+        RecordEncoder {
+            compressor,
+            scratch: Vec::new(),
+        }
     }
 
     /// Encodes `raw` (whose keyed hash is `hash`) as a complete padded record in `out`.
@@ -121,8 +130,11 @@ impl RecordEncoder {
             });
         }
         let smaller = self.compressor.compress(raw, &mut self.scratch)?;
-        let (codec, body): (u8, &[u8]) =
-            if smaller { (self.compressor.codec_id(), &self.scratch) } else { (0, raw) };
+        let (codec, body): (u8, &[u8]) = if smaller {
+            (self.compressor.codec_id(), &self.scratch)
+        } else {
+            (0, raw)
+        };
         let encrypted = keys.is_encrypted();
         let stored_len = body.len() + if encrypted { crate::crypto::SEAL_OVERHEAD } else { 0 };
         let mut header = RecordHeader {
@@ -171,7 +183,9 @@ pub struct RecordDecoder {
 impl RecordDecoder {
     /// Creates a decoder.
     pub fn new() -> Result<Self> {
-        Ok(RecordDecoder { decompressor: Decompressor::new()? })
+        Ok(RecordDecoder {
+            decompressor: Decompressor::new()?,
+        })
     }
 
     /// Decodes a record (`header ‖ payload`, padding optional) into `out` and
@@ -262,7 +276,10 @@ mod tests {
             let mut bad = rec.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             let mut out = Vec::new();
-            assert!(dec.decode(&keys, &mut bad, None, &mut out).is_err(), "bit {bit} not detected");
+            assert!(
+                dec.decode(&keys, &mut bad, None, &mut out).is_err(),
+                "bit {bit} not detected"
+            );
         }
     }
 }

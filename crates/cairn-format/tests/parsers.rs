@@ -23,7 +23,9 @@ use cairn_format::crypto::Keys;
 use cairn_format::datafile::{DATA_HEADER_LEN, DataFileHeader, FileKind};
 use cairn_format::envelope::{self, Kind, MAX_BODY_LEN};
 use cairn_format::index::{BLOCK_SIZES, BlockRef, DiskMap, PointIndex};
-use cairn_format::record::{MAX_BLOCK_LEN, RECORD_ALIGN, RECORD_HEADER_LEN, RecordDecoder, RecordEncoder, RecordHeader};
+use cairn_format::record::{
+    MAX_BLOCK_LEN, RECORD_ALIGN, RECORD_HEADER_LEN, RecordDecoder, RecordEncoder, RecordHeader,
+};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -78,7 +80,9 @@ fn bounded<T>(what: &str, limit: usize, f: impl FnOnce() -> T) -> Result<T, Test
     let out = f();
     let largest = LARGEST.with(|l| l.get());
     if largest > limit {
-        return Err(TestCaseError::fail(format!("{what}: allocated {largest} bytes at once (limit {limit})")));
+        return Err(TestCaseError::fail(format!(
+            "{what}: allocated {largest} bytes at once (limit {limit})"
+        )));
     }
     Ok(out)
 }
@@ -138,8 +142,12 @@ fn block() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..4096),
         (any::<u8>(), 0usize..(300 << 10)).prop_map(|(b, n)| vec![b; n]),
-        (prop::collection::vec(any::<u8>(), 1..32), 1usize..(260 << 10))
-            .prop_map(|(p, n)| p.iter().copied().cycle().take(n).collect()),
+        (prop::collection::vec(any::<u8>(), 1..32), 1usize..(260 << 10)).prop_map(|(p, n)| p
+            .iter()
+            .copied()
+            .cycle()
+            .take(n)
+            .collect()),
         (any::<u64>(), 1usize..(260 << 10)).prop_map(|(s, n)| {
             let mut v = vec![0u8; n];
             xorshift_fill(&mut v, s);
@@ -263,7 +271,11 @@ fn fix_datafile(b: &mut [u8]) {
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y).or(if a.len() != b.len() { Some(a.len().min(b.len())) } else { None })
+    a.iter().zip(b).position(|(x, y)| x != y).or(if a.len() != b.len() {
+        Some(a.len().min(b.len()))
+    } else {
+        None
+    })
 }
 
 fn encode_record(keys: &Keys, c: Compression, raw: &[u8]) -> Vec<u8> {
@@ -277,12 +289,21 @@ fn encode_record(keys: &Keys, c: Compression, raw: &[u8]) -> Vec<u8> {
 // Index strategy.
 
 fn disk_map() -> impl Strategy<Value = DiskMap> {
-    (any::<u32>(), prop::sample::select(BLOCK_SIZES.to_vec()), 1u64..(1 << 40))
+    (
+        any::<u32>(),
+        prop::sample::select(BLOCK_SIZES.to_vec()),
+        1u64..(1 << 40),
+    )
         .prop_flat_map(|(disk, block_size, virtual_size)| {
             let count = virtual_size.div_ceil(u64::from(block_size));
             let refs = prop::collection::btree_map(
                 0..count,
-                (any::<u32>(), 1u64..(1 << 40), 0..=MAX_BLOCK_LEN + 1024, any::<[u8; 32]>()),
+                (
+                    any::<u32>(),
+                    1u64..(1 << 40),
+                    0..=MAX_BLOCK_LEN + 1024,
+                    any::<[u8; 32]>(),
+                ),
                 0..40,
             );
             (Just(disk), Just(block_size), Just(virtual_size), refs)
@@ -293,13 +314,20 @@ fn disk_map() -> impl Strategy<Value = DiskMap> {
             block_size,
             blocks: refs
                 .into_iter()
-                .map(|(block, (file, page, stored_len, hash))| BlockRef { block, file, offset: page * RECORD_ALIGN, stored_len, hash })
+                .map(|(block, (file, page, stored_len, hash))| BlockRef {
+                    block,
+                    file,
+                    offset: page * RECORD_ALIGN,
+                    stored_len,
+                    hash,
+                })
                 .collect(),
         })
 }
 
 fn point_index() -> impl Strategy<Value = PointIndex> {
-    ("[0-9a-f]{8}", prop::collection::vec(disk_map(), 0..3)).prop_map(|(point_id, disks)| PointIndex { point_id, disks })
+    ("[0-9a-f]{8}", prop::collection::vec(disk_map(), 0..3))
+        .prop_map(|(point_id, disks)| PointIndex { point_id, disks })
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
@@ -582,7 +610,10 @@ fn hostile_length_fields_are_rejected_cheaply() {
     rec[8..12].copy_from_slice(&MAX_BLOCK_LEN.to_le_bytes());
     fix_record(&mut rec);
     let mut out = Vec::new();
-    let res = bounded("record", RECORD_LIMIT, || RecordDecoder::new().unwrap().decode(&keys, &mut rec, None, &mut out)).unwrap();
+    let res = bounded("record", RECORD_LIMIT, || {
+        RecordDecoder::new().unwrap().decode(&keys, &mut rec, None, &mut out)
+    })
+    .unwrap();
     assert!(res.is_err());
     rec[8..12].copy_from_slice(&(MAX_BLOCK_LEN + 1).to_le_bytes());
     fix_record(&mut rec);

@@ -206,7 +206,10 @@ impl ChainMeta {
             path: path.to_path_buf(),
             reason: format!("chain metadata body: {e}"),
         })?;
-        meta.validate().map_err(|reason| RepoError::Damaged { path: path.to_path_buf(), reason })?;
+        meta.validate().map_err(|reason| RepoError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(meta)
     }
 
@@ -255,7 +258,10 @@ impl ChainMeta {
     /// Where the record of `r` physically is.
     pub fn locate(&self, r: &BlockRef) -> Option<Location> {
         let (file, shift) = self.resolve_no(r.file)?;
-        Some(Location { file, offset: r.offset.checked_add(shift)? })
+        Some(Location {
+            file,
+            offset: r.offset.checked_add(shift)?,
+        })
     }
 
     /// Finds a point by id, unique id prefix, or `latest`.

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use cairn_format::FORMAT_VERSION;
 use cairn_format::crypto::{self, KdfParams, Keys};
 use cairn_format::envelope::{self, Kind};
-use cairn_format::FORMAT_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RepoError, Result, fmt};
@@ -65,7 +65,10 @@ pub struct Config {
 impl Config {
     /// Makes a new config and the keys it protects.
     pub fn generate(encryption: Encryption, password: Option<&[u8]>, kdf: Option<KdfParams>) -> Result<(Config, Keys)> {
-        let f = |e| RepoError::Format { path: "config".into(), source: e };
+        let f = |e| RepoError::Format {
+            path: "config".into(),
+            source: e,
+        };
         let id: [u8; 16] = crypto::random_bytes().map_err(f)?;
         let created = jiff::Timestamp::now().to_string();
         let master = crypto::generate_master().map_err(f)?;
@@ -81,10 +84,15 @@ impl Config {
         let keys = match encryption {
             Encryption::None => {
                 config.hash_key = Some(hex::encode(&master[32..]));
-                Keys::plain(master[32..].try_into().map_err(|_| RepoError::Invalid("key length".into()))?)
+                Keys::plain(
+                    master[32..]
+                        .try_into()
+                        .map_err(|_| RepoError::Invalid("key length".into()))?,
+                )
             }
             Encryption::Aes256Gcm => {
-                let password = password.ok_or_else(|| RepoError::Invalid("an encrypted repository needs a password".into()))?;
+                let password =
+                    password.ok_or_else(|| RepoError::Invalid("an encrypted repository needs a password".into()))?;
                 if password.is_empty() {
                     return Err(RepoError::Invalid("the password is empty".into()));
                 }
@@ -116,7 +124,10 @@ impl Config {
         if config.format_version != FORMAT_VERSION {
             return Err(RepoError::Damaged {
                 path: path.to_path_buf(),
-                reason: format!("format version {} is not supported by this cairn (knows {FORMAT_VERSION})", config.format_version),
+                reason: format!(
+                    "format version {} is not supported by this cairn (knows {FORMAT_VERSION})",
+                    config.format_version
+                ),
             });
         }
         Ok(config)
@@ -124,7 +135,10 @@ impl Config {
 
     /// Unlocks the repository keys (the password is needed when encrypted).
     pub fn keys(&self, password: Option<&[u8]>, path: &Path) -> Result<Keys> {
-        let damaged = |reason: &str| RepoError::Damaged { path: path.to_path_buf(), reason: reason.to_string() };
+        let damaged = |reason: &str| RepoError::Damaged {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
         match self.encryption {
             Encryption::None => {
                 let key = self.hash_key.as_deref().ok_or_else(|| damaged("hash_key missing"))?;
@@ -135,12 +149,23 @@ impl Config {
                 Ok(Keys::plain(key))
             }
             Encryption::Aes256Gcm => {
-                let password = password.ok_or_else(|| RepoError::PasswordRequired { path: path.to_path_buf() })?;
+                let password = password.ok_or_else(|| RepoError::PasswordRequired {
+                    path: path.to_path_buf(),
+                })?;
                 let kdf = self.kdf.as_ref().ok_or_else(|| damaged("kdf missing"))?;
-                let wrapped = self.wrapped_key.as_deref().and_then(|k| hex::decode(k).ok()).ok_or_else(|| damaged("wrapped_key missing or not hex"))?;
+                let wrapped = self
+                    .wrapped_key
+                    .as_deref()
+                    .and_then(|k| hex::decode(k).ok())
+                    .ok_or_else(|| damaged("wrapped_key missing or not hex"))?;
                 let master = crypto::unwrap_master(&wrapped, password, kdf).map_err(|e| match e {
-                    cairn_format::FormatError::WrongPassword => RepoError::WrongPassword { path: path.to_path_buf() },
-                    other => RepoError::Format { path: path.to_path_buf(), source: other },
+                    cairn_format::FormatError::WrongPassword => RepoError::WrongPassword {
+                        path: path.to_path_buf(),
+                    },
+                    other => RepoError::Format {
+                        path: path.to_path_buf(),
+                        source: other,
+                    },
                 })?;
                 Keys::from_master(&master).map_err(fmt(path))
             }
@@ -149,6 +174,9 @@ impl Config {
 
     /// The repository id as bytes.
     pub fn id_bytes(&self) -> [u8; 16] {
-        hex::decode(&self.repository_id).ok().and_then(|v| v.try_into().ok()).unwrap_or([0; 16])
+        hex::decode(&self.repository_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .unwrap_or([0; 16])
     }
 }

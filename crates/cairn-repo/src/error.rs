@@ -60,10 +60,17 @@ pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
 /// Builds a closure that turns an I/O error into [`RepoError::Io`].
 pub(crate) fn io<'a>(path: &'a std::path::Path, op: &'static str) -> impl FnOnce(std::io::Error) -> RepoError + 'a {
-    move |source| RepoError::Io { path: path.to_path_buf(), op, source }
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 /// Builds a closure that turns a format error into [`RepoError::Format`].
 pub(crate) fn fmt(path: &std::path::Path) -> impl FnOnce(FormatError) -> RepoError + '_ {
-    move |source| RepoError::Format { path: path.to_path_buf(), source }
+    move |source| RepoError::Format {
+        path: path.to_path_buf(),
+        source,
+    }
 }

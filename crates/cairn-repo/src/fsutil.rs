@@ -52,7 +52,9 @@ pub fn sync_parent(path: &Path) -> Result<()> {
 
 /// Fsyncs a directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync directory"))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "fsync directory"))
 }
 
 /// Reads a whole file.
@@ -68,7 +70,10 @@ pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> R
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             RepoError::Damaged {
                 path: path.to_path_buf(),
-                reason: format!("file is truncated: {} bytes at offset {offset} lie past its end ({len} bytes)", buf.len()),
+                reason: format!(
+                    "file is truncated: {} bytes at offset {offset} lie past its end ({len} bytes)",
+                    buf.len()
+                ),
             }
         } else {
             io(path, "read")(e)
@@ -90,14 +95,26 @@ pub fn lock(path: &Path, exclusive: bool) -> Result<Lock> {
         .truncate(false)
         .open(path)
         .map_err(io(path, "open lock"))?;
-    let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+    let op = if exclusive {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::LockShared
+    };
     rustix::fs::flock(&file, op).map_err(|e| io(path, "lock")(e.into()))?;
     Ok(Lock { _file: file })
 }
 
 /// Appends `len` bytes of `src` starting at `src_off` to `dst` at `dst_off`,
 /// with copy_file_range (a block clone on XFS/Btrfs), falling back to read/write.
-pub fn copy_range(src: &File, src_path: &Path, src_off: u64, dst: &File, dst_path: &Path, dst_off: u64, len: u64) -> Result<()> {
+pub fn copy_range(
+    src: &File,
+    src_path: &Path,
+    src_off: u64,
+    dst: &File,
+    dst_path: &Path,
+    dst_off: u64,
+    len: u64,
+) -> Result<()> {
     let (mut so, mut dof, mut left) = (src_off, dst_off, len);
     while left > 0 {
         let chunk = left.min(1 << 30) as usize;
@@ -109,7 +126,12 @@ pub fn copy_range(src: &File, src_path: &Path, src_off: u64, dst: &File, dst_pat
                 )));
             }
             Ok(n) => left -= n as u64,
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) => {
                 let mut buf = vec![0u8; left.min(8 << 20) as usize];
                 while left > 0 {
                     let n = left.min(buf.len() as u64) as usize;
@@ -132,7 +154,12 @@ pub fn punch_hole(file: &File, path: &Path, offset: u64, len: u64) -> Result<boo
     if len == 0 {
         return Ok(true);
     }
-    match rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
+    match rustix::fs::fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    ) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(false),
         Err(e) => Err(io(path, "punch hole")(e.into())),

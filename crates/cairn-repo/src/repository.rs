@@ -36,7 +36,9 @@ impl Repository {
         if root.exists() {
             let mut entries = std::fs::read_dir(root).map_err(io(root, "read directory"))?;
             if entries.next().is_some() {
-                return Err(RepoError::AlreadyExists { path: root.to_path_buf() });
+                return Err(RepoError::AlreadyExists {
+                    path: root.to_path_buf(),
+                });
             }
         }
         let (config, keys) = Config::generate(encryption, password, kdf)?;
@@ -45,18 +47,28 @@ impl Repository {
         fsutil::sync_parent(&chains)?;
         // The config is written last: a folder without it is not a repository yet.
         fsutil::write_atomic(&root.join(CONFIG_FILE), &config.encode()?)?;
-        Ok(Repository { root: root.to_path_buf(), config, keys: Arc::new(keys) })
+        Ok(Repository {
+            root: root.to_path_buf(),
+            config,
+            keys: Arc::new(keys),
+        })
     }
 
     /// Opens the repository in `root`, unlocking it with `password` if encrypted.
     pub fn open(root: &Path, password: Option<&[u8]>) -> Result<Self> {
         let path = root.join(CONFIG_FILE);
         if !path.exists() {
-            return Err(RepoError::NotARepository { path: root.to_path_buf() });
+            return Err(RepoError::NotARepository {
+                path: root.to_path_buf(),
+            });
         }
         let config = Config::decode(&fsutil::read(&path)?, &path)?;
         let keys = config.keys(password, &path)?;
-        Ok(Repository { root: root.to_path_buf(), config, keys: Arc::new(keys) })
+        Ok(Repository {
+            root: root.to_path_buf(),
+            config,
+            keys: Arc::new(keys),
+        })
     }
 
     /// The repository folder.
@@ -164,7 +176,13 @@ impl ChainReader {
             let file = File::open(&path).map_err(io(&path, "open data file"))?;
             files.insert(f.no, (path, file));
         }
-        Ok(ChainReader { dir: dir.to_path_buf(), meta, keys: repo.keys.clone(), files, _lock: None })
+        Ok(ChainReader {
+            dir: dir.to_path_buf(),
+            meta,
+            keys: repo.keys.clone(),
+            files,
+            _lock: None,
+        })
     }
 
     /// The chain's metadata.
@@ -184,7 +202,10 @@ impl ChainReader {
 
     /// Selects a point by id, id prefix or `latest`.
     pub fn point(&self, sel: &str) -> Result<&PointMeta> {
-        self.meta.find_point(sel).ok_or_else(|| RepoError::NoSuchPoint { vm: self.meta.vm.clone(), point: sel.to_string() })
+        self.meta.find_point(sel).ok_or_else(|| RepoError::NoSuchPoint {
+            vm: self.meta.vm.clone(),
+            point: sel.to_string(),
+        })
     }
 
     /// Reads and checks a point's index.
@@ -213,17 +234,29 @@ impl ChainReader {
     }
 
     /// Reads, checks and decodes `r`'s block into `out`.
-    pub fn read_block(&self, decoder: &mut RecordDecoder, r: &BlockRef, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<()> {
+    pub fn read_block(
+        &self,
+        decoder: &mut RecordDecoder,
+        r: &BlockRef,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         self.read_record(r, scratch)?;
         let h = decoder.decode(&self.keys, scratch, Some(&r.hash), out).map_err(|e| {
             let loc = self.meta.locate(r);
-            let path = loc.and_then(|l| self.files.get(&l.file)).map(|(p, _)| p.clone()).unwrap_or_else(|| self.dir.clone());
+            let path = loc
+                .and_then(|l| self.files.get(&l.file))
+                .map(|(p, _)| p.clone())
+                .unwrap_or_else(|| self.dir.clone());
             RepoError::Format { path, source: e }
         })?;
         if h.stored_len != r.stored_len {
             return Err(RepoError::Damaged {
                 path: self.dir.clone(),
-                reason: format!("block {}: record length {} differs from the index's {}", r.block, h.stored_len, r.stored_len),
+                reason: format!(
+                    "block {}: record length {} differs from the index's {}",
+                    r.block, h.stored_len, r.stored_len
+                ),
             });
         }
         Ok(())

@@ -63,7 +63,10 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
     let old = repo.read_meta(&dir)?;
     cleanup(&dir, Some(&old))?;
     let space_before = used_space(&dir, &old);
-    let mut report = RetainReport { vm: vm.to_string(), ..Default::default() };
+    let mut report = RetainReport {
+        vm: vm.to_string(),
+        ..Default::default()
+    };
 
     // First commit: drop the points (and, forward, whole segments). This needs
     // no free space and gives back the space only they used.
@@ -85,7 +88,9 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
             Err(e) if is_no_space(&e) => {
                 cleanup(&dir, Some(&before))?;
                 meta = before;
-                report.note = Some(format!("merge into the full file postponed until there is free space: {e}"));
+                report.note = Some(format!(
+                    "merge into the full file postponed until there is free space: {e}"
+                ));
             }
             Err(e) => return Err(e),
         }
@@ -97,7 +102,13 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
 
 /// Drops files and aliases no point needs, commits `meta` if it differs from
 /// `old`, removes what it no longer lists, and punches out dead records.
-fn commit_and_reclaim(repo: &Repository, dir: &Path, old: &ChainMeta, meta: &mut ChainMeta, report: &mut RetainReport) -> Result<()> {
+fn commit_and_reclaim(
+    repo: &Repository,
+    dir: &Path,
+    old: &ChainMeta,
+    meta: &mut ChainMeta,
+    report: &mut RetainReport,
+) -> Result<()> {
     let (live_files, live_aliases) = referenced(meta);
     meta.files.retain(|f| live_files.contains(&f.no));
     meta.aliases.retain(|a| live_aliases.contains(&a.no));
@@ -131,7 +142,9 @@ fn drop_oldest(meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) {
 /// file (the lowest-numbered one), to the full file, and aliases it there.
 /// Returns whether anything was merged.
 fn merge_into_full(dir: &Path, meta: &mut ChainMeta) -> Result<bool> {
-    let Some(oldest) = meta.points.first() else { return Ok(false) };
+    let Some(oldest) = meta.points.first() else {
+        return Ok(false);
+    };
     let physical: BTreeSet<u32> = oldest
         .files
         .iter()
@@ -144,10 +157,17 @@ fn merge_into_full(dir: &Path, meta: &mut ChainMeta) -> Result<bool> {
     if sources.is_empty() {
         return Ok(false);
     }
-    let damaged = |no: u32| RepoError::Damaged { path: dir.join(CHAIN_META), reason: format!("data file {no} is missing") };
+    let damaged = |no: u32| RepoError::Damaged {
+        path: dir.join(CHAIN_META),
+        reason: format!("data file {no} is missing"),
+    };
     let target_entry = meta.file(target).cloned().ok_or_else(|| damaged(target))?;
     let dst_path = dir.join(&target_entry.name);
-    let dst_file = OpenOptions::new().read(true).write(true).open(&dst_path).map_err(io(&dst_path, "open"))?;
+    let dst_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dst_path)
+        .map_err(io(&dst_path, "open"))?;
     let mut end = target_entry.committed_len;
     for src in sources {
         let src_entry = meta.file(src).cloned().ok_or_else(|| damaged(src))?;
@@ -161,7 +181,11 @@ fn merge_into_full(dir: &Path, meta: &mut ChainMeta) -> Result<bool> {
             a.into = target;
             a.shift += shift;
         }
-        meta.aliases.push(Alias { no: src, into: target, shift });
+        meta.aliases.push(Alias {
+            no: src,
+            into: target,
+            shift,
+        });
         meta.files.retain(|f| f.no != src);
         end += body;
     }
@@ -174,7 +198,13 @@ fn merge_into_full(dir: &Path, meta: &mut ChainMeta) -> Result<bool> {
 
 fn drop_old_segments(meta: &mut ChainMeta, keep: usize, report: &mut RetainReport) {
     // The next segment starts at the first full after the oldest point.
-    while let Some(next_full) = meta.points.iter().skip(1).position(|p| p.kind == PointKind::Full).map(|i| i + 1) {
+    while let Some(next_full) = meta
+        .points
+        .iter()
+        .skip(1)
+        .position(|p| p.kind == PointKind::Full)
+        .map(|i| i + 1)
+    {
         if meta.points.len() - next_full < keep {
             break;
         }
@@ -222,17 +252,24 @@ fn punch_dead_space(repo: &Repository, dir: &Path, meta: &ChainMeta) -> Result<(
         for d in &index.disks {
             for r in &d.blocks {
                 let loc = reader.locate(r)?;
-                live.entry(loc.file).or_default().push((loc.offset, loc.offset + padded_len(r.stored_len)));
+                live.entry(loc.file)
+                    .or_default()
+                    .push((loc.offset, loc.offset + padded_len(r.stored_len)));
             }
         }
     }
     for f in &meta.files {
         let mut ranges = live.remove(&f.no).unwrap_or_default();
         ranges.sort_unstable();
-        let Some((path, _)) = reader.data_file(f.no) else { continue };
+        let Some((path, _)) = reader.data_file(f.no) else {
+            continue;
+        };
         let file = OpenOptions::new().write(true).open(path).map_err(io(path, "open"))?;
         let mut pos = DATA_HEADER_LEN;
-        for (start, end) in ranges.into_iter().chain(std::iter::once((f.committed_len, f.committed_len))) {
+        for (start, end) in ranges
+            .into_iter()
+            .chain(std::iter::once((f.committed_len, f.committed_len)))
+        {
             if start > pos && !fsutil::punch_hole(&file, path, pos, start - pos)? {
                 tracing::warn!(path = %path.display(), "file system cannot punch holes; space of removed points stays allocated");
                 return Ok(());
@@ -247,7 +284,14 @@ fn punch_dead_space(repo: &Repository, dir: &Path, meta: &ChainMeta) -> Result<(
 fn used_space(dir: &Path, meta: &ChainMeta) -> u64 {
     let mut names: BTreeSet<String> = meta.files.iter().map(|f| f.name.clone()).collect();
     if let Ok(rd) = std::fs::read_dir(dir) {
-        names.extend(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()));
+        names.extend(
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok()),
+        );
     }
-    names.iter().filter_map(|n| std::fs::metadata(dir.join(n)).ok()).map(|m| m.blocks() * 512).sum()
+    names
+        .iter()
+        .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }

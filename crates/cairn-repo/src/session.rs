@@ -81,7 +81,11 @@ impl BackupSession {
         let dir = repo.chain_dir(&plan.vm);
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
         let lock = fsutil::lock(&dir.join(LOCK_FILE), true)?;
-        let existing = if dir.join(CHAIN_META).exists() { Some(repo.read_meta(&dir)?) } else { None };
+        let existing = if dir.join(CHAIN_META).exists() {
+            Some(repo.read_meta(&dir)?)
+        } else {
+            None
+        };
         cleanup(&dir, existing.as_ref())?;
         let mut meta = match existing {
             Some(m) => m,
@@ -99,12 +103,22 @@ impl BackupSession {
             },
         };
         if meta.block_size != plan.block_size && !meta.points.is_empty() {
-            return Err(RepoError::BlockSizeMismatch { vm: plan.vm.clone(), chain: meta.block_size, asked: plan.block_size });
+            return Err(RepoError::BlockSizeMismatch {
+                vm: plan.vm.clone(),
+                chain: meta.block_size,
+                asked: plan.block_size,
+            });
         }
         meta.block_size = plan.block_size;
         meta.method = plan.method;
 
-        let segment_len = meta.points.iter().rev().take_while(|p| p.kind == PointKind::Incremental).count() + 1;
+        let segment_len = meta
+            .points
+            .iter()
+            .rev()
+            .take_while(|p| p.kind == PointKind::Incremental)
+            .count()
+            + 1;
         let kind = if meta.points.is_empty() || plan.force_full {
             SessionKind::ActiveFull
         } else if plan.method == Method::Forward && plan.full_every.is_some_and(|n| segment_len as u32 >= n.max(1)) {
@@ -126,7 +140,11 @@ impl BackupSession {
         };
 
         let file_no = meta.next_file_no;
-        let file_kind = if kind == SessionKind::Incremental { FileKind::Incremental } else { FileKind::Full };
+        let file_kind = if kind == SessionKind::Incremental {
+            FileKind::Incremental
+        } else {
+            FileKind::Full
+        };
         let name = data_file_name(file_no, file_kind);
         let data_path = fsutil::tmp_path(&dir.join(&name));
         let data = OpenOptions::new()
@@ -141,7 +159,8 @@ impl BackupSession {
             chain_id: hex_16(&meta.chain_id),
             file_no,
         };
-        data.write_all_at(&header.encode(), 0).map_err(io(&data_path, "write"))?;
+        data.write_all_at(&header.encode(), 0)
+            .map_err(io(&data_path, "write"))?;
         let mut point_id = new_point_id()?;
         while meta.points.iter().any(|p| p.id == point_id) {
             point_id = new_point_id()?;
@@ -187,9 +206,17 @@ impl BackupSession {
     /// Appends an encoded record; returns the reference to it.
     pub fn append(&mut self, block: u64, record: &[u8], stored_len: u32, hash: [u8; 32]) -> Result<BlockRef> {
         let offset = self.data_len;
-        self.data.write_all_at(record, offset).map_err(io(&self.data_path, "write"))?;
+        self.data
+            .write_all_at(record, offset)
+            .map_err(io(&self.data_path, "write"))?;
         self.data_len += record.len() as u64;
-        Ok(BlockRef { block, file: self.file_no, offset, stored_len, hash })
+        Ok(BlockRef {
+            block,
+            file: self.file_no,
+            offset,
+            stored_len,
+            hash,
+        })
     }
 
     /// Makes the new point use the stored block `r` (found in the previous
@@ -199,7 +226,10 @@ impl BackupSession {
         if self.kind != SessionKind::SyntheticFull {
             return Ok(BlockRef { block, ..*r });
         }
-        let reader = self.prev_reader.as_ref().ok_or_else(|| RepoError::Invalid("synthetic full without a previous point".into()))?;
+        let reader = self
+            .prev_reader
+            .as_ref()
+            .ok_or_else(|| RepoError::Invalid("synthetic full without a previous point".into()))?;
         let loc = reader.locate(r)?;
         let (src_path, src) = reader.data_file(loc.file).ok_or_else(|| RepoError::Damaged {
             path: self.dir.join(CHAIN_META),
@@ -209,7 +239,12 @@ impl BackupSession {
         let offset = self.data_len;
         fsutil::copy_range(src, src_path, loc.offset, &self.data, &self.data_path, offset, len)?;
         self.data_len += len;
-        Ok(BlockRef { block, file: self.file_no, offset, ..*r })
+        Ok(BlockRef {
+            block,
+            file: self.file_no,
+            offset,
+            ..*r
+        })
     }
 
     /// Bytes written to the new data file so far.
@@ -221,7 +256,11 @@ impl BackupSession {
     /// block map with its description.
     pub fn commit(mut self, disks: Vec<(DiskMap, DiskMeta)>, stats: PointStats) -> Result<PointMeta> {
         self.data.sync_all().map_err(io(&self.data_path, "fsync"))?;
-        let file_kind = if self.kind == SessionKind::Incremental { FileKind::Incremental } else { FileKind::Full };
+        let file_kind = if self.kind == SessionKind::Incremental {
+            FileKind::Incremental
+        } else {
+            FileKind::Full
+        };
         let name = data_file_name(self.file_no, file_kind);
         let final_path = self.dir.join(&name);
         std::fs::rename(&self.data_path, &final_path).map_err(io(&final_path, "rename"))?;
@@ -231,14 +270,26 @@ impl BackupSession {
         for (map, _) in &disks {
             files.extend(map.blocks.iter().map(|b| b.file));
         }
-        let index = PointIndex { point_id: self.point_id.clone(), disks: disks.iter().map(|(m, _)| m.clone()).collect() };
+        let index = PointIndex {
+            point_id: self.point_id.clone(),
+            disks: disks.iter().map(|(m, _)| m.clone()).collect(),
+        };
         let index_name = format!("{}.idx", self.point_id);
-        fsutil::write_atomic(&self.dir.join(&index_name), &index.encode(&self.keys).map_err(crate::error::fmt(&self.dir.join(&index_name)))?)?;
+        fsutil::write_atomic(
+            &self.dir.join(&index_name),
+            &index
+                .encode(&self.keys)
+                .map_err(crate::error::fmt(&self.dir.join(&index_name)))?,
+        )?;
 
         let point = PointMeta {
             id: self.point_id.clone(),
             time: jiff::Timestamp::now().to_string(),
-            kind: if self.kind == SessionKind::Incremental { PointKind::Incremental } else { PointKind::Full },
+            kind: if self.kind == SessionKind::Incremental {
+                PointKind::Incremental
+            } else {
+                PointKind::Full
+            },
             index: index_name,
             created_file: self.file_no,
             files: files.into_iter().collect(),
@@ -246,7 +297,12 @@ impl BackupSession {
             stats,
         };
         let mut meta = self.meta.clone();
-        meta.files.push(FileEntry { no: self.file_no, name, kind: file_kind, committed_len: self.data_len });
+        meta.files.push(FileEntry {
+            no: self.file_no,
+            name,
+            kind: file_kind,
+            committed_len: self.data_len,
+        });
         meta.next_file_no = self.file_no + 1;
         meta.generation += 1;
         meta.points.push(point.clone());
@@ -283,7 +339,10 @@ fn hex_16(s: &str) -> [u8; 16] {
 }
 
 fn new_point_id() -> Result<String> {
-    let b: [u8; 4] = cairn_format::crypto::random_bytes().map_err(|e| RepoError::Format { path: PathBuf::new(), source: e })?;
+    let b: [u8; 4] = cairn_format::crypto::random_bytes().map_err(|e| RepoError::Format {
+        path: PathBuf::new(),
+        source: e,
+    })?;
     Ok(hex::encode(b))
 }
 
@@ -302,7 +361,8 @@ pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
         let e = e.map_err(io(dir, "read directory"))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let ours = name.ends_with(TMP_SUFFIX) || name.ends_with(".full") || name.ends_with(".inc") || name.ends_with(".idx");
+        let ours =
+            name.ends_with(TMP_SUFFIX) || name.ends_with(".full") || name.ends_with(".inc") || name.ends_with(".idx");
         if ours && !keep.contains(name) {
             let path = e.path();
             tracing::info!(path = %path.display(), "removing leftover of an interrupted operation");

@@ -78,15 +78,28 @@ pub fn verify(repo: &Repository, vm: Option<&str>, progress: &(dyn Fn(u64) + Syn
         None => repo.chain_dirs()?,
     };
     let chains: Vec<ChainHealth> = dirs.iter().map(|d| check_chain(repo, d, progress)).collect();
-    Ok(HealthReport { ok: chains.iter().all(|c| c.ok), chains })
+    Ok(HealthReport {
+        ok: chains.iter().all(|c| c.ok),
+        chains,
+    })
 }
 
 fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -> ChainHealth {
-    let mut health = ChainHealth { vm: None, dir: dir.to_path_buf(), ok: false, problems: vec![], points: vec![], records_checked: 0, bytes_checked: 0 };
+    let mut health = ChainHealth {
+        vm: None,
+        dir: dir.to_path_buf(),
+        ok: false,
+        problems: vec![],
+        points: vec![],
+        records_checked: 0,
+        bytes_checked: 0,
+    };
     let reader = match repo.chain_at(dir) {
         Ok(r) => r,
         Err(e) => {
-            health.problems.push(format!("chain unreadable, every restore point of it is lost: {e}"));
+            health
+                .problems
+                .push(format!("chain unreadable, every restore point of it is lost: {e}"));
             return health;
         }
     };
@@ -107,13 +120,18 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
                 indexes.push((i, Some(idx)));
             }
             Err(e) => {
-                health.points.push(point_health(&meta, i, vec![format!("index unreadable: {e}")]));
+                health
+                    .points
+                    .push(point_health(&meta, i, vec![format!("index unreadable: {e}")]));
                 indexes.push((i, None));
             }
         }
     }
 
-    let mut work: Vec<(Location, BlockRef)> = unique.into_iter().filter(|(l, _)| !bad_files.contains(&l.file)).collect();
+    let mut work: Vec<(Location, BlockRef)> = unique
+        .into_iter()
+        .filter(|(l, _)| !bad_files.contains(&l.file))
+        .collect();
     work.sort_by_key(|(l, _)| *l);
     let records = match check_records(&reader, &work, progress) {
         Ok(b) => b,
@@ -136,7 +154,10 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
                     Some(l) if bad_files.contains(&l.file) => Some(format!("data file {} is damaged", l.file)),
                     Some(l) => match records.get(&l) {
                         Some(Ok(len)) if *len == d.block_len(r.block) as usize => None,
-                        Some(Ok(len)) => Some(format!("record decodes to {len} bytes, the disk's block has {}", d.block_len(r.block))),
+                        Some(Ok(len)) => Some(format!(
+                            "record decodes to {len} bytes, the disk's block has {}",
+                            d.block_len(r.block)
+                        )),
                         Some(Err(e)) => Some(e.clone()),
                         None => Some("record was not checked".to_string()),
                     },
@@ -144,7 +165,12 @@ fn check_chain(repo: &Repository, dir: &Path, progress: &(dyn Fn(u64) + Sync)) -
                 if let Some(cause) = cause {
                     damaged += 1;
                     if ph.problems.len() < 5 {
-                        ph.problems.push(format!("disk {} block {} (offset {}): {cause}", d.disk, r.block, r.block * u64::from(d.block_size)));
+                        ph.problems.push(format!(
+                            "disk {} block {} (offset {}): {cause}",
+                            d.disk,
+                            r.block,
+                            r.block * u64::from(d.block_size)
+                        ));
                     }
                 }
             }
@@ -186,13 +212,15 @@ fn check_files(repo: &Repository, reader: &ChainReader, meta: &ChainMeta, proble
             .map_err(|e| e.to_string())
             .and_then(|()| DataFileHeader::decode(&head).map_err(|e| e.to_string()))
             .and_then(|h| {
-                if h.file_no != f.no || h.repository_id != repo.config().id_bytes() || hex::encode(h.chain_id) != meta.chain_id {
+                if h.file_no != f.no
+                    || h.repository_id != repo.config().id_bytes()
+                    || hex::encode(h.chain_id) != meta.chain_id
+                {
                     Err("header belongs to another file, chain or repository".to_string())
                 } else {
                     Ok(())
                 }
-            })
-            ;
+            });
         if let Err(e) = result {
             problems.push(format!("data file {}: {e}", path.display()));
             bad.insert(f.no);
@@ -200,23 +228,35 @@ fn check_files(repo: &Repository, reader: &ChainReader, meta: &ChainMeta, proble
         // A short file is damage too, but the records it still holds are
         // judged one by one (those past its end fail their read).
         if let Ok(len) = file.metadata().map(|m| m.len())
-            && len < f.committed_len {
-                problems.push(format!("data file {}: truncated: has {len} bytes, {} committed", path.display(), f.committed_len));
-            }
+            && len < f.committed_len
+        {
+            problems.push(format!(
+                "data file {}: truncated: has {len} bytes, {} committed",
+                path.display(),
+                f.committed_len
+            ));
+        }
     }
     bad
 }
 
 /// Reads and decodes every record on all cores; returns, per record, its
 /// decoded length or the cause of its damage.
-fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: &(dyn Fn(u64) + Sync)) -> Result<HashMap<Location, Result<usize, String>>> {
+fn check_records(
+    reader: &ChainReader,
+    work: &[(Location, BlockRef)],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<HashMap<Location, Result<usize, String>>> {
     let results = Mutex::new(HashMap::with_capacity(work.len()));
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let decoders: Vec<RecordDecoder> = (0..threads)
         .map(|_| RecordDecoder::new())
         .collect::<Result<_, _>>()
-        .map_err(|e| crate::RepoError::Format { path: reader.dir().to_path_buf(), source: e })?;
+        .map_err(|e| crate::RepoError::Format {
+            path: reader.dir().to_path_buf(),
+            source: e,
+        })?;
     std::thread::scope(|s| {
         for mut decoder in decoders {
             let (results, next) = (&results, &next);
@@ -225,7 +265,10 @@ fn check_records(reader: &ChainReader, work: &[(Location, BlockRef)], progress: 
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((loc, r)) = work.get(i) else { break };
-                    let outcome = reader.read_block(&mut decoder, r, &mut scratch, &mut out).map(|()| out.len()).map_err(|e| e.to_string());
+                    let outcome = reader
+                        .read_block(&mut decoder, r, &mut scratch, &mut out)
+                        .map(|()| out.len())
+                        .map_err(|e| e.to_string());
                     if let Ok(mut map) = results.lock() {
                         map.insert(*loc, outcome);
                     }

@@ -24,10 +24,15 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
     let mut inputs: Vec<DiskInput> = Vec::new();
     for path in &a.disks {
         let source = RawFile::open(path)?;
-        inputs.push(DiskInput { source: Box::new(source), changed: None });
+        inputs.push(DiskInput {
+            source: Box::new(source),
+            changed: None,
+        });
     }
     for spec in &a.cbt {
-        let (disk, file) = spec.split_once('=').with_context(|| format!("--cbt {spec:?}: expected DISK=FILE"))?;
+        let (disk, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--cbt {spec:?}: expected DISK=FILE"))?;
         let disk: usize = disk.parse().with_context(|| format!("--cbt {spec:?}: disk number"))?;
         let Some(input) = inputs.get_mut(disk) else {
             bail!("--cbt {spec:?}: there is no disk {disk} ({} given)", inputs.len());
@@ -43,7 +48,10 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
         full_kind: a.full_kind,
         force_full: a.full,
     };
-    let mut opts = BackupOptions { compression: a.compression, ..BackupOptions::default() };
+    let mut opts = BackupOptions {
+        compression: a.compression,
+        ..BackupOptions::default()
+    };
     if let Some(t) = a.threads {
         opts.threads = t.max(1);
     }
@@ -61,7 +69,11 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
     };
     let p = &result.point;
     if g.json {
-        output::json(&BackupOutput { vm: &a.vm, session, point: p })?;
+        output::json(&BackupOutput {
+            vm: &a.vm,
+            session,
+            point: p,
+        })?;
     } else {
         let s = &p.stats;
         let rate = s.read_bytes as f64 / s.duration_secs.max(1e-9);

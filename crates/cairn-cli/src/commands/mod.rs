@@ -31,7 +31,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The repository password from `--password-file` or `CAIRN_PASSWORD`, if any.
 pub fn password(g: &Global) -> anyhow::Result<Option<Vec<u8>>> {
     if let Some(path) = &g.password_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading password file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading password file {}", path.display()))?;
         let pw = text.strip_suffix('\n').unwrap_or(&text);
         let pw = pw.strip_suffix('\r').unwrap_or(pw);
         return Ok(Some(pw.as_bytes().to_vec()));
@@ -46,7 +47,9 @@ pub fn open_repo(g: &Global, path: &Path) -> anyhow::Result<Repository> {
 }
 
 /// Splits a repository listing into readable chains and the errors of the others.
-pub fn split_chains(list: Vec<cairn_repo::Result<cairn_repo::ChainMeta>>) -> (Vec<cairn_repo::ChainMeta>, Vec<cairn_repo::RepoError>) {
+pub fn split_chains(
+    list: Vec<cairn_repo::Result<cairn_repo::ChainMeta>>,
+) -> (Vec<cairn_repo::ChainMeta>, Vec<cairn_repo::RepoError>) {
     let mut ok = Vec::new();
     let mut broken = Vec::new();
     for c in list {

@@ -25,11 +25,20 @@ pub fn run(g: &Global, a: &PointsArgs) -> anyhow::Result<ExitCode> {
     for e in &broken {
         eprintln!("error: {e} (run `cairn verify`)");
     }
-    let code = if broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    let code = if broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if g.json {
         let out: Vec<VmPoints> = chains
             .iter()
-            .map(|c| VmPoints { vm: &c.vm, block_size: c.block_size, method: c.method, points: &c.points })
+            .map(|c| VmPoints {
+                vm: &c.vm,
+                block_size: c.block_size,
+                method: c.method,
+                points: &c.points,
+            })
             .collect();
         output::json(&out)?;
         return Ok(code);
@@ -38,12 +47,24 @@ pub fn run(g: &Global, a: &PointsArgs) -> anyhow::Result<ExitCode> {
         println!("no restore points");
     }
     for c in &chains {
-        println!("VM {} ({} points, {} blocks)", c.vm, c.points.len(), bytes(c.block_size.into()));
-        println!("  {:<8}  {:<25}  {:<11}  {:>5}  {:>10}  {:>10}  {:>10}  {:>6}", "id", "time", "kind", "disks", "size", "read", "stored", "ratio");
+        println!(
+            "VM {} ({} points, {} blocks)",
+            c.vm,
+            c.points.len(),
+            bytes(c.block_size.into())
+        );
+        println!(
+            "  {:<8}  {:<25}  {:<11}  {:>5}  {:>10}  {:>10}  {:>10}  {:>6}",
+            "id", "time", "kind", "disks", "size", "read", "stored", "ratio"
+        );
         for p in &c.points {
             let size: u64 = p.disks.iter().map(|d| d.blocks * u64::from(c.block_size)).sum();
             let s = &p.stats;
-            let ratio = if s.stored_bytes == 0 { "-".to_string() } else { format!("{:.2}", s.new_bytes as f64 / s.stored_bytes as f64) };
+            let ratio = if s.stored_bytes == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", s.new_bytes as f64 / s.stored_bytes as f64)
+            };
             let kind = match p.kind {
                 PointKind::Full => "full",
                 PointKind::Incremental => "incremental",

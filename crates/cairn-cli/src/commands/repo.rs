@@ -31,7 +31,10 @@ pub fn run(g: &Global, c: &RepoCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&out)?;
             } else {
-                println!("created repository {} at {} (encryption: {})", out.repository_id, out.path, encryption);
+                println!(
+                    "created repository {} at {} (encryption: {})",
+                    out.repository_id, out.path, encryption
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -41,5 +41,9 @@ pub fn run(g: &Global, a: &RetainArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -15,7 +15,9 @@ pub fn run(g: &Global, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         output::json(&report)?;
     } else {
         for c in &report.chains {
-            let name = c.vm.clone().unwrap_or_else(|| format!("(unreadable chain {})", c.dir.display()));
+            let name =
+                c.vm.clone()
+                    .unwrap_or_else(|| format!("(unreadable chain {})", c.dir.display()));
             println!(
                 "VM {name}: {} ({} points, {} records, {} checked)",
                 if c.ok { "ok" } else { "DAMAGED" },
@@ -27,8 +29,21 @@ pub fn run(g: &Global, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!("  {p}");
             }
             for p in c.points.iter().filter(|p| !p.ok) {
-                let disks: Vec<String> = p.damaged_disks.iter().map(|d| format!("{d} ({} blocks)", p.damaged_blocks[d])).collect();
-                println!("  restore point {} ({}) damaged; disks: {}", p.id, p.time, if disks.is_empty() { "all".into() } else { disks.join(", ") });
+                let disks: Vec<String> = p
+                    .damaged_disks
+                    .iter()
+                    .map(|d| format!("{d} ({} blocks)", p.damaged_blocks[d]))
+                    .collect();
+                println!(
+                    "  restore point {} ({}) damaged; disks: {}",
+                    p.id,
+                    p.time,
+                    if disks.is_empty() {
+                        "all".into()
+                    } else {
+                        disks.join(", ")
+                    }
+                );
                 for problem in &p.problems {
                     println!("    {problem}");
                 }
@@ -38,5 +53,9 @@ pub fn run(g: &Global, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("no restore points to check");
         }
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -41,7 +41,9 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -100,7 +102,9 @@ impl Rng {
 /// else `default`. Printed so a failing run names the seed to replay.
 pub fn test_seed(test: &str, default: u64) -> u64 {
     let seed = match std::env::var("CAIRN_CRASH_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("CAIRN_CRASH_SEED={s:?} is not a number")),
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("CAIRN_CRASH_SEED={s:?} is not a number")),
         Err(_) => default,
     };
     eprintln!("{test}: seed {seed} (CAIRN_CRASH_SEED={seed} replays this run)");
@@ -132,12 +136,72 @@ pub enum Fill {
 }
 
 const WORDS: &[&str] = &[
-    "the", "backup", "restore", "point", "chain", "block", "disk", "virtual", "machine", "kernel", "guest", "host", "error",
-    "warning", "info", "debug", "request", "response", "session", "user", "admin", "database", "table", "index", "query",
-    "commit", "rollback", "journal", "inode", "extent", "sector", "cluster", "volume", "snapshot", "replica", "proxy",
-    "repository", "incremental", "full", "synthetic", "merge", "retention", "policy", "schedule", "job", "task", "lorem",
-    "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod", "tempor", "2026-11-23",
-    "09:00:00", "GET", "POST", "/api/v1/vms", "200", "404", "500",
+    "the",
+    "backup",
+    "restore",
+    "point",
+    "chain",
+    "block",
+    "disk",
+    "virtual",
+    "machine",
+    "kernel",
+    "guest",
+    "host",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "request",
+    "response",
+    "session",
+    "user",
+    "admin",
+    "database",
+    "table",
+    "index",
+    "query",
+    "commit",
+    "rollback",
+    "journal",
+    "inode",
+    "extent",
+    "sector",
+    "cluster",
+    "volume",
+    "snapshot",
+    "replica",
+    "proxy",
+    "repository",
+    "incremental",
+    "full",
+    "synthetic",
+    "merge",
+    "retention",
+    "policy",
+    "schedule",
+    "job",
+    "task",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "2026-11-23",
+    "09:00:00",
+    "GET",
+    "POST",
+    "/api/v1/vms",
+    "200",
+    "404",
+    "500",
 ];
 
 /// Fills `buf` with content of kind `fill`.
@@ -245,7 +309,10 @@ pub fn rewrite(path: &Path, rng: &mut Rng, fraction: f64) {
 /// Panics unless `actual` holds exactly the bytes of `expected`, naming the
 /// first difference.
 pub fn assert_same_image(expected: &Path, actual: &Path, what: &str) {
-    let (le, la) = (std::fs::metadata(expected).unwrap().len(), std::fs::metadata(actual).unwrap().len());
+    let (le, la) = (
+        std::fs::metadata(expected).unwrap().len(),
+        std::fs::metadata(actual).unwrap().len(),
+    );
     assert_eq!(la, le, "{what}: restored image has {la} bytes, expected {le}");
     let (mut fe, mut fa) = (File::open(expected).unwrap(), File::open(actual).unwrap());
     let (mut be, mut ba) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
@@ -298,7 +365,11 @@ where
 }
 
 pub fn describe(cmd: &Command) -> String {
-    let program = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     format!("{program} {}", args.join(" "))
 }
@@ -314,7 +385,8 @@ pub fn show(out: &Output) -> String {
 
 /// Runs `cmd` to completion.
 pub fn output(mut cmd: Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)))
 }
 
 /// Runs `cmd` and panics unless it exits 0.
@@ -397,14 +469,25 @@ pub fn kill_at_syscall(inner: &Command, syscalls: &str, nth: usize) -> Command {
 
 /// Panics with a clear message unless `tool` runs.
 pub fn require_tool(tool: &str, apt_package: &str) {
-    let found = Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(found, "this test needs `{tool}`: install it (apt-get install {apt_package})");
+    let found = Command::new(tool)
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "this test needs `{tool}`: install it (apt-get install {apt_package})"
+    );
 }
 
 /// Runs `cmd` (which a kill may end) to its end; panics if it failed by itself.
 pub fn run_killable(mut cmd: Command) -> (Ending, Output) {
     let what = describe(&cmd);
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     (ending(&what, &out), out)
 }
 
@@ -437,7 +520,9 @@ impl Repo {
         let mut c = cairn(["repo", "init", "-q"]);
         c.arg(root);
         ok(c);
-        Repo { root: root.to_path_buf() }
+        Repo {
+            root: root.to_path_buf(),
+        }
     }
 
     /// A `cairn backup` command for one disk, with JSON output.
@@ -452,13 +537,25 @@ impl Repo {
         let started = Instant::now();
         let v = ok_json(self.backup_cmd(vm, disk, extra));
         let took = started.elapsed();
-        let id = v["point"]["id"].as_str().unwrap_or_else(|| panic!("backup output has no point id: {v}")).to_string();
+        let id = v["point"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("backup output has no point id: {v}"))
+            .to_string();
         (id, took)
     }
 
     /// `cairn retain --keep N` for `vm`, with JSON output.
     pub fn retain_cmd(&self, vm: &str, keep: usize) -> Command {
-        let mut c = cairn(["retain", "--json", "-q", "--vm", vm, "--keep", &keep.to_string(), "--repo"]);
+        let mut c = cairn([
+            "retain",
+            "--json",
+            "-q",
+            "--vm",
+            vm,
+            "--keep",
+            &keep.to_string(),
+            "--repo",
+        ]);
         c.arg(&self.root);
         c
     }
@@ -472,7 +569,9 @@ impl Repo {
         let mut c = cairn(["points", "--json", "--vm", vm, "--repo"]);
         c.arg(&self.root);
         let v = ok_json(c);
-        let chains = v.as_array().unwrap_or_else(|| panic!("points output is not an array: {v}"));
+        let chains = v
+            .as_array()
+            .unwrap_or_else(|| panic!("points output is not an array: {v}"));
         assert_eq!(chains.len(), 1, "points --vm {vm} lists {} VMs: {v}", chains.len());
         chains[0]["points"]
             .as_array()
@@ -504,7 +603,11 @@ impl Repo {
         let mut c = cairn(["verify", "-q", "--repo"]);
         c.arg(&self.root);
         let out = output(c);
-        assert!(out.status.success(), "{context}: cairn verify does not report a healthy repository:\n{}", show(&out));
+        assert!(
+            out.status.success(),
+            "{context}: cairn verify does not report a healthy repository:\n{}",
+            show(&out)
+        );
     }
 
     /// Names of files in `vm`'s chain folder that `chain.meta` does not
@@ -514,7 +617,9 @@ impl Repo {
     pub fn leftovers(&self, vm: &str) -> Vec<String> {
         let repo = cairn_repo::Repository::open(&self.root, None).unwrap();
         let dir = repo.chain_dir(vm);
-        let meta = repo.read_meta(&dir).unwrap_or_else(|e| panic!("reading the chain metadata of {vm}: {e}"));
+        let meta = repo
+            .read_meta(&dir)
+            .unwrap_or_else(|e| panic!("reading the chain metadata of {vm}: {e}"));
         let files: BTreeMap<&str, u64> = meta.files.iter().map(|f| (f.name.as_str(), f.committed_len)).collect();
         let indexes: BTreeSet<&str> = meta.points.iter().map(|p| p.index.as_str()).collect();
         let mut out = Vec::new();
@@ -559,7 +664,11 @@ impl Repo {
             }
         }
         let needed = live.values().sum::<u64>() + meta.files.len() as u64 * cairn_format::datafile::DATA_HEADER_LEN;
-        let allocated = meta.files.iter().map(|f| std::fs::metadata(chain.dir().join(&f.name)).unwrap().blocks() * 512).sum();
+        let allocated = meta
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(chain.dir().join(&f.name)).unwrap().blocks() * 512)
+            .sum();
         (needed, allocated)
     }
 }
@@ -576,7 +685,10 @@ pub struct Saved {
 impl Saved {
     pub fn new(dir: &Path) -> Saved {
         std::fs::create_dir_all(dir).unwrap();
-        Saved { dir: dir.to_path_buf(), points: BTreeMap::new() }
+        Saved {
+            dir: dir.to_path_buf(),
+            points: BTreeMap::new(),
+        }
     }
 
     /// Records that point `id` holds the current contents of `disk`.
@@ -589,7 +701,9 @@ impl Saved {
 
     /// The saved copy of point `id`.
     pub fn copy_of(&self, id: &str) -> &Path {
-        self.points.get(id).unwrap_or_else(|| panic!("no saved copy of point {id}"))
+        self.points
+            .get(id)
+            .unwrap_or_else(|| panic!("no saved copy of point {id}"))
     }
 
     /// Forgets the points not in `ids` (removed by retention).

@@ -109,7 +109,16 @@ pub fn backup(repo: &Path, vm: &str, extra: &[&str], disks: &[&Path]) -> Value {
 /// `cairn restore --json`; returns the JSON.
 #[track_caller]
 pub fn restore(repo: &Path, vm: &str, point: &str, disk: u32, to: &Path) -> Value {
-    let mut c = cairn(["restore", "--json", "--vm", vm, "--point", point, "--disk", &disk.to_string()]);
+    let mut c = cairn([
+        "restore",
+        "--json",
+        "--vm",
+        vm,
+        "--point",
+        point,
+        "--disk",
+        &disk.to_string(),
+    ]);
     c.arg("--repo").arg(repo).arg("--to").arg(to);
     ok_json(c)
 }
@@ -142,7 +151,10 @@ pub fn points(repo: &Path, vm: &str) -> Vec<Value> {
 /// The id of the point a `backup --json` made.
 #[track_caller]
 pub fn point_id(backup_json: &Value) -> String {
-    backup_json["point"]["id"].as_str().unwrap_or_else(|| panic!("no point.id in {backup_json}")).to_string()
+    backup_json["point"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no point.id in {backup_json}"))
+        .to_string()
 }
 
 /// A numeric field of `point.stats` of a `backup --json` output.
@@ -156,7 +168,10 @@ pub fn stat(backup_json: &Value, field: &str) -> u64 {
 /// `session` of a `backup --json` output.
 #[track_caller]
 pub fn session(backup_json: &Value) -> String {
-    backup_json["session"].as_str().unwrap_or_else(|| panic!("no session in {backup_json}")).to_string()
+    backup_json["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session in {backup_json}"))
+        .to_string()
 }
 
 // ---------------------------------------------------------------- tools
@@ -164,7 +179,9 @@ pub fn session(backup_json: &Value) -> String {
 /// The path of an external tool, or a loud failure telling what to install.
 #[track_caller]
 pub fn require_tool(tool: &str, apt_package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     for d in dirs {
         let p = d.join(tool);
@@ -193,7 +210,12 @@ pub fn run_tool(cmd: &mut Command) -> Output {
 #[track_caller]
 pub fn qemu_img_identical(a: &Path, b: &Path) {
     let qemu = require_tool("qemu-img", "qemu-utils");
-    let out = Command::new(qemu).args(["compare", "-f", "raw", "-F", "raw"]).arg(a).arg(b).output().expect("run qemu-img");
+    let out = Command::new(qemu)
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("run qemu-img");
     assert!(
         out.status.success(),
         "qemu-img compare {} {}: exit {}\n{}{}",
@@ -203,7 +225,11 @@ pub fn qemu_img_identical(a: &Path, b: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("identical"), "qemu-img: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("identical"),
+        "qemu-img: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 // ---------------------------------------------------------------- data
@@ -245,8 +271,10 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// `len` bytes of compressible text: numbered lines of prose.
 pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
-    const WORDS: [&str; 12] =
-        ["virtual", "machine", "disk", "backup", "restore", "point", "chain", "block", "record", "index", "cairn", "stone"];
+    const WORDS: [&str; 12] = [
+        "virtual", "machine", "disk", "backup", "restore", "point", "chain", "block", "record", "index", "cairn",
+        "stone",
+    ];
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len + 64);
     let mut line = 0u64;
@@ -284,7 +312,10 @@ pub fn write_disk(path: &Path, size: u64, regions: &[(u64, u64, Fill)]) {
 
 /// Overwrites `len` bytes at `offset` of an existing image.
 pub fn patch_disk(path: &Path, offset: u64, len: u64, fill: Fill) {
-    let f = OpenOptions::new().write(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     patch(&f, offset, len, &fill);
 }
 
@@ -305,7 +336,13 @@ fn patch(f: &File, offset: u64, len: u64, fill: &Fill) {
 #[track_caller]
 pub fn assert_same_file(expected: &Path, actual: &Path) {
     let (ma, mb) = (std::fs::metadata(expected).unwrap(), std::fs::metadata(actual).unwrap());
-    assert_eq!(ma.len(), mb.len(), "size of {} differs from {}", actual.display(), expected.display());
+    assert_eq!(
+        ma.len(),
+        mb.len(),
+        "size of {} differs from {}",
+        actual.display(),
+        expected.display()
+    );
     let (mut fa, mut fb) = (File::open(expected).unwrap(), File::open(actual).unwrap());
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     let mut pos = 0u64;
@@ -318,7 +355,12 @@ pub fn assert_same_file(expected: &Path, actual: &Path) {
         }
         if ba[..n] != bb[..n] {
             let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap();
-            panic!("{} differs from {} at byte {}", actual.display(), expected.display(), pos + i as u64);
+            panic!(
+                "{} differs from {} at byte {}",
+                actual.display(),
+                expected.display(),
+                pos + i as u64
+            );
         }
         pos += n as u64;
     }
@@ -396,7 +438,11 @@ pub fn touched_blocks(extents: &[(u64, u64)], block_size: u64) -> u64 {
 
 /// Every chain folder of a repository.
 pub fn chain_dirs(repo: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(repo.join("chains")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo.join("chains"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     v.sort();
     v
 }
@@ -452,7 +498,11 @@ impl Record {
 #[track_caller]
 pub fn records(path: &Path) -> Vec<Record> {
     let bytes = std::fs::read(path).unwrap();
-    assert!(bytes.len() as u64 >= DATA_HEADER_LEN && &bytes[..8] == b"CAIRNDAT", "{} is not a data file", path.display());
+    assert!(
+        bytes.len() as u64 >= DATA_HEADER_LEN && &bytes[..8] == b"CAIRNDAT",
+        "{} is not a data file",
+        path.display()
+    );
     let mut out = Vec::new();
     let mut pos = DATA_HEADER_LEN as usize;
     while pos + RECORD_HEADER_LEN as usize <= bytes.len() {
@@ -465,7 +515,12 @@ pub fn records(path: &Path) -> Vec<Record> {
         assert_eq!(&h[..4], b"CBLK", "no record header at {pos} of {}", path.display());
         let raw_len = u32::from_le_bytes(h[8..12].try_into().unwrap());
         let stored_len = u32::from_le_bytes(h[12..16].try_into().unwrap());
-        out.push(Record { offset: pos as u64, codec: h[5], raw_len, stored_len });
+        out.push(Record {
+            offset: pos as u64,
+            codec: h[5],
+            raw_len,
+            stored_len,
+        });
         pos += (RECORD_HEADER_LEN as usize + stored_len as usize).div_ceil(4096) * 4096;
     }
     out
@@ -473,7 +528,11 @@ pub fn records(path: &Path) -> Vec<Record> {
 
 /// XORs the byte at `offset` of `path` with 0x5a.
 pub fn flip_byte(path: &Path, offset: u64) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0x5a;
