@@ -4,7 +4,7 @@
 //! file is append-only; the chain metadata records its committed length, and
 //! bytes past it are leftovers of an interrupted operation.
 
-use crate::error::{FormatError, Result, le, need};
+use crate::error::{FormatError, Result, check_header_crc, le, need};
 
 /// Size of the data file header; records start here.
 pub const DATA_HEADER_LEN: u64 = 4096;
@@ -59,15 +59,7 @@ impl DataFileHeader {
         if &b[0..8] != MAGIC {
             return Err(FormatError::BadMagic { what: WHAT });
         }
-        let stored = le::u32(b, 60);
-        let computed = crc32c::crc32c(&b[..60]);
-        if stored != computed {
-            return Err(FormatError::Checksum {
-                what: WHAT,
-                stored: format!("{stored:08x}"),
-                computed: format!("{computed:08x}"),
-            });
-        }
+        check_header_crc(WHAT, b)?;
         let version = le::u16(b, 8);
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion {

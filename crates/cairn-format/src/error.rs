@@ -69,6 +69,21 @@ pub(crate) fn need(what: &'static str, bytes: &[u8], needed: usize) -> Result<()
     Ok(())
 }
 
+/// Checks the CRC-32C that the 64-byte headers of data files and block
+/// records keep in bytes 60..64 over bytes 0..60 (length checked by the caller).
+pub(crate) fn check_header_crc(what: &'static str, b: &[u8]) -> Result<()> {
+    let stored = le::u32(b, 60);
+    let computed = crc32c::crc32c(&b[..60]);
+    if stored != computed {
+        return Err(FormatError::Checksum {
+            what,
+            stored: format!("{stored:08x}"),
+            computed: format!("{computed:08x}"),
+        });
+    }
+    Ok(())
+}
+
 /// Little-endian field readers that assume the length was checked with [`need`].
 pub(crate) mod le {
     pub fn u16(b: &[u8], at: usize) -> u16 {

@@ -6,7 +6,7 @@
 
 use crate::codec::{Compressor, Decompressor};
 use crate::crypto::Keys;
-use crate::error::{FormatError, Result, le, need};
+use crate::error::{FormatError, Result, check_header_crc, le, need};
 
 /// Size of a record header in bytes.
 pub const RECORD_HEADER_LEN: usize = 64;
@@ -63,15 +63,7 @@ impl RecordHeader {
         if &b[0..4] != MAGIC {
             return Err(FormatError::BadMagic { what: WHAT });
         }
-        let stored = le::u32(b, 60);
-        let computed = crc32c::crc32c(&b[..60]);
-        if stored != computed {
-            return Err(FormatError::Checksum {
-                what: WHAT,
-                stored: format!("{stored:08x}"),
-                computed: format!("{computed:08x}"),
-            });
-        }
+        check_header_crc(WHAT, b)?;
         if b[4] != VERSION {
             return Err(FormatError::UnsupportedVersion {
                 what: WHAT,
