@@ -108,7 +108,16 @@ pub fn backup(
         let to_read = match (&input.changed, &prev_map) {
             // With CBT, read only changed blocks; unchanged ones come from the previous point.
             (Some(changed), Some(prev)) => {
-                let mut read = changed.clone();
+                // Extents past the end of the disk describe nothing to read.
+                let size = input.source.virtual_size();
+                let mut read: Vec<Extent> = changed
+                    .iter()
+                    .filter(|e| e.offset < size)
+                    .map(|e| Extent {
+                        offset: e.offset,
+                        length: e.length.min(size - e.offset),
+                    })
+                    .collect();
                 read.extend(resized_tail(prev.virtual_size, input.source.virtual_size(), bs));
                 extent::normalize(read)
             }
@@ -124,6 +133,8 @@ pub fn backup(
     let (source_busy, proxy_busy, target_busy) = (Busy::default(), Busy::default(), Busy::default());
     let mut stats = PointStats::default();
     let mut maps = Vec::new();
+    // Blocks this backup stored, by hash: dedup across all of the VM's disks.
+    let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
     for (no, input, prev_map, blocks) in plans {
         let disk = DiskWork {
             source: input.source.as_ref(),
@@ -140,6 +151,7 @@ pub fn backup(
             (&source_busy, &proxy_busy, &target_busy),
             &counters,
             &mut stats,
+            &mut written,
             &|n| {
                 progress(Progress {
                     done_bytes: done.fetch_add(n, Ordering::Relaxed) + n,
@@ -231,12 +243,12 @@ fn run_disk(
     (source_busy, proxy_busy, target_busy): (&Busy, &Busy, &Busy),
     counters: &Counters,
     stats: &mut PointStats,
+    written: &mut HashMap<[u8; 32], BlockRef>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<BlockRef>> {
     let threads = opts.threads.max(1);
     let size = disk.source.virtual_size();
     let mut refs = Vec::with_capacity(disk.blocks.len());
-    let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
 
     std::thread::scope(|s| -> Result<()> {
         // The channels live inside the scope: when the writer stops early on an

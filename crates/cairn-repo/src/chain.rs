@@ -8,9 +8,10 @@
 use std::path::Path;
 
 use cairn_format::crypto::Keys;
-use cairn_format::datafile::FileKind;
+use cairn_format::datafile::{DATA_HEADER_LEN, FileKind};
 use cairn_format::envelope::{self, Kind};
 use cairn_format::index::BlockRef;
+use cairn_format::record::RECORD_ALIGN;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RepoError, Result, fmt};
@@ -222,9 +223,16 @@ impl ChainMeta {
                 return Err(format!("alias of file {} leads nowhere", a.no));
             }
         }
+        if self.next_file_no == u32::MAX {
+            return Err("next_file_no is exhausted".into());
+        }
         for f in &self.files {
             if f.no >= self.next_file_no || !is_plain_name(&f.name) {
                 return Err(format!("bad file entry {} {:?}", f.no, f.name));
+            }
+            let len = f.committed_len;
+            if len < DATA_HEADER_LEN || len % RECORD_ALIGN != 0 {
+                return Err(format!("data file {} has an impossible committed length {len}", f.no));
             }
         }
         for p in &self.points {
@@ -283,4 +291,75 @@ impl ChainMeta {
 /// Whether `name` is a bare file name (no separators, not `.`/`..`).
 fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ChainMeta {
+        ChainMeta {
+            format_version: 1,
+            chain_id: "00".repeat(16),
+            vm: "vm".into(),
+            block_size: 1 << 20,
+            method: Method::ForeverForward,
+            generation: 1,
+            next_file_no: 3,
+            files: vec![FileEntry {
+                no: 1,
+                name: "00000001.full".into(),
+                kind: FileKind::Full,
+                committed_len: 8192,
+            }],
+            aliases: vec![Alias {
+                no: 2,
+                into: 1,
+                shift: 4096,
+            }],
+            points: vec![],
+        }
+    }
+
+    #[test]
+    fn validate_rejects_hostile_fields() {
+        assert!(meta().validate().is_ok());
+        let mut m = meta();
+        m.files[0].committed_len = 100;
+        assert!(m.validate().is_err(), "committed length below the header");
+        let mut m = meta();
+        m.next_file_no = u32::MAX;
+        assert!(m.validate().is_err(), "file numbers exhausted");
+        let mut m = meta();
+        m.files[0].name = "../../etc/passwd".into();
+        assert!(m.validate().is_err(), "a path, not a file name");
+        let mut m = meta();
+        m.aliases = vec![
+            Alias {
+                no: 2,
+                into: 5,
+                shift: 0,
+            },
+            Alias {
+                no: 5,
+                into: 2,
+                shift: 0,
+            },
+        ];
+        assert!(m.validate().is_err(), "an alias loop");
+    }
+
+    #[test]
+    fn locate_follows_aliases() {
+        let m = meta();
+        let r = BlockRef {
+            block: 0,
+            file: 2,
+            offset: 4096,
+            stored_len: 10,
+            hash: [0; 32],
+        };
+        assert_eq!(m.locate(&r), Some(Location { file: 1, offset: 8192 }));
+        assert_eq!(m.find_point("latest"), None);
+    }
 }

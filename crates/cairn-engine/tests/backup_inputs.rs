@@ -1,0 +1,128 @@
+//! Backups of unusual but valid inputs: changed extents that reach past the
+//! disk's end, and the same new block on several disks of one VM.
+
+use cairn_disk::{DiskSource, Extent};
+use cairn_engine::{BackupOptions, DiskInput, backup, restore};
+use cairn_repo::{BackupPlan, Encryption, FullKind, Method, Repository};
+
+const BS: u64 = 256 << 10;
+
+struct MemDisk(Vec<u8>);
+
+impl DiskSource for MemDisk {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    fn virtual_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            offset: 0,
+            length: self.0.len() as u64,
+        }])
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> cairn_disk::Result<()> {
+        let o = offset as usize;
+        buf.copy_from_slice(&self.0[o..o + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Pseudo-random bytes (xorshift), so no two blocks are alike.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+fn plan() -> BackupPlan {
+    BackupPlan {
+        vm: "vm".into(),
+        block_size: BS as u32,
+        method: Method::ForeverForward,
+        full_every: None,
+        full_kind: FullKind::Synthetic,
+        force_full: false,
+    }
+}
+
+fn restored(repo: &Repository, dir: &std::path::Path, disk: u32) -> Vec<u8> {
+    let out = dir.join(format!(
+        "disk{disk}-{}.raw",
+        std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
+    ));
+    restore(repo, "vm", "latest", disk, &out, &|_| {}).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn changed_extents_past_the_end_are_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(&dir.path().join("r"), Encryption::None, None, None).unwrap();
+    let opts = BackupOptions {
+        threads: 2,
+        ..BackupOptions::default()
+    };
+    let mut data = pattern(1, 10 * BS as usize + 512);
+    let input = |d: &Vec<u8>, changed| {
+        vec![DiskInput {
+            source: Box::new(MemDisk(d.clone())),
+            changed,
+        }]
+    };
+    backup(&repo, &plan(), input(&data, None), &opts, &|_| {}).unwrap();
+
+    // The last (short) block changes; the extents handed in run far past the end.
+    let end = data.len();
+    data[end - 100..].fill(0xAB);
+    let changed = vec![
+        Extent {
+            offset: (end - 100) as u64,
+            length: 1 << 40,
+        },
+        Extent {
+            offset: 1 << 41,
+            length: 10,
+        },
+    ];
+    let r = backup(&repo, &plan(), input(&data, Some(changed)), &opts, &|_| {}).unwrap();
+    assert_eq!(r.point.stats.read_blocks, 1, "only the changed last block is read");
+    assert_eq!(restored(&repo, dir.path(), 0), data);
+}
+
+#[test]
+fn a_new_block_on_two_disks_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(&dir.path().join("r"), Encryption::None, None, None).unwrap();
+    let opts = BackupOptions {
+        threads: 2,
+        ..BackupOptions::default()
+    };
+    let shared = pattern(7, BS as usize);
+    let mut d0 = pattern(2, 4 * BS as usize);
+    let mut d1 = pattern(3, 4 * BS as usize);
+    d0[BS as usize..2 * BS as usize].copy_from_slice(&shared);
+    d1[3 * BS as usize..].copy_from_slice(&shared);
+    let inputs = vec![
+        DiskInput {
+            source: Box::new(MemDisk(d0.clone())),
+            changed: None,
+        },
+        DiskInput {
+            source: Box::new(MemDisk(d1.clone())),
+            changed: None,
+        },
+    ];
+    let r = backup(&repo, &plan(), inputs, &opts, &|_| {}).unwrap();
+    assert_eq!(r.point.stats.new_blocks, 7, "8 blocks, one of them twice");
+    assert_eq!(r.point.stats.dedup_blocks, 1);
+    assert_eq!(restored(&repo, dir.path(), 0), d0);
+    assert_eq!(restored(&repo, dir.path(), 1), d1);
+}
