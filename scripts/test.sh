@@ -22,9 +22,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 
 # Fuzz smoke run of every parser target (nightly + cargo-fuzz), unless disabled.
-if [ "${CAIRN_FUZZ_SECONDS:-20}" != 0 ] && [ -x scripts/fuzz-smoke.sh ]; then
+if [ "$status" = 0 ] && [ "${CAIRN_FUZZ_SECONDS:-20}" != 0 ]; then
     bash scripts/fuzz-smoke.sh "${CAIRN_FUZZ_SECONDS:-20}"
 fi
+
+# One closing line over every test binary (cargo prints one per binary).
+echo "tests: $passed passed, $failed failed"
+exit "$status"
