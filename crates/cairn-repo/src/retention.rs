@@ -22,13 +22,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use cairn_format::datafile::DATA_HEADER_LEN;
+use cairn_format::index::PointIndex;
 use cairn_format::record::padded_len;
 use serde::Serialize;
 
 use crate::chain::{Alias, ChainMeta, Method, PointKind};
-use crate::error::{RepoError, Result, io};
+use crate::error::{RepoError, Result, fmt, io};
 use crate::fsutil;
-use crate::repository::{CHAIN_META, ChainReader, LOCK_FILE, Repository};
+use crate::repository::{CHAIN_META, LOCK_FILE, Repository};
 use crate::session::{cleanup, write_meta};
 
 /// What a retention run did.
@@ -75,7 +76,17 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
         Method::ForeverForward => drop_oldest(&mut meta, keep, &mut report),
         Method::Forward => drop_old_segments(&mut meta, keep, &mut report),
     }
-    commit_and_reclaim(repo, &dir, &old, &mut meta, &mut report)?;
+    // The remaining points' indexes never change here (merges only add
+    // aliases), so they are read once for both reclaim passes.
+    let indexes = meta
+        .points
+        .iter()
+        .map(|p| {
+            let path = dir.join(&p.index);
+            PointIndex::decode(&fsutil::read(&path)?, repo.keys()).map_err(fmt(&path))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    commit_and_reclaim(repo, &dir, &old, &mut meta, &indexes, &mut report)?;
 
     // Second commit (forever forward): merge the files the oldest point needs
     // into the full file. Without room for the copy, the merge waits for a
@@ -83,7 +94,7 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
     if meta.method == Method::ForeverForward {
         let before = meta.clone();
         match merge_into_full(&dir, &mut meta) {
-            Ok(true) => commit_and_reclaim(repo, &dir, &before, &mut meta, &mut report)?,
+            Ok(true) => commit_and_reclaim(repo, &dir, &before, &mut meta, &indexes, &mut report)?,
             Ok(false) => {}
             Err(e) if is_no_space(&e) => {
                 cleanup(&dir, Some(&before))?;
@@ -107,6 +118,7 @@ fn commit_and_reclaim(
     dir: &Path,
     old: &ChainMeta,
     meta: &mut ChainMeta,
+    indexes: &[PointIndex],
     report: &mut RetainReport,
 ) -> Result<()> {
     let (live_files, live_aliases) = referenced(meta);
@@ -119,7 +131,7 @@ fn commit_and_reclaim(
         cleanup(dir, Some(meta))?;
         report.files_deleted += old.files.iter().filter(|f| meta.file(f.no).is_none()).count();
     }
-    punch_dead_space(repo, dir, meta)
+    punch_dead_space(dir, meta, indexes)
 }
 
 fn is_no_space(e: &RepoError) -> bool {
@@ -244,26 +256,25 @@ fn referenced(meta: &ChainMeta) -> (BTreeSet<u32>, BTreeSet<u32>) {
 }
 
 /// Punches holes over every record no remaining point refers to.
-fn punch_dead_space(repo: &Repository, dir: &Path, meta: &ChainMeta) -> Result<()> {
-    let reader = ChainReader::open_unlocked(repo, dir, meta.clone())?;
+fn punch_dead_space(dir: &Path, meta: &ChainMeta, indexes: &[PointIndex]) -> Result<()> {
     let mut live: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-    for p in &meta.points {
-        let index = reader.index(p)?;
-        for d in &index.disks {
-            for r in &d.blocks {
-                let loc = reader.locate(r)?;
-                live.entry(loc.file)
-                    .or_default()
-                    .push((loc.offset, loc.offset + padded_len(r.stored_len)));
-            }
-        }
+    for r in indexes
+        .iter()
+        .flat_map(|i| i.disks.iter())
+        .flat_map(|d| d.blocks.iter())
+    {
+        let loc = meta.locate(r).ok_or_else(|| RepoError::Damaged {
+            path: dir.join(CHAIN_META),
+            reason: format!("block {} refers to unknown data file {}", r.block, r.file),
+        })?;
+        live.entry(loc.file)
+            .or_default()
+            .push((loc.offset, loc.offset + padded_len(r.stored_len)));
     }
     for f in &meta.files {
         let mut ranges = live.remove(&f.no).unwrap_or_default();
         ranges.sort_unstable();
-        let Some((path, _)) = reader.data_file(f.no) else {
-            continue;
-        };
+        let path = &dir.join(&f.name);
         let file = OpenOptions::new().write(true).open(path).map_err(io(path, "open"))?;
         let mut pos = DATA_HEADER_LEN;
         for (start, end) in ranges
