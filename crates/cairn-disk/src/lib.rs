@@ -2,8 +2,11 @@
 //! positioned reads, and optionally the extents that changed since the last
 //! backup (changed block tracking).
 //!
-//! Every disk format implements [`DiskSource`]; this crate holds the trait,
-//! extent arithmetic, and the raw-file reader and writer.
+//! Every disk format implements [`DiskSource`] through [`image::Image`], which
+//! opens raw, qcow2, VHDX and VHD files by content, follows differencing
+//! chains, and reports allocation maps; [`writer`] creates images of each
+//! format for restore. Format readers are in [`qcow2`], [`vhdx`], [`vhd`] and
+//! [`raw`]; each implements [`layer::Layer`].
 //!
 //! ```no_run
 //! use cairn_disk::{DiskSource, raw::RawFile};
@@ -14,11 +17,21 @@
 //! ```
 
 pub mod extent;
+pub mod image;
+pub mod io;
+pub mod layer;
+pub mod qcow2;
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;
+pub mod writer;
 
 use std::path::PathBuf;
 
 pub use extent::Extent;
+pub use image::Image;
+pub use layer::{Format, SectorSizes};
+pub use writer::{DiskWriter, WriteOptions};
 
 /// Errors from opening or reading a disk.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +52,34 @@ pub enum DiskError {
         line: usize,
         reason: String,
     },
+    /// An image file is malformed: `field` names the structure that is wrong.
+    #[error("{path}: {field}: {reason}")]
+    Format {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    /// An image uses a feature cairn does not implement.
+    #[error("{path}: unsupported {what}")]
+    Unsupported { path: PathBuf, what: String },
+    /// The parent (backing file) of a differencing image cannot be used.
+    #[error("{child}: parent {parent}: {reason}")]
+    Parent {
+        child: PathBuf,
+        parent: String,
+        reason: String,
+    },
+}
+
+impl DiskError {
+    /// A [`DiskError::Format`] for `path`.
+    pub fn format(path: &std::path::Path, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DiskError::Format {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Result alias for this crate.
@@ -58,4 +99,16 @@ pub trait DiskSource: Send + Sync {
 
     /// Fills `buf` with the disk's bytes at `offset`; bytes past the end read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Logical and physical sector sizes (512/512 unless the source knows better).
+    fn sector_sizes(&self) -> SectorSizes {
+        SectorSizes::default()
+    }
+
+    /// An identity of the source that changes when its data changes, used to
+    /// tell whether a differencing child's parent is what the previous restore
+    /// point was taken from. `None` when the source has none.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }

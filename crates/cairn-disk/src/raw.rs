@@ -99,6 +99,68 @@ impl DiskSource for RawFile {
     }
 }
 
+/// A raw file as a layer of an image (a raw backing file, or a raw disk
+/// opened through [`crate::image::Image`]): data maps to the same offset,
+/// holes are unallocated.
+pub struct RawLayer {
+    file: crate::io::ImageFile,
+    /// The same file as a descriptor, for SEEK_DATA/SEEK_HOLE.
+    fd: Option<File>,
+}
+
+impl RawLayer {
+    /// Wraps an opened raw file.
+    pub fn new(file: crate::io::ImageFile) -> Result<Self> {
+        let fd = File::open(file.path()).ok();
+        Ok(RawLayer { file, fd })
+    }
+}
+
+impl crate::layer::Layer for RawLayer {
+    fn file(&self) -> &crate::io::ImageFile {
+        &self.file
+    }
+
+    fn format(&self) -> crate::layer::Format {
+        crate::layer::Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.file.len()
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<crate::layer::Mapping> {
+        use crate::layer::{Mapping, Piece};
+        let end = offset.saturating_add(max_len).min(self.file.len());
+        let data = |length| Mapping {
+            piece: Piece::Data { host: offset },
+            length,
+        };
+        let Some(fd) = &self.fd else {
+            return Ok(data(end - offset));
+        };
+        match rustix::fs::seek(fd, SeekFrom::Data(offset)) {
+            Ok(d) if d <= offset => {
+                let hole = rustix::fs::seek(fd, SeekFrom::Hole(offset)).unwrap_or(end);
+                Ok(data(hole.clamp(offset + 1, end) - offset))
+            }
+            Ok(d) => Ok(Mapping {
+                piece: Piece::Parent,
+                length: d.min(end) - offset,
+            }),
+            Err(rustix::io::Errno::NXIO) => Ok(Mapping {
+                piece: Piece::Parent,
+                length: end - offset,
+            }),
+            Err(_) => Ok(data(end - offset)),
+        }
+    }
+
+    fn read_data(&self, buf: &mut [u8], host: u64) -> Result<()> {
+        self.file.read_exact(buf, host, "data")
+    }
+}
+
 /// Writes a raw image sparsely: the file is sized up front and all-zero
 /// blocks are never written, so they stay holes.
 pub struct RawWriter {
@@ -132,6 +194,16 @@ impl RawWriter {
     /// Flushes the image to stable storage.
     pub fn finish(self) -> Result<()> {
         self.file.sync_all().map_err(io(&self.path, "fsync"))
+    }
+}
+
+impl crate::writer::DiskWriter for RawWriter {
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        RawWriter::write_at(self, data, offset)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        RawWriter::finish(*self)
     }
 }
 
