@@ -65,3 +65,34 @@ pub fn fix_datafile(b: &mut [u8]) {
         b[60..64].copy_from_slice(&crc.to_le_bytes());
     }
 }
+
+/// Opens `data` as one layer of `format` and walks its whole allocation map
+/// (bounded), reading a little of every run: no input may panic, loop
+/// forever, or allocate absurdly.
+pub fn exercise_layer(format: cairn_disk::Format, data: &[u8]) {
+    use cairn_disk::layer::Piece;
+    let file = cairn_disk::io::ImageFile::from_bytes("fuzz.img".as_ref(), data.to_vec());
+    let Ok(layer) = cairn_disk::image::open_layer(file, Some(format)) else { return };
+    let size = layer.virtual_size();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 4096];
+    let mut cluster = Vec::new();
+    for _ in 0..4096 {
+        if offset >= size {
+            break;
+        }
+        let Ok(m) = layer.map(offset, size - offset) else { return };
+        assert!(m.length >= 1 && m.length <= size - offset, "mapping length {} at {offset}", m.length);
+        match m.piece {
+            Piece::Data { host } => {
+                let n = m.length.min(buf.len() as u64) as usize;
+                let _ = layer.read_data(&mut buf[..n], host);
+            }
+            Piece::Compressed { host, len, .. } => {
+                let _ = layer.read_compressed(host, len, &mut cluster);
+            }
+            Piece::Zero | Piece::Parent => {}
+        }
+        offset += m.length;
+    }
+}
