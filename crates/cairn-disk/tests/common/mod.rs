@@ -49,17 +49,32 @@ pub fn qemu_img(args: &[&str]) -> String {
     run(Command::new("qemu-img").args(args))
 }
 
-/// Virtual size that `qemu-img info` reports for `img`.
+/// The `-f` argument qemu needs for `img` (qemu itself takes a fixed VHD,
+/// whose only header is at the end, for raw).
+pub fn qemu_format(img: &Path) -> &'static str {
+    let file = cairn_disk::io::ImageFile::open(img).expect("open image");
+    match cairn_disk::image::probe(&file).expect("probe") {
+        cairn_disk::Format::Raw => "raw",
+        cairn_disk::Format::Qcow2 => "qcow2",
+        cairn_disk::Format::Vhdx => "vhdx",
+        cairn_disk::Format::Vhd => "vpc",
+    }
+}
+
+/// Virtual size that `qemu-img info` reports for `img` (the top node's, from
+/// the text form's first "virtual size" line).
 pub fn qemu_virtual_size(img: &Path) -> u64 {
-    let info = qemu_img(&["info", "--output=json", "-U", path_str(img)]);
-    let key = "\"virtual-size\":";
-    let at = info.find(key).expect("virtual-size in qemu-img info") + key.len();
-    info[at..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
+    let info = qemu_img(&["info", "-U", "-f", qemu_format(img), path_str(img)]);
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("virtual size:"))
+        .expect("virtual size in qemu-img info");
+    let inner = line.split('(').nth(1).expect("(N bytes)");
+    inner
+        .split(' ')
         .next()
         .and_then(|n| n.parse().ok())
-        .expect("a number after virtual-size")
+        .expect("a byte count in the virtual size line")
 }
 
 /// `p` as UTF-8 (test paths always are).
@@ -92,12 +107,16 @@ fn copy_real_files(dir: &Path, budget: u64, min_file: u64) {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(p);
             } else if meta.is_file() && meta.len() >= min_file && meta.len() < 8 << 20 && used + meta.len() <= budget {
                 n += 1;
-                let target = dir.join(format!("d{}", n % 16)).join(format!("{n:05}-{}", e.file_name().to_string_lossy()));
+                let target = dir
+                    .join(format!("d{}", n % 16))
+                    .join(format!("{n:05}-{}", e.file_name().to_string_lossy()));
                 std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
                 if std::fs::copy(&p, &target).is_ok() {
                     used += meta.len();
@@ -120,7 +139,9 @@ pub fn ext4_fixture() -> PathBuf {
             require("mkfs.ext4");
             let src = tempfile::tempdir().expect("tempdir");
             copy_real_files(src.path(), 40 << 20, 0);
-            std::fs::File::create(tmp).and_then(|f| f.set_len(96 << 20)).expect("create image");
+            std::fs::File::create(tmp)
+                .and_then(|f| f.set_len(96 << 20))
+                .expect("create image");
             run(Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
                 .arg(src.path())
@@ -137,7 +158,9 @@ pub fn ntfs_fixture() -> PathBuf {
         cached("ntfs-64m.raw", |tmp| {
             require("mkntfs");
             require("ntfscp");
-            std::fs::File::create(tmp).and_then(|f| f.set_len(64 << 20)).expect("create image");
+            std::fs::File::create(tmp)
+                .and_then(|f| f.set_len(64 << 20))
+                .expect("create image");
             run(Command::new("mkntfs").args(["-F", "-Q", "-q"]).arg(tmp));
             let src = tempfile::tempdir().expect("tempdir");
             copy_real_files(src.path(), 24 << 20, 128 << 10);
@@ -168,10 +191,13 @@ pub fn ntfs_fixture() -> PathBuf {
 
 /// Converts `img` to a raw file in `dir` with qemu-img; returns its path.
 pub fn to_raw(img: &Path, dir: &Path) -> PathBuf {
-    let name = img.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = img
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let out = dir.join(format!("{name}.qemu.raw"));
     let _ = std::fs::remove_file(&out);
-    qemu_img(&["convert", "-U", "-O", "raw", path_str(img), path_str(&out)]);
+    qemu_img(&["convert", "-U", "-f", qemu_format(img), "-O", "raw", path_str(img), path_str(&out)]);
     out
 }
 
@@ -247,7 +273,8 @@ pub fn write_chunks(img: &Path, fmt: &str, chunks: &[(u64, Vec<u8>)]) {
     for (i, (off, bytes)) in chunks.iter().enumerate() {
         let f = dir.path().join(format!("chunk{i}"));
         std::fs::write(&f, bytes).expect("write chunk file");
-        cmd.arg("-c").arg(format!("write -q -s {} {off} {}", path_str(&f), bytes.len()));
+        cmd.arg("-c")
+            .arg(format!("write -q -s {} {off} {}", path_str(&f), bytes.len()));
     }
     cmd.arg(img);
     run(&mut cmd);
@@ -262,7 +289,9 @@ pub fn mutate_ext4(raw: &Path, seed: u64) {
     for i in 0..4u64 {
         let f = dir.path().join(format!("new{i}"));
         let len = 50_000 + ((seed * 7919 + i * 104_729) % 700_000) as usize;
-        let data: Vec<u8> = (0..len).map(|j| ((j as u64 * 31 + seed * 17 + i) % 251) as u8).collect();
+        let data: Vec<u8> = (0..len)
+            .map(|j| ((j as u64 * 31 + seed * 17 + i) % 251) as u8)
+            .collect();
         std::fs::write(&f, data).expect("write new file");
         script.push_str(&format!("write {} new-{seed}-{i}\n", path_str(&f)));
     }
@@ -277,7 +306,11 @@ pub fn mutate_ext4(raw: &Path, seed: u64) {
 pub fn changed_ranges(a: &Path, b: &Path, granularity: u64) -> Vec<(u64, u64)> {
     let fa = std::fs::File::open(a).expect("open a");
     let fb = std::fs::File::open(b).expect("open b");
-    let len = fa.metadata().expect("meta").len().max(fb.metadata().expect("meta").len());
+    let len = fa
+        .metadata()
+        .expect("meta")
+        .len()
+        .max(fb.metadata().expect("meta").len());
     let (mut ba, mut bb) = (vec![0u8; granularity as usize], vec![0u8; granularity as usize]);
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut off = 0;
