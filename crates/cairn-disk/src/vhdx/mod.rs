@@ -41,3 +41,8 @@ impl DiskWriter for VhdxWriter {
     fn write_at(&self, _data: &[u8], _offset: u64) -> Result<()> { unreachable!() }
     fn finish(self: Box<Self>) -> Result<()> { unreachable!() }
 }
+
+/// Applies a pending log to the file (placeholder until the VHDX reader lands).
+pub fn replay_log_in_place(path: &Path) -> Result<bool> {
+    Err(DiskError::Unsupported { path: path.to_path_buf(), what: "log replay".into() })
+}
