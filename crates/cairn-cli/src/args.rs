@@ -67,6 +67,29 @@ pub enum DiskCommand {
         #[arg(long)]
         changed: bool,
     },
+    /// Read every allocated byte of an image (through its parents) and report
+    /// the throughput: checks that a disk can be backed up.
+    Check {
+        /// Image file.
+        file: PathBuf,
+    },
+    /// Convert an image (with its parents merged) to a new image file.
+    Convert {
+        /// Image file to read.
+        file: PathBuf,
+        /// New image file (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+        /// Format to write: raw, qcow2, vhdx or vhd.
+        #[arg(long, default_value = "raw")]
+        format: Format,
+        /// Logical sector size of a VHDX: 512 or 4096 (default: the source's).
+        #[arg(long, value_name = "BYTES")]
+        sector_size: Option<u32>,
+        /// VHDX block size or qcow2 cluster size.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        image_block_size: Option<u32>,
+    },
     /// Apply a VHDX file's pending log to the file itself (reads replay it
     /// in memory without this; run it only on a copy or a disk no host uses).
     ReplayLog {
