@@ -7,15 +7,20 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# Real tools the tests drive: qemu-img (compare), mkfs.ext4/debugfs/e2fsck
-# (real file systems in test images), zstd (fuzz seeds), util-linux (mount),
-# strace (crash-safety tests kill cairn on entering a chosen system call).
+# Real tools the tests drive: qemu-img/qemu-io (make and compare images),
+# mkfs.ext4/debugfs/e2fsck and mkntfs/ntfscp (real file systems in test
+# images), vhdimount/vhdiinfo (libvhdi: an independent VHD/VHDX reader, through
+# FUSE), util-linux (mount), strace (crash-safety tests kill cairn on entering a
+# chosen system call).
 need_apt=()
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v debugfs >/dev/null || need_apt+=(e2fsprogs)
 command -v mount >/dev/null || need_apt+=(mount)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v mkntfs >/dev/null || [ -x /usr/sbin/mkntfs ] || need_apt+=(ntfs-3g)
+command -v vhdimount >/dev/null || need_apt+=(libvhdi-utils)
+command -v fusermount >/dev/null || need_apt+=(fuse3)
 command -v cc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cairn_disk::Format;
 use cairn_format::codec::Compression;
 use cairn_repo::{Encryption, FullKind, Method};
 use clap::{Args, Parser, Subcommand};
@@ -42,12 +43,59 @@ pub enum Command {
     Backup(BackupArgs),
     /// List restore points.
     Points(PointsArgs),
-    /// Restore one disk of a restore point to a sparse raw file.
+    /// Restore one disk of a restore point to a new image (raw, qcow2, vhdx, vhd).
     Restore(RestoreArgs),
     /// Health check: read every stored block back and check it (exit code 1 on damage).
     Verify(VerifyArgs),
     /// Apply retention: keep the newest N restore points.
     Retain(RetainArgs),
+    /// Inspect disk images (raw, qcow2, VHDX, VHD) without a repository.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Format, sizes, parent chain and allocation of an image.
+    Info {
+        /// Image file (the format is detected from its content).
+        file: PathBuf,
+        /// Also list the allocation map (data, zero and unallocated extents).
+        #[arg(long)]
+        map: bool,
+        /// For a differencing child, list the extents it changed.
+        #[arg(long)]
+        changed: bool,
+    },
+    /// Read every allocated byte of an image (through its parents) and report
+    /// the throughput: checks that a disk can be backed up.
+    Check {
+        /// Image file.
+        file: PathBuf,
+    },
+    /// Convert an image (with its parents merged) to a new image file.
+    Convert {
+        /// Image file to read.
+        file: PathBuf,
+        /// New image file (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+        /// Format to write: raw, qcow2, vhdx or vhd.
+        #[arg(long, default_value = "raw")]
+        format: Format,
+        /// Logical sector size of a VHDX: 512 or 4096 (default: the source's).
+        #[arg(long, value_name = "BYTES")]
+        sector_size: Option<u32>,
+        /// VHDX block size or qcow2 cluster size.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        image_block_size: Option<u32>,
+    },
+    /// Apply a VHDX file's pending log to the file itself (reads replay it
+    /// in memory without this; run it only on a copy or a disk no host uses).
+    ReplayLog {
+        /// VHDX file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,9 +118,20 @@ pub struct BackupArgs {
     /// Name of the VM the disks belong to.
     #[arg(long)]
     pub vm: String,
-    /// Disk images, in disk order (disk 0 first).
+    /// Disk images (raw, qcow2, VHDX, VHD: detected from content), in disk
+    /// order (disk 0 first). A differencing child (VHDX .avhdx, qcow2 overlay,
+    /// VHD differencing) is backed up as the disk its guest sees; when the
+    /// previous restore point was read from the child's parent, only the
+    /// blocks the child holds are read.
     #[arg(required = true)]
     pub disks: Vec<PathBuf>,
+    /// Read differencing children's whole merged view (every layer) instead
+    /// of only the blocks the child holds.
+    #[arg(long)]
+    pub merged: bool,
+    /// Format of the disk files, instead of detecting it from their content.
+    #[arg(long, value_name = "FORMAT")]
+    pub source_format: Option<Format>,
     /// Block size: 256K, 512K, 1M or 4M (fixed once a VM's chain exists).
     #[arg(long, default_value = "1M", value_parser = parse_block_size)]
     pub block_size: u32,
@@ -124,9 +183,18 @@ pub struct RestoreArgs {
     /// Disk number.
     #[arg(long, default_value_t = 0)]
     pub disk: u32,
-    /// Output file (must not exist); written as a sparse raw image.
+    /// Output file (must not exist).
     #[arg(long)]
     pub to: PathBuf,
+    /// Image format to write: raw (sparse), qcow2 (v3), vhdx (dynamic) or vhd (dynamic).
+    #[arg(long, default_value = "raw")]
+    pub format: Format,
+    /// Logical sector size of a VHDX: 512 or 4096 (default: the source's).
+    #[arg(long, value_name = "BYTES")]
+    pub sector_size: Option<u32>,
+    /// VHDX block size or qcow2 cluster size (default 32M for VHDX, 64K for qcow2).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub image_block_size: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +218,19 @@ pub struct RetainArgs {
     /// Number of restore points to keep.
     #[arg(long)]
     pub keep: usize,
+}
+
+/// Parses a size with an optional K or M suffix (powers of two).
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        _ => (s, 0),
+    };
+    num.parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 64K, 32M)"))
 }
 
 /// Parses `256K`, `1M`, `4M` or a byte count.

@@ -3,7 +3,7 @@
 use crate::{DiskError, Result};
 
 /// A byte range `[offset, offset + length)` of a virtual disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Extent {
     /// First byte.
     pub offset: u64,

@@ -50,6 +50,11 @@ pub struct DiskInput {
     pub source: Box<dyn DiskSource>,
     /// Changed extents since the previous point; `None` reads all allocated data.
     pub changed: Option<Vec<Extent>>,
+    /// When set, `changed` holds what changed since the source with this
+    /// identity (a differencing child's parent): it is used only if the
+    /// previous point's disk was read from that source, else every allocated
+    /// block is read.
+    pub changed_since: Option<String>,
 }
 
 /// What a backup produced.
@@ -59,6 +64,8 @@ pub struct BackupResult {
     pub point: PointMeta,
     /// What kind of session wrote it.
     pub kind: SessionKind,
+    /// Decisions worth telling the user (changed extents not used, and why).
+    pub notes: Vec<String>,
 }
 
 /// What a worker made of one block.
@@ -103,8 +110,25 @@ pub fn backup(
 
     // Decide what to read on every disk first, so progress knows the total.
     let mut plans = Vec::new();
-    for (no, input) in disks.into_iter().enumerate() {
+    let mut notes = Vec::new();
+    for (no, mut input) in disks.into_iter().enumerate() {
         let prev_map = previous.as_ref().and_then(|p| p.disk(no as u32).cloned()).map(Arc::new);
+        if let Some(base) = &input.changed_since
+            && input.changed.is_some()
+            && prev_map.is_some()
+        {
+            let prev_source = session
+                .previous_point()
+                .and_then(|p| p.disks.iter().find(|d| d.disk == no as u32))
+                .and_then(|d| d.source_id.as_deref());
+            if prev_source != Some(base.as_str()) {
+                notes.push(format!(
+                    "disk {no}: the previous restore point was not read from this child's parent \
+                     (or the parent changed since), so every allocated block is read"
+                ));
+                input.changed = None;
+            }
+        }
         let to_read = match (&input.changed, &prev_map) {
             // With CBT, read only changed blocks; unchanged ones come from the previous point.
             (Some(changed), Some(prev)) => {
@@ -187,6 +211,9 @@ pub fn backup(
             source: input.source.describe(),
             virtual_size: size,
             blocks: map.blocks.len() as u64,
+            logical_sector: input.source.sector_sizes().logical,
+            physical_sector: input.source.sector_sizes().physical,
+            source_id: input.source.identity(),
         };
         maps.push((map, meta));
     }
@@ -203,7 +230,7 @@ pub fn backup(
     ];
     stats.bottleneck = bottleneck(&stats.busy);
     let point = target_busy.time(|| session.commit(maps, stats))?;
-    Ok(BackupResult { point, kind })
+    Ok(BackupResult { point, kind, notes })
 }
 
 /// The blocks a size change alters although no byte in them was written: a

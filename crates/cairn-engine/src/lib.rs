@@ -9,7 +9,7 @@
 //! let repo = Repository::open("/backups".as_ref(), None).unwrap();
 //! let plan = BackupPlan { vm: "web01".into(), block_size: 1 << 20, method: Method::ForeverForward,
 //!     full_every: None, full_kind: FullKind::Synthetic, force_full: false };
-//! let disk = DiskInput { source: Box::new(RawFile::open("disk0.raw".as_ref()).unwrap()), changed: None };
+//! let disk = DiskInput { source: Box::new(RawFile::open("disk0.raw".as_ref()).unwrap()), changed: None, changed_since: None };
 //! let result = backup(&repo, &plan, vec![disk], &BackupOptions::default(), &|_| {}).unwrap();
 //! println!("point {} bottleneck {}", result.point.id, result.point.stats.bottleneck);
 //! ```
@@ -19,7 +19,7 @@ mod restore;
 mod stages;
 
 pub use backup::{BackupOptions, BackupResult, DiskInput, backup};
-pub use restore::{RestoreStats, restore};
+pub use restore::{RestoreStats, RestoreTarget, restore};
 pub use stages::Progress;
 
 /// Errors of the data path.

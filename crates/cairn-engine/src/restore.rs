@@ -1,15 +1,17 @@
-//! Restore: one disk of one restore point to a sparse raw file.
+//! Restore: one disk of one restore point to a new image file (raw, qcow2,
+//! VHDX or VHD).
 //!
 //! Reads exactly the point's blocks (from its index), on all cores, each
-//! worker reading, checking, decoding and writing its blocks in place.
-//! Blocks absent from the index stay holes in the output.
+//! worker reading, checking, decoding and handing its blocks to the image
+//! writer. Blocks absent from the index are never written: they stay holes
+//! (raw) or unallocated (qcow2, VHDX, VHD).
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use cairn_disk::raw::RawWriter;
+use cairn_disk::{Format, WriteOptions, writer};
 use cairn_format::record::RecordDecoder;
 use cairn_repo::{RepoError, Repository};
 use serde::Serialize;
@@ -32,18 +34,43 @@ pub struct RestoreStats {
     pub blocks: u64,
     /// Bytes written (the rest are holes).
     pub written_bytes: u64,
+    /// Image format written.
+    pub format: Format,
     /// Wall time in seconds.
     pub duration_secs: f64,
 }
 
+/// The image a restore writes.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreTarget {
+    /// Image format of the new file.
+    pub format: Format,
+    /// Logical sector size; `None` keeps the source's (VHDX only).
+    pub logical_sector: Option<u32>,
+    /// Allocation unit (VHDX block size, qcow2 cluster size); `None` takes the format's default.
+    pub block_size: Option<u32>,
+}
+
+impl Default for RestoreTarget {
+    fn default() -> Self {
+        RestoreTarget {
+            format: Format::Raw,
+            logical_sector: None,
+            block_size: None,
+        }
+    }
+}
+
 /// Restores disk `disk` of point `point` (`latest`, an id or an id prefix) of
-/// `vm` to a new sparse raw file `to`. On failure the partial file is removed.
+/// `vm` to a new image file `to` as `target` says. On failure the partial
+/// file is removed.
 pub fn restore(
     repo: &Repository,
     vm: &str,
     point: &str,
     disk: u32,
     to: &Path,
+    target: &RestoreTarget,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RestoreStats> {
     let started = Instant::now();
@@ -55,7 +82,14 @@ pub fn restore(
         point: p.id.clone(),
         disk,
     })?;
-    let writer = RawWriter::create(to, map.virtual_size)?;
+    let source = p.disks.iter().find(|d| d.disk == disk);
+    let logical = target.logical_sector.or(source.map(|d| d.logical_sector)).unwrap_or(512);
+    let options = WriteOptions {
+        logical_sector: logical,
+        physical_sector: source.map_or(4096, |d| d.physical_sector).max(logical),
+        block_size: target.block_size,
+    };
+    let writer = writer::create(target.format, to, map.virtual_size, &options)?;
     let total_bytes = map.blocks.len() as u64 * u64::from(map.block_size);
     let (next, done, written) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
@@ -119,6 +153,7 @@ pub fn restore(
         virtual_size: map.virtual_size,
         blocks: map.blocks.len() as u64,
         written_bytes: written.load(Ordering::Relaxed),
+        format: target.format,
         duration_secs: started.elapsed().as_secs_f64(),
     })
 }

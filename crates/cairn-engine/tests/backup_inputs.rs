@@ -96,7 +96,7 @@ fn restored(repo: &Repository, dir: &std::path::Path, disk: u32) -> Vec<u8> {
         "disk{disk}-{}.raw",
         std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
     ));
-    restore(repo, "vm", "latest", disk, &out, &|_| {}).unwrap();
+    restore(repo, "vm", "latest", disk, &out, &Default::default(), &|_| {}).unwrap();
     std::fs::read(out).unwrap()
 }
 
@@ -113,6 +113,7 @@ fn changed_extents_past_the_end_are_clipped() {
         vec![DiskInput {
             source: Box::new(MemDisk(d.clone())),
             changed,
+            changed_since: None,
         }]
     };
     backup(&repo, &plan(), input(&data, None), &opts, &|_| {}).unwrap();
@@ -152,10 +153,12 @@ fn a_new_block_on_two_disks_is_stored_once() {
         DiskInput {
             source: Box::new(MemDisk(d0.clone())),
             changed: None,
+            changed_since: None,
         },
         DiskInput {
             source: Box::new(MemDisk(d1.clone())),
             changed: None,
+            changed_since: None,
         },
     ];
     let r = backup(&repo, &plan(), inputs, &opts, &|_| {}).unwrap();
@@ -185,6 +188,7 @@ fn failing_source_fails_the_backup_and_keeps_the_repository() {
         vec![DiskInput {
             source: Box::new(ok),
             changed: None,
+            changed_since: None,
         }],
         &opts,
         &|_| {},
@@ -203,6 +207,7 @@ fn failing_source_fails_the_backup_and_keeps_the_repository() {
             vec![DiskInput {
                 source: Box::new(bad),
                 changed: None,
+            changed_since: None,
             }],
             &opts,
             &|_| {},
@@ -222,6 +227,6 @@ fn failing_source_fails_the_backup_and_keeps_the_repository() {
         .collect();
     assert!(leftovers.is_empty(), "failed sessions left {leftovers:?}");
     let out = dir.path().join("out.raw");
-    restore(&repo, "vm", "latest", 0, &out, &|_| {}).unwrap();
+    restore(&repo, "vm", "latest", 0, &out, &Default::default(), &|_| {}).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), good);
 }

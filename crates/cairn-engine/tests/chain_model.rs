@@ -412,7 +412,7 @@ fn check_repository(repo: &Repository, model: &Model, scratch: &Path) -> Result<
     for p in &model.points {
         for (d, want) in p.disks.iter().enumerate() {
             let out = scratch.join(format!("restore-{}.raw", OUT_NO.fetch_add(1, Ordering::Relaxed)));
-            restore(repo, VM, &p.id, d as u32, &out, &|_| {})
+            restore(repo, VM, &p.id, d as u32, &out, &Default::default(), &|_| {})
                 .map_err(|e| TestCaseError::fail(format!("restore point {} disk {d}: {e}", p.id)))?;
             let got = std::fs::read(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             std::fs::remove_file(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -520,6 +520,7 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                             sparse: *sparse,
                         }),
                         changed,
+                        changed_since: None,
                     });
                 }
                 let result = backup(&repo, &plan, inputs, &opts, &|_| {})

@@ -136,6 +136,21 @@ pub struct DiskMeta {
     pub virtual_size: u64,
     /// Non-zero blocks the point holds for this disk.
     pub blocks: u64,
+    /// Logical sector size of the source (a restore to VHDX keeps it).
+    #[serde(default = "default_sector")]
+    pub logical_sector: u32,
+    /// Physical sector size of the source.
+    #[serde(default = "default_sector")]
+    pub physical_sector: u32,
+    /// Identity of the file the disk was read from (see
+    /// `cairn_disk::DiskSource::identity`): a later backup of a differencing
+    /// child of that file may read only what the child changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+}
+
+fn default_sector() -> u32 {
+    512
 }
 
 /// One restore point.

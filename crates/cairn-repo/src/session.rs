@@ -197,6 +197,11 @@ impl BackupSession {
         &self.point_id
     }
 
+    /// The previous point's metadata, when this session builds on it (not for an active full).
+    pub fn previous_point(&self) -> Option<&PointMeta> {
+        self.previous.as_ref().and(self.meta.points.last())
+    }
+
     /// The previous point's index: blocks whose hash matches it need not be
     /// stored again. `None` for an active full.
     pub fn previous(&self) -> Option<&Arc<PointIndex>> {

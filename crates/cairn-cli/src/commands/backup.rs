@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cairn_disk::extent;
-use cairn_disk::raw::RawFile;
+use cairn_disk::image::{Image, OpenOptions};
 use cairn_engine::{BackupOptions, DiskInput};
 use cairn_repo::{BackupPlan, PointMeta, SessionKind};
 use serde::Serialize;
@@ -17,16 +17,29 @@ struct BackupOutput<'a> {
     vm: &'a str,
     session: &'static str,
     point: &'a PointMeta,
+    notes: &'a [String],
 }
 
 pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
     let repo = super::open_repo(g, &a.repo)?;
     let mut inputs: Vec<DiskInput> = Vec::new();
+    let open = OpenOptions {
+        format: a.source_format,
+        no_parents: false,
+    };
     for path in &a.disks {
-        let source = RawFile::open(path)?;
+        let image = Image::open_with(path, &open)?;
+        // A differencing child holds exactly what changed since its parent
+        // was frozen; the engine uses that only if the previous point was
+        // read from that parent.
+        let (changed, changed_since) = match (a.merged, image.changed_extents()?) {
+            (false, Some(changed)) => (Some(changed), image.parent_identity()),
+            _ => (None, None),
+        };
         inputs.push(DiskInput {
-            source: Box::new(source),
-            changed: None,
+            source: Box::new(image),
+            changed,
+            changed_since,
         });
     }
     for spec in &a.cbt {
@@ -39,6 +52,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
         };
         let text = std::fs::read_to_string(file).with_context(|| format!("reading changed extents {file}"))?;
         input.changed = Some(extent::parse_list(&text, file, input.source.virtual_size())?);
+        input.changed_since = None;
     }
     let plan = BackupPlan {
         vm: a.vm.clone(),
@@ -62,6 +76,11 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
     });
     bar.finish_and_clear();
     let result = result?;
+    if !g.json && !g.quiet {
+        for note in &result.notes {
+            eprintln!("note: {note}");
+        }
+    }
     let session = match result.kind {
         SessionKind::ActiveFull => "full",
         SessionKind::SyntheticFull => "synthetic-full",
@@ -73,6 +92,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
             vm: &a.vm,
             session,
             point: p,
+            notes: &result.notes,
         })?;
     } else {
         let s = &p.stats;

@@ -1,6 +1,7 @@
 //! One module per command; [`run`] dispatches.
 
 mod backup;
+mod disk;
 mod points;
 mod repo;
 mod restore;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => restore::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Retain(a) => retain::run(g, a),
+        Command::Disk(c) => disk::run(g, c),
     }
 }
 

@@ -2,13 +2,20 @@
 
 use std::process::ExitCode;
 
+use cairn_engine::RestoreTarget;
+
 use crate::args::{Global, RestoreArgs};
 use crate::output::{self, bytes};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let repo = super::open_repo(g, &a.repo)?;
     let bar = output::progress_bar(!g.json && !g.quiet, "restore");
-    let result = cairn_engine::restore(&repo, &a.vm, &a.point, a.disk, &a.to, &|p| {
+    let target = RestoreTarget {
+        format: a.format,
+        logical_sector: a.sector_size,
+        block_size: a.image_block_size,
+    };
+    let result = cairn_engine::restore(&repo, &a.vm, &a.point, a.disk, &a.to, &target, &|p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
     });
@@ -18,11 +25,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         output::json(&stats)?;
     } else {
         println!(
-            "restored disk {} of {} point {} to {}: {} virtual, {} written in {:.2} s",
+            "restored disk {} of {} point {} to {} ({}): {} virtual, {} written in {:.2} s",
             stats.disk,
             stats.vm,
             stats.point,
             a.to.display(),
+            stats.format,
             bytes(stats.virtual_size),
             bytes(stats.written_bytes),
             stats.duration_secs
