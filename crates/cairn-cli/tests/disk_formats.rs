@@ -28,7 +28,11 @@ fn ext4_disk(dir: &Path) -> PathBuf {
     let mkfs = require_tool("mkfs.ext4", "e2fsprogs");
     let p = dir.join("base.raw");
     std::fs::File::create(&p).unwrap().set_len(192 * MIB).unwrap();
-    run_tool(Command::new(mkfs).args(["-q", "-F", "-E", "root_owner=0:0", "-d", "/usr/share/doc"]).arg(&p));
+    run_tool(
+        Command::new(mkfs)
+            .args(["-q", "-F", "-E", "root_owner=0:0", "-d", "/usr/share/doc"])
+            .arg(&p),
+    );
     p
 }
 
@@ -105,7 +109,10 @@ fn qcow2_overlays_three_deep_back_up_only_what_each_child_holds() {
         // of the written ranges (qcow2 clusters are 64 KiB, inside them).
         let read = stat(&inc, "read_bytes");
         let bound = touched_blocks(&diff, MIB) * MIB;
-        assert!(read > 0 && read <= bound, "overlay {k}: read {read}, child blocks {bound}");
+        assert!(
+            read > 0 && read <= bound,
+            "overlay {k}: read {read}, child blocks {bound}"
+        );
         assert!(read * 10 < full_read, "overlay {k}: read {read} of a {full_read} full");
 
         let out = d.join(format!("restored{k}.raw"));
@@ -165,7 +172,12 @@ fn restore_writes_every_format_that_qemu_accepts() {
         if format != "raw" {
             run_tool(Command::new(&q).args(["check", "-f", qfmt]).arg(&out));
         }
-        run_tool(Command::new(&q).args(["compare", "-f", "raw", "-F", qfmt]).arg(&raw).arg(&out));
+        run_tool(
+            Command::new(&q)
+                .args(["compare", "-f", "raw", "-F", qfmt])
+                .arg(&raw)
+                .arg(&out),
+        );
         let info = ok_json({
             let mut c = cairn(["disk", "info", "--json"]);
             c.arg(&out);
@@ -174,13 +186,25 @@ fn restore_writes_every_format_that_qemu_accepts() {
         assert_eq!(info["layers"][0]["format"], format, "{info}");
         assert_eq!(info["virtual_size"], 192 * MIB, "{info}");
         // Sparse: the unallocated part of the disk was not written.
-        assert!(allocated_bytes(&out) < 160 * MIB, "{format}: {} bytes", allocated_bytes(&out));
+        assert!(
+            allocated_bytes(&out) < 160 * MIB,
+            "{format}: {} bytes",
+            allocated_bytes(&out)
+        );
     }
 
     // A VHDX with 4 KiB sectors: the sector size travels through a backup into the restore.
     let v4k = d.join("4k.vhdx");
     let mut c = restore_cmd(&repo, "vm", "latest", 0, &v4k);
-    c.args(["--json", "--format", "vhdx", "--sector-size", "4096", "--image-block-size", "8M"]);
+    c.args([
+        "--json",
+        "--format",
+        "vhdx",
+        "--sector-size",
+        "4096",
+        "--image-block-size",
+        "8M",
+    ]);
     ok_json(c);
     let b = backup(&repo, "vm4k", &[], &[&v4k]);
     assert_eq!(b["point"]["disks"][0]["logical_sector"], 4096, "{b}");
@@ -219,12 +243,25 @@ fn bad_images_are_named_with_the_field_and_nothing_is_stored() {
     let child = d.join("child.qcow2");
     let parent = d.join("parent.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&parent), "64M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", s(&parent), "-F", "qcow2", s(&child)]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&parent),
+        "-F",
+        "qcow2",
+        s(&child),
+    ]);
     std::fs::remove_file(&parent).unwrap();
     let mut c = cairn(["backup", "--vm", "vm"]);
     c.arg("--repo").arg(&repo).arg(&child);
     let (_, err) = fails(c, 2);
-    assert!(err.contains("child.qcow2") && err.contains("parent.qcow2") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("child.qcow2") && err.contains("parent.qcow2") && err.contains("not found"),
+        "{err}"
+    );
     assert!(points_or_empty(&repo).is_empty());
 }
 

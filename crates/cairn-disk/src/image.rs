@@ -312,7 +312,10 @@ impl Image {
                     return Err(DiskError::format(
                         self.layers[l].file().path(),
                         "compressed cluster",
-                        format!("cluster at guest offset {cluster} decompressed to only {} bytes", bytes.len()),
+                        format!(
+                            "cluster at guest offset {cluster} decompressed to only {} bytes",
+                            bytes.len()
+                        ),
                     ));
                 };
                 buf.copy_from_slice(src);

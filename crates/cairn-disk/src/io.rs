@@ -33,7 +33,9 @@ impl ReadAt for File {
 
 impl ReadAt for Vec<u8> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let Ok(start) = usize::try_from(offset) else { return Ok(0) };
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
         if start >= self.len() {
             return Ok(0);
         }
@@ -56,7 +58,10 @@ pub struct ImageFile {
 
 impl std::fmt::Debug for ImageFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageFile").field("path", &self.path).field("len", &self.len).finish()
+        f.debug_struct("ImageFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -137,7 +142,11 @@ impl ImageFile {
                     return Err(DiskError::format(
                         &self.path,
                         what,
-                        format!("file ended at {} while reading {} bytes at {offset}", offset + done as u64, buf.len()),
+                        format!(
+                            "file ended at {} while reading {} bytes at {offset}",
+                            offset + done as u64,
+                            buf.len()
+                        ),
                     ));
                 }
                 Ok(n) => done += n,

@@ -25,7 +25,11 @@ fn raw_fixtures_read_back_identically_and_holes_are_unallocated() {
         }
         assert_eq!(next, img.virtual_size());
         let data: u64 = map.iter().filter(|e| e.fill == Fill::Data).map(|e| e.length).sum();
-        assert!(data < img.virtual_size() * 3 / 4, "{}: {data} bytes of data", fixture.display());
+        assert!(
+            data < img.virtual_size() * 3 / 4,
+            "{}: {data} bytes of data",
+            fixture.display()
+        );
         assert!(map.iter().any(|e| e.fill == Fill::Unallocated));
     }
 }
@@ -33,7 +37,12 @@ fn raw_fixtures_read_back_identically_and_holes_are_unallocated() {
 #[test]
 fn probe_tells_formats_by_content_not_name() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = [("qcow2", Format::Qcow2), ("vhdx", Format::Vhdx), ("vpc", Format::Vhd), ("raw", Format::Raw)];
+    let cases = [
+        ("qcow2", Format::Qcow2),
+        ("vhdx", Format::Vhdx),
+        ("vpc", Format::Vhd),
+        ("raw", Format::Raw),
+    ];
     for (fmt, want) in cases {
         // Misleading names: the extension never decides.
         let p = dir.path().join(format!("disk-{fmt}.img.raw"));

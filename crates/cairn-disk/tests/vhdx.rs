@@ -739,7 +739,10 @@ fn malformed_files_give_clear_errors() {
     expect("bat-meta", x, "overlaps the metadata region");
     // Two BAT entries sharing a block.
     let mut x = b.clone();
-    let first = (0..8).map(|i| le64(&b, bat as usize + i * 8)).find(|v| v & 7 == 6).unwrap();
+    let first = (0..8)
+        .map(|i| le64(&b, bat as usize + i * 8))
+        .find(|v| v & 7 == 6)
+        .unwrap();
     x[bat as usize + 5 * 8..bat as usize + 6 * 8].copy_from_slice(&first.to_le_bytes());
     expect("bat-shared", x, "BAT entry 5: its block at file offset");
     // Unknown BAT state.

@@ -83,7 +83,10 @@ pub fn restore(
         disk,
     })?;
     let source = p.disks.iter().find(|d| d.disk == disk);
-    let logical = target.logical_sector.or(source.map(|d| d.logical_sector)).unwrap_or(512);
+    let logical = target
+        .logical_sector
+        .or(source.map(|d| d.logical_sector))
+        .unwrap_or(512);
     let options = WriteOptions {
         logical_sector: logical,
         physical_sector: source.map_or(4096, |d| d.physical_sector).max(logical),

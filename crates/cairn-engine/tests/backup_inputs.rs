@@ -207,7 +207,7 @@ fn failing_source_fails_the_backup_and_keeps_the_repository() {
             vec![DiskInput {
                 source: Box::new(bad),
                 changed: None,
-            changed_since: None,
+                changed_since: None,
             }],
             &opts,
             &|_| {},

@@ -197,7 +197,16 @@ pub fn to_raw(img: &Path, dir: &Path) -> PathBuf {
         .unwrap_or_default();
     let out = dir.join(format!("{name}.qemu.raw"));
     let _ = std::fs::remove_file(&out);
-    qemu_img(&["convert", "-U", "-f", qemu_format(img), "-O", "raw", path_str(img), path_str(&out)]);
+    qemu_img(&[
+        "convert",
+        "-U",
+        "-f",
+        qemu_format(img),
+        "-O",
+        "raw",
+        path_str(img),
+        path_str(&out),
+    ]);
     out
 }
 
