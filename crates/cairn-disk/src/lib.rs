@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod buf;
 pub mod extent;
 pub mod image;
 pub mod io;

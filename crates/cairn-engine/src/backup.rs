@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cairn_disk::DiskSource;
+use cairn_disk::buf::AlignedBuf;
 use cairn_disk::extent::{self, Extent};
 use cairn_disk::raw::is_zero;
 use cairn_format::codec::{Compression, Compressor};
@@ -281,15 +282,19 @@ fn run_disk(
         // The channels live inside the scope: when the writer stops early on an
         // error, dropping them unblocks and ends the other stages before the
         // scope joins them.
-        let (read_tx, read_rx) = bounded::<(u64, Vec<u8>)>(threads * 2);
+        let (read_tx, read_rx) = bounded::<(u64, AlignedBuf)>(threads * 2);
         let (out_tx, out_rx) = bounded::<Result<(u64, Outcome)>>(threads * 2);
+        // Workers hand read buffers back, so the reader reuses page-aligned
+        // memory instead of allocating (and faulting in) every block anew.
+        let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(threads * 3 + 2);
         // Source stage.
         let reader_out = out_tx.clone();
         s.spawn(move || {
             for &block in &disk.blocks {
                 let offset = block * disk.bs;
                 let len = (size - offset).min(disk.bs) as usize;
-                let mut buf = vec![0u8; len];
+                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                buf.resize(len);
                 if let Err(e) = source_busy.time(|| disk.source.read_at(&mut buf, offset)) {
                     let _ = reader_out.send(Err(e.into()));
                     return;
@@ -303,7 +308,7 @@ fn run_disk(
         });
         // Proxy stage.
         for _ in 0..threads {
-            let (rx, tx) = (read_rx.clone(), out_tx.clone());
+            let (rx, tx, recycle) = (read_rx.clone(), out_tx.clone(), recycle_tx.clone());
             let (keys, dedup, prev) = (keys.clone(), dedup.clone(), disk.prev.clone());
             s.spawn(move || {
                 let mut encoder = match Compressor::new(opts.compression) {
@@ -335,6 +340,7 @@ fn run_disk(
                             raw_len: buf.len() as u32,
                         })
                     });
+                    let _ = recycle.try_send(buf);
                     if tx.send(outcome.map(|o| (block, o))).is_err() {
                         return;
                     }
@@ -343,6 +349,7 @@ fn run_disk(
         }
         drop(out_tx);
         drop(read_rx);
+        drop(recycle_tx);
 
         // Target stage, on this thread.
         for msg in &out_rx {

@@ -129,7 +129,7 @@ fn info(g: &Global, file: &std::path::Path, want_map: bool, want_changed: bool) 
 }
 
 /// Chunk size for reading whole images: large reads, aligned for the writers.
-const CHUNK: u64 = 4 << 20;
+const CHUNK: u64 = 1 << 20;
 
 /// Calls `f(offset, bytes)` for every allocated chunk of `image`, in order.
 /// Chunks are aligned to the writers' unit, so none splits a cluster.
@@ -149,7 +149,7 @@ fn for_each_chunk(image: &Image, mut f: impl FnMut(u64, &[u8]) -> anyhow::Result
             })
             .collect(),
     );
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = cairn_disk::buf::AlignedBuf::new(CHUNK as usize);
     let mut total = 0u64;
     for e in aligned {
         let mut off = e.offset;
