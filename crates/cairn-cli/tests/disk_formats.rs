@@ -269,6 +269,22 @@ fn bad_images_are_named_with_the_field_and_nothing_is_stored() {
         "{err}"
     );
     assert!(points_or_empty(&repo).is_empty());
+
+    // A raw disk whose guest wrote a qcow2 magic into its first sector is
+    // taken for qcow2 (and refused as a broken one) unless the format is given.
+    let raw = d.join("guest.raw");
+    let mut bytes = random_bytes(7, 4 << 20);
+    bytes[..4].copy_from_slice(b"QFI\xfb");
+    std::fs::write(&raw, &bytes).unwrap();
+    let mut c = cairn(["backup", "--vm", "guest"]);
+    c.arg("--repo").arg(&repo).arg(&raw);
+    let (_, err) = fails(c, 2);
+    assert!(err.contains("guest.raw"), "{err}");
+    let b = backup(&repo, "guest", &["--source-format", "raw"], &[&raw]);
+    assert_eq!(stat(&b, "read_bytes"), 4 << 20);
+    let out = d.join("guest-restored.raw");
+    restore(&repo, "guest", "latest", 0, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
 
 fn points_or_empty(repo: &Path) -> Vec<Value> {
