@@ -60,10 +60,12 @@ fn fix_checksums(b: &mut [u8]) {
     let Ok(log_off) = usize::try_from(log_off) else { return };
     let end = log_off.saturating_add(log_len).min(b.len());
     let mut at = log_off;
-    while at + 4096 <= end {
+    // `end` is at most the buffer length, so `at + 4096 <= end` cannot overflow
+    // once `at < end`; `log_off` itself may be anything.
+    while at < end && end - at >= 4096 {
         if &b[at..at + 4] == b"loge" {
             let n = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-            if n >= 4096 && at + n <= end {
+            if n >= 4096 && n <= end - at {
                 fix(b, at, n);
             }
         }
@@ -79,5 +81,5 @@ fuzz_target!(|data: &[u8]| {
     if mode & 2 != 0 {
         fix_checksums(&mut bytes);
     }
-    cairn_fuzz::exercise_layer(cairn_disk::Format::Vhdx, &bytes);
+    cairn_fuzz::exercise_layer_owned(cairn_disk::Format::Vhdx, bytes);
 });

@@ -70,8 +70,14 @@ pub fn fix_datafile(b: &mut [u8]) {
 /// (bounded), reading a little of every run: no input may panic, loop
 /// forever, or allocate absurdly.
 pub fn exercise_layer(format: cairn_disk::Format, data: &[u8]) {
+    exercise_layer_owned(format, data.to_vec());
+}
+
+/// [`exercise_layer`] on bytes the caller built (no copy: a sparse VHDX
+/// expands to megabytes, and copying them would dominate every run).
+pub fn exercise_layer_owned(format: cairn_disk::Format, data: Vec<u8>) {
     use cairn_disk::layer::Piece;
-    let file = cairn_disk::io::ImageFile::from_bytes("fuzz.img".as_ref(), data.to_vec());
+    let file = cairn_disk::io::ImageFile::from_bytes("fuzz.img".as_ref(), data);
     let Ok(layer) = cairn_disk::image::open_layer(file, Some(format)) else { return };
     let size = layer.virtual_size();
     let mut offset = 0u64;
