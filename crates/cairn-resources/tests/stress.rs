@@ -1,0 +1,279 @@
+//! Real threads against the scheduler: limits are never exceeded, every task runs, sequential mode
+//! keeps one task per job, and the rate split holds when measured.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cairn_resources::{RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest};
+use proptest::prelude::*;
+
+/// Running tasks per resource, counted by the tasks themselves while they hold their lease.
+struct Counter {
+    limit: usize,
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Counter {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            now: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        })
+    }
+
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+        assert!(n <= self.limit, "{n} tasks running with a maximum of {}", self.limit);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    proxy_limits: Vec<usize>,
+    repo_limits: Vec<usize>,
+    /// (job, allowed proxies, repository) per task.
+    tasks: Vec<(usize, Vec<usize>, usize)>,
+    parallel: bool,
+    max_overtakes: u32,
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (
+        prop::collection::vec(1usize..4, 1..4),
+        prop::collection::vec(1usize..4, 1..4),
+        any::<bool>(),
+        0u32..4,
+    )
+        .prop_flat_map(|(proxy_limits, repo_limits, parallel, max_overtakes)| {
+            let np = proxy_limits.len();
+            let nr = repo_limits.len();
+            let task = (0usize..4, prop::collection::vec(0..np, 1..=np), 0..nr);
+            prop::collection::vec(task, 1..24).prop_map(move |tasks| Plan {
+                proxy_limits: proxy_limits.clone(),
+                repo_limits: repo_limits.clone(),
+                tasks,
+                parallel,
+                max_overtakes,
+            })
+        })
+}
+
+fn run(plan: &Plan) {
+    let s = ResourceScheduler::new(SchedulerOptions {
+        parallel_processing: plan.parallel,
+        max_overtakes: plan.max_overtakes,
+    });
+    let mut counters: HashMap<String, Arc<Counter>> = HashMap::new();
+    for (i, &n) in plan.proxy_limits.iter().enumerate() {
+        s.set_proxy(format!("p{i}"), n).expect("valid");
+        counters.insert(format!("p{i}"), Counter::new(n));
+    }
+    for (i, &n) in plan.repo_limits.iter().enumerate() {
+        s.set_repository(
+            format!("r{i}"),
+            RepositoryLimits {
+                max_tasks: n,
+                rate_limit: None,
+            },
+        )
+        .expect("valid");
+        counters.insert(format!("r{i}"), Counter::new(n));
+    }
+    let job_limit = if plan.parallel { usize::MAX } else { 1 };
+    for j in 0..4 {
+        counters.insert(format!("j{j}"), Counter::new(job_limit));
+    }
+    let counters = Arc::new(counters);
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = plan
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, (job, proxies, repo))| {
+            let request = TaskRequest::new(format!("j{job}"), "unused", format!("r{repo}"))
+                .with_proxies(proxies.iter().map(|p| format!("p{p}")));
+            let (s, counters, done) = (s.clone(), counters.clone(), done.clone());
+            thread::spawn(move || {
+                // Mix the three ways of waiting.
+                let lease = match i % 3 {
+                    0 => s.acquire(&request).expect("known resources"),
+                    1 => loop {
+                        if let Some(lease) = s.acquire_timeout(&request, Duration::from_millis(1)).expect("known") {
+                            break lease;
+                        }
+                    },
+                    _ => loop {
+                        if let Some(lease) = s.try_acquire(&request).expect("known") {
+                            break lease;
+                        }
+                        thread::sleep(Duration::from_micros(200));
+                    },
+                };
+                assert!(
+                    request.proxies.contains(lease.proxy()),
+                    "granted a proxy the task did not allow"
+                );
+                let mine = [
+                    lease.proxy().to_string(),
+                    lease.repository().to_string(),
+                    lease.job().to_string(),
+                ];
+                mine.iter().for_each(|k| counters[k].enter());
+                thread::sleep(Duration::from_micros(300));
+                mine.iter().for_each(|k| counters[k].leave());
+                drop(lease);
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("task thread panicked (a limit was exceeded?)");
+    }
+    assert_eq!(done.load(Ordering::SeqCst), plan.tasks.len(), "every task runs");
+    assert_eq!(s.waiting(), 0);
+    for i in 0..plan.proxy_limits.len() {
+        assert_eq!(s.proxy_load(&format!("p{i}").into()).map(|l| l.running), Some(0));
+    }
+    if !plan.parallel {
+        for j in 0..4 {
+            assert!(counters[&format!("j{j}")].peak.load(Ordering::SeqCst) <= 1);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn limits_hold_and_every_task_runs(plan in plan()) {
+        run(&plan);
+    }
+}
+
+#[test]
+fn many_tasks_on_one_pair_reach_but_never_pass_the_limit() {
+    let plan = Plan {
+        proxy_limits: vec![3],
+        repo_limits: vec![2],
+        tasks: (0..60).map(|i| (i % 4, vec![0], 0)).collect(),
+        parallel: true,
+        max_overtakes: 8,
+    };
+    run(&plan);
+}
+
+#[test]
+fn limits_edited_while_tasks_run_never_lose_a_task() {
+    let s = ResourceScheduler::new(SchedulerOptions::default());
+    s.set_proxy("p", 2).expect("valid");
+    s.set_repository(
+        "r",
+        RepositoryLimits {
+            max_tasks: 2,
+            rate_limit: None,
+        },
+    )
+    .expect("valid");
+    let stop = Arc::new(AtomicUsize::new(0));
+    let editor = {
+        let (s, stop) = (s.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut i = 0usize;
+            while stop.load(Ordering::SeqCst) == 0 {
+                i += 1;
+                s.set_proxy("p", 1 + i % 3).expect("valid");
+                s.set_parallel_processing(i.is_multiple_of(2));
+                thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let workers: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            thread::spawn(move || {
+                let lease = s
+                    .acquire(&TaskRequest::new(format!("j{}", i % 3), "p", "r"))
+                    .expect("known");
+                thread::sleep(Duration::from_micros(200));
+                drop(lease);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    stop.store(1, Ordering::SeqCst);
+    editor.join().expect("editor");
+    assert_eq!(s.waiting(), 0);
+    assert_eq!(s.proxy_load(&"p".into()).map(|l| l.running), Some(0));
+}
+
+/// Bytes each of `n` writers moves in about half a second under a shared limit.
+fn measure_split(limit: u64, n: usize) -> (Vec<u64>, Duration) {
+    let s = ResourceScheduler::new(SchedulerOptions::default());
+    s.set_proxy("p", 8).expect("valid");
+    s.set_repository(
+        "r",
+        RepositoryLimits {
+            max_tasks: 8,
+            rate_limit: Some(limit),
+        },
+    )
+    .expect("valid");
+    let leases: Vec<_> = (0..n)
+        .map(|_| s.acquire(&TaskRequest::new("j", "p", "r")).expect("free"))
+        .collect();
+    let start = Arc::new(Barrier::new(n));
+    let run_for = Duration::from_millis(500);
+    let handles: Vec<_> = leases
+        .into_iter()
+        .map(|lease| {
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                let begun = Instant::now();
+                let mut bytes = 0u64;
+                while begun.elapsed() < run_for {
+                    lease.throttle(16 * 1024);
+                    bytes += 16 * 1024;
+                }
+                (bytes, begun.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<(u64, Duration)> = handles.into_iter().map(|h| h.join().expect("mover")).collect();
+    let elapsed = results.iter().map(|r| r.1).max().unwrap_or_default();
+    (results.into_iter().map(|r| r.0).collect(), elapsed)
+}
+
+#[test]
+fn measured_rate_is_the_equal_share() {
+    let limit = 4_000_000u64;
+    for n in [1usize, 2, 4] {
+        let (bytes, elapsed) = measure_split(limit, n);
+        let share = limit as f64 / n as f64;
+        let expected = share * elapsed.as_secs_f64();
+        for b in &bytes {
+            let b = *b as f64;
+            // Pacing can only make a task slower than its share (a loaded machine), never faster
+            // beyond one chunk of slack; the lower bound is wide on purpose.
+            assert!(
+                b <= expected * 1.1 + 16.0 * 1024.0,
+                "n={n}: {b} bytes, share allows {expected:.0}"
+            );
+            assert!(b >= expected * 0.3, "n={n}: {b} bytes, share allows {expected:.0}");
+        }
+        let total: u64 = bytes.iter().sum();
+        assert!(total as f64 <= limit as f64 * elapsed.as_secs_f64() * 1.1 + (n as f64) * 16.0 * 1024.0);
+    }
+}
