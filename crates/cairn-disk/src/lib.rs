@@ -16,6 +16,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod buf;
 pub mod extent;
 pub mod image;
@@ -41,33 +43,50 @@ pub enum DiskError {
     /// An I/O call on the disk failed.
     #[error("{path}: {op}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What was being done ("open", "read", ...).
         op: &'static str,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
     /// A changed-extents list could not be parsed or does not fit the disk.
     #[error("changed extents {origin}: line {line}: {reason}")]
     BadExtents {
+        /// Where the list came from (a file name).
         origin: String,
+        /// Line number, from 1.
         line: usize,
+        /// What is wrong.
         reason: String,
     },
     /// An image file is malformed: `field` names the structure that is wrong.
     #[error("{path}: {field}: {reason}")]
     Format {
+        /// The image file.
         path: PathBuf,
+        /// The structure or field that is wrong ("L1 table entry 5", "BAT entry 17").
         field: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// An image uses a feature cairn does not implement.
     #[error("{path}: unsupported {what}")]
-    Unsupported { path: PathBuf, what: String },
+    Unsupported {
+        /// The image file.
+        path: PathBuf,
+        /// The feature.
+        what: String,
+    },
     /// The parent (backing file) of a differencing image cannot be used.
     #[error("{child}: parent {parent}: {reason}")]
     Parent {
+        /// The differencing file.
         child: PathBuf,
+        /// The parent as the child names it.
         parent: String,
+        /// Why it cannot be used.
         reason: String,
     },
 }
