@@ -27,8 +27,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# A throwaway PostgreSQL cluster: the configuration database's tests run against
+# it as well as against SQLite (installs Debian's postgresql when missing).
+eval "$(bash scripts/postgres-for-tests.sh)"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; eval "$CAIRN_TEST_POSTGRES_STOP"' EXIT
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
