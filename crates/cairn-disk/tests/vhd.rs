@@ -100,6 +100,15 @@ fn write_bytes_at(path: &Path, at: u64, data: &[u8]) {
     f.write_all_at(data, at).unwrap();
 }
 
+/// Flips the lowest bit of the byte at `at`: always changes a byte-sum checksum
+/// (overwriting bytes with fixed values leaves it unchanged when the sums match).
+fn flip_bit_at(path: &Path, at: u64) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 1], at).unwrap();
+}
+
 /// The error opening `path` (with its parents) as a VHD, as text; panics if
 /// it opens. The error must name `path` (or, for parent problems, the child
 /// in the chain whose parent is wrong: see `open_err_naming`).
@@ -731,7 +740,7 @@ fn damaged_end_footer_falls_back_to_the_copy_for_dynamic_only() {
     let damaged = dir.path().join("damaged.vhd");
     std::fs::copy(&good, &damaged).unwrap();
     let len = std::fs::metadata(&damaged).unwrap().len();
-    write_bytes_at(&damaged, len - 512 + 70, b"xx"); // inside the unique id: checksum fails
+    flip_bit_at(&damaged, len - 512 + 70); // inside the unique id: checksum fails
     common::assert_reads_like(&damaged, &raw);
     let layer = Vhd::open(ImageFile::open(&damaged).unwrap()).unwrap();
     let note = layer.details().into_iter().find(|(k, _)| k == "footer").unwrap().1;
@@ -751,7 +760,7 @@ fn damaged_end_footer_falls_back_to_the_copy_for_dynamic_only() {
     ]);
     assert_eq!(probe(&ImageFile::open(&fixed).unwrap()).unwrap(), Format::Vhd);
     let len = std::fs::metadata(&fixed).unwrap().len();
-    write_bytes_at(&fixed, len - 512 + 70, b"xx");
+    flip_bit_at(&fixed, len - 512 + 70);
     let e = open_err(&fixed);
     assert!(e.contains("footer") && e.contains("checksum"), "{e}");
     assert_eq!(probe(&ImageFile::open(&fixed).unwrap()).unwrap(), Format::Raw);
