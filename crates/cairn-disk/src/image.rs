@@ -149,10 +149,7 @@ impl Image {
                 layers.push(layer);
             }
         }
-        Ok(Image {
-            layers,
-            cluster_cache: Mutex::new(None),
-        })
+        Ok(Image::from_layers(layers))
     }
 
     /// Builds an image from layers already open (index 0 on top).
@@ -189,32 +186,22 @@ impl Image {
     fn resolve(
         &self,
         level: usize,
-        mut offset: u64,
+        offset: u64,
         end: u64,
         out: &mut dyn FnMut(u64, u64, Option<usize>, Piece) -> Result<()>,
     ) -> Result<()> {
-        let layer = &self.layers[level];
-        let lend = end.min(layer.virtual_size());
-        while offset < lend {
-            let m = layer.map(offset, lend - offset)?;
-            if m.length == 0 {
-                return Err(DiskError::format(
-                    layer.file().path(),
-                    "allocation map",
-                    format!("empty mapping at guest offset {offset}"),
-                ));
-            }
-            let len = m.length.min(lend - offset);
-            match m.piece {
-                Piece::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, offset, offset + len, out)?,
-                Piece::Parent => out(offset, len, None, Piece::Zero)?,
-                p => out(offset, len, Some(level), p)?,
-            }
-            offset += len;
-        }
-        if offset.max(lend) < end {
-            let from = offset.max(lend);
-            out(from, end - from, None, Piece::Zero)?;
+        let reached = walk(
+            self.layers[level].as_ref(),
+            offset,
+            end,
+            &mut |o, len, piece| match piece {
+                Piece::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, o, o + len, &mut *out),
+                Piece::Parent => out(o, len, None, Piece::Zero),
+                p => out(o, len, Some(level), p),
+            },
+        )?;
+        if reached < end {
+            out(reached, end - reached, None, Piece::Zero)?;
         }
         Ok(())
     }
@@ -252,28 +239,17 @@ impl Image {
         if !self.is_differencing() {
             return Ok(None);
         }
-        let top = self.top();
-        let size = top.virtual_size();
+        let size = self.top().virtual_size();
         let mut out: Vec<Extent> = Vec::new();
-        let mut offset = 0u64;
-        while offset < size {
-            let m = top.map(offset, size - offset)?;
-            if m.length == 0 {
-                return Err(DiskError::format(
-                    top.file().path(),
-                    "allocation map",
-                    format!("empty mapping at guest offset {offset}"),
-                ));
-            }
-            let len = m.length.min(size - offset);
-            if m.piece != Piece::Parent {
+        walk(self.top(), 0, size, &mut |offset, len, piece| {
+            if piece != Piece::Parent {
                 match out.last_mut() {
                     Some(last) if last.end() == offset => last.length += len,
                     _ => out.push(Extent { offset, length: len }),
                 }
             }
-            offset += len;
-        }
+            Ok(())
+        })?;
         // A child larger than its parent changed the bytes past the parent's end too.
         let parent_size = self.layers[1].virtual_size();
         if size > parent_size {
@@ -327,6 +303,27 @@ impl Image {
             }
         }
     }
+}
+
+/// Calls `f(offset, length, piece)` for the runs of one layer over
+/// `[offset, end)`, clipped to the layer's size; returns where it stopped
+/// (`end`, or the layer's size if smaller).
+fn walk(layer: &dyn Layer, mut offset: u64, end: u64, f: &mut dyn FnMut(u64, u64, Piece) -> Result<()>) -> Result<u64> {
+    let end = end.min(layer.virtual_size());
+    while offset < end {
+        let m = layer.map(offset, end - offset)?;
+        if m.length == 0 {
+            return Err(DiskError::format(
+                layer.file().path(),
+                "allocation map",
+                format!("empty mapping at guest offset {offset}"),
+            ));
+        }
+        let len = m.length.min(end - offset);
+        f(offset, len, m.piece)?;
+        offset += len;
+    }
+    Ok(offset.max(end))
 }
 
 fn canonical(p: &Path) -> PathBuf {

@@ -182,3 +182,19 @@ pub fn relative_to(child: &Path, name: &str) -> PathBuf {
     }
     child.parent().unwrap_or(Path::new(".")).join(p)
 }
+
+/// `target` relative to the folder `from` (both absolute), in the form
+/// Windows tools write into parent locators: `.\base.vhdx`, `..\images\base.vhdx`.
+pub(crate) fn windows_relative(from: &Path, target: &Path) -> String {
+    use std::path::Component;
+    let a: Vec<Component> = from.components().collect();
+    let b: Vec<Component> = target.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut parts: Vec<String> = Vec::new();
+    if common == a.len() {
+        parts.push(".".into());
+    }
+    parts.extend(std::iter::repeat_n("..".to_string(), a.len() - common));
+    parts.extend(b[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    parts.join("\\")
+}

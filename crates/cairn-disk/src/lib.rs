@@ -102,6 +102,18 @@ impl DiskError {
     }
 }
 
+/// Maps an I/O error of `op` on `path` to [`DiskError::Io`] (for `map_err`).
+pub(crate) fn io_error<'a>(
+    path: &'a std::path::Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = DiskError> = std::result::Result<T, E>;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::SeekFrom;
 
 use crate::extent::{Extent, normalize};
+use crate::io_error as io;
 use crate::{DiskError, DiskSource, Result};
 
 /// A raw image read with positioned reads; holes are found with SEEK_DATA/SEEK_HOLE.
@@ -14,14 +15,6 @@ pub struct RawFile {
     path: PathBuf,
     file: File,
     size: u64,
-}
-
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
 }
 
 impl RawFile {

@@ -32,10 +32,8 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
         // A differencing child holds exactly what changed since its parent
         // was frozen; the engine uses that only if the previous point was
         // read from that parent.
-        let (changed, changed_since) = match (a.merged, image.changed_extents()?) {
-            (false, Some(changed)) => (Some(changed), image.parent_identity()),
-            _ => (None, None),
-        };
+        let changed = if a.merged { None } else { image.changed_extents()? };
+        let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
         inputs.push(DiskInput {
             source: Box::new(image),
             changed,

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use super::header::{MAGIC, MAX_L1_BYTES};
 use super::{COPIED, OFFSET_MASK};
+use crate::io_error as io;
 use crate::raw::is_zero;
 use crate::writer::{DiskWriter, WriteOptions};
 use crate::{DiskError, Result};
@@ -37,14 +38,6 @@ struct State {
     next_cluster: u64,
     /// L2 tables that have entries, by L1 index: host offsets (0 = unallocated).
     l2: BTreeMap<u64, Box<[u64]>>,
-}
-
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
 }
 
 impl Qcow2Writer {

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::Vhd;
@@ -29,6 +29,7 @@ use super::format::{
     TYPE_DIFFERENCING, TYPE_DYNAMIC, UNALLOCATED, bitmap_len, geometry_for, platform,
 };
 use crate::io::ImageFile;
+use crate::io_error as io;
 use crate::layer::Layer;
 use crate::raw::is_zero;
 use crate::writer::{DiskWriter, WriteOptions};
@@ -74,14 +75,6 @@ pub struct VhdWriter {
     footer: Footer,
     child: Option<ChildOf>,
     state: Mutex<State>,
-}
-
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
 }
 
 fn now_vhd() -> u32 {
@@ -142,7 +135,7 @@ impl VhdWriter {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let child_dir = std::fs::canonicalize(child_dir).map_err(io(child_dir, "resolve path"))?;
-        let relative = relative_windows_path(&child_dir, &abs);
+        let relative = crate::layer::windows_relative(&child_dir, &abs);
         let absolute = abs.to_string_lossy().replace('/', "\\");
         let utf16le = |s: &str| s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>();
         let child = ChildOf {
@@ -372,21 +365,6 @@ impl DiskWriter for VhdWriter {
     }
 }
 
-/// `target` relative to the folder `from` (both absolute), Windows style:
-/// `.\base.vhd`, `..\images\base.vhd`.
-fn relative_windows_path(from: &Path, target: &Path) -> String {
-    let a: Vec<Component> = from.components().collect();
-    let b: Vec<Component> = target.components().collect();
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut parts: Vec<String> = Vec::new();
-    if common == a.len() {
-        parts.push(".".into());
-    }
-    parts.extend(std::iter::repeat_n("..".to_string(), a.len() - common));
-    parts.extend(b[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
-    parts.join("\\")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,11 +372,17 @@ mod tests {
     #[test]
     fn relative_paths_are_windows_style() {
         let p = |s: &str| PathBuf::from(s);
-        assert_eq!(relative_windows_path(&p("/a/b"), &p("/a/b/base.vhd")), ".\\base.vhd");
         assert_eq!(
-            relative_windows_path(&p("/a/b"), &p("/a/c/base.vhd")),
+            crate::layer::windows_relative(&p("/a/b"), &p("/a/b/base.vhd")),
+            ".\\base.vhd"
+        );
+        assert_eq!(
+            crate::layer::windows_relative(&p("/a/b"), &p("/a/c/base.vhd")),
             "..\\c\\base.vhd"
         );
-        assert_eq!(relative_windows_path(&p("/a/b/c"), &p("/x.vhd")), "..\\..\\..\\x.vhd");
+        assert_eq!(
+            crate::layer::windows_relative(&p("/a/b/c"), &p("/x.vhd")),
+            "..\\..\\..\\x.vhd"
+        );
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
@@ -20,6 +20,7 @@ use super::{
     PAYLOAD_PARTIALLY_PRESENT, REGION_BAT, REGION_METADATA, REGION_OFFSETS, SB_PRESENT, TABLE_LEN, Vhdx,
 };
 use crate::io::ImageFile;
+use crate::io_error as io;
 use crate::layer::Layer;
 use crate::raw::is_zero;
 use crate::writer::{DiskWriter, WriteOptions};
@@ -73,14 +74,6 @@ impl std::fmt::Debug for VhdxWriter {
     }
 }
 
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
-}
-
 impl VhdxWriter {
     /// Creates a dynamic VHDX at `path` (which must not exist) for a disk of
     /// `size` bytes (rounded up to the logical sector), with the block size
@@ -117,7 +110,7 @@ impl VhdxWriter {
         let child_dir = std::fs::canonicalize(child_dir).map_err(io(child_dir, "resolve path"))?;
         let child = ChildOf {
             linkage: p.data_write_guid(),
-            relative_path: windows_relative(&child_dir, &abs),
+            relative_path: crate::layer::windows_relative(&child_dir, &abs),
             absolute_path: abs.to_string_lossy().replace('/', "\\"),
         };
         let block = opts.block_size.map(u64::from).unwrap_or(p.block_size());
@@ -454,21 +447,6 @@ fn locator(pairs: &[(&str, &str)]) -> Vec<u8> {
     head
 }
 
-/// `target` relative to the folder `from` (both absolute), with backslashes,
-/// in the `.\name` / `..\dir\name` form Windows tools write.
-fn windows_relative(from: &Path, target: &Path) -> String {
-    let a: Vec<Component> = from.components().collect();
-    let b: Vec<Component> = target.components().collect();
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut parts: Vec<String> = Vec::new();
-    if common == a.len() {
-        parts.push(".".into());
-    }
-    parts.extend(std::iter::repeat_n("..".to_string(), a.len() - common));
-    parts.extend(b[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
-    parts.join("\\")
-}
-
 impl DiskWriter for VhdxWriter {
     fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         VhdxWriter::write_at(self, data, offset)
@@ -486,15 +464,15 @@ mod tests {
     #[test]
     fn relative_paths_use_backslashes() {
         assert_eq!(
-            windows_relative(Path::new("/a/b"), Path::new("/a/b/p.vhdx")),
+            crate::layer::windows_relative(Path::new("/a/b"), Path::new("/a/b/p.vhdx")),
             ".\\p.vhdx"
         );
         assert_eq!(
-            windows_relative(Path::new("/a/b"), Path::new("/a/c/p.vhdx")),
+            crate::layer::windows_relative(Path::new("/a/b"), Path::new("/a/c/p.vhdx")),
             "..\\c\\p.vhdx"
         );
         assert_eq!(
-            windows_relative(Path::new("/a/b/c"), Path::new("/a/p.vhdx")),
+            crate::layer::windows_relative(Path::new("/a/b/c"), Path::new("/a/p.vhdx")),
             "..\\..\\p.vhdx"
         );
     }
