@@ -5,11 +5,20 @@
 //! compression, encryption), and the calling thread as writer (target stage).
 //! Queues between them are bounded, so memory is about
 //! `(2 × workers + 2) × block size` whatever the disk size.
+//!
+//! A caller that schedules the work (the backup server's job manager) passes
+//! [`BackupHooks`] to [`backup_with_hooks`]: it hears when each disk starts
+//! (and may hold it back there until a task slot is free) and ends (with the
+//! disk's own statistics), paces repository writes, and can stop the backup
+//! at the next block. A stopped backup ends with [`EngineError::Stopped`] and,
+//! like any failed backup, leaves the repository as it was: nothing is
+//! visible before the final commit, and the uncommitted data file is removed
+//! when the session is dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_disk::DiskSource;
 use cairn_disk::buf::AlignedBuf;
@@ -23,8 +32,8 @@ use cairn_repo::chain::{DiskMeta, PointStats};
 use cairn_repo::{BackupPlan, BackupSession, PointMeta, Repository, SessionKind};
 use crossbeam_channel::bounded;
 
-use crate::Result;
 use crate::stages::{Busy, Progress, bottleneck};
+use crate::{EngineError, Result};
 
 /// Tuning of the data path.
 #[derive(Clone, Debug)]
@@ -88,13 +97,90 @@ struct Counters {
     read_blocks: AtomicU64,
 }
 
-/// Backs up `disks` as one new restore point of `plan.vm`.
+/// What a caller hears from, and how it steers, a running backup
+/// ([`backup_with_hooks`]). Every method has a default that does nothing.
+///
+/// Disks are processed one after the other, in the order given, numbered
+/// from 0. For each disk the engine calls [`disk_starting`](Self::disk_starting),
+/// moves its blocks (calling [`progress`](Self::progress),
+/// [`throttle_write`](Self::throttle_write) and
+/// [`stop_requested`](Self::stop_requested) as it goes), then
+/// [`disk_finished`](Self::disk_finished). The restore point is committed
+/// after the last disk finished; until then nothing is visible in the
+/// repository, so a disk that "finished" is only final once the backup
+/// returns `Ok`.
+pub trait BackupHooks: Sync {
+    /// Disk `disk` is about to be read; `total_bytes` is what will be read
+    /// from it (the changed or allocated blocks). May block, e.g. until a
+    /// task slot is free; time spent here is not counted in the statistics.
+    /// An error ends the backup with it (return [`EngineError::Stopped`] to
+    /// stop while waiting).
+    fn disk_starting(&self, disk: u32, total_bytes: u64) -> Result<()> {
+        let _ = (disk, total_bytes);
+        Ok(())
+    }
+
+    /// Disk `disk` has been read and written; `stats` are its own numbers
+    /// (summed over all disks they give the point's statistics, except the
+    /// busy percentages and durations, which are the disk's).
+    fn disk_finished(&self, disk: u32, stats: &PointStats) {
+        let _ = (disk, stats);
+    }
+
+    /// Progress within disk `disk` (bytes of that disk).
+    fn progress(&self, disk: u32, progress: Progress) {
+        let _ = (disk, progress);
+    }
+
+    /// Progress of the whole backup (bytes of all disks).
+    fn total_progress(&self, progress: Progress) {
+        let _ = progress;
+    }
+
+    /// Called after each record of `bytes` bytes was appended to the
+    /// repository, on the writing thread: sleep here to keep to a write rate
+    /// limit.
+    fn throttle_write(&self, bytes: u64) {
+        let _ = bytes;
+    }
+
+    /// Polled before every block by the reader and the writer: `true` ends
+    /// the backup with [`EngineError::Stopped`] at the next block.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// Hooks that only report overall progress (what [`backup`] uses).
+struct ProgressOnly<'a>(&'a (dyn Fn(Progress) + Sync));
+
+impl BackupHooks for ProgressOnly<'_> {
+    fn total_progress(&self, progress: Progress) {
+        (self.0)(progress)
+    }
+}
+
+/// Backs up `disks` as one new restore point of `plan.vm`, reporting overall
+/// progress to `progress`.
 pub fn backup(
     repo: &Repository,
     plan: &BackupPlan,
     disks: Vec<DiskInput>,
     opts: &BackupOptions,
     progress: &(dyn Fn(Progress) + Sync),
+) -> Result<BackupResult> {
+    backup_with_hooks(repo, plan, disks, opts, &ProgressOnly(progress))
+}
+
+/// Backs up `disks` as one new restore point of `plan.vm`, with `hooks`
+/// told about each disk and asked about stops and write pacing (see
+/// [`BackupHooks`]).
+pub fn backup_with_hooks(
+    repo: &Repository,
+    plan: &BackupPlan,
+    disks: Vec<DiskInput>,
+    opts: &BackupOptions,
+    hooks: &dyn BackupHooks,
 ) -> Result<BackupResult> {
     let started = Instant::now();
     let mut session = BackupSession::begin(repo, plan)?;
@@ -151,16 +237,34 @@ pub fn backup(
         let blocks: Vec<u64> = extent::touched_blocks(&to_read, bs).collect();
         plans.push((no as u32, input, prev_map, blocks));
     }
-    let total_bytes: u64 = plans.iter().map(|p| p.3.len() as u64 * bs).sum();
+    // Bytes each disk will read (a short last block counts its own length).
+    let read_bytes = |input: &DiskInput, blocks: &[u64]| -> u64 {
+        let size = input.source.virtual_size();
+        blocks.iter().map(|b| (size - (b * bs).min(size)).min(bs)).sum()
+    };
+    let total_bytes: u64 = plans.iter().map(|p| read_bytes(&p.1, &p.3)).sum();
     let done = AtomicU64::new(0);
 
-    let counters = Counters::default();
     let (source_busy, proxy_busy, target_busy) = (Busy::default(), Busy::default(), Busy::default());
     let mut stats = PointStats::default();
     let mut maps = Vec::new();
+    // Time spent in `disk_starting` (waiting for the caller), left out of the statistics.
+    let mut waited = Duration::ZERO;
     // Blocks this backup stored, by hash: dedup across all of the VM's disks.
     let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
     for (no, input, prev_map, blocks) in plans {
+        if hooks.stop_requested() {
+            return Err(EngineError::Stopped);
+        }
+        let disk_total = read_bytes(&input, &blocks);
+        let wait_start = Instant::now();
+        hooks.disk_starting(no, disk_total)?;
+        waited += wait_start.elapsed();
+        let disk_started = Instant::now();
+        let counters = Counters::default();
+        let busy = (Busy::default(), Busy::default(), Busy::default());
+        let mut disk_stats = PointStats::default();
+        let disk_done = AtomicU64::new(0);
         let disk = DiskWork {
             source: input.source.as_ref(),
             prev: prev_map.clone(),
@@ -173,12 +277,20 @@ pub fn backup(
             repo.keys(),
             &dedup,
             opts,
-            (&source_busy, &proxy_busy, &target_busy),
+            (&busy.0, &busy.1, &busy.2),
             &counters,
-            &mut stats,
+            &mut disk_stats,
             &mut written,
+            hooks,
             &|n| {
-                progress(Progress {
+                hooks.progress(
+                    no,
+                    Progress {
+                        done_bytes: disk_done.fetch_add(n, Ordering::Relaxed) + n,
+                        total_bytes: disk_total,
+                    },
+                );
+                hooks.total_progress(Progress {
                     done_bytes: done.fetch_add(n, Ordering::Relaxed) + n,
                     total_bytes,
                 })
@@ -196,10 +308,21 @@ pub fn backup(
                 .iter()
                 .filter(|r| !read.contains(&r.block) && r.block < count)
             {
-                refs.push(target_busy.time(|| session.reuse(r.block, r))?);
-                stats.unchanged_blocks += 1;
+                refs.push(busy.2.time(|| session.reuse(r.block, r))?);
+                disk_stats.unchanged_blocks += 1;
             }
         }
+        let disk_wall = disk_started.elapsed();
+        disk_stats.read_bytes = counters.read_bytes.load(Ordering::Relaxed);
+        disk_stats.read_blocks = counters.read_blocks.load(Ordering::Relaxed);
+        disk_stats.duration_secs = disk_wall.as_secs_f64();
+        disk_stats.busy = busy_percentages((&busy.0, &busy.1, &busy.2), disk_wall, opts.threads);
+        disk_stats.bottleneck = bottleneck(&disk_stats.busy);
+        add_counts(&mut stats, &disk_stats);
+        source_busy.add(&busy.0);
+        proxy_busy.add(&busy.1);
+        target_busy.add(&busy.2);
+        hooks.disk_finished(no, &disk_stats);
         refs.sort_unstable_by_key(|r| r.block);
         let map = DiskMap {
             disk: no,
@@ -219,19 +342,38 @@ pub fn backup(
         maps.push((map, meta));
     }
 
-    let wall = started.elapsed();
-    stats.read_bytes = counters.read_bytes.load(Ordering::Relaxed);
-    stats.read_blocks = counters.read_blocks.load(Ordering::Relaxed);
+    let wall = started.elapsed().saturating_sub(waited);
     stats.duration_secs = wall.as_secs_f64();
-    stats.busy = vec![
-        ("source".to_string(), source_busy.percent(wall, 1)),
-        ("proxy".to_string(), proxy_busy.percent(wall, opts.threads)),
-        ("network".to_string(), 0.0),
-        ("target".to_string(), target_busy.percent(wall, 1)),
-    ];
+    stats.busy = busy_percentages((&source_busy, &proxy_busy, &target_busy), wall, opts.threads);
     stats.bottleneck = bottleneck(&stats.busy);
     let point = target_busy.time(|| session.commit(maps, stats))?;
     Ok(BackupResult { point, kind, notes })
+}
+
+/// Busy percentage per stage (source, proxy, network, target) over `wall`.
+fn busy_percentages(
+    (source, proxy, target): (&Busy, &Busy, &Busy),
+    wall: Duration,
+    threads: usize,
+) -> Vec<(String, f64)> {
+    vec![
+        ("source".to_string(), source.percent(wall, 1)),
+        ("proxy".to_string(), proxy.percent(wall, threads)),
+        ("network".to_string(), 0.0),
+        ("target".to_string(), target.percent(wall, 1)),
+    ]
+}
+
+/// Adds the block and byte counts of one disk to the point's.
+fn add_counts(total: &mut PointStats, disk: &PointStats) {
+    total.read_bytes += disk.read_bytes;
+    total.read_blocks += disk.read_blocks;
+    total.zero_blocks += disk.zero_blocks;
+    total.unchanged_blocks += disk.unchanged_blocks;
+    total.dedup_blocks += disk.dedup_blocks;
+    total.new_blocks += disk.new_blocks;
+    total.new_bytes += disk.new_bytes;
+    total.stored_bytes += disk.stored_bytes;
 }
 
 /// The blocks a size change alters although no byte in them was written: a
@@ -272,6 +414,7 @@ fn run_disk(
     counters: &Counters,
     stats: &mut PointStats,
     written: &mut HashMap<[u8; 32], BlockRef>,
+    hooks: &dyn BackupHooks,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<BlockRef>> {
     let threads = opts.threads.max(1);
@@ -291,6 +434,10 @@ fn run_disk(
         let reader_out = out_tx.clone();
         s.spawn(move || {
             for &block in &disk.blocks {
+                if hooks.stop_requested() {
+                    let _ = reader_out.send(Err(EngineError::Stopped));
+                    return;
+                }
                 let offset = block * disk.bs;
                 let len = (size - offset).min(disk.bs) as usize;
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
@@ -353,6 +500,9 @@ fn run_disk(
 
         // Target stage, on this thread.
         for msg in &out_rx {
+            if hooks.stop_requested() {
+                return Err(EngineError::Stopped);
+            }
             let (block, outcome) = msg?;
             let len = (size - block * disk.bs).min(disk.bs);
             match outcome {
@@ -376,6 +526,7 @@ fn run_disk(
                         stats.dedup_blocks += 1;
                     } else {
                         let r = target_busy.time(|| session.append(block, &record, stored_len, hash))?;
+                        hooks.throttle_write(record.len() as u64);
                         written.insert(hash, r);
                         refs.push(r);
                         stats.new_blocks += 1;

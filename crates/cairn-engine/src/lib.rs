@@ -2,6 +2,12 @@
 //! compress → encrypt → write`) and restore, with stages running
 //! concurrently on all cores, bounded memory, and per-stage busy time.
 //!
+//! A scheduler drives a backup through [`BackupHooks`] ([`backup_with_hooks`]):
+//! it hears when each disk starts (and may hold it there until a task slot is
+//! free) and ends with the disk's own statistics, paces repository writes, and
+//! can stop the backup at the next block ([`EngineError::Stopped`]; the
+//! repository stays as it was).
+//!
 //! ```no_run
 //! use cairn_engine::{backup, BackupOptions, DiskInput};
 //! use cairn_disk::raw::RawFile;
@@ -18,7 +24,7 @@ mod backup;
 mod restore;
 mod stages;
 
-pub use backup::{BackupOptions, BackupResult, DiskInput, backup};
+pub use backup::{BackupHooks, BackupOptions, BackupResult, DiskInput, backup, backup_with_hooks};
 pub use restore::{RestoreStats, RestoreTarget, restore};
 pub use stages::Progress;
 
@@ -35,6 +41,13 @@ pub enum EngineError {
     /// Encoding a block failed.
     #[error("encoding a block: {0}")]
     Format(#[from] cairn_format::FormatError),
+    /// The caller asked the backup to stop ([`BackupHooks::stop_requested`]);
+    /// the repository is as it was before the backup started.
+    #[error("the backup was stopped before its restore point was committed")]
+    Stopped,
+    /// A [`BackupHooks`] method failed (e.g. no task slot could be had).
+    #[error(transparent)]
+    Hook(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// Result alias for this crate.

@@ -25,6 +25,11 @@ impl Busy {
         out
     }
 
+    /// Adds the busy time of `other` (another measurement of the same stage).
+    pub fn add(&self, other: &Busy) {
+        self.0.fetch_add(other.0.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// Percentage of `wall × threads` the stage was busy.
     pub fn percent(&self, wall: Duration, threads: usize) -> f64 {
         let total = wall.as_nanos() as f64 * threads.max(1) as f64;
