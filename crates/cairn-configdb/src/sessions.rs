@@ -392,6 +392,18 @@ impl ConfigDb {
         Ok(SessionPage { sessions, next })
     }
 
+    /// Every session still waiting or running, oldest first (uses the partial index on `state`).
+    pub async fn list_unfinished_sessions(&self) -> Result<Vec<Session>> {
+        on_pool!(self, |pool| {
+            let rows: Vec<SessionRow> = sqlx::query_as(session_select!(
+                "WHERE state IN ('waiting', 'running') ORDER BY started_at, id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(Session::try_from).collect()
+        })
+    }
+
     /// After a restart: every session and task still waiting or running belongs to a process that
     /// is gone, so it is marked failed, ended at `now`. Returns how many sessions were marked.
     pub async fn mark_running_sessions_failed(&self, now: Timestamp) -> Result<u64> {
