@@ -1,0 +1,154 @@
+//! API errors: a status code and `{"error": "<message>"}`.
+//!
+//! Clients see what they did wrong (401, 403, 404, 409, 422, 400) with a message naming the
+//! object and the cause. Failures of the server itself (database, I/O) are logged in full and
+//! answered with 500 and a short message.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::runner::RunError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the object and the cause.
+    #[schema(example = "job 7 not found")]
+    pub error: String,
+}
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The message in `{"error": …}`.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request cannot be read.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 401: no, an unknown or an expired token (or a failed login).
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: the caller's role is too low.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404: no such object.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409: a conflict with the current state (stale version, running, name taken).
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 422: well-formed but invalid input.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// 500: the server failed. `detail` is logged; the client gets `public`.
+    pub fn internal(public: impl Into<String>, detail: impl std::fmt::Display) -> ApiError {
+        let public = public.into();
+        tracing::error!("{public}: {detail}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, public)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+impl From<cairn_configdb::Error> for ApiError {
+    fn from(e: cairn_configdb::Error) -> ApiError {
+        use cairn_configdb::Error;
+        match e {
+            Error::NotFound { .. } => ApiError::not_found(e.to_string()),
+            Error::Conflict { what } => ApiError::conflict(what),
+            Error::Duplicate { .. } => ApiError::conflict(e.to_string()),
+            Error::Invalid { .. } => ApiError::invalid(e.to_string()),
+            Error::Database(_) | Error::Migration(_) => {
+                ApiError::internal("the configuration database failed (see the server log)", e)
+            }
+        }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> ApiError {
+        match e {
+            RunError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RunError::AlreadyRunning { .. } => ApiError::conflict(e.to_string()),
+            RunError::Invalid(_) => ApiError::invalid(e.to_string()),
+            RunError::Db(db) => db.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        let status = rejection.status();
+        let message = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => {
+                format!("malformed JSON in the request body: {}", rejection.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                "the request body must be JSON with `Content-Type: application/json`".to_owned()
+            }
+            _ => rejection.body_text(),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::bad_request(format!("bad path: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::bad_request(format!("bad query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::internal("a background operation of the server failed (see the server log)", e)
+    }
+}
+
+/// Result of API handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

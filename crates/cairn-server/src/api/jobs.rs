@@ -1,0 +1,570 @@
+//! Backup jobs: create, edit (first save wins), enable/disable, run, stop, delete.
+
+use std::str::FromStr;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use cairn_configdb::{Job, JobSpec, Role, SessionQuery};
+use cairn_schedule::{BackupWindow, Rule, Schedule};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{ApiJson, ApiPath};
+use crate::auth::Caller;
+use crate::runner::Trigger;
+use crate::state::AppState;
+
+/// Block sizes a job may use (bytes).
+pub const BLOCK_SIZES: [i64; 4] = [262_144, 524_288, 1_048_576, 4_194_304];
+
+/// Job settings as sent by a client. Only `name`, `vm_ids` and `repository_id` are required;
+/// absent fields take their defaults (also on PUT, which replaces the whole job).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct JobInput {
+    /// Unique name.
+    #[schema(example = "nightly")]
+    pub name: String,
+    /// VMs to back up, in processing order.
+    pub vm_ids: Vec<i64>,
+    /// Disks of those VMs to leave out.
+    #[serde(default)]
+    pub excluded_disk_ids: Vec<i64>,
+    /// Target repository.
+    pub repository_id: i64,
+    /// Block size in bytes: 262144, 524288, 1048576 (default) or 4194304.
+    #[serde(default)]
+    pub block_size: Option<i64>,
+    /// Compression: `zstd:LEVEL` (default `zstd:3`), `lz4` or `none`.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Encryption: null (the repository decides, default), `aes-256-gcm` or `none`.
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// Backup method: `forever-forward` (default) or `forward`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Restore points to keep (≥ 1, default 14).
+    #[serde(default)]
+    pub retention_points: Option<i64>,
+    /// Schedule text (`daily 22:00 mon-fri`, `every 4h`, `after JOB`, `cron "0 22 * * 1-5"`…);
+    /// null runs only on demand.
+    #[serde(default)]
+    #[schema(example = "daily 22:00 mon-fri")]
+    pub schedule: Option<String>,
+    /// Backup window (`mon-fri 20:00-06:00 sat,sun 00:00-24:00`, optionally `tz ZONE`); null
+    /// allows any time.
+    #[serde(default)]
+    #[schema(example = "mon-fri 20:00-06:00")]
+    pub backup_window: Option<String>,
+    /// Retries of a failed VM (0–100, default 3).
+    #[serde(default)]
+    pub retries: Option<i64>,
+    /// Seconds between retries (default 600).
+    #[serde(default)]
+    pub retry_wait_seconds: Option<i64>,
+    /// Whether the scheduler starts it (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `PUT /api/v1/jobs/{id}` body: the version read plus the whole job.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct JobUpdate {
+    /// The `version` of the job as read; a stale version is refused with 409.
+    pub version: i64,
+    /// The job's new settings.
+    #[serde(flatten)]
+    pub job: JobInput,
+}
+
+/// The newest session of a job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LastSession {
+    /// Session id.
+    pub id: i64,
+    /// waiting, running, success, warning, failed or stopped.
+    pub state: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub ended_at: Option<Timestamp>,
+}
+
+/// A job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobDto {
+    /// Job id.
+    pub id: i64,
+    /// Version; send it back with PUT.
+    pub version: i64,
+    /// When the job was created.
+    pub created_at: Timestamp,
+    /// When the job was last changed.
+    pub updated_at: Timestamp,
+    /// Unique name.
+    pub name: String,
+    /// VMs to back up, in processing order.
+    pub vm_ids: Vec<i64>,
+    /// Disks left out.
+    pub excluded_disk_ids: Vec<i64>,
+    /// Target repository.
+    pub repository_id: i64,
+    /// Block size in bytes.
+    pub block_size: i64,
+    /// Compression.
+    pub compression: String,
+    /// Encryption; null lets the repository decide.
+    pub encryption: Option<String>,
+    /// Backup method.
+    pub method: String,
+    /// Restore points to keep.
+    pub retention_points: i64,
+    /// Schedule; null runs only on demand.
+    pub schedule: Option<String>,
+    /// Backup window; null is any time.
+    pub backup_window: Option<String>,
+    /// Retries of a failed VM.
+    pub retries: i64,
+    /// Seconds between retries.
+    pub retry_wait_seconds: i64,
+    /// Whether the scheduler starts it.
+    pub enabled: bool,
+    /// The next scheduled run (null: disabled, on demand, or after another job).
+    pub next_run: Option<Timestamp>,
+    /// The newest session.
+    pub last_session: Option<LastSession>,
+}
+
+/// `202` answer of run and stop.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionStarted {
+    /// The session started (run) or asked to stop (stop).
+    pub session_id: i64,
+}
+
+/// The API form of `job`.
+pub async fn job_dto(state: &AppState, job: Job) -> ApiResult<JobDto> {
+    let page = state
+        .db
+        .list_sessions(&SessionQuery {
+            job_id: Some(job.id),
+            after: None,
+            limit: 1,
+        })
+        .await?;
+    let last_session = page.sessions.into_iter().next().map(|s| LastSession {
+        id: s.id,
+        state: s.state.as_str().into(),
+        started_at: s.started_at,
+        ended_at: s.ended_at,
+    });
+    let next_run = crate::scheduler::next_run(&job, state.jobs.clock().now(), &state.time_zone);
+    let s = job.spec;
+    Ok(JobDto {
+        id: job.id,
+        version: job.version,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        name: s.name,
+        vm_ids: s.vm_ids,
+        excluded_disk_ids: s.excluded_disk_ids,
+        repository_id: s.repository_id,
+        block_size: s.block_size,
+        compression: s.compression,
+        encryption: s.encryption,
+        method: s.method,
+        retention_points: s.retention_points,
+        schedule: s.schedule,
+        backup_window: s.backup_window,
+        retries: s.retries,
+        retry_wait_seconds: s.retry_wait_seconds,
+        enabled: s.enabled,
+        next_run,
+        last_session,
+    })
+}
+
+/// A schedule text in its canonical form, or 422 naming the problem.
+pub fn parse_schedule(text: &str) -> ApiResult<Schedule> {
+    Schedule::from_str(text).map_err(|e| ApiError::invalid(format!("schedule {text:?}: {e}")))
+}
+
+/// A backup window text in its canonical form, or 422 naming the problem.
+pub fn parse_window(text: &str) -> ApiResult<BackupWindow> {
+    BackupWindow::from_str(text).map_err(|e| ApiError::invalid(format!("backup window {text:?}: {e}")))
+}
+
+/// Checks `input` (for job `editing`, when editing) and turns it into a stored spec.
+pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) -> ApiResult<JobSpec> {
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "job name {:?}: use 1 to 100 characters",
+            input.name
+        )));
+    }
+    if input.vm_ids.is_empty() {
+        return Err(ApiError::invalid("vm_ids: a job backs up at least one VM"));
+    }
+    for (i, id) in input.vm_ids.iter().enumerate() {
+        if input.vm_ids[..i].contains(id) {
+            return Err(ApiError::invalid(format!("vm_ids: VM {id} is listed twice")));
+        }
+        if let Err(e) = state.db.get_vm(*id).await {
+            return Err(match e {
+                cairn_configdb::Error::NotFound { .. } => ApiError::invalid(format!("vm_ids: VM {id} does not exist")),
+                other => other.into(),
+            });
+        }
+    }
+    let mut excluded = input.excluded_disk_ids.clone();
+    excluded.sort_unstable();
+    excluded.dedup();
+    for id in &excluded {
+        match state.db.get_disk(*id).await {
+            Ok(disk) if input.vm_ids.contains(&disk.vm_id) => {}
+            Ok(disk) => {
+                return Err(ApiError::invalid(format!(
+                    "excluded_disk_ids: disk {id} belongs to VM {}, which the job does not back up",
+                    disk.vm_id
+                )));
+            }
+            Err(cairn_configdb::Error::NotFound { .. }) => {
+                return Err(ApiError::invalid(format!(
+                    "excluded_disk_ids: disk {id} does not exist"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Err(e) = state.db.get_repository(input.repository_id).await {
+        return Err(match e {
+            cairn_configdb::Error::NotFound { .. } => ApiError::invalid(format!(
+                "repository_id: repository {} does not exist",
+                input.repository_id
+            )),
+            other => other.into(),
+        });
+    }
+    let block_size = input.block_size.unwrap_or(1_048_576);
+    if !BLOCK_SIZES.contains(&block_size) {
+        return Err(ApiError::invalid(format!(
+            "block_size {block_size}: use 262144, 524288, 1048576 or 4194304"
+        )));
+    }
+    let compression = match input.compression.as_deref().map(str::trim) {
+        None | Some("") => cairn_format::codec::Compression::DEFAULT.to_string(),
+        Some(text) => cairn_format::codec::Compression::from_str(text)
+            .map_err(|e| ApiError::invalid(format!("compression {text:?}: {e}")))?
+            .to_string(),
+    };
+    let encryption = match input.encryption.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            cairn_repo::Encryption::from_str(text)
+                .map_err(|e| ApiError::invalid(format!("encryption: {e}")))?
+                .to_string(),
+        ),
+    };
+    let method = input.method.as_deref().map_or("forever-forward", str::trim).to_owned();
+    cairn_repo::Method::from_str(&method).map_err(|e| ApiError::invalid(format!("method: {e}")))?;
+    let retention_points = input.retention_points.unwrap_or(14);
+    if !(1..=10_000).contains(&retention_points) {
+        return Err(ApiError::invalid(format!(
+            "retention_points {retention_points}: keep between 1 and 10000 restore points"
+        )));
+    }
+    let retries = input.retries.unwrap_or(3);
+    if !(0..=100).contains(&retries) {
+        return Err(ApiError::invalid(format!(
+            "retries {retries}: must be between 0 and 100"
+        )));
+    }
+    let retry_wait_seconds = input.retry_wait_seconds.unwrap_or(600);
+    if !(0..=7 * 86_400).contains(&retry_wait_seconds) {
+        return Err(ApiError::invalid(format!(
+            "retry_wait_seconds {retry_wait_seconds}: must be between 0 and 604800 (a week)"
+        )));
+    }
+    let schedule = match input.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => {
+            let schedule = parse_schedule(text)?;
+            if let Rule::After { job } = &schedule.rule {
+                if *job == name {
+                    return Err(ApiError::invalid(format!(
+                        "schedule {text:?}: a job cannot run after itself"
+                    )));
+                }
+                match state.db.find_job_by_name(job).await? {
+                    Some(other) if editing.is_some_and(|e| e.id == other.id) => {
+                        return Err(ApiError::invalid(format!(
+                            "schedule {text:?}: a job cannot run after itself"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(ApiError::invalid(format!(
+                            "schedule {text:?}: there is no job named {job:?}"
+                        )));
+                    }
+                }
+            }
+            Some(schedule.to_string())
+        }
+    };
+    let backup_window = match input.backup_window.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(parse_window(text)?.to_string()),
+    };
+    Ok(JobSpec {
+        name,
+        vm_ids: input.vm_ids,
+        excluded_disk_ids: excluded,
+        repository_id: input.repository_id,
+        block_size,
+        compression,
+        encryption,
+        method,
+        retention_points,
+        schedule,
+        backup_window,
+        retries,
+        retry_wait_seconds,
+        enabled: input.enabled.unwrap_or(true),
+    })
+}
+
+/// Every job.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    responses((status = 200, description = "OK", body = Vec<JobDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn list_jobs(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<JobDto>>> {
+    caller.require(Role::Viewer)?;
+    let mut out = Vec::new();
+    for job in state.db.list_jobs().await? {
+        out.push(job_dto(&state, job).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Creates a job.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobInput,
+    responses(
+        (status = 201, description = "Created", body = JobDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 422, description = "Invalid settings (the message names the field and the problem)", body = ErrorBody),
+    ))]
+pub async fn create_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<JobInput>,
+) -> ApiResult<(StatusCode, Json<JobDto>)> {
+    caller.require_admin()?;
+    let spec = validate(&state, input, None).await?;
+    let job = state.db.create_job(&spec).await?;
+    state.jobs.notify();
+    tracing::info!("{} created job {}", caller.name, job.spec.name);
+    Ok((StatusCode::CREATED, Json(job_dto(&state, job).await?)))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "OK", body = JobDto), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn get_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<JobDto>> {
+    caller.require(Role::Viewer)?;
+    let job = state.db.get_job(id).await?;
+    Ok(Json(job_dto(&state, job).await?))
+}
+
+/// Replaces a job's settings if `version` is still current (the first save wins).
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", request_body = JobUpdate,
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "OK", body = JobDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Someone else saved first (reload and apply the change again), or name taken", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn update_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(update): ApiJson<JobUpdate>,
+) -> ApiResult<Json<JobDto>> {
+    caller.require_admin()?;
+    let current = state.db.get_job(id).await?;
+    let stale = |now: &Job| {
+        ApiError::conflict(format!(
+            "job {} was changed by someone else (now version {}): reload it and apply your change again",
+            now.spec.name, now.version
+        ))
+    };
+    if current.version != update.version {
+        return Err(stale(&current));
+    }
+    let spec = validate(&state, update.job, Some(&current)).await?;
+    let job = match state.db.update_job(id, update.version, &spec).await {
+        Ok(job) => job,
+        Err(cairn_configdb::Error::Conflict { .. }) => {
+            let now = state.db.get_job(id).await?;
+            return Err(stale(&now));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.jobs.notify();
+    tracing::info!(
+        "{} changed job {} (version {})",
+        caller.name,
+        job.spec.name,
+        job.version
+    );
+    Ok(Json(job_dto(&state, job).await?))
+}
+
+/// Deletes a job with its session history (refused while it runs).
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The job is running", body = ErrorBody),
+    ))]
+pub async fn delete_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let job = state.db.get_job(id).await?;
+    if let Some(session) = state.jobs.running_session_of(id) {
+        return Err(ApiError::conflict(format!(
+            "job {} is running (session {session}): stop it first",
+            job.spec.name
+        )));
+    }
+    let followers: Vec<String> = state
+        .db
+        .list_jobs()
+        .await?
+        .into_iter()
+        .filter(|j| {
+            j.spec
+                .schedule
+                .as_deref()
+                .and_then(|s| Schedule::from_str(s).ok())
+                .is_some_and(|s| matches!(&s.rule, Rule::After { job: after } if *after == job.spec.name))
+        })
+        .map(|j| j.spec.name)
+        .collect();
+    if !followers.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "jobs {} run after job {}: change their schedules first",
+            followers.join(", "),
+            job.spec.name
+        )));
+    }
+    state.db.delete_job(id).await?;
+    state.jobs.notify();
+    tracing::info!("{} deleted job {}", caller.name, job.spec.name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_enabled(caller: Caller, state: AppState, id: i64, enabled: bool) -> ApiResult<Json<JobDto>> {
+    caller.require_admin()?;
+    state.db.set_job_enabled(id, enabled).await?;
+    state.jobs.notify();
+    let job = state.db.get_job(id).await?;
+    tracing::info!(
+        "{} {} job {}",
+        caller.name,
+        if enabled { "enabled" } else { "disabled" },
+        job.spec.name
+    );
+    Ok(Json(job_dto(&state, job).await?))
+}
+
+/// Lets the scheduler start the job.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/enable", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "OK", body = JobDto), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn enable_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<JobDto>> {
+    set_enabled(caller, state, id, true).await
+}
+
+/// Keeps the scheduler from starting the job (it can still be run by hand).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/disable", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "OK", body = JobDto), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn disable_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<JobDto>> {
+    set_enabled(caller, state, id, false).await
+}
+
+/// Starts a session of the job now; answers at once with the session id.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Accepted", body = SessionStarted),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Already running", body = ErrorBody),
+        (status = 422, description = "The job cannot run as configured", body = ErrorBody),
+    ))]
+pub async fn run_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
+    caller.require_admin()?;
+    let job = state.db.get_job(id).await?;
+    let session_id = state
+        .jobs
+        .run_job(
+            id,
+            Trigger::Manual {
+                user: caller.name.clone(),
+            },
+        )
+        .await?;
+    tracing::info!("{} started job {} (session {session_id})", caller.name, job.spec.name);
+    Ok((StatusCode::ACCEPTED, Json(SessionStarted { session_id })))
+}
+
+/// Stops the job's running session (tasks stop at the next block; the repository stays as it was).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/stop", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Accepted", body = SessionStarted),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody),
+    ))]
+pub async fn stop_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
+    caller.require_admin()?;
+    let job = state.db.get_job(id).await?;
+    let session_id = state
+        .jobs
+        .running_session_of(id)
+        .ok_or_else(|| ApiError::conflict(format!("job {} is not running", job.spec.name)))?;
+    state.jobs.stop_session(session_id).await?;
+    tracing::info!("{} stopped job {} (session {session_id})", caller.name, job.spec.name);
+    Ok((StatusCode::ACCEPTED, Json(SessionStarted { session_id })))
+}

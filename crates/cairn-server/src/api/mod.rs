@@ -1,0 +1,250 @@
+//! The HTTPS REST API (`/api/v1/…`) and its OpenAPI document (`/api/openapi.json`).
+//!
+//! Every handler has a `#[utoipa::path]` description and is listed in [`ApiDoc`]; the router in
+//! [`router`] and the document list the same routes (a test walks the document and calls every
+//! route). JSON request bodies are limited to 1 MiB; malformed JSON is answered with 400,
+//! invalid values with 422 (see [`error`]).
+//!
+//! Areas, one module each: [`auth`] (login, tokens), [`users`], [`inventory`] (hosts, VMs),
+//! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
+//! (sessions, tasks, task logs), [`restore`].
+
+pub mod auth;
+pub mod error;
+pub mod inventory;
+pub mod jobs;
+pub mod repositories;
+pub mod restore;
+pub mod sessions;
+pub mod users;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::routing::{get, post};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::state::AppState;
+use error::{ApiError, ErrorBody};
+
+/// Largest accepted JSON request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A JSON request body; malformed JSON is a 400 `{"error": …}`, a body that does not fit the
+/// type a 422, a body over [`MAX_BODY_BYTES`] a 413.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// A path parameter; a value that does not parse is a 400 `{"error": …}`.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query parameters; values that do not parse are a 400 `{"error": …}`.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// Server version.
+    pub version: String,
+}
+
+/// Whether the server is up (no token needed).
+#[utoipa::path(get, path = "/api/v1/health", tag = "misc", security(()),
+    responses((status = 200, description = "The server is up", body = Health)))]
+pub async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// The OpenAPI 3.1 document of this API (no token needed).
+#[utoipa::path(get, path = "/api/openapi.json", tag = "misc", security(()),
+    responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}
+
+/// The OpenAPI document (with the server version).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("cairn_<64 hex digits>")
+                    .description(Some(
+                        "A login token (POST /api/v1/auth/login) or an API token (POST /api/v1/tokens).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI description of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cairn backup server API", description = "Manage and run backups of virtual machines: \
+        inventory, repositories, jobs, sessions and restores. Authenticate with `Authorization: Bearer TOKEN`; \
+        errors are `{\"error\": \"…\"}` with the HTTP status."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody)),
+    paths(
+        health, openapi_json,
+        auth::login, auth::logout, auth::whoami, auth::create_token, auth::list_tokens, auth::delete_token,
+        users::list_users, users::create_user, users::update_user, users::delete_user,
+        inventory::list_hosts, inventory::add_host, inventory::rescan_host, inventory::delete_host,
+        inventory::list_vms, inventory::get_vm,
+        repositories::list_repositories, repositories::create_repository, repositories::update_repository,
+        repositories::delete_repository, repositories::list_points,
+        repositories::list_proxies, repositories::update_proxy,
+        repositories::get_settings, repositories::update_settings,
+        jobs::list_jobs, jobs::create_job, jobs::get_job, jobs::update_job, jobs::delete_job,
+        jobs::enable_job, jobs::disable_job, jobs::run_job, jobs::stop_job,
+        sessions::list_sessions, sessions::get_session, sessions::task_log, sessions::stop_session,
+        restore::restore,
+    ),
+    tags(
+        (name = "auth", description = "Login, logout and API tokens"),
+        (name = "users", description = "Users and roles (administrator)"),
+        (name = "inventory", description = "Hosts and the VMs and disks found on them"),
+        (name = "repositories", description = "Repositories, restore points, proxies and settings"),
+        (name = "jobs", description = "Backup jobs"),
+        (name = "sessions", description = "Job runs, their tasks and logs"),
+        (name = "restore", description = "Restores"),
+        (name = "misc", description = "Health and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The API router with `state`: every route of the contract, a JSON 404 for unknown paths and a
+/// 1 MiB body limit.
+pub fn router(state: AppState) -> Router {
+    use axum::routing::{delete, patch};
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/whoami", get(auth::whoami))
+        .route("/api/v1/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/api/v1/tokens/{id}", delete(auth::delete_token))
+        .route("/api/v1/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/api/v1/users/{id}",
+            patch(users::update_user).delete(users::delete_user),
+        )
+        .route("/api/v1/hosts", get(inventory::list_hosts).post(inventory::add_host))
+        .route("/api/v1/hosts/{id}", delete(inventory::delete_host))
+        .route("/api/v1/hosts/{id}/rescan", post(inventory::rescan_host))
+        .route("/api/v1/vms", get(inventory::list_vms))
+        .route("/api/v1/vms/{id}", get(inventory::get_vm))
+        .route(
+            "/api/v1/repositories",
+            get(repositories::list_repositories).post(repositories::create_repository),
+        )
+        .route(
+            "/api/v1/repositories/{id}",
+            patch(repositories::update_repository).delete(repositories::delete_repository),
+        )
+        .route("/api/v1/repositories/{id}/points", get(repositories::list_points))
+        .route("/api/v1/proxies", get(repositories::list_proxies))
+        .route("/api/v1/proxies/{id}", patch(repositories::update_proxy))
+        .route(
+            "/api/v1/settings",
+            get(repositories::get_settings).patch(repositories::update_settings),
+        )
+        .route("/api/v1/jobs", get(jobs::list_jobs).post(jobs::create_job))
+        .route(
+            "/api/v1/jobs/{id}",
+            get(jobs::get_job).put(jobs::update_job).delete(jobs::delete_job),
+        )
+        .route("/api/v1/jobs/{id}/enable", post(jobs::enable_job))
+        .route("/api/v1/jobs/{id}/disable", post(jobs::disable_job))
+        .route("/api/v1/jobs/{id}/run", post(jobs::run_job))
+        .route("/api/v1/jobs/{id}/stop", post(jobs::stop_job))
+        .route("/api/v1/sessions", get(sessions::list_sessions))
+        .route("/api/v1/sessions/{id}", get(sessions::get_session))
+        .route("/api/v1/sessions/{id}/stop", post(sessions::stop_session))
+        .route("/api/v1/tasks/{id}/log", get(sessions::task_log))
+        .route("/api/v1/restores", post(restore::restore))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serde helper: tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub(crate) fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_response_and_marks_open_routes() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                operations += 1;
+                let open = matches!(
+                    (method.as_str(), path.as_str()),
+                    ("get", "/api/v1/health") | ("get", "/api/openapi.json") | ("post", "/api/v1/auth/login")
+                );
+                if open {
+                    assert_eq!(op["security"], serde_json::json!([{}]), "{method} {path}");
+                } else {
+                    assert!(
+                        op.get("security").is_none(),
+                        "{method} {path} must need the bearer token"
+                    );
+                }
+                for (code, response) in op["responses"].as_object().unwrap() {
+                    assert!(
+                        response["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{method} {path} {code} has no description"
+                    );
+                }
+                assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
+            }
+        }
+        assert_eq!(operations, 41);
+    }
+}

@@ -1,0 +1,763 @@
+//! Repositories, their restore points, proxies and global settings.
+//!
+//! Creating, changing and removing repositories and proxies keeps the resource scheduler in step
+//! at once: a new limit applies to the next task that starts (running tasks are never stopped).
+
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use cairn_configdb::{NewRepository, Proxy, Repository, Role, SETTING_PARALLEL_PROCESSING};
+use cairn_repo::{Encryption, RepoError};
+use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{ApiJson, ApiPath, ApiQuery, double_option};
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// The resource-scheduler id of repository `id` (its database id as text).
+pub fn repository_resource(id: i64) -> RepositoryId {
+    RepositoryId::new(id.to_string())
+}
+
+/// The resource-scheduler id of proxy `id` (its database id as text).
+pub fn proxy_resource(id: i64) -> ProxyId {
+    ProxyId::new(id.to_string())
+}
+
+/// What the resource scheduler enforces for `repo`: its task maximum and its write limit (the
+/// scheduler has one rate per direction; backups write, so the write limit is the one given).
+pub fn repository_limits(repo: &Repository) -> RepositoryLimits {
+    RepositoryLimits {
+        max_tasks: usize::try_from(repo.settings.max_tasks).unwrap_or(1).max(1),
+        rate_limit: repo
+            .settings
+            .write_limit_bytes
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0),
+    }
+}
+
+/// Tells the resource scheduler about `repo` (added or changed).
+pub fn register_repository(state_resources: &cairn_resources::ResourceScheduler, repo: &Repository) -> ApiResult<()> {
+    state_resources
+        .set_repository(repository_resource(repo.id), repository_limits(repo))
+        .map_err(|e| ApiError::invalid(format!("repository {}: {e}", repo.settings.name)))
+}
+
+/// Tells the resource scheduler about `proxy` (added or changed).
+pub fn register_proxy(state_resources: &cairn_resources::ResourceScheduler, proxy: &Proxy) -> ApiResult<()> {
+    let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
+    state_resources
+        .set_proxy(proxy_resource(proxy.id), max)
+        .map_err(|e| ApiError::invalid(format!("proxy {}: {e}", proxy.settings.name)))
+}
+
+/// A repository.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RepositoryDto {
+    /// Repository id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Folder on the server's machine.
+    pub path: String,
+    /// Whether jobs use it when they name none.
+    pub is_default: bool,
+    /// Maximum concurrent tasks.
+    pub max_tasks: i64,
+    /// Read rate limit in bytes/s shared by its tasks; null unlimited.
+    pub read_limit_bytes: Option<i64>,
+    /// Write rate limit in bytes/s shared by its tasks; null unlimited.
+    pub write_limit_bytes: Option<i64>,
+    /// Whether its backups are encrypted.
+    pub encrypted: bool,
+    /// When it was added.
+    pub created_at: Timestamp,
+    /// Free space of its volume in bytes (absent when the folder cannot be reached).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub free_bytes: Option<u64>,
+    /// Where the server keeps its password (only in the answer to a create of an encrypted
+    /// repository): keep a copy somewhere safe.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub password_file: Option<String>,
+}
+
+/// `POST /api/v1/repositories` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateRepository {
+    /// Unique name.
+    pub name: String,
+    /// Folder (absolute path on the server's machine): absent or empty to create a repository,
+    /// or holding a cairn repository to adopt it.
+    pub path: String,
+    /// `aes-256-gcm` (default) or `none`; ignored when adopting.
+    #[serde(default)]
+    #[schema(example = "aes-256-gcm")]
+    pub encryption: Option<String>,
+    /// Password of an encrypted repository; generated when absent (kept in the server's
+    /// secrets folder). Required to adopt an existing encrypted repository.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Maximum concurrent tasks (default: the number of CPU cores).
+    #[serde(default)]
+    pub max_tasks: Option<i64>,
+    /// Read rate limit in bytes/s; 0 or absent is unlimited.
+    #[serde(default)]
+    pub read_limit_bytes: Option<i64>,
+    /// Write rate limit in bytes/s; 0 or absent is unlimited.
+    #[serde(default)]
+    pub write_limit_bytes: Option<i64>,
+}
+
+/// `PATCH /api/v1/repositories/{id}` body; absent fields stay, 0 or null limits are unlimited.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateRepository {
+    /// Maximum concurrent tasks (≥ 1).
+    #[serde(default)]
+    pub max_tasks: Option<i64>,
+    /// Read rate limit in bytes/s; 0 or null is unlimited.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub read_limit_bytes: Option<Option<i64>>,
+    /// Write rate limit in bytes/s; 0 or null is unlimited.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub write_limit_bytes: Option<Option<i64>>,
+}
+
+/// A proxy (data mover) with its load.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProxyDto {
+    /// Proxy id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Address of its agent; null is the backup server itself.
+    pub address: Option<String>,
+    /// Maximum concurrent tasks.
+    pub max_tasks: i64,
+    /// Tasks running on it now.
+    pub running_tasks: u64,
+    /// When it was added.
+    pub created_at: Timestamp,
+}
+
+/// `PATCH /api/v1/proxies/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateProxy {
+    /// Maximum concurrent tasks (≥ 1).
+    pub max_tasks: i64,
+}
+
+/// Global settings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SettingsDto {
+    /// Whether the disks and VMs of a job are processed in parallel.
+    pub parallel_processing: bool,
+    /// Time zone of schedules that name none.
+    pub time_zone: String,
+}
+
+/// `PATCH /api/v1/settings` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateSettings {
+    /// Parallel processing on or off.
+    #[serde(default)]
+    pub parallel_processing: Option<bool>,
+}
+
+/// `GET /api/v1/repositories/{id}/points` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PointsQuery {
+    /// Only this VM's restore points.
+    pub vm: Option<String>,
+}
+
+/// The restore points of one VM.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VmPoints {
+    /// VM name.
+    pub vm: String,
+    /// Its restore points, oldest first.
+    pub points: Vec<PointDto>,
+}
+
+/// One restore point.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PointDto {
+    /// Point id (hex; a unique prefix also selects it).
+    pub id: String,
+    /// When the backup was taken (RFC 3339).
+    pub time: String,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// Its disks.
+    pub disks: Vec<PointDisk>,
+    /// Statistics of the backup that made it.
+    #[schema(value_type = Object)]
+    pub stats: serde_json::Value,
+}
+
+/// One disk of a restore point.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PointDisk {
+    /// Disk number within the VM.
+    pub disk: u32,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Non-zero blocks the point holds.
+    pub blocks: u64,
+}
+
+/// A repository error as an API error.
+pub(crate) fn repo_error(e: RepoError) -> ApiError {
+    match e {
+        RepoError::NoSuchVm { .. } | RepoError::NoSuchPoint { .. } | RepoError::NoSuchDisk { .. } => {
+            ApiError::not_found(e.to_string())
+        }
+        RepoError::Invalid(_) => ApiError::invalid(e.to_string()),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// Opens repository `repo` with its stored password (on a blocking thread).
+pub(crate) async fn open_repository(state: &AppState, repo: &Repository) -> ApiResult<cairn_repo::Repository> {
+    let password = state.secrets.repository_password(repo.id).map_err(|e| {
+        ApiError::internal(
+            format!("cannot read the password of repository {}", repo.settings.name),
+            e,
+        )
+    })?;
+    let path = PathBuf::from(&repo.settings.path);
+    let name = repo.settings.name.clone();
+    let secret = state.secrets.repository_password_path(repo.id);
+    tokio::task::spawn_blocking(move || cairn_repo::Repository::open(&path, password.as_deref()))
+        .await?
+        .map_err(|e| match e {
+            RepoError::PasswordRequired { .. } | RepoError::WrongPassword { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "repository {name}: the password in {} is missing or does not open it",
+                    secret.display()
+                ),
+            ),
+            other => {
+                let mut err = repo_error(other);
+                err.message = format!("repository {name}: {}", err.message);
+                err
+            }
+        })
+}
+
+/// Whether the repository in `path` is encrypted (from its config file; `None` if unreadable).
+fn read_encrypted(path: &Path) -> Option<bool> {
+    let config = path.join(cairn_repo::repository::CONFIG_FILE);
+    let bytes = std::fs::read(&config).ok()?;
+    let config = cairn_repo::config::Config::decode(&bytes, &config).ok()?;
+    Some(config.encryption != Encryption::None)
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The API form of `repo`, looking at its folder (blocking).
+fn repository_dto(state: &AppState, repo: Repository) -> RepositoryDto {
+    let path = Path::new(&repo.settings.path);
+    let encrypted =
+        read_encrypted(path).unwrap_or_else(|| state.secrets.repository_password(repo.id).ok().flatten().is_some());
+    RepositoryDto {
+        id: repo.id,
+        free_bytes: free_bytes(path),
+        name: repo.settings.name,
+        path: repo.settings.path,
+        is_default: repo.settings.is_default,
+        max_tasks: repo.settings.max_tasks,
+        read_limit_bytes: repo.settings.read_limit_bytes,
+        write_limit_bytes: repo.settings.write_limit_bytes,
+        encrypted,
+        created_at: repo.created_at,
+        password_file: None,
+    }
+}
+
+async fn repository_dtos(state: &AppState, repos: Vec<Repository>) -> ApiResult<Vec<RepositoryDto>> {
+    let state = state.clone();
+    Ok(tokio::task::spawn_blocking(move || repos.into_iter().map(|r| repository_dto(&state, r)).collect()).await?)
+}
+
+/// A rate limit from the API: 0 or null is unlimited; negative is refused.
+fn limit(field: &str, value: Option<i64>) -> ApiResult<Option<i64>> {
+    match value {
+        None | Some(0) => Ok(None),
+        Some(v) if v > 0 => Ok(Some(v)),
+        Some(v) => Err(ApiError::invalid(format!(
+            "{field} {v}: must be a number of bytes per second (0 or null for no limit)"
+        ))),
+    }
+}
+
+fn check_max_tasks(value: i64) -> ApiResult<i64> {
+    if (1..=1024).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(format!(
+            "max_tasks {value}: must be between 1 and 1024"
+        )))
+    }
+}
+
+/// Every repository.
+#[utoipa::path(get, path = "/api/v1/repositories", tag = "repositories",
+    responses((status = 200, description = "OK", body = Vec<RepositoryDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn list_repositories(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<RepositoryDto>>> {
+    caller.require(Role::Viewer)?;
+    let repos = state.db.list_repositories().await?;
+    Ok(Json(repository_dtos(&state, repos).await?))
+}
+
+/// What creating a repository did on disk.
+struct Made {
+    encrypted: bool,
+    password: Option<String>,
+    /// The folder existed before (so only our files are removed on failure).
+    existed: bool,
+    /// The repository was initialised (not adopted).
+    created: bool,
+}
+
+/// Initialises or adopts the repository folder (blocking).
+fn make_repository(path: &Path, encryption: Encryption, password: Option<String>) -> ApiResult<Made> {
+    let existed = path.exists();
+    if path.join(cairn_repo::repository::CONFIG_FILE).exists() {
+        let encrypted = read_encrypted(path)
+            .ok_or_else(|| ApiError::invalid(format!("{}: the repository config cannot be read", path.display())))?;
+        if encrypted && password.is_none() {
+            return Err(ApiError::invalid(format!(
+                "{} holds an encrypted cairn repository: give its password to adopt it",
+                path.display()
+            )));
+        }
+        let password = if encrypted { password } else { None };
+        cairn_repo::Repository::open(path, password.as_deref().map(str::as_bytes)).map_err(|e| match e {
+            RepoError::WrongPassword { .. } => ApiError::invalid(format!(
+                "{}: wrong password for the existing repository",
+                path.display()
+            )),
+            other => repo_error(other),
+        })?;
+        return Ok(Made {
+            encrypted,
+            password,
+            existed,
+            created: false,
+        });
+    }
+    let password = match encryption {
+        Encryption::None => None,
+        Encryption::Aes256Gcm => Some(password.unwrap_or_else(crate::secrets::generate_password)),
+    };
+    cairn_repo::Repository::init(path, encryption, password.as_deref().map(str::as_bytes), None).map_err(
+        |e| match e {
+            RepoError::AlreadyExists { .. } => ApiError::conflict(format!(
+                "{} is not empty and holds no cairn repository: choose an empty or new folder",
+                path.display()
+            )),
+            other => repo_error(other),
+        },
+    )?;
+    Ok(Made {
+        encrypted: encryption != Encryption::None,
+        password,
+        existed,
+        created: true,
+    })
+}
+
+/// Removes what [`make_repository`] created.
+fn unmake_repository(path: &Path, made: &Made) {
+    if !made.created {
+        return;
+    }
+    let _ = std::fs::remove_file(path.join(cairn_repo::repository::CONFIG_FILE));
+    let _ = std::fs::remove_dir_all(path.join(cairn_repo::repository::CHAINS_DIR));
+    if !made.existed {
+        let _ = std::fs::remove_dir(path);
+    }
+}
+
+/// Creates a repository in a new or empty folder, or adopts an existing cairn repository.
+#[utoipa::path(post, path = "/api/v1/repositories", tag = "repositories", request_body = CreateRepository,
+    responses(
+        (status = 201, description = "Created", body = RepositoryDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 409, description = "Name or folder taken, folder not empty", body = ErrorBody),
+        (status = 422, description = "Bad value, wrong password of an existing repository", body = ErrorBody),
+    ))]
+pub async fn create_repository(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateRepository>,
+) -> ApiResult<(StatusCode, Json<RepositoryDto>)> {
+    caller.require_admin()?;
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "repository name {:?}: use 1 to 64 characters",
+            req.name
+        )));
+    }
+    let path = PathBuf::from(&req.path);
+    if !path.is_absolute() {
+        return Err(ApiError::invalid(format!(
+            "path {:?}: give an absolute path on the server's machine",
+            req.path
+        )));
+    }
+    let encryption: Encryption = match &req.encryption {
+        None => Encryption::Aes256Gcm,
+        Some(text) => text.parse().map_err(ApiError::invalid)?,
+    };
+    if encryption == Encryption::None && req.password.is_some() {
+        return Err(ApiError::invalid(
+            "password: an unencrypted repository takes no password",
+        ));
+    }
+    let max_tasks = check_max_tasks(
+        req.max_tasks
+            .unwrap_or_else(|| i64::try_from(cairn_resources::default_max_tasks()).unwrap_or(1)),
+    )?;
+    let read_limit = limit("read_limit_bytes", req.read_limit_bytes)?;
+    let write_limit = limit("write_limit_bytes", req.write_limit_bytes)?;
+    let existing = state.db.list_repositories().await?;
+    if existing.iter().any(|r| r.settings.name == name) {
+        return Err(ApiError::conflict(format!("repository {name:?} already exists")));
+    }
+    if let Some(same) = existing.iter().find(|r| Path::new(&r.settings.path) == path) {
+        return Err(ApiError::conflict(format!(
+            "{} is already repository {}",
+            path.display(),
+            same.settings.name
+        )));
+    }
+
+    let (dir, password) = (path.clone(), req.password.clone());
+    let made = tokio::task::spawn_blocking(move || make_repository(&dir, encryption, password)).await??;
+    let row = state
+        .db
+        .create_repository(&NewRepository {
+            name,
+            path: path.to_string_lossy().into_owned(),
+            is_default: existing.is_empty(),
+            max_tasks,
+            read_limit_bytes: read_limit,
+            write_limit_bytes: write_limit,
+        })
+        .await;
+    let repo = match row {
+        Ok(repo) => repo,
+        Err(e) => {
+            unmake_repository(&path, &made);
+            return Err(e.into());
+        }
+    };
+    let mut password_file = None;
+    if let Some(password) = &made.password {
+        if let Err(e) = state.secrets.set_repository_password(repo.id, password.as_bytes()) {
+            let _ = state.db.delete_repository(repo.id).await;
+            unmake_repository(&path, &made);
+            return Err(ApiError::internal(
+                format!("cannot store the password of repository {}", repo.settings.name),
+                e,
+            ));
+        }
+        password_file = Some(
+            state
+                .secrets
+                .repository_password_path(repo.id)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    register_repository(&state.resources, &repo)?;
+    tracing::info!(
+        "{} {} repository {} at {} ({})",
+        caller.name,
+        if made.created { "created" } else { "adopted" },
+        repo.settings.name,
+        repo.settings.path,
+        if made.encrypted { "encrypted" } else { "not encrypted" }
+    );
+    let mut dto = repository_dtos(&state, vec![repo]).await?.remove(0);
+    dto.password_file = password_file;
+    Ok((StatusCode::CREATED, Json(dto)))
+}
+
+/// Changes a repository's task maximum and rate limits; applied to the resource scheduler at once.
+#[utoipa::path(patch, path = "/api/v1/repositories/{id}", tag = "repositories", request_body = UpdateRepository,
+    params(("id" = i64, Path, description = "Repository id")),
+    responses(
+        (status = 200, description = "OK", body = RepositoryDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn update_repository(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<UpdateRepository>,
+) -> ApiResult<Json<RepositoryDto>> {
+    caller.require_admin()?;
+    let repo = state.db.get_repository(id).await?;
+    let mut settings = repo.settings.clone();
+    if let Some(max) = req.max_tasks {
+        settings.max_tasks = check_max_tasks(max)?;
+    }
+    if let Some(read) = req.read_limit_bytes {
+        settings.read_limit_bytes = limit("read_limit_bytes", read)?;
+    }
+    if let Some(write) = req.write_limit_bytes {
+        settings.write_limit_bytes = limit("write_limit_bytes", write)?;
+    }
+    let repo = state.db.update_repository(id, &settings).await?;
+    register_repository(&state.resources, &repo)?;
+    tracing::info!(
+        "{} changed repository {}: max_tasks {}, read limit {:?}, write limit {:?}",
+        caller.name,
+        repo.settings.name,
+        repo.settings.max_tasks,
+        repo.settings.read_limit_bytes,
+        repo.settings.write_limit_bytes
+    );
+    Ok(Json(repository_dtos(&state, vec![repo]).await?.remove(0)))
+}
+
+/// Removes a repository from the server; its files stay on disk, and its password is kept in
+/// the secrets folder as `repository-ID-removed-TIME.password` so they stay restorable.
+#[utoipa::path(delete, path = "/api/v1/repositories/{id}", tag = "repositories",
+    params(("id" = i64, Path, description = "Repository id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "A job uses it", body = ErrorBody),
+    ))]
+pub async fn delete_repository(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let repo = state.db.get_repository(id).await?;
+    let users: Vec<String> = state
+        .db
+        .list_jobs()
+        .await?
+        .into_iter()
+        .filter(|j| j.spec.repository_id == id)
+        .map(|j| j.spec.name)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "repository {} is used by jobs {}: point them elsewhere first",
+            repo.settings.name,
+            users.join(", ")
+        )));
+    }
+    state.db.delete_repository(id).await?;
+    state.resources.remove_repository(&repository_resource(id));
+    // Database ids may be reused: move the password aside instead of leaving it under the id.
+    let current = state.secrets.repository_password_path(id);
+    if current.exists() {
+        let stamp = Timestamp::now().as_second();
+        let kept = current.with_file_name(format!("repository-{id}-removed-{stamp}.password"));
+        if let Err(e) = std::fs::rename(&current, &kept) {
+            tracing::warn!("keeping the password of removed repository {id}: {e}");
+        }
+    }
+    tracing::info!(
+        "{} removed repository {} (files stay in {})",
+        caller.name,
+        repo.settings.name,
+        repo.settings.path
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The restore points in a repository, read from the repository itself.
+#[utoipa::path(get, path = "/api/v1/repositories/{id}/points", tag = "repositories",
+    params(("id" = i64, Path, description = "Repository id"), PointsQuery),
+    responses(
+        (status = 200, description = "OK", body = Vec<VmPoints>),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 404, description = "No such repository or VM", body = ErrorBody),
+    ))]
+pub async fn list_points(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<PointsQuery>,
+) -> ApiResult<Json<Vec<VmPoints>>> {
+    caller.require(Role::Viewer)?;
+    let row = state.db.get_repository(id).await?;
+    let repo = open_repository(&state, &row).await?;
+    let chains = tokio::task::spawn_blocking(move || -> Result<Vec<cairn_repo::ChainMeta>, RepoError> {
+        match q.vm {
+            Some(vm) => Ok(vec![repo.chain(&vm)?.meta().clone()]),
+            None => Ok(repo
+                .list()?
+                .into_iter()
+                .filter_map(|chain| match chain {
+                    Ok(meta) => Some(meta),
+                    Err(e) => {
+                        tracing::warn!("listing restore points: {e}");
+                        None
+                    }
+                })
+                .collect()),
+        }
+    })
+    .await?
+    .map_err(repo_error)?;
+    Ok(Json(
+        chains
+            .into_iter()
+            .map(|meta| VmPoints {
+                vm: meta.vm,
+                points: meta
+                    .points
+                    .into_iter()
+                    .map(|p| PointDto {
+                        id: p.id,
+                        time: p.time,
+                        kind: match p.kind {
+                            cairn_repo::PointKind::Full => "full".into(),
+                            cairn_repo::PointKind::Incremental => "incremental".into(),
+                        },
+                        disks: p
+                            .disks
+                            .iter()
+                            .map(|d| PointDisk {
+                                disk: d.disk,
+                                virtual_size: d.virtual_size,
+                                blocks: d.blocks,
+                            })
+                            .collect(),
+                        stats: serde_json::to_value(&p.stats).unwrap_or(serde_json::Value::Null),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
+}
+
+fn proxy_dto(state: &AppState, p: Proxy) -> ProxyDto {
+    let running = state
+        .resources
+        .proxy_load(&proxy_resource(p.id))
+        .map_or(0, |l| l.running as u64);
+    ProxyDto {
+        id: p.id,
+        name: p.settings.name,
+        address: p.settings.address,
+        max_tasks: p.settings.max_tasks,
+        running_tasks: running,
+        created_at: p.created_at,
+    }
+}
+
+/// Every proxy with the tasks running on it.
+#[utoipa::path(get, path = "/api/v1/proxies", tag = "repositories",
+    responses((status = 200, description = "OK", body = Vec<ProxyDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn list_proxies(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<ProxyDto>>> {
+    caller.require(Role::Viewer)?;
+    let proxies = state.db.list_proxies().await?;
+    Ok(Json(proxies.into_iter().map(|p| proxy_dto(&state, p)).collect()))
+}
+
+/// Changes a proxy's task maximum; applied to the resource scheduler at once.
+#[utoipa::path(patch, path = "/api/v1/proxies/{id}", tag = "repositories", request_body = UpdateProxy,
+    params(("id" = i64, Path, description = "Proxy id")),
+    responses(
+        (status = 200, description = "OK", body = ProxyDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn update_proxy(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<UpdateProxy>,
+) -> ApiResult<Json<ProxyDto>> {
+    caller.require_admin()?;
+    let proxy = state.db.get_proxy(id).await?;
+    let mut settings = proxy.settings.clone();
+    settings.max_tasks = check_max_tasks(req.max_tasks)?;
+    let proxy = state.db.update_proxy(id, &settings).await?;
+    register_proxy(&state.resources, &proxy)?;
+    tracing::info!(
+        "{} set proxy {} to {} tasks",
+        caller.name,
+        proxy.settings.name,
+        proxy.settings.max_tasks
+    );
+    Ok(Json(proxy_dto(&state, proxy)))
+}
+
+/// Whether parallel processing is on (stored setting; default on).
+pub async fn parallel_processing(db: &cairn_configdb::ConfigDb) -> cairn_configdb::Result<bool> {
+    Ok(db
+        .get_setting(SETTING_PARALLEL_PROCESSING)
+        .await?
+        .is_none_or(|v| v != "false"))
+}
+
+fn settings_dto(state: &AppState, parallel: bool) -> SettingsDto {
+    SettingsDto {
+        parallel_processing: parallel,
+        time_zone: state.time_zone.iana_name().unwrap_or("system").to_owned(),
+    }
+}
+
+/// Global settings.
+#[utoipa::path(get, path = "/api/v1/settings", tag = "repositories",
+    responses((status = 200, description = "OK", body = SettingsDto), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn get_settings(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<SettingsDto>> {
+    caller.require(Role::Viewer)?;
+    let parallel = parallel_processing(&state.db).await?;
+    Ok(Json(settings_dto(&state, parallel)))
+}
+
+/// Changes global settings (parallel processing applies to tasks that start from now on).
+#[utoipa::path(patch, path = "/api/v1/settings", tag = "repositories", request_body = UpdateSettings,
+    responses(
+        (status = 200, description = "OK", body = SettingsDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
+    ))]
+pub async fn update_settings(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<UpdateSettings>,
+) -> ApiResult<Json<SettingsDto>> {
+    caller.require_admin()?;
+    if let Some(on) = req.parallel_processing {
+        state
+            .db
+            .set_setting(SETTING_PARALLEL_PROCESSING, if on { "true" } else { "false" })
+            .await?;
+        state.resources.set_parallel_processing(on);
+        tracing::info!(
+            "{} turned parallel processing {}",
+            caller.name,
+            if on { "on" } else { "off" }
+        );
+    }
+    let parallel = parallel_processing(&state.db).await?;
+    Ok(Json(settings_dto(&state, parallel)))
+}

@@ -1,0 +1,171 @@
+//! Restores of one disk of a restore point to an image file on the server's machine.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use axum::Json;
+use axum::extract::State;
+use cairn_configdb::Role;
+use cairn_disk::Format;
+use cairn_engine::{RestoreStats, RestoreTarget};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ApiJson;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::repositories::{open_repository, repo_error};
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// `POST /api/v1/restores` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RestoreRequest {
+    /// Repository holding the backup.
+    pub repository_id: i64,
+    /// VM name as backed up.
+    pub vm: String,
+    /// `latest` (default), a restore point id, or a unique prefix of one.
+    #[serde(default = "latest", deserialize_with = "string_or_number")]
+    #[schema(value_type = String, example = "latest")]
+    pub point: String,
+    /// Disk number within the VM (0 is the first).
+    #[serde(default)]
+    pub disk: u32,
+    /// The image file to write (absolute path on the server's machine; must not exist).
+    pub target_path: String,
+    /// Image format: raw (default), qcow2, vhdx or vhd.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Logical sector size of the new image (512 or 4096; default: the source's).
+    #[serde(default)]
+    pub sector_size: Option<u32>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "point: expected \"latest\" or a point id, found {other}"
+        ))),
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RestoreResult {
+    /// VM name.
+    pub vm: String,
+    /// The restore point id.
+    pub point: String,
+    /// Disk number.
+    pub disk: u32,
+    /// Virtual size of the disk in bytes.
+    pub virtual_size: u64,
+    /// Blocks read from the repository.
+    pub blocks: u64,
+    /// Bytes written (the rest are holes).
+    pub written_bytes: u64,
+    /// Image format written.
+    pub format: String,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+}
+
+impl From<RestoreStats> for RestoreResult {
+    fn from(s: RestoreStats) -> RestoreResult {
+        RestoreResult {
+            vm: s.vm,
+            point: s.point,
+            disk: s.disk,
+            virtual_size: s.virtual_size,
+            blocks: s.blocks,
+            written_bytes: s.written_bytes,
+            format: s.format.name().into(),
+            duration_secs: s.duration_secs,
+        }
+    }
+}
+
+/// Restores one disk of a restore point to a new image file on the server's machine; answers
+/// when the file is complete.
+#[utoipa::path(post, path = "/api/v1/restores", tag = "restore", request_body = RestoreRequest,
+    responses(
+        (status = 200, description = "OK", body = RestoreResult),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
+        (status = 404, description = "No such repository, VM, point or disk", body = ErrorBody),
+        (status = 409, description = "The target file exists", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn restore(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RestoreRequest>,
+) -> ApiResult<Json<RestoreResult>> {
+    caller.require(Role::RestoreOperator)?;
+    let format = match req.format.as_deref() {
+        None | Some("") => Format::Raw,
+        Some(text) => Format::from_str(text).map_err(ApiError::invalid)?,
+    };
+    if let Some(sector) = req.sector_size
+        && ![512, 4096].contains(&sector)
+    {
+        return Err(ApiError::invalid(format!("sector_size {sector}: use 512 or 4096")));
+    }
+    let target = PathBuf::from(&req.target_path);
+    if !target.is_absolute() {
+        return Err(ApiError::invalid(format!(
+            "target_path {:?}: give an absolute path on the server's machine",
+            req.target_path
+        )));
+    }
+    if target.symlink_metadata().is_ok() {
+        return Err(ApiError::conflict(format!(
+            "{} already exists: restores never overwrite a file",
+            target.display()
+        )));
+    }
+    match target.parent() {
+        Some(dir) if dir.is_dir() => {}
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "{}: its folder does not exist",
+                target.display()
+            )));
+        }
+    }
+    let row = state.db.get_repository(req.repository_id).await?;
+    let repo = open_repository(&state, &row).await?;
+    tracing::info!(
+        "{} restores VM {} point {} disk {} from repository {} to {}",
+        caller.name,
+        req.vm,
+        req.point,
+        req.disk,
+        row.settings.name,
+        target.display()
+    );
+    let options = RestoreTarget {
+        format,
+        logical_sector: req.sector_size,
+        block_size: None,
+    };
+    let (vm, point, disk) = (req.vm.clone(), req.point.clone(), req.disk);
+    let stats = tokio::task::spawn_blocking(move || {
+        cairn_engine::restore(&repo, &vm, &point, disk, &target, &options, &|_| {})
+    })
+    .await?
+    .map_err(|e| match e {
+        cairn_engine::EngineError::Repo(r) => repo_error(r),
+        other => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("restore failed: {other}"),
+        ),
+    })?;
+    Ok(Json(stats.into()))
+}

@@ -1,0 +1,230 @@
+//! Users and their roles (administrator only).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use cairn_configdb::{Role, User};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{ApiJson, ApiPath};
+use crate::auth::{Caller, hash_password_async};
+use crate::state::AppState;
+
+/// Shortest accepted password.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleName {
+    /// Everything, including users and configuration.
+    Administrator,
+    /// Reading everything and restores.
+    RestoreOperator,
+    /// Reading only.
+    Viewer,
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> RoleName {
+        match r {
+            Role::Administrator => RoleName::Administrator,
+            Role::RestoreOperator => RoleName::RestoreOperator,
+            Role::Viewer => RoleName::Viewer,
+        }
+    }
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Administrator => Role::Administrator,
+            RoleName::RestoreOperator => Role::RestoreOperator,
+            RoleName::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// A user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserDto {
+    /// User id.
+    pub id: i64,
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: RoleName,
+    /// When the user was created.
+    pub created_at: Timestamp,
+}
+
+impl From<User> for UserDto {
+    fn from(u: User) -> UserDto {
+        UserDto {
+            id: u.id,
+            name: u.name,
+            role: u.role.into(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// `POST /api/v1/users` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateUser {
+    /// Login name: 1–64 letters, digits, `.`, `_`, `-`, `@`.
+    pub name: String,
+    /// Password (at least 8 characters).
+    pub password: String,
+    /// Role.
+    pub role: RoleName,
+}
+
+/// `PATCH /api/v1/users/{id}` body; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateUser {
+    /// New password (at least 8 characters).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// New role.
+    #[serde(default)]
+    pub role: Option<RoleName>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "user name {name:?}: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        )))
+    }
+}
+
+fn check_password(password: &str) -> ApiResult<()> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(ApiError::invalid(format!(
+            "password: at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a change that would leave the server without an administrator.
+async fn keep_an_administrator(state: &AppState, user: &User, what: &str) -> ApiResult<()> {
+    if user.role != Role::Administrator {
+        return Ok(());
+    }
+    let admins = state
+        .db
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::Administrator)
+        .count();
+    if admins <= 1 {
+        return Err(ApiError::conflict(format!(
+            "{what} user {}: it is the last administrator",
+            user.name
+        )));
+    }
+    Ok(())
+}
+
+/// Every user.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    responses((status = 200, description = "OK", body = Vec<UserDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody)))]
+pub async fn list_users(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<UserDto>>> {
+    caller.require_admin()?;
+    Ok(Json(
+        state.db.list_users().await?.into_iter().map(UserDto::from).collect(),
+    ))
+}
+
+/// Creates a user.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 422, description = "Bad name or password", body = ErrorBody),
+    ))]
+pub async fn create_user(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserDto>)> {
+    caller.require_admin()?;
+    check_name(&req.name)?;
+    check_password(&req.password)?;
+    let hash = hash_password_async(&req.password).await?;
+    let user = state.db.create_user(&req.name, &hash, req.role.into()).await?;
+    tracing::info!("{} created user {} ({})", caller.name, user.name, user.role);
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// Changes a user's password and/or role.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UpdateUser,
+    params(("id" = i64, Path, description = "User id")),
+    responses(
+        (status = 200, description = "OK", body = UserDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Would demote the last administrator", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn update_user(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserDto>> {
+    caller.require_admin()?;
+    let user = state.db.get_user(id).await?;
+    if let Some(password) = &req.password {
+        check_password(password)?;
+    }
+    let role = req.role.map(Role::from);
+    if let Some(role) = role
+        && role != Role::Administrator
+    {
+        keep_an_administrator(&state, &user, "cannot demote").await?;
+    }
+    if let Some(password) = &req.password {
+        let hash = hash_password_async(password).await?;
+        state.db.set_user_password_hash(id, &hash).await?;
+    }
+    if let Some(role) = role {
+        state.db.set_user_role(id, role).await?;
+    }
+    tracing::info!("{} changed user {}", caller.name, user.name);
+    Ok(Json(state.db.get_user(id).await?.into()))
+}
+
+/// Deletes a user and their tokens.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = i64, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The last administrator", body = ErrorBody),
+    ))]
+pub async fn delete_user(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let user = state.db.get_user(id).await?;
+    keep_an_administrator(&state, &user, "cannot delete").await?;
+    state.db.delete_user(id).await?;
+    tracing::info!("{} deleted user {}", caller.name, user.name);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,32 @@
+//! The cairn backup server: the control plane of a cairn installation.
+//!
+//! `cairn server --data DIR` runs one process that is the backup server (configuration
+//! database, HTTPS REST API, scheduler, job manager, session logs), the default repository and
+//! the default proxy at once. Modules:
+//!
+//! - [`config`]: what the server is started with;
+//! - [`bootstrap`]: the data folder on first start (CA and certificate, configuration database,
+//!   first administrator, default repository and proxy);
+//! - [`tls`]: the server's own certificate authority and serving certificate;
+//! - [`auth`]: passwords (Argon2id), login and API tokens, roles;
+//! - [`secrets`]: repository passwords kept in the data folder;
+//! - [`api`]: the HTTP routes and the OpenAPI document;
+//! - [`runner`]: the job manager (sessions, one task per VM disk, resources, retries, stop);
+//! - [`scheduler`]: starts jobs on their schedules, after other jobs and after downtime;
+//! - [`state`]: what request handlers share.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod runner;
+pub mod scheduler;
+pub mod secrets;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use config::ServerConfig;
+pub use server::run;

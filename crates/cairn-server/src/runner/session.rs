@@ -1,0 +1,559 @@
+//! One session: resolve the job's VMs, run them (with retries), end with a state and statistics.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use cairn_configdb::{Disk, Host, Job, LogLevel, NewTask, SessionState, Vm};
+use cairn_format::codec::Compression;
+use cairn_repo::{Method, Repository};
+use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits, TaskRequest};
+use cairn_schedule::{BackupWindow, RetryPolicy};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use tokio::task::JoinSet;
+
+use super::stop::{StopReason, StopSignal};
+use super::vm::{self, VmOutcome};
+use super::{JobManager, RunError, SessionEnded, Trigger, stats};
+use crate::scheduler::{Clock, parse_window};
+
+/// Block sizes a job may use.
+const BLOCK_SIZES: [i64; 4] = [256 << 10, 512 << 10, 1 << 20, 4 << 20];
+
+/// A forward-incremental job makes a (synthetic) full every this many points.
+pub(crate) const FORWARD_FULL_EVERY: u32 = 7;
+
+/// A job's settings, parsed once when its session starts.
+pub(crate) struct JobSettings {
+    pub(crate) compression: Compression,
+    pub(crate) method: Method,
+    pub(crate) block_size: u32,
+    pub(crate) retention: usize,
+    pub(crate) window: Option<BackupWindow>,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl JobSettings {
+    /// Parses `job`'s settings; [`RunError::Invalid`] names what is wrong, including a backup
+    /// window that is closed at `now`.
+    pub(crate) fn parse(job: &Job, now: Timestamp, tz: &TimeZone) -> Result<JobSettings, RunError> {
+        let name = &job.spec.name;
+        let invalid = |what: String| RunError::Invalid(format!("job {name}: {what}"));
+        if job.spec.vm_ids.is_empty() {
+            return Err(invalid("it has no VMs to back up".into()));
+        }
+        let compression = job.spec.compression.parse::<Compression>().map_err(invalid)?;
+        let method = job.spec.method.parse::<Method>().map_err(invalid)?;
+        if !BLOCK_SIZES.contains(&job.spec.block_size) {
+            return Err(invalid(format!(
+                "block size {} is not supported (262144, 524288, 1048576, 4194304)",
+                job.spec.block_size
+            )));
+        }
+        let retention = usize::try_from(job.spec.retention_points)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "retention of {} points (at least 1)",
+                    job.spec.retention_points
+                ))
+            })?;
+        let window = match &job.spec.backup_window {
+            None => None,
+            Some(text) => {
+                let window = parse_window(text).map_err(invalid)?;
+                if !window.is_open_in(now, tz) {
+                    let opens = window
+                        .opens_at_in(now, tz)
+                        .map_or_else(|| "it never opens".to_string(), |t| format!("it opens at {t}"));
+                    return Err(invalid(format!(
+                        "it may not run now: its backup window ({text}) is closed; {opens}"
+                    )));
+                }
+                Some(window)
+            }
+        };
+        let retry = RetryPolicy {
+            attempts: u32::try_from(job.spec.retries.max(0)).unwrap_or(u32::MAX),
+            delay: SignedDuration::from_secs(job.spec.retry_wait_seconds.max(0)),
+        };
+        Ok(JobSettings {
+            compression,
+            method,
+            block_size: job.spec.block_size as u32,
+            retention,
+            window,
+            retry,
+        })
+    }
+}
+
+/// A VM of the session with the disks to back up.
+#[derive(Clone)]
+pub(crate) struct VmUnit {
+    pub(crate) vm: Vm,
+    pub(crate) host: Host,
+    pub(crate) disks: Vec<Disk>,
+    /// Why the VM cannot be backed up: the disk at fault (if one) and the reason.
+    pub(crate) problem: Option<(Option<usize>, String)>,
+}
+
+impl VmUnit {
+    /// The VM's name in the repository and in task rows: `<host>/<vm>`, so same-named VMs of
+    /// two hosts do not share a chain.
+    pub(crate) fn repo_name(&self) -> String {
+        format!("{}/{}", self.host.name, self.vm.name)
+    }
+}
+
+/// What every VM of a session shares.
+pub(crate) struct Shared {
+    pub(crate) mgr: Arc<JobManager>,
+    pub(crate) session_id: i64,
+    pub(crate) settings: JobSettings,
+    pub(crate) stop: Arc<StopSignal>,
+    pub(crate) repository: cairn_configdb::Repository,
+    pub(crate) proxy_name: String,
+    pub(crate) request: TaskRequest,
+    /// Set once the first task got its slots (the session is then `running`).
+    pub(crate) running: AtomicBool,
+    opened: tokio::sync::Mutex<Option<Arc<Repository>>>,
+}
+
+impl Shared {
+    /// The repository, opened once per session (the key derivation is slow).
+    pub(crate) async fn open_repository(&self) -> Result<Arc<Repository>, String> {
+        let mut opened = self.opened.lock().await;
+        if let Some(repo) = &*opened {
+            return Ok(repo.clone());
+        }
+        let row = &self.repository;
+        let password = self.mgr.ctx.secrets.repository_password(row.id).map_err(|e| {
+            format!(
+                "reading the password of repository {} ({}): {e}",
+                row.settings.name,
+                self.mgr.ctx.secrets.repository_password_path(row.id).display()
+            )
+        })?;
+        let path = std::path::PathBuf::from(&row.settings.path);
+        let name = row.settings.name.clone();
+        let repo = tokio::task::spawn_blocking(move || Repository::open(&path, password.as_deref()))
+            .await
+            .map_err(|e| format!("opening repository {name}: {e}"))?
+            .map_err(|e| format!("opening repository {name}: {}", vm::error_chain(&e)))?;
+        let repo = Arc::new(repo);
+        *opened = Some(repo.clone());
+        Ok(repo)
+    }
+}
+
+/// A session being run.
+pub(crate) struct SessionRun {
+    mgr: Arc<JobManager>,
+    id: i64,
+    job: Job,
+    settings: Option<JobSettings>,
+    trigger: Trigger,
+    stop: Arc<StopSignal>,
+}
+
+/// How the passes over the VMs went.
+struct Passes {
+    /// Passes made (1 = no retry).
+    attempt: u32,
+    /// A VM failed on its last try.
+    failed: bool,
+    /// A VM succeeded only after a retry, or retention warned.
+    warned: bool,
+}
+
+impl SessionRun {
+    pub(crate) fn new(
+        mgr: Arc<JobManager>,
+        id: i64,
+        job: Job,
+        settings: JobSettings,
+        trigger: Trigger,
+        stop: Arc<StopSignal>,
+    ) -> SessionRun {
+        SessionRun {
+            mgr,
+            id,
+            job,
+            settings: Some(settings),
+            trigger,
+            stop,
+        }
+    }
+
+    /// Runs the session to its end and records the outcome.
+    pub(crate) async fn run(mut self) {
+        let started = Instant::now();
+        let settings = self.settings.take();
+        let watcher = settings.as_ref().and_then(|s| s.window.clone()).map(|window| {
+            tokio::spawn(watch_window(
+                window,
+                self.mgr.clock.clone(),
+                self.mgr.ctx.time_zone.clone(),
+                self.stop.clone(),
+            ))
+        });
+        // The work runs in a task of its own, so even a panic in it ends the session properly
+        // (its unfinished tasks failed) instead of leaving the job "running" for good.
+        let this = Arc::new(self);
+        let worker = tokio::spawn(this.clone().execute(settings));
+        let outcome = match worker.await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(format!("the session ended abnormally: {e}")),
+        };
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        this.finish(started, outcome).await;
+    }
+
+    /// Ends the session: leftover tasks, state, statistics, announcement.
+    async fn finish(&self, started: Instant, outcome: Result<Passes, String>) {
+        let db = &self.mgr.ctx.db;
+        let (mut state, mut error, attempt) = match outcome {
+            Ok(p) if p.failed => (SessionState::Failed, None, p.attempt),
+            Ok(p) if p.warned => (SessionState::Warning, None, p.attempt),
+            Ok(p) => (SessionState::Success, None, p.attempt),
+            Err(e) => (SessionState::Failed, Some(e), 1),
+        };
+        let mut tasks = db.list_tasks(self.id).await.unwrap_or_else(|e| {
+            tracing::error!(session = self.id, error = %e, "listing the session's tasks failed");
+            Vec::new()
+        });
+        // Tasks that did not end (a session-level error) end with the session.
+        for task in tasks.iter_mut().filter(|t| !t.state.is_final()) {
+            let (task_state, text) = match (&error, self.stop.reason()) {
+                (Some(e), _) => (SessionState::Failed, format!("not backed up: {e}")),
+                (None, Some(reason)) => (SessionState::Stopped, reason.log_text()),
+                (None, None) => (SessionState::Failed, "not backed up: the session ended".to_string()),
+            };
+            let level = if task_state == SessionState::Failed {
+                LogLevel::Error
+            } else {
+                LogLevel::Warning
+            };
+            log_db(db, task.id, level, &text).await;
+            set_task_state(db, task.id, task_state).await;
+            task.state = task_state;
+        }
+        match self.stop.reason() {
+            Some(StopReason::User | StopReason::Shutdown) => state = SessionState::Stopped,
+            Some(StopReason::WindowClosed(at)) if tasks.iter().any(|t| t.state == SessionState::Stopped) => {
+                state = SessionState::Failed;
+                error.get_or_insert_with(|| format!("backup window closed at {at}: the session was stopped"));
+            }
+            _ => {}
+        }
+        let statistics = stats::session_statistics(
+            &tasks,
+            attempt,
+            &self.trigger,
+            started.elapsed().as_secs_f64(),
+            error.as_deref(),
+        );
+        if let Err(e) = db.set_session_statistics(self.id, &statistics).await {
+            tracing::error!(session = self.id, error = %e, "storing session statistics failed");
+        }
+        if let Err(e) = db.set_session_state(self.id, state, Timestamp::now()).await {
+            tracing::error!(session = self.id, error = %e, "storing the session's state failed");
+        }
+        tracing::info!(session = self.id, job = %self.job.spec.name, ?state, "session ended");
+        self.mgr.session_ended(SessionEnded {
+            session_id: self.id,
+            job_id: self.job.id,
+            state,
+        });
+    }
+
+    /// Resolves the VMs and runs the passes. An `Err` is a session-level failure.
+    async fn execute(self: Arc<Self>, settings: Option<JobSettings>) -> Result<Passes, String> {
+        let db = self.mgr.ctx.db.clone();
+        let settings = settings.ok_or_else(|| "internal error: the session's settings are missing".to_string())?;
+        let repository = db.get_repository(self.job.spec.repository_id).await.map_err(|e| {
+            format!(
+                "repository {} of job {}: {e}",
+                self.job.spec.repository_id, self.job.spec.name
+            )
+        })?;
+        let proxy = db
+            .get_proxy(self.mgr.ctx.proxy_id)
+            .await
+            .map_err(|e| format!("proxy {}: {e}", self.mgr.ctx.proxy_id))?;
+        let resources = &self.mgr.ctx.resources;
+        let repo_id = RepositoryId::new(repository.id.to_string());
+        let proxy_id = ProxyId::new(proxy.id.to_string());
+        if resources.repository_load(&repo_id).is_none() {
+            let limits = RepositoryLimits {
+                max_tasks: usize::try_from(repository.settings.max_tasks).unwrap_or(1).max(1),
+                rate_limit: repository
+                    .settings
+                    .write_limit_bytes
+                    .and_then(|l| u64::try_from(l).ok())
+                    .filter(|l| *l > 0),
+            };
+            resources
+                .set_repository(repo_id.clone(), limits)
+                .map_err(|e| format!("repository {}: {e}", repository.settings.name))?;
+        }
+        if resources.proxy_load(&proxy_id).is_none() {
+            let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
+            resources
+                .set_proxy(proxy_id.clone(), max)
+                .map_err(|e| format!("proxy {}: {e}", proxy.settings.name))?;
+        }
+        let request = TaskRequest::new(self.job.id.to_string(), proxy_id, repo_id);
+        let shared = Arc::new(Shared {
+            mgr: self.mgr.clone(),
+            session_id: self.id,
+            settings,
+            stop: self.stop.clone(),
+            repository,
+            proxy_name: proxy.settings.name.clone(),
+            request,
+            running: AtomicBool::new(false),
+            opened: tokio::sync::Mutex::new(None),
+        });
+
+        let mut vm_ids = self.job.spec.vm_ids.clone();
+        if let Trigger::Retry { session_id } = self.trigger {
+            let failed: HashSet<i64> = db
+                .list_tasks(session_id)
+                .await
+                .map_err(|e| format!("session {session_id}: {e}"))?
+                .iter()
+                .filter(|t| matches!(t.state, SessionState::Failed | SessionState::Stopped))
+                .filter_map(|t| t.vm_id)
+                .collect();
+            vm_ids.retain(|id| failed.contains(id));
+        }
+        let mut units = self.resolve(&vm_ids).await?;
+        let mut passes = Passes {
+            attempt: 1,
+            failed: false,
+            warned: false,
+        };
+        let retries = shared.settings.retry.attempts;
+        loop {
+            let outcomes = self.pass(&shared, units, passes.attempt, retries).await?;
+            let failed: Vec<i64> = outcomes
+                .iter()
+                .filter(|(_, o)| *o == VmOutcome::Failed)
+                .map(|(id, _)| *id)
+                .collect();
+            if passes.attempt > 1 && outcomes.iter().any(|(_, o)| matches!(o, VmOutcome::Success { .. })) {
+                passes.warned = true;
+            }
+            passes.warned |= outcomes.iter().any(|(_, o)| *o == VmOutcome::Success { warning: true });
+            passes.failed = !failed.is_empty();
+            let failed_at = Timestamp::now();
+            if failed.is_empty() || self.stop.is_set() {
+                break;
+            }
+            let Some(_) = shared.settings.retry.next_retry(passes.attempt - 1, failed_at) else {
+                break;
+            };
+            let delay = shared.settings.retry.delay;
+            tracing::info!(
+                session = self.id,
+                vms = failed.len(),
+                retry = passes.attempt,
+                of = retries,
+                ?delay,
+                "retrying failed VMs"
+            );
+            let clock = &self.mgr.clock;
+            let until = clock.now().saturating_add(delay).unwrap_or_else(|_| clock.now());
+            tokio::select! {
+                () = clock.sleep_until(until) => {}
+                () = self.stop.wait() => {}
+            }
+            if self.stop.is_set() {
+                break;
+            }
+            passes.attempt += 1;
+            units = self.resolve(&failed).await?;
+        }
+        Ok(passes)
+    }
+
+    /// The VMs with ids `vm_ids` (in that order) and their disks, minus the excluded ones.
+    async fn resolve(&self, vm_ids: &[i64]) -> Result<Vec<VmUnit>, String> {
+        let db = &self.mgr.ctx.db;
+        let excluded: HashSet<i64> = self.job.spec.excluded_disk_ids.iter().copied().collect();
+        let mut units = Vec::new();
+        for &id in vm_ids {
+            let vm = match db.get_vm(id).await {
+                Ok(vm) => vm,
+                Err(cairn_configdb::Error::NotFound { .. }) => {
+                    tracing::warn!(session = self.id, vm = id, "a VM of the job no longer exists; skipped");
+                    continue;
+                }
+                Err(e) => return Err(format!("VM {id}: {e}")),
+            };
+            let host = db
+                .get_host(vm.host_id)
+                .await
+                .map_err(|e| format!("host of VM {}: {e}", vm.name))?;
+            let disks: Vec<Disk> = db
+                .list_disks(vm.id)
+                .await
+                .map_err(|e| format!("disks of VM {}: {e}", vm.name))?
+                .into_iter()
+                .filter(|d| !excluded.contains(&d.id))
+                .collect();
+            if disks.is_empty() {
+                tracing::info!(session = self.id, vm = %vm.name, "the VM has no disks to back up; skipped");
+                continue;
+            }
+            let problem = if !vm.present {
+                Some((
+                    None,
+                    format!(
+                        "VM {} was not found by the last scan of host {} ({})",
+                        vm.name, host.name, host.location
+                    ),
+                ))
+            } else {
+                disks.iter().position(|d| !d.present).map(|i| {
+                    (
+                        Some(i),
+                        format!(
+                            "disk {} ({}) was not found by the last scan of host {}",
+                            disks[i].name, disks[i].path, host.name
+                        ),
+                    )
+                })
+            };
+            units.push(VmUnit {
+                vm,
+                host,
+                disks,
+                problem,
+            });
+        }
+        Ok(units)
+    }
+
+    /// One pass over `units`: creates their tasks and runs the VMs. Returns each VM's outcome.
+    async fn pass(
+        &self,
+        shared: &Arc<Shared>,
+        units: Vec<VmUnit>,
+        attempt: u32,
+        retries: u32,
+    ) -> Result<Vec<(i64, VmOutcome)>, String> {
+        let db = &self.mgr.ctx.db;
+        if attempt > 1 {
+            let statistics = serde_json::json!({ "trigger": self.trigger, "attempt": attempt });
+            if let Err(e) = db.set_session_statistics(self.id, &statistics).await {
+                tracing::warn!(session = self.id, error = %e, "storing the session's attempt failed");
+            }
+        }
+        let mut planned = Vec::new();
+        for unit in units {
+            let mut tasks = Vec::new();
+            for disk in &unit.disks {
+                let task = db
+                    .create_task(&NewTask {
+                        session_id: self.id,
+                        vm_id: Some(unit.vm.id),
+                        disk_id: Some(disk.id),
+                        vm_name: unit.repo_name(),
+                        disk_name: disk.name.clone(),
+                    })
+                    .await
+                    .map_err(|e| format!("creating the task of disk {} of VM {}: {e}", disk.name, unit.vm.name))?;
+                if attempt > 1 {
+                    log_db(
+                        db,
+                        task.id,
+                        LogLevel::Info,
+                        &format!("retry {} of {retries} of VM {}", attempt - 1, unit.repo_name()),
+                    )
+                    .await;
+                }
+                tasks.push(task.id);
+            }
+            planned.push((unit, tasks));
+        }
+
+        let resources = &self.mgr.ctx.resources;
+        let limit = if resources.parallel_processing() {
+            let proxy = resources
+                .proxy_load(&shared.request.proxies[0])
+                .map_or(1, |l| l.max_tasks);
+            let repo = resources
+                .repository_load(&shared.request.repository)
+                .map_or(1, |l| l.max_tasks);
+            proxy.min(repo).max(1)
+        } else {
+            1
+        };
+        let mut queue = planned.into_iter();
+        let mut running = JoinSet::new();
+        let mut outcomes = Vec::new();
+        loop {
+            while running.len() < limit
+                && let Some((unit, tasks)) = queue.next()
+            {
+                let shared = shared.clone();
+                let vm_id = unit.vm.id;
+                running.spawn(async move { (vm_id, vm::run_vm(shared, unit, tasks).await) });
+            }
+            match running.join_next().await {
+                None => break,
+                Some(Ok(outcome)) => outcomes.push(outcome),
+                Some(Err(e)) => {
+                    // A panic in a VM's task: its tasks are ended with the session.
+                    tracing::error!(session = self.id, error = %e, "a VM's task ended abnormally");
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Stops the session when its backup window closes.
+async fn watch_window(window: BackupWindow, clock: Arc<dyn Clock>, tz: TimeZone, stop: Arc<StopSignal>) {
+    loop {
+        let now = clock.now();
+        match window.closes_at_in(now, &tz) {
+            Some(at) => {
+                clock.sleep_until(at).await;
+                if !window.is_open_in(clock.now(), &tz) {
+                    stop.request(StopReason::WindowClosed(at));
+                    return;
+                }
+            }
+            None => {
+                if !window.is_open_in(now, &tz) {
+                    stop.request(StopReason::WindowClosed(now));
+                }
+                // Open for good.
+                return;
+            }
+        }
+    }
+}
+
+/// Appends a log line; a failure is only traced (the log is not worth failing the task for).
+pub(crate) async fn log_db(db: &cairn_configdb::ConfigDb, task: i64, level: LogLevel, text: &str) {
+    if let Err(e) = db.append_task_log(task, level, text, Timestamp::now()).await {
+        tracing::warn!(task, error = %e, text, "writing a task log line failed");
+    }
+}
+
+/// Sets a task's state now; a failure is traced.
+pub(crate) async fn set_task_state(db: &cairn_configdb::ConfigDb, task: i64, state: SessionState) {
+    if let Err(e) = db.set_task_state(task, state, Timestamp::now()).await {
+        tracing::error!(task, error = %e, ?state, "storing a task's state failed");
+    }
+}

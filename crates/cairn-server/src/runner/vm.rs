@@ -1,0 +1,594 @@
+//! One VM of a session: open its disks, run the engine with per-disk task slots, record each
+//! task's outcome, apply retention.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_configdb::{ConfigDb, LogLevel, SessionState};
+use cairn_disk::image::Image;
+use cairn_engine::{BackupHooks, BackupOptions, BackupResult, DiskInput, EngineError, Progress};
+use cairn_repo::{BackupPlan, FullKind, Method, PointStats, Repository, SessionKind};
+use cairn_resources::{Lease, RateLimiter, ResourceScheduler};
+use jiff::Timestamp;
+use tokio::runtime::Handle;
+
+use super::session::{FORWARD_FULL_EVERY, Shared, VmUnit, log_db, set_task_state};
+use super::stop::StopSignal;
+use super::{TaskProgress, lock, stats};
+
+/// How a VM's backup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VmOutcome {
+    /// Its restore point was committed; `warning` if retention failed afterwards.
+    Success {
+        /// Retention (or something else after the commit) warned.
+        warning: bool,
+    },
+    /// It failed; retried if retries are left.
+    Failed,
+    /// It was stopped.
+    Stopped,
+}
+
+/// An error and its causes, `: `-separated (a cause already in the text is not repeated).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Bytes in binary units for log lines.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Backs up one VM; every task in `tasks` (one per disk of `unit`, in order) ends final.
+pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -> VmOutcome {
+    let db = shared.mgr.ctx.db.clone();
+    let vm_name = unit.repo_name();
+    if let Some(reason) = shared.stop.reason() {
+        for &task in &tasks {
+            log_db(&db, task, LogLevel::Warning, &reason.log_text()).await;
+            set_task_state(&db, task, SessionState::Stopped).await;
+        }
+        return VmOutcome::Stopped;
+    }
+    if let Some((disk, problem)) = &unit.problem {
+        for (i, &task) in tasks.iter().enumerate() {
+            let text = match disk {
+                Some(d) if *d != i => format!("not backed up: {problem} (a restore point needs every disk of the VM)"),
+                _ => problem.clone(),
+            };
+            log_db(&db, task, LogLevel::Error, &text).await;
+            set_task_state(&db, task, SessionState::Failed).await;
+        }
+        return VmOutcome::Failed;
+    }
+    let repo = match shared.open_repository().await {
+        Ok(repo) => repo,
+        Err(e) => {
+            for &task in &tasks {
+                log_db(&db, task, LogLevel::Error, &e).await;
+                set_task_state(&db, task, SessionState::Failed).await;
+            }
+            return VmOutcome::Failed;
+        }
+    };
+
+    let hooks = Arc::new(VmHooks::new(&shared, &unit, &tasks));
+    let plan = BackupPlan {
+        vm: vm_name.clone(),
+        block_size: shared.settings.block_size,
+        method: shared.settings.method,
+        full_every: (shared.settings.method == Method::Forward).then_some(FORWARD_FULL_EVERY),
+        full_kind: FullKind::Synthetic,
+        force_full: false,
+    };
+    let opts = BackupOptions {
+        compression: shared.settings.compression,
+        ..BackupOptions::default()
+    };
+    let paths: Vec<PathBuf> = unit
+        .disks
+        .iter()
+        .map(|d| {
+            let p = PathBuf::from(&d.path);
+            if p.is_relative() {
+                Path::new(&unit.host.location).join(p)
+            } else {
+                p
+            }
+        })
+        .collect();
+    let (engine_repo, engine_hooks) = (repo.clone(), hooks.clone());
+    let joined = tokio::task::spawn_blocking(move || {
+        let inputs = open_disks(&paths, &engine_hooks)?;
+        cairn_engine::backup_with_hooks(&engine_repo, &plan, inputs, &opts, engine_hooks.as_ref())
+            .map_err(VmError::Engine)
+    })
+    .await;
+    let result = match joined {
+        Ok(r) => r,
+        Err(e) => Err(VmError::Panicked(e.to_string())),
+    };
+    // Whatever happened, the slot is free now and no progress is live.
+    hooks.release();
+    for &task in &tasks {
+        lock(&shared.mgr.progress).remove(&task);
+    }
+    match result {
+        Ok(result) => committed(&shared, &unit, &tasks, &hooks, &repo, result).await,
+        Err(e) => failed(&shared, &unit, &tasks, &hooks, e).await,
+    }
+}
+
+/// Why a VM's backup did not produce a point.
+enum VmError {
+    /// Disk `disk` could not be opened.
+    Open {
+        disk: usize,
+        path: PathBuf,
+        error: cairn_disk::DiskError,
+    },
+    /// The engine failed (or was stopped).
+    Engine(EngineError),
+    /// The blocking thread panicked.
+    Panicked(String),
+}
+
+/// Opens every disk of the VM, with a differencing child's changed extents as CBT (as
+/// `cairn backup` does), and logs the CBT decision on each task.
+fn open_disks(paths: &[PathBuf], hooks: &VmHooks) -> Result<Vec<DiskInput>, VmError> {
+    let mut inputs = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let opened = Image::open(path).and_then(|image| {
+            let changed = image.changed_extents()?;
+            Ok((image, changed))
+        });
+        let (image, changed) = opened.map_err(|error| VmError::Open {
+            disk: i,
+            path: path.clone(),
+            error,
+        })?;
+        let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
+        let note = match (&changed, &changed_since) {
+            (Some(extents), Some(_)) => {
+                let bytes: u64 = extents.iter().map(|e| e.length).sum();
+                format!(
+                    "changed block tracking: {} is a differencing disk; its {} changed extents ({}) are read \
+                     if the previous restore point was read from its parent",
+                    path.display(),
+                    extents.len(),
+                    human_bytes(bytes)
+                )
+            }
+            _ => format!(
+                "no changed block tracking for {} (not a differencing disk): every allocated block is read \
+                 and compared with the previous restore point",
+                path.display()
+            ),
+        };
+        hooks.log(i, LogLevel::Info, &note);
+        inputs.push(DiskInput {
+            source: Box::new(image),
+            changed,
+            changed_since,
+        });
+    }
+    Ok(inputs)
+}
+
+/// The VM's point is committed: record the point on its tasks, log the engine's notes, apply
+/// retention.
+async fn committed(
+    shared: &Shared,
+    unit: &VmUnit,
+    tasks: &[i64],
+    hooks: &VmHooks,
+    repo: &Arc<Repository>,
+    result: BackupResult,
+) -> VmOutcome {
+    let db = &shared.mgr.ctx.db;
+    let kind = match result.kind {
+        SessionKind::ActiveFull => "full",
+        SessionKind::SyntheticFull => "synthetic full",
+        SessionKind::Incremental => "incremental",
+    };
+    for note in &result.notes {
+        // Engine notes start with "disk N:".
+        let disk = note
+            .strip_prefix("disk ")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let targets: Vec<i64> = match disk.and_then(|d| tasks.get(d)) {
+            Some(&task) => vec![task],
+            None => tasks.to_vec(),
+        };
+        for task in targets {
+            log_db(db, task, LogLevel::Info, note).await;
+        }
+    }
+    let finished = hooks.finished();
+    for (i, &task) in tasks.iter().enumerate() {
+        if let Some(f) = finished.get(&i) {
+            let doc = stats::task_statistics(&f.stats, f.throttle_secs, f.wall_secs, Some(&result.point.id));
+            if let Err(e) = db.set_task_statistics(task, &doc).await {
+                tracing::error!(task, error = %e, "storing task statistics failed");
+            }
+        }
+        log_db(
+            db,
+            task,
+            LogLevel::Info,
+            &format!(
+                "restore point {} ({kind}) of {} committed to repository {}",
+                result.point.id,
+                unit.repo_name(),
+                shared.repository.settings.name
+            ),
+        )
+        .await;
+    }
+
+    let keep = shared.settings.retention;
+    let (retain_repo, vm) = (repo.clone(), unit.repo_name());
+    let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&retain_repo, &vm, keep)).await;
+    let first = tasks[0];
+    match retained {
+        Ok(Ok(report)) => {
+            let mut text = format!(
+                "retention ({keep} points): {} kept, {} removed{}",
+                report.kept,
+                report.removed.len(),
+                if report.reclaimed_bytes > 0 {
+                    format!(", {} reclaimed", human_bytes(report.reclaimed_bytes))
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(note) = &report.note {
+                text.push_str("; ");
+                text.push_str(note);
+            }
+            log_db(db, first, LogLevel::Info, &text).await;
+            VmOutcome::Success { warning: false }
+        }
+        Ok(Err(e)) => {
+            let text = format!("retention failed, the new restore point stays: {}", error_chain(&e));
+            log_db(db, first, LogLevel::Warning, &text).await;
+            set_task_state(db, first, SessionState::Warning).await;
+            VmOutcome::Success { warning: true }
+        }
+        Err(e) => {
+            let text = format!("retention ended abnormally, the new restore point stays: {e}");
+            log_db(db, first, LogLevel::Warning, &text).await;
+            set_task_state(db, first, SessionState::Warning).await;
+            VmOutcome::Success { warning: true }
+        }
+    }
+}
+
+/// The VM's backup failed or was stopped: every task ends failed or stopped with the reason.
+async fn failed(shared: &Shared, unit: &VmUnit, tasks: &[i64], hooks: &VmHooks, error: VmError) -> VmOutcome {
+    let db = &shared.mgr.ctx.db;
+    let finished = hooks.finished();
+    let current = hooks.current();
+    if matches!(error, VmError::Engine(EngineError::Stopped)) {
+        let reason = shared
+            .stop
+            .reason()
+            .map_or_else(|| "stopped".to_string(), |r| r.log_text());
+        for (i, &task) in tasks.iter().enumerate() {
+            let text = if finished.contains_key(&i) {
+                format!("{reason}: the VM's restore point was not committed, so this disk is not backed up")
+            } else {
+                reason.clone()
+            };
+            log_db(db, task, LogLevel::Warning, &text).await;
+            set_task_state(db, task, SessionState::Stopped).await;
+        }
+        return VmOutcome::Stopped;
+    }
+    let (culprit, text) = match &error {
+        VmError::Open { disk, path, error } => (
+            Some(*disk),
+            format!("opening {}: {}", path.display(), error_chain(error)),
+        ),
+        VmError::Engine(e) => (current, error_chain(e)),
+        VmError::Panicked(e) => (current, format!("the backup thread ended abnormally: {e}")),
+    };
+    let culprit_name = culprit.and_then(|d| unit.disks.get(d)).map(|d| d.name.clone());
+    for (i, &task) in tasks.iter().enumerate() {
+        let line = match (&culprit_name, culprit == Some(i)) {
+            (_, true) | (None, _) => text.clone(),
+            (Some(name), false) if finished.contains_key(&i) => {
+                format!("not backed up: the VM's restore point was not committed because disk {name} failed: {text}")
+            }
+            (Some(name), false) => format!("not backed up: disk {name} of this VM failed: {text}"),
+        };
+        log_db(db, task, LogLevel::Error, &line).await;
+        set_task_state(db, task, SessionState::Failed).await;
+    }
+    VmOutcome::Failed
+}
+
+/// What is known about a disk that finished.
+#[derive(Clone)]
+struct Finished {
+    stats: PointStats,
+    throttle_secs: f64,
+    wall_secs: f64,
+}
+
+#[derive(Default)]
+struct HookState {
+    lease: Option<Lease>,
+    limiter: Option<RateLimiter>,
+    current: Option<usize>,
+    started: Option<Instant>,
+    throttled: Duration,
+    finished: HashMap<usize, Finished>,
+}
+
+/// The engine hooks of one VM: task slots per disk, task rows, progress, pacing, stop.
+struct VmHooks {
+    rt: Handle,
+    db: ConfigDb,
+    session_id: i64,
+    tasks: Vec<i64>,
+    resources: Arc<ResourceScheduler>,
+    request: cairn_resources::TaskRequest,
+    proxy_id: i64,
+    repository_id: i64,
+    proxy_name: String,
+    repository_name: String,
+    stop: Arc<StopSignal>,
+    progress: Arc<Mutex<HashMap<i64, TaskProgress>>>,
+    shared_running: Arc<Shared>,
+    state: Mutex<HookState>,
+}
+
+/// The longest single sleep for the write rate limit (stops are checked in between).
+const THROTTLE_SLICE: Duration = Duration::from_millis(50);
+
+impl VmHooks {
+    fn new(shared: &Arc<Shared>, _unit: &VmUnit, tasks: &[i64]) -> VmHooks {
+        VmHooks {
+            rt: Handle::current(),
+            db: shared.mgr.ctx.db.clone(),
+            session_id: shared.session_id,
+            tasks: tasks.to_vec(),
+            resources: shared.mgr.ctx.resources.clone(),
+            request: shared.request.clone(),
+            proxy_id: shared.mgr.ctx.proxy_id,
+            repository_id: shared.repository.id,
+            proxy_name: shared.proxy_name.clone(),
+            repository_name: shared.repository.settings.name.clone(),
+            stop: shared.stop.clone(),
+            progress: shared.mgr.progress.clone(),
+            shared_running: shared.clone(),
+            state: Mutex::new(HookState::default()),
+        }
+    }
+
+    /// Appends a log line to disk `disk`'s task (from a blocking thread).
+    fn log(&self, disk: usize, level: LogLevel, text: &str) {
+        if let Some(&task) = self.tasks.get(disk) {
+            self.rt.block_on(log_db(&self.db, task, level, text));
+        }
+    }
+
+    /// Frees the slots of the disk being processed, if any.
+    fn release(&self) {
+        let mut state = lock(&self.state);
+        state.lease = None;
+        state.limiter = None;
+    }
+
+    fn finished(&self) -> HashMap<usize, Finished> {
+        lock(&self.state).finished.clone()
+    }
+
+    fn current(&self) -> Option<usize> {
+        lock(&self.state).current
+    }
+
+    /// Waits for the task's slots (keeping its place in the queue) or for a stop.
+    fn acquire(&self) -> Result<Lease, EngineError> {
+        let acquire = self.resources.acquire_async(self.request.clone());
+        self.rt.block_on(async {
+            tokio::select! {
+                lease = acquire => lease.map_err(|e| EngineError::Hook(Box::new(e))),
+                () = self.stop.wait() => Err(EngineError::Stopped),
+            }
+        })
+    }
+}
+
+impl BackupHooks for VmHooks {
+    fn disk_starting(&self, disk: u32, total_bytes: u64) -> Result<(), EngineError> {
+        let disk = disk as usize;
+        let Some(&task) = self.tasks.get(disk) else {
+            return Err(EngineError::Hook(
+                format!(
+                    "the engine reported disk {disk}, but the VM has {} tasks",
+                    self.tasks.len()
+                )
+                .into(),
+            ));
+        };
+        lock(&self.state).current = Some(disk);
+        self.log(
+            disk,
+            LogLevel::Info,
+            &format!(
+                "waiting for resources: a task slot on proxy {} and on repository {}",
+                self.proxy_name, self.repository_name
+            ),
+        );
+        let lease = self.acquire()?;
+        let started_at = Timestamp::now();
+        let repo_load = self.resources.repository_load(lease.repository());
+        let proxy_load = self.resources.proxy_load(lease.proxy());
+        let share = lease.rate_limiter().rate().map_or_else(
+            || "no write rate limit".to_string(),
+            |r| format!("write rate share {}/s", human_bytes(r)),
+        );
+        {
+            let mut state = lock(&self.state);
+            state.limiter = Some(lease.rate_limiter().clone());
+            state.lease = Some(lease);
+            state.started = Some(Instant::now());
+            state.throttled = Duration::ZERO;
+        }
+        lock(&self.progress).insert(
+            task,
+            TaskProgress {
+                done_bytes: 0,
+                total_bytes,
+            },
+        );
+        let db = &self.db;
+        let result = self.rt.block_on(async {
+            db.assign_task(task, Some(self.proxy_id), Some(self.repository_id))
+                .await?;
+            db.set_task_state(task, SessionState::Running, started_at).await?;
+            if !self.shared_running.running.swap(true, Ordering::SeqCst) {
+                db.set_session_state(self.session_id, SessionState::Running, started_at)
+                    .await?;
+            }
+            db.append_task_log(
+                task,
+                LogLevel::Info,
+                &format!(
+                    "processing on proxy {} ({} of {} task slots busy), writing to repository {} ({} of {} task \
+                     slots busy, {share}); {} to read",
+                    self.proxy_name,
+                    proxy_load.map_or(0, |l| l.running),
+                    proxy_load.map_or(0, |l| l.max_tasks),
+                    self.repository_name,
+                    repo_load.map_or(0, |l| l.running),
+                    repo_load.map_or(0, |l| l.max_tasks),
+                    human_bytes(total_bytes)
+                ),
+                Timestamp::now(),
+            )
+            .await
+        });
+        result.map(|_| ()).map_err(|e| EngineError::Hook(Box::new(e)))
+    }
+
+    fn disk_finished(&self, disk: u32, stats: &PointStats) {
+        let disk = disk as usize;
+        let Some(&task) = self.tasks.get(disk) else {
+            return;
+        };
+        // The end is taken before the slots are freed, so the next task's start is later.
+        let ended_at = Timestamp::now();
+        let (throttle_secs, wall_secs) = {
+            let mut state = lock(&self.state);
+            let wall = state.started.take().map_or(0.0, |s| s.elapsed().as_secs_f64());
+            let throttle = state.throttled.as_secs_f64();
+            state.lease = None;
+            state.limiter = None;
+            state.current = None;
+            state.finished.insert(
+                disk,
+                Finished {
+                    stats: stats.clone(),
+                    throttle_secs: throttle,
+                    wall_secs: wall,
+                },
+            );
+            (throttle, wall)
+        };
+        lock(&self.progress).remove(&task);
+        let doc = stats::task_statistics(stats, throttle_secs, wall_secs, None);
+        let busy: Vec<String> = stats::STAGES
+            .iter()
+            .map(|s| format!("{s} {:.0}%", doc["busy"][s].as_f64().unwrap_or(0.0)))
+            .collect();
+        let line = format!(
+            "disk done: read {} ({} blocks) in {:.2} s; {} new blocks ({} → {}), {} zero, {} unchanged, {} \
+             duplicate; busy: {}; bottleneck: {}",
+            human_bytes(stats.read_bytes),
+            stats.read_blocks,
+            stats.duration_secs,
+            stats.new_blocks,
+            human_bytes(stats.new_bytes),
+            human_bytes(stats.stored_bytes),
+            stats.zero_blocks,
+            stats.unchanged_blocks,
+            stats.dedup_blocks,
+            busy.join(", "),
+            doc["bottleneck"].as_str().unwrap_or("")
+        );
+        let db = &self.db;
+        let result = self.rt.block_on(async {
+            db.set_task_statistics(task, &doc).await?;
+            db.set_task_state(task, SessionState::Success, ended_at).await?;
+            db.append_task_log(task, LogLevel::Info, &line, Timestamp::now()).await
+        });
+        if let Err(e) = result {
+            tracing::error!(task, error = %e, "recording a finished disk failed");
+        }
+    }
+
+    fn progress(&self, disk: u32, progress: Progress) {
+        if let Some(&task) = self.tasks.get(disk as usize) {
+            lock(&self.progress).insert(
+                task,
+                TaskProgress {
+                    done_bytes: progress.done_bytes,
+                    total_bytes: progress.total_bytes,
+                },
+            );
+        }
+    }
+
+    fn throttle_write(&self, bytes: u64) {
+        let limiter = lock(&self.state).limiter.clone();
+        let Some(limiter) = limiter else {
+            return;
+        };
+        let delay = limiter.delay_for(bytes);
+        if delay.is_zero() {
+            return;
+        }
+        let start = Instant::now();
+        while !self.stop.is_set() {
+            let left = delay.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(THROTTLE_SLICE));
+        }
+        lock(&self.state).throttled += start.elapsed();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.is_set()
+    }
+}

@@ -1,0 +1,28 @@
+//! What request handlers, the job manager and the scheduler share.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_configdb::ConfigDb;
+use cairn_resources::ResourceScheduler;
+use jiff::tz::TimeZone;
+
+use crate::runner::JobManager;
+use crate::secrets::Secrets;
+
+/// Shared state of a running server (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration database.
+    pub db: ConfigDb,
+    /// Runs jobs: sessions and tasks.
+    pub jobs: Arc<JobManager>,
+    /// Task slots and rate limits of proxies and repositories.
+    pub resources: Arc<ResourceScheduler>,
+    /// Repository passwords.
+    pub secrets: Secrets,
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// Time zone of schedules that name none.
+    pub time_zone: TimeZone,
+}
