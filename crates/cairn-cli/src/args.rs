@@ -32,6 +32,13 @@ pub struct Global {
     /// No progress bar.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Backup server for server commands (default: the one of `cairn login`).
+    #[arg(long, global = true, env = "CAIRN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// CA certificate (PEM) the server's certificate must chain to, e.g. DATA/ca.pem of the
+    /// server (default: the one stored by `cairn login`, else the system's roots).
+    #[arg(long, global = true, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +59,40 @@ pub enum Command {
     /// Inspect disk images (raw, qcow2, VHDX, VHD) without a repository.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Run the backup server (API, scheduler, job manager) on a data folder.
+    Server(ServerArgs),
+    /// Log in to a backup server and remember the login for later commands.
+    Login(LoginArgs),
+    /// Log out of the backup server (the login token is deleted).
+    Logout,
+    /// Show who the stored login or CAIRN_TOKEN belongs to.
+    Whoami,
+    /// Manage the server's users (administrator).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage your API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage hosts (where VMs are found).
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// List VMs found on the hosts.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Manage the server's repositories.
+    #[command(subcommand)]
+    Repository(RepositoryCommand),
+    /// Manage proxies (task slots).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Show or change the server's settings.
+    Settings(SettingsArgs),
+    /// Manage and run backup jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Inspect and stop sessions (runs of jobs).
+    #[command(subcommand)]
+    Session(SessionCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,8 +203,11 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct PointsArgs {
     /// Repository folder.
-    #[arg(long)]
-    pub repo: PathBuf,
+    #[arg(long, required_unless_present = "repository", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+    /// Repository of the backup server (by name) instead of a folder.
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
     /// Only this VM.
     #[arg(long)]
     pub vm: Option<String>,
@@ -172,9 +216,13 @@ pub struct PointsArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// Repository folder.
-    #[arg(long)]
-    pub repo: PathBuf,
-    /// VM name.
+    #[arg(long, required_unless_present = "repository", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+    /// Repository of the backup server (by name) instead of a folder: the server restores,
+    /// and `--to` is a path on the server's machine.
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// VM name (on a server repository `HOST/VM`, or the VM's name alone when unique).
     #[arg(long)]
     pub vm: String,
     /// Restore point: `latest`, an id or a unique id prefix.
@@ -248,5 +296,450 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
         Ok(v)
     } else {
         Err(format!("block size {s:?} is not one of 256K, 512K, 1M, 4M"))
+    }
+}
+
+// ------------------------------------------------------------ backup server commands
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Data folder: configuration database (SQLite), CA and certificate, secrets.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8520")]
+    pub listen: std::net::SocketAddr,
+    /// `postgres://…` to keep the configuration in PostgreSQL instead of SQLite.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// Where to create the default repository on first start (default: the volume with the
+    /// most free space).
+    #[arg(long, value_name = "PATH")]
+    pub default_repository: Option<PathBuf>,
+    /// Time zone of schedules that name none (IANA name; default: the system's).
+    #[arg(long, value_name = "TZ")]
+    pub time_zone: Option<String>,
+    /// Extra DNS name or IP address for the server's certificate (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Server URL, e.g. https://backup.example:8520.
+    pub url: String,
+    /// User name.
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// Read the password from the first line of standard input (else it is asked for on the
+    /// terminal).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// A role of a user.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Administrator,
+    /// Read everything and restore.
+    RestoreOperator,
+    /// Read only.
+    Viewer,
+}
+
+impl Role {
+    /// The name the API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::RestoreOperator => "restore-operator",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user.
+    Add {
+        /// User name.
+        name: String,
+        /// Role.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Read the password from standard input (else it is asked for twice on the terminal).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Change a user's role or password.
+    Set {
+        /// User name.
+        name: String,
+        /// New role.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+        /// Read a new password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API token for yourself (printed once).
+    Create {
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Days until the token expires (default: never).
+        #[arg(long, value_name = "N")]
+        expires_days: Option<u32>,
+    },
+    /// List your tokens (without their secrets).
+    List,
+    /// Delete one of your tokens.
+    Remove {
+        /// Token id (see `cairn token list`).
+        id: i64,
+    },
+}
+
+/// Kinds of hosts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// A folder of disk images: each sub-folder (or image file) is a VM.
+    ImageFolder,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Add a host and discover its VMs.
+    Add {
+        /// Kind of host.
+        #[arg(value_enum)]
+        kind: HostKind,
+        /// Folder of the images (on the server's machine).
+        #[arg(long)]
+        path: PathBuf,
+        /// Host name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List hosts.
+    List,
+    /// Discover the host's VMs again.
+    Rescan {
+        /// Host name.
+        name: String,
+    },
+    /// Remove a host.
+    Remove {
+        /// Host name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// List VMs with their disks.
+    List {
+        /// Only the VMs of this host.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
+}
+
+/// Encryption of a server repository.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoEncryption {
+    /// AES-256-GCM with a password.
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No encryption.
+    None,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepositoryCommand {
+    /// Add a repository (creates it in the folder, or adopts a cairn repository there).
+    Add {
+        /// Repository name.
+        name: String,
+        /// Folder on the server's machine.
+        #[arg(long)]
+        path: PathBuf,
+        /// Encryption.
+        #[arg(long, value_enum, default_value = "aes-256-gcm")]
+        encryption: RepoEncryption,
+        /// Read the password from standard input (default: --password-file, CAIRN_PASSWORD,
+        /// else the server makes one up and keeps it).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Concurrent tasks.
+        #[arg(long, value_name = "N")]
+        max_tasks: Option<u32>,
+        /// Read limit per second, e.g. 100MiB (0 or none: unlimited).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        read_limit: Option<u64>,
+        /// Write limit per second, e.g. 100MiB (0 or none: unlimited).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        write_limit: Option<u64>,
+    },
+    /// List repositories.
+    List,
+    /// Change a repository's task slots or rate limits.
+    Set {
+        /// Repository name.
+        name: String,
+        /// Concurrent tasks.
+        #[arg(long, value_name = "N")]
+        max_tasks: Option<u32>,
+        /// Read limit per second, e.g. 100MiB (0 or none: unlimited).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        read_limit: Option<u64>,
+        /// Write limit per second, e.g. 100MiB (0 or none: unlimited).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        write_limit: Option<u64>,
+    },
+    /// Remove a repository from the server (its files stay on disk).
+    Remove {
+        /// Repository name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProxyCommand {
+    /// List proxies with their task slots.
+    List,
+    /// Change a proxy's task slots.
+    Set {
+        /// Proxy name.
+        name: String,
+        /// Concurrent tasks.
+        #[arg(long, value_name = "N")]
+        max_tasks: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SettingsArgs {
+    /// Process VMs and disks in parallel (off: one by one).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub parallel_processing: Option<bool>,
+}
+
+/// Settings of a job; each is optional so `job edit` changes only what is given.
+#[derive(Args, Debug, Default)]
+pub struct JobFlags {
+    /// VMs to back up: NAME, or HOST/VM when the name is on several hosts (repeatable).
+    #[arg(long = "vm", value_name = "VM", num_args = 1..)]
+    pub vms: Vec<String>,
+    /// A disk to leave out, as VM:DISKNAME (repeatable).
+    #[arg(long = "exclude-disk", value_name = "VM:DISK")]
+    pub exclude_disks: Vec<String>,
+    /// Repository name.
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// Schedule, e.g. "daily 22:00", "weekly sat 03:00", "every 4h", "after JOB" (none: manual).
+    #[arg(long, value_name = "TEXT")]
+    pub schedule: Option<String>,
+    /// Backup window, e.g. "mon-fri 20:00-06:00" (none: always).
+    #[arg(long, value_name = "TEXT")]
+    pub window: Option<String>,
+    /// Restore points to keep.
+    #[arg(long, value_name = "N")]
+    pub retain: Option<u32>,
+    /// Block size: 256K, 512K, 1M or 4M.
+    #[arg(long, value_parser = parse_block_size)]
+    pub block_size: Option<u32>,
+    /// Compression: none, lz4, zstd:LEVEL.
+    #[arg(long, value_parser = clap::value_parser!(Compression))]
+    pub compression: Option<Compression>,
+    /// Backup method.
+    #[arg(long, value_parser = ["forever-forward", "forward"])]
+    pub method: Option<String>,
+    /// Retries of a failed VM.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Wait between retries, e.g. 10m, 30s, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_wait: Option<u64>,
+    /// Create the job disabled (its schedule does not start it).
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Create a job.
+    Create {
+        /// Job name.
+        name: String,
+        #[command(flatten)]
+        flags: JobFlags,
+    },
+    /// List jobs with their schedule, next run and last result.
+    List,
+    /// Show a job's settings.
+    Show {
+        /// Job name.
+        name: String,
+    },
+    /// Change a job's settings (only the flags given).
+    Edit {
+        /// Job name.
+        name: String,
+        #[command(flatten)]
+        flags: JobFlags,
+    },
+    /// Delete a job.
+    Remove {
+        /// Job name.
+        name: String,
+    },
+    /// Let the job's schedule start it.
+    Enable {
+        /// Job name.
+        name: String,
+    },
+    /// Keep the job's schedule from starting it.
+    Disable {
+        /// Job name.
+        name: String,
+    },
+    /// Start a session of the job now.
+    Run {
+        /// Job name.
+        name: String,
+        /// Follow the session until it ends (exit code 0 success or warning, 1 failed, 3 stopped).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop the job's running session.
+    Stop {
+        /// Job name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// List sessions, newest first.
+    List {
+        /// Only the sessions of this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Sessions per page.
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Every session (all pages).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a session: statistics, tasks and their logs.
+    Show {
+        /// Session id.
+        id: i64,
+    },
+    /// Stop a running session.
+    Stop {
+        /// Session id.
+        id: i64,
+    },
+}
+
+/// Parses a rate per second: `100MiB`, `50M`, `1G`, `10MB` (decimal), a byte count; `0`,
+/// `none` or `unlimited` give 0 (no limit). K/M/G/T and KiB/MiB/GiB/TiB are powers of two,
+/// KB/MB/GB/TB powers of ten; a trailing `/s` is allowed.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let mul: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return Err(format!("{s:?} is not a rate (e.g. 100MiB, 1G, 0 for unlimited)")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (e.g. 100MiB, 1G, 0 for unlimited)"))?;
+    let v = n * mul;
+    if !v.is_finite() || v >= u64::MAX as f64 / 2.0 {
+        return Err(format!("rate {s:?} is too large"));
+    }
+    Ok(v.round() as u64)
+}
+
+/// Parses a duration in seconds: `600`, `30s`, `10m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('h') => (&t[..t.len() - 1], 3600),
+        Some('d') => (&t[..t.len() - 1], 86_400),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))
+}
+
+/// Parses `on`/`off` (also true/false, yes/no).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_rate("100M/s"), Ok(100 << 20));
+        assert_eq!(parse_rate("10MB"), Ok(10_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("none"), Ok(0));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("45"), Ok(45));
+        assert!(parse_duration("soon").is_err());
     }
 }

@@ -2,10 +2,19 @@
 
 mod backup;
 mod disk;
+mod hosts;
+mod jobs;
+mod login;
+mod lookup;
 mod points;
+mod remote_restore;
 mod repo;
+mod repositories;
 mod restore;
 mod retain;
+mod server;
+mod sessions;
+mod users;
 mod verify;
 
 use std::path::Path;
@@ -22,11 +31,57 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Repo(c) => repo::run(g, c),
         Command::Backup(a) => backup::run(g, a),
-        Command::Points(a) => points::run(g, a),
-        Command::Restore(a) => restore::run(g, a),
+        Command::Points(a) => match &a.repository {
+            Some(name) => remote_restore::points(g, a, name),
+            None => points::run(g, a),
+        },
+        Command::Restore(a) => match &a.repository {
+            Some(name) => remote_restore::restore(g, a, name),
+            None => restore::run(g, a),
+        },
         Command::Verify(a) => verify::run(g, a),
         Command::Retain(a) => retain::run(g, a),
         Command::Disk(c) => disk::run(g, c),
+        Command::Server(a) => server::run(g, a),
+        Command::Login(a) => login::login(g, a),
+        Command::Logout => login::logout(g),
+        Command::Whoami => login::whoami(g),
+        Command::User(c) => users::users(g, c),
+        Command::Token(c) => users::tokens(g, c),
+        Command::Host(c) => hosts::hosts(g, c),
+        Command::Vm(c) => hosts::vms(g, c),
+        Command::Repository(c) => repositories::repositories(g, c),
+        Command::Proxy(c) => repositories::proxies(g, c),
+        Command::Settings(a) => repositories::settings(g, a),
+        Command::Job(c) => jobs::jobs(g, c),
+        Command::Session(c) => sessions::sessions(g, c),
+    }
+}
+
+/// Whether a command talks to a backup server (its errors exit with 1, usage and login
+/// problems with 2) rather than working on local files (every error exits with 2).
+pub fn is_remote(command: &Command) -> bool {
+    match command {
+        Command::Repo(_)
+        | Command::Backup(_)
+        | Command::Verify(_)
+        | Command::Retain(_)
+        | Command::Disk(_)
+        | Command::Server(_) => false,
+        Command::Points(a) => a.repository.is_some(),
+        Command::Restore(a) => a.repository.is_some(),
+        Command::Login(_)
+        | Command::Logout
+        | Command::Whoami
+        | Command::User(_)
+        | Command::Token(_)
+        | Command::Host(_)
+        | Command::Vm(_)
+        | Command::Repository(_)
+        | Command::Proxy(_)
+        | Command::Settings(_)
+        | Command::Job(_)
+        | Command::Session(_) => true,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use cairn_repo::{PointKind, PointMeta};
 use serde::Serialize;
 
@@ -17,7 +18,8 @@ struct VmPoints<'a> {
 }
 
 pub fn run(g: &Global, a: &PointsArgs) -> anyhow::Result<ExitCode> {
-    let repo = super::open_repo(g, &a.repo)?;
+    let path = a.repo.as_deref().context("--repo or --repository is needed")?;
+    let repo = super::open_repo(g, path)?;
     let (chains, broken) = match &a.vm {
         Some(vm) => (vec![repo.chain(vm)?.meta().clone()], Vec::new()),
         None => super::split_chains(repo.list()?),

@@ -2,13 +2,15 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use cairn_engine::RestoreTarget;
 
 use crate::args::{Global, RestoreArgs};
 use crate::output::{self, bytes};
 
 pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    let repo = super::open_repo(g, &a.repo)?;
+    let path = a.repo.as_deref().context("--repo or --repository is needed")?;
+    let repo = super::open_repo(g, path)?;
     let bar = output::progress_bar(!g.json && !g.quiet, "restore");
     let target = RestoreTarget {
         format: a.format,

@@ -1,0 +1,141 @@
+//! `cairn host …` and `cairn vm list`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::lookup::{arr, b, id_by_name, list, s, s_or_dash, u, vm_full_name, yes_no};
+use crate::args::{Global, HostCommand, HostKind, VmCommand};
+use crate::client::Client;
+use crate::output::{self, Table, bytes};
+
+/// Prints the VMs of a `{host, vms}` answer.
+fn print_scan(verb: &str, answer: &Value) {
+    let host = answer.get("host").cloned().unwrap_or(Value::Null);
+    let vms = arr(answer, "vms");
+    println!(
+        "{verb} host {} ({}, {}): {} VMs",
+        s(&host, "name"),
+        s(&host, "kind"),
+        s(&host, "location"),
+        vms.len()
+    );
+    if !vms.is_empty() {
+        vm_table(vms).print();
+    }
+}
+
+/// One row per disk of each VM.
+fn vm_table(vms: &[Value]) -> Table {
+    let mut t = Table::new(&["VM", "DISK", "FORMAT", ">SIZE", "PRESENT"]);
+    for vm in vms {
+        let disks = arr(vm, "disks");
+        if disks.is_empty() {
+            t.row(vec![
+                vm_full_name(vm),
+                "(no disks)".into(),
+                String::new(),
+                String::new(),
+                yes_no(b(vm, "present")),
+            ]);
+        }
+        for d in disks {
+            t.row(vec![
+                vm_full_name(vm),
+                s(d, "name").to_string(),
+                s(d, "format").to_string(),
+                u(d, "capacity_bytes").map(bytes).unwrap_or_else(|| "-".into()),
+                yes_no(b(vm, "present") && b(d, "present")),
+            ]);
+        }
+    }
+    t
+}
+
+pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    match c {
+        HostCommand::Add { kind, path, name } => {
+            let kind = match kind {
+                HostKind::ImageFolder => "image-folder",
+            };
+            let path =
+                std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))?;
+            let mut body = json!({"kind": kind, "path": path.display().to_string()});
+            if let Some(n) = name {
+                body["name"] = Value::from(n.as_str());
+            }
+            let answer = client.post("/api/v1/hosts", &body)?;
+            if g.json {
+                output::json(&answer)?;
+            } else {
+                print_scan("added", &answer);
+            }
+        }
+        HostCommand::List => {
+            let all = client.get("/api/v1/hosts")?;
+            if g.json {
+                output::json(&all)?;
+            } else {
+                let mut t = Table::new(&["NAME", "KIND", "LOCATION", ">VMS", "ADDED"]);
+                for h in list(&all) {
+                    t.row(vec![
+                        s(h, "name").to_string(),
+                        s(h, "kind").to_string(),
+                        s(h, "location").to_string(),
+                        s_or_dash(h, "vms"),
+                        output::time(s(h, "created_at")),
+                    ]);
+                }
+                if t.is_empty() {
+                    println!("no hosts (add one with `cairn host add image-folder --path DIR`)");
+                } else {
+                    t.print();
+                }
+            }
+        }
+        HostCommand::Rescan { name } => {
+            let id = id_by_name(&client, "/api/v1/hosts", "host", name)?;
+            let answer = client.post(&format!("/api/v1/hosts/{id}/rescan"), &json!({}))?;
+            if g.json {
+                output::json(&answer)?;
+            } else {
+                print_scan("rescanned", &answer);
+            }
+        }
+        HostCommand::Remove { name } => {
+            let id = id_by_name(&client, "/api/v1/hosts", "host", name)?;
+            client.delete(&format!("/api/v1/hosts/{id}"))?;
+            if g.json {
+                output::json(&json!({"removed": name, "id": id}))?;
+            } else {
+                println!("removed host {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn vms(g: &Global, c: &VmCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    match c {
+        VmCommand::List { host } => {
+            let all = match host {
+                Some(name) => {
+                    let id = id_by_name(&client, "/api/v1/hosts", "host", name)?;
+                    client.get_query("/api/v1/vms", &[("host", id.to_string())])?
+                }
+                None => client.get("/api/v1/vms")?,
+            };
+            if g.json {
+                output::json(&all)?;
+            } else if list(&all).is_empty() {
+                println!("no VMs");
+            } else {
+                vm_table(list(&all)).print();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,201 @@
+//! `cairn repository …`, `cairn proxy …` and `cairn settings`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Map, Value, json};
+
+use super::login::password_from_stdin;
+use super::lookup::{b, id_by_name, list, s, s_or_dash, u, yes_no};
+use crate::args::{Global, ProxyCommand, RepoEncryption, RepositoryCommand, SettingsArgs};
+use crate::client::{Client, usage};
+use crate::output::{self, Table, bytes, rate};
+
+fn limits(body: &mut Map<String, Value>, max_tasks: Option<u32>, read: Option<u64>, write: Option<u64>) {
+    if let Some(n) = max_tasks {
+        body.insert("max_tasks".into(), Value::from(n));
+    }
+    if let Some(r) = read {
+        body.insert("read_limit_bytes".into(), Value::from(r));
+    }
+    if let Some(w) = write {
+        body.insert("write_limit_bytes".into(), Value::from(w));
+    }
+}
+
+fn describe(r: &Value) -> String {
+    format!(
+        "repository {} at {} ({}encrypted, {} tasks, read {}, write {})",
+        s(r, "name"),
+        s(r, "path"),
+        if b(r, "encrypted") { "" } else { "not " },
+        s_or_dash(r, "max_tasks"),
+        rate(u(r, "read_limit_bytes")),
+        rate(u(r, "write_limit_bytes")),
+    )
+}
+
+pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    match c {
+        RepositoryCommand::Add {
+            name,
+            path,
+            encryption,
+            password_stdin,
+            max_tasks,
+            read_limit,
+            write_limit,
+        } => {
+            let path =
+                std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))?;
+            let mut body = Map::new();
+            body.insert("name".into(), Value::from(name.as_str()));
+            body.insert("path".into(), Value::from(path.display().to_string()));
+            let enc = match encryption {
+                RepoEncryption::Aes256Gcm => "aes-256-gcm",
+                RepoEncryption::None => "none",
+            };
+            body.insert("encryption".into(), Value::from(enc));
+            let password = if *password_stdin {
+                Some(password_from_stdin()?)
+            } else {
+                super::password(g)?
+                    .map(String::from_utf8)
+                    .transpose()
+                    .map_err(|_| usage!("the repository password is not UTF-8"))?
+            };
+            if let Some(pw) = password {
+                if *encryption == RepoEncryption::None {
+                    return Err(usage!("a password was given for a repository with --encryption none"));
+                }
+                body.insert("password".into(), Value::from(pw));
+            }
+            limits(&mut body, *max_tasks, *read_limit, *write_limit);
+            let repo = client.post("/api/v1/repositories", &body)?;
+            if g.json {
+                output::json(&repo)?;
+            } else {
+                println!("added {}", describe(&repo));
+            }
+        }
+        RepositoryCommand::List => {
+            let all = client.get("/api/v1/repositories")?;
+            if g.json {
+                output::json(&all)?;
+            } else {
+                let mut t = Table::new(&[
+                    "NAME",
+                    "PATH",
+                    "DEFAULT",
+                    "ENCRYPTED",
+                    ">TASKS",
+                    ">READ LIMIT",
+                    ">WRITE LIMIT",
+                    ">FREE",
+                ]);
+                for r in list(&all) {
+                    t.row(vec![
+                        s(r, "name").to_string(),
+                        s(r, "path").to_string(),
+                        yes_no(b(r, "is_default")),
+                        yes_no(b(r, "encrypted")),
+                        s_or_dash(r, "max_tasks"),
+                        rate(u(r, "read_limit_bytes")),
+                        rate(u(r, "write_limit_bytes")),
+                        u(r, "free_bytes").map(bytes).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                t.print();
+            }
+        }
+        RepositoryCommand::Set {
+            name,
+            max_tasks,
+            read_limit,
+            write_limit,
+        } => {
+            if max_tasks.is_none() && read_limit.is_none() && write_limit.is_none() {
+                return Err(usage!(
+                    "nothing to change: give --max-tasks, --read-limit and/or --write-limit"
+                ));
+            }
+            let id = id_by_name(&client, "/api/v1/repositories", "repository", name)?;
+            let mut body = Map::new();
+            limits(&mut body, *max_tasks, *read_limit, *write_limit);
+            let repo = client.patch(&format!("/api/v1/repositories/{id}"), &body)?;
+            if g.json {
+                output::json(&repo)?;
+            } else {
+                println!("changed {}", describe(&repo));
+            }
+        }
+        RepositoryCommand::Remove { name } => {
+            let id = id_by_name(&client, "/api/v1/repositories", "repository", name)?;
+            client.delete(&format!("/api/v1/repositories/{id}"))?;
+            if g.json {
+                output::json(&json!({"removed": name, "id": id}))?;
+            } else {
+                println!("removed repository {name} from the server (its files stay on disk)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    match c {
+        ProxyCommand::List => {
+            let all = client.get("/api/v1/proxies")?;
+            if g.json {
+                output::json(&all)?;
+            } else {
+                let mut t = Table::new(&["NAME", "ADDRESS", ">TASKS", ">RUNNING"]);
+                for p in list(&all) {
+                    t.row(vec![
+                        s(p, "name").to_string(),
+                        s_or_dash(p, "address"),
+                        s_or_dash(p, "max_tasks"),
+                        s_or_dash(p, "running_tasks"),
+                    ]);
+                }
+                t.print();
+            }
+        }
+        ProxyCommand::Set { name, max_tasks } => {
+            let id = id_by_name(&client, "/api/v1/proxies", "proxy", name)?;
+            let p = client.patch(&format!("/api/v1/proxies/{id}"), &json!({"max_tasks": max_tasks}))?;
+            if g.json {
+                output::json(&p)?;
+            } else {
+                println!(
+                    "proxy {} now runs up to {} tasks",
+                    s(&p, "name"),
+                    s_or_dash(&p, "max_tasks")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    let settings = match a.parallel_processing {
+        Some(on) => client.patch("/api/v1/settings", &json!({"parallel_processing": on}))?,
+        None => client.get("/api/v1/settings")?,
+    };
+    if g.json {
+        output::json(&settings)?;
+    } else {
+        let on = if b(&settings, "parallel_processing") {
+            "on"
+        } else {
+            "off"
+        };
+        println!("parallel processing: {on}");
+        println!("time zone: {}", s_or_dash(&settings, "time_zone"));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,23 @@
+//! `cairn server`: runs the backup server in this process.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::args::{Global, ServerArgs};
+
+pub fn run(_g: &Global, a: &ServerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = cairn_server::ServerConfig::new(&a.data);
+    config.listen = a.listen;
+    config.database_url = a.database.clone();
+    config.default_repository = a.default_repository.clone();
+    config.time_zone = a.time_zone.clone();
+    config.extra_names = a.names.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn-server")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(cairn_server::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

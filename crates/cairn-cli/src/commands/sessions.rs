@@ -1,0 +1,445 @@
+//! `cairn session …`, and following a session live (`cairn job run --wait`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use super::lookup::{arr, f, i, id_by_name, list, s, s_or_dash, u};
+use crate::args::{Global, SessionCommand};
+use crate::client::Client;
+use crate::output::{self, Table, bytes};
+
+/// How often a followed session is polled.
+const POLL: Duration = Duration::from_millis(500);
+/// Log lines asked for per request.
+const LOG_PAGE: u32 = 1000;
+
+/// Whether a session or task state is final.
+fn ended(state: &str) -> bool {
+    matches!(state, "success" | "warning" | "failed" | "stopped")
+}
+
+/// The exit code for a session's final state: 0 success or warning, 1 failed, 3 stopped.
+fn exit_code(state: &str) -> ExitCode {
+    match state {
+        "success" | "warning" => ExitCode::SUCCESS,
+        "stopped" => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Seconds between two RFC 3339 times.
+fn seconds_between(start: &str, end: &str) -> Option<f64> {
+    let a: jiff::Timestamp = start.parse().ok()?;
+    let b: jiff::Timestamp = end.parse().ok()?;
+    Some(b.duration_since(a).as_secs_f64())
+}
+
+/// Duration of a session or task: its statistics, else its start and end times.
+fn duration_of(x: &Value) -> Option<f64> {
+    x.get("statistics").and_then(|st| f(st, "duration_secs")).or_else(|| {
+        let end = x.get("ended_at").and_then(Value::as_str)?;
+        seconds_between(s(x, "started_at"), end)
+    })
+}
+
+/// `source 80%, proxy 12%, network 3%, target 9%` from a busy object (or list of pairs).
+fn busy_text(busy: Option<&Value>) -> String {
+    let Some(busy) = busy else { return "-".into() };
+    let mut parts = Vec::new();
+    match busy {
+        Value::Object(m) => {
+            for k in ["source", "proxy", "network", "target"] {
+                if let Some(v) = m.get(k).and_then(Value::as_f64) {
+                    parts.push(format!("{k} {v:.0}%"));
+                }
+            }
+            for (k, v) in m {
+                if !["source", "proxy", "network", "target"].contains(&k.as_str())
+                    && let Some(v) = v.as_f64()
+                {
+                    parts.push(format!("{k} {v:.0}%"));
+                }
+            }
+        }
+        Value::Array(a) => {
+            for pair in a {
+                if let (Some(k), Some(v)) = (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_f64)) {
+                    parts.push(format!("{k} {v:.0}%"));
+                }
+            }
+        }
+        _ => {}
+    }
+    if parts.is_empty() { "-".into() } else { parts.join(", ") }
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+}
+
+fn bytes_of(st: &Value, key: &str) -> String {
+    u(st, key).map_or_else(|| "-".into(), bytes)
+}
+
+/// `web01/disk0` naming a task.
+fn task_name(t: &Value) -> String {
+    let disk = s(t, "disk_name");
+    if disk.is_empty() {
+        s(t, "vm_name").to_string()
+    } else {
+        format!("{}/{disk}", s(t, "vm_name"))
+    }
+}
+
+/// The session's header and statistics.
+fn print_summary(session: &Value) {
+    let st = session.get("statistics").cloned().unwrap_or(Value::Null);
+    let state = s(session, "state");
+    let ended_at = session
+        .get("ended_at")
+        .and_then(Value::as_str)
+        .map(|t| format!(", ended {}", output::time(t)))
+        .unwrap_or_default();
+    let took = duration_of(session)
+        .map(|d| format!(" in {}", output::duration(d)))
+        .unwrap_or_default();
+    println!(
+        "session {} of job {}: {state}{took} (started {}{ended_at})",
+        s_or_dash(session, "id"),
+        s(session, "job_name"),
+        output::time(s(session, "started_at")),
+    );
+    if !st.is_object() {
+        return;
+    }
+    if let Some(n) = u(&st, "tasks") {
+        let count = |k: &str| u(&st, k).unwrap_or(0);
+        println!(
+            "  tasks: {n} ({} success, {} warning, {} failed, {} stopped)",
+            count("tasks_success"),
+            count("tasks_warning"),
+            count("tasks_failed"),
+            count("tasks_stopped")
+        );
+    }
+    println!(
+        "  read {}, transferred {}, new {}",
+        bytes_of(&st, "read_bytes"),
+        bytes_of(&st, "transferred_bytes"),
+        bytes_of(&st, "new_bytes")
+    );
+    println!(
+        "  dedup {}, compression {}",
+        ratio(f(&st, "dedup_ratio")),
+        ratio(f(&st, "compression_ratio"))
+    );
+    println!(
+        "  busy: {}; bottleneck: {}",
+        busy_text(st.get("busy")),
+        s_or_dash(&st, "bottleneck")
+    );
+    if let Some(a) = u(&st, "attempt").filter(|a| *a > 1) {
+        println!("  attempt {a}");
+    }
+}
+
+/// Every log line of a task after line `after`.
+fn task_log(client: &Client, task: i64, mut after: i64) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    loop {
+        let page = client.get_query(
+            &format!("/api/v1/tasks/{task}/log"),
+            &[("after", after.to_string()), ("limit", LOG_PAGE.to_string())],
+        )?;
+        let lines = list(&page);
+        let Some(last) = lines.last().and_then(|l| i(l, "id")) else {
+            break;
+        };
+        if last <= after {
+            break;
+        }
+        after = last;
+        out.extend(lines.iter().cloned());
+    }
+    Ok(out)
+}
+
+fn log_line(task: &str, l: &Value) -> String {
+    format!(
+        "{}  {:<7} {task}: {}",
+        output::time(s(l, "at")),
+        s(l, "level"),
+        s(l, "text")
+    )
+}
+
+/// Follows a session until it ends: task states, log lines and progress bars; then prints its
+/// result (or `{session, tasks}` with `--json`). Exit code per [`exit_code`].
+pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<ExitCode> {
+    let live = !g.json && !g.quiet;
+    let multi = MultiProgress::new();
+    if !live || !std::io::stderr().is_terminal() {
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut bars: HashMap<i64, ProgressBar> = HashMap::new();
+    let mut states: HashMap<i64, String> = HashMap::new();
+    let mut log_after: HashMap<i64, i64> = HashMap::new();
+    let mut logs_done: HashSet<i64> = HashSet::new();
+    let mut session_state = String::new();
+    let say = |line: String| {
+        if live {
+            multi.suspend(|| println!("{line}"));
+        }
+    };
+    let detail = loop {
+        let detail = client.get(&format!("/api/v1/sessions/{session_id}"))?;
+        let session = detail.get("session").cloned().unwrap_or(Value::Null);
+        let state = s(&session, "state").to_string();
+        // The final state is told by the summary at the end.
+        if state != session_state && !ended(&state) {
+            say(format!("session {session_id}: {state}"));
+        }
+        session_state.clone_from(&state);
+        for t in arr(&detail, "tasks") {
+            let Some(tid) = i(t, "id") else { continue };
+            let name = task_name(t);
+            let tstate = s(t, "state").to_string();
+            if states.get(&tid) != Some(&tstate) {
+                say(format!("  {name}: {tstate}"));
+                states.insert(tid, tstate.clone());
+            }
+            if tstate != "waiting" && !logs_done.contains(&tid) {
+                let after = log_after.get(&tid).copied().unwrap_or(0);
+                for l in task_log(client, tid, after)? {
+                    if let Some(id) = i(&l, "id") {
+                        log_after.insert(tid, id);
+                    }
+                    say(format!("    {}", log_line(&name, &l)));
+                }
+                if ended(&tstate) {
+                    logs_done.insert(tid);
+                }
+            }
+            let progress = t.get("progress").filter(|p| p.is_object());
+            if tstate == "running"
+                && let Some(p) = progress
+            {
+                let bar = bars.entry(tid).or_insert_with(|| {
+                    let b = ProgressBar::new(u(p, "total_bytes").unwrap_or(0))
+                        .with_style(style.clone())
+                        .with_message(name.clone());
+                    multi.add(b)
+                });
+                bar.set_length(u(p, "total_bytes").unwrap_or(0));
+                bar.set_position(u(p, "done_bytes").unwrap_or(0));
+            } else if tstate != "running"
+                && let Some(b) = bars.remove(&tid)
+            {
+                b.finish_and_clear();
+                multi.remove(&b);
+            }
+        }
+        if ended(&state) {
+            break detail;
+        }
+        std::thread::sleep(POLL);
+    };
+    for (_, b) in bars.drain() {
+        b.finish_and_clear();
+    }
+    let session = detail.get("session").cloned().unwrap_or(Value::Null);
+    if g.json {
+        output::json(&json!({"session": session, "tasks": detail.get("tasks").cloned().unwrap_or(json!([]))}))?;
+    } else {
+        print_summary(&session);
+        match s(&session, "state") {
+            "warning" => {
+                eprintln!("warning: session {session_id} ended with warnings (see `cairn session show {session_id}`)")
+            }
+            "failed" => eprintln!("error: session {session_id} failed (see `cairn session show {session_id}`)"),
+            "stopped" => eprintln!("session {session_id} was stopped"),
+            _ => {}
+        }
+    }
+    Ok(exit_code(s(&session, "state")))
+}
+
+fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all: bool) -> anyhow::Result<()> {
+    let job_id = match job {
+        Some(name) => Some(id_by_name(client, "/api/v1/jobs", "job", name)?),
+        None => None,
+    };
+    let mut sessions: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(j) = job_id {
+            q.push(("job", j.to_string()));
+        }
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page = client.get_query("/api/v1/sessions", &q)?;
+        sessions.extend(arr(&page, "sessions").iter().cloned());
+        cursor = page.get("next_cursor").and_then(Value::as_str).map(str::to_string);
+        if !all || cursor.is_none() {
+            break;
+        }
+    }
+    if g.json {
+        return output::json(&json!({"sessions": sessions, "next_cursor": cursor}));
+    }
+    if sessions.is_empty() {
+        println!("no sessions");
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        ">ID",
+        "JOB",
+        "STATE",
+        "STARTED",
+        ">DURATION",
+        ">READ",
+        ">TRANSFERRED",
+        "BOTTLENECK",
+    ]);
+    for x in &sessions {
+        let st = x.get("statistics").cloned().unwrap_or(Value::Null);
+        t.row(vec![
+            s_or_dash(x, "id"),
+            s(x, "job_name").to_string(),
+            s(x, "state").to_string(),
+            output::time(s(x, "started_at")),
+            duration_of(x).map_or_else(|| "-".into(), output::duration),
+            bytes_of(&st, "read_bytes"),
+            bytes_of(&st, "transferred_bytes"),
+            s_or_dash(&st, "bottleneck"),
+        ]);
+    }
+    t.print();
+    if cursor.is_some() && !g.quiet {
+        eprintln!("(more sessions: --all lists every one)");
+    }
+    Ok(())
+}
+
+fn show_session(g: &Global, client: &Client, id: i64) -> anyhow::Result<()> {
+    let detail = client.get(&format!("/api/v1/sessions/{id}"))?;
+    let session = detail.get("session").cloned().unwrap_or(Value::Null);
+    let mut tasks: Vec<Value> = arr(&detail, "tasks").to_vec();
+    for t in &mut tasks {
+        let log = match i(t, "id") {
+            Some(tid) => task_log(client, tid, 0)?,
+            None => Vec::new(),
+        };
+        if let Some(obj) = t.as_object_mut() {
+            obj.insert("log".into(), Value::from(log));
+        }
+    }
+    if g.json {
+        return output::json(&json!({"session": session, "tasks": tasks}));
+    }
+    print_summary(&session);
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    println!();
+    let mut table = Table::new(&[
+        "TASK",
+        "STATE",
+        "STARTED",
+        ">DURATION",
+        ">READ",
+        ">TRANSFERRED",
+        "BOTTLENECK",
+        "BUSY",
+    ]);
+    for t in &tasks {
+        let st = t.get("statistics").cloned().unwrap_or(Value::Null);
+        let mut state = s(t, "state").to_string();
+        if let Some(p) = t.get("progress").filter(|p| p.is_object()) {
+            let total = u(p, "total_bytes").unwrap_or(0);
+            if total > 0 {
+                let pct = u(p, "done_bytes").unwrap_or(0) as f64 * 100.0 / total as f64;
+                state = format!("{state} {pct:.0}%");
+            }
+        }
+        table.row(vec![
+            task_name(t),
+            state,
+            t.get("started_at")
+                .and_then(Value::as_str)
+                .map_or_else(|| "-".into(), output::time),
+            duration_of(t).map_or_else(|| "-".into(), output::duration),
+            bytes_of(&st, "read_bytes"),
+            bytes_of(&st, "transferred_bytes"),
+            s_or_dash(&st, "bottleneck"),
+            busy_text(st.get("busy")),
+        ]);
+    }
+    table.print();
+    for t in &tasks {
+        let log = arr(t, "log");
+        if log.is_empty() {
+            continue;
+        }
+        println!();
+        println!("log of {}:", task_name(t));
+        for l in log {
+            println!("  {}  {:<7} {}", output::time(s(l, "at")), s(l, "level"), s(l, "text"));
+        }
+    }
+    Ok(())
+}
+
+pub fn sessions(g: &Global, c: &SessionCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::from_global(g)?;
+    match c {
+        SessionCommand::List { job, limit, all } => list_sessions(g, &client, job.as_deref(), *limit, *all)?,
+        SessionCommand::Show { id } => show_session(g, &client, *id)?,
+        SessionCommand::Stop { id } => {
+            client.post(&format!("/api/v1/sessions/{id}/stop"), &json!({}))?;
+            if g.json {
+                output::json(&json!({"session_id": id, "stopping": true}))?;
+            } else {
+                println!("stopping session {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_shown_in_a_fixed_order() {
+        let b = json!({"target": 9.4, "source": 80.2, "network": 3.0, "proxy": 12.0});
+        assert_eq!(busy_text(Some(&b)), "source 80%, proxy 12%, network 3%, target 9%");
+        assert_eq!(busy_text(None), "-");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_result() {
+        assert_eq!(exit_code("success"), ExitCode::SUCCESS);
+        assert_eq!(exit_code("warning"), ExitCode::SUCCESS);
+        assert_eq!(exit_code("failed"), ExitCode::from(1));
+        assert_eq!(exit_code("stopped"), ExitCode::from(3));
+    }
+
+    #[test]
+    fn durations_come_from_times_without_statistics() {
+        let x = json!({"started_at": "2026-11-23T10:00:00Z", "ended_at": "2026-11-23T10:01:30Z"});
+        assert_eq!(duration_of(&x), Some(90.0));
+    }
+}
