@@ -43,3 +43,39 @@ echo "== cairn verify"
 echo "== cairn retain --keep 1"
 "$cairn" retain --repo "$demo/repo" --vm web01 --keep 1
 "$cairn" verify --repo "$demo/repo"
+
+echo
+echo "== the same through the backup server: cairn server (HTTPS on 127.0.0.1, its own CA)"
+mkdir -p "$demo/vms/web01"
+cp --sparse=always "$disk" "$demo/vms/web01/disk0.raw"
+export CAIRN_CONFIG_DIR=$demo/client
+export CAIRN_ADMIN_PASSWORD=${CAIRN_ADMIN_PASSWORD:-demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 8520)
+"$cairn" server --data "$demo/server" --listen "127.0.0.1:$port" --default-repository "$demo/server-repo" \
+    >"$demo/server.log" 2>&1 &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+    grep -q "listening on" "$demo/server.log" && break
+    kill -0 $server_pid 2>/dev/null || { cat "$demo/server.log"; exit 1; }
+    sleep 0.1
+done
+sed 's/^/  server: /' "$demo/server.log"
+echo "== cairn login"
+echo "$CAIRN_ADMIN_PASSWORD" | "$cairn" login "https://127.0.0.1:$port" --user admin --password-stdin \
+    --ca-cert "$demo/server/ca.pem"
+echo "== cairn host add image-folder, cairn vm list"
+"$cairn" host add image-folder --path "$demo/vms"
+"$cairn" vm list
+echo "== cairn job create nightly, cairn job run nightly --wait"
+"$cairn" job create nightly --vm web01 --repository default --schedule "daily 22:00" --retain 14
+"$cairn" job run nightly --wait
+echo "== cairn session list, cairn session show"
+"$cairn" session list
+session=$("$cairn" --json session list --limit 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["sessions"][0]["id"])')
+"$cairn" session show "$session"
+echo "== cairn restore through the server"
+"$cairn" restore --repository default --vm web01 --point latest --disk 0 --to "$demo/server-restored.raw"
+cmp "$disk" "$demo/server-restored.raw" && echo "restored through the server: byte-identical"
+kill $server_pid
+wait $server_pid 2>/dev/null || true
