@@ -22,6 +22,8 @@ command -v mkntfs >/dev/null || [ -x /usr/sbin/mkntfs ] || need_apt+=(ntfs-3g)
 command -v vhdimount >/dev/null || need_apt+=(libvhdi-utils)
 command -v fusermount >/dev/null || need_apt+=(fuse3)
 command -v cc >/dev/null || need_apt+=(gcc)
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"

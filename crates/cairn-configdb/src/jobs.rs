@@ -330,6 +330,24 @@ impl ConfigDb {
         })
     }
 
+    /// The names of the jobs with these ids (unknown ids are left out), in one query.
+    pub async fn job_names(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT id, name FROM jobs WHERE id IN ({})", placeholders.join(", "));
+        let rows: Vec<(i64, String)> = on_pool!(self, |pool| {
+            // Only numbered placeholders are formatted into the text; the ids are bound.
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in ids {
+                query = query.bind(*id);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
     /// Deletes a job with its sessions, tasks and logs.
     pub async fn delete_job(&self, id: i64) -> Result<()> {
         on_pool!(self, |pool| {

@@ -1,5 +1,6 @@
 //! Sessions (job runs), their tasks (one per VM disk) and task logs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -390,6 +391,23 @@ impl ConfigDb {
             _ => None,
         };
         Ok(SessionPage { sessions, next })
+    }
+
+    /// The newest session of every job that has one, keyed by job id: one index lookup per job
+    /// (statistics are left empty: callers want the state and times).
+    pub async fn last_sessions(&self) -> Result<HashMap<i64, Session>> {
+        let rows: Vec<SessionRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT s.id, s.job_id, s.state, s.started_at, s.ended_at, '{}' AS statistics ",
+                "FROM jobs j JOIN sessions s ON s.id = (SELECT id FROM sessions WHERE job_id = j.id ",
+                "ORDER BY started_at DESC, id DESC LIMIT 1)"
+            ))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|row| Session::try_from(row).map(|s| (s.job_id, s)))
+            .collect()
     }
 
     /// Every session still waiting or running, oldest first (uses the partial index on `state`).

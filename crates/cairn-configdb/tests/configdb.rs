@@ -334,6 +334,37 @@ async fn paged_sessions_in_order(f: &Fixture) {
 }
 both_backends!(paged_sessions_in_order);
 
+async fn job_names_and_last_sessions(f: &Fixture) {
+    let db = &f.db;
+    let (repository, _, nightly) = setup(db).await;
+    let weekly = db.create_job(&job("weekly", repository, vec![])).await.expect("job").id;
+    let idle = db.create_job(&job("idle", repository, vec![])).await.expect("job").id;
+    // Ties on the start time are broken by id, as in the session list.
+    let mut newest = std::collections::HashMap::new();
+    for (i, job) in [nightly, weekly, nightly, weekly, nightly, nightly]
+        .into_iter()
+        .enumerate()
+    {
+        let s = db
+            .create_session(job, ts(if i >= 4 { 100 } else { i as i64 }))
+            .await
+            .expect("session");
+        newest.insert(job, s.id);
+    }
+    let last = db.last_sessions().await.expect("last sessions");
+    assert_eq!(last.len(), 2, "a job without sessions has no entry: {last:?}");
+    assert_eq!(last[&nightly].id, newest[&nightly]);
+    assert_eq!(last[&weekly].id, newest[&weekly]);
+    assert!(!last.contains_key(&idle));
+
+    let names = db.job_names(&[nightly, idle, 987_654]).await.expect("names");
+    assert_eq!(names.len(), 2, "unknown ids are left out: {names:?}");
+    assert_eq!(names[&nightly], "nightly");
+    assert_eq!(names[&idle], "idle");
+    assert!(db.job_names(&[]).await.expect("no ids").is_empty());
+}
+both_backends!(job_names_and_last_sessions);
+
 async fn restart_marks_running_sessions_failed(f: &Fixture) {
     let db = &f.db;
     let (_, _, job_id) = setup(db).await;

@@ -1001,6 +1001,17 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
     let page = t.get(&format!("/api/v1/sessions?job={id}&limit=1")).await;
     assert_eq!(page["sessions"][0]["id"], session_id);
     assert_eq!(
+        page["sessions"][0]["job_name"], "nightly",
+        "the list names the job: {page}"
+    );
+    let all = t.get("/api/v1/jobs").await;
+    let listed = all.as_array().unwrap().iter().find(|j| j["id"] == id).cloned().unwrap();
+    assert_eq!(
+        listed["last_session"]["id"], session_id,
+        "the job list has the last session: {all}"
+    );
+    assert_eq!(listed["last_session"]["state"], "success");
+    assert_eq!(
         t.get(&format!("/api/v1/jobs/{id}")).await["last_session"]["id"],
         session_id
     );

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cairn_configdb::{Job, JobSpec, Role, SessionQuery};
+use cairn_configdb::{Job, JobSpec, Role, Session, SessionQuery};
 use cairn_schedule::{BackupWindow, Rule, Schedule};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -155,15 +155,21 @@ pub async fn job_dto(state: &AppState, job: Job) -> ApiResult<JobDto> {
             limit: 1,
         })
         .await?;
-    let last_session = page.sessions.into_iter().next().map(|s| LastSession {
+    let now = state.jobs.clock().now();
+    Ok(dto_from(state, job, page.sessions.into_iter().next(), now))
+}
+
+/// A job's API form, given its newest session.
+fn dto_from(state: &AppState, job: Job, last: Option<Session>, now: Timestamp) -> JobDto {
+    let last_session = last.map(|s| LastSession {
         id: s.id,
         state: s.state.as_str().into(),
         started_at: s.started_at,
         ended_at: s.ended_at,
     });
-    let next_run = crate::scheduler::next_run(&job, state.jobs.clock().now(), &state.time_zone);
+    let next_run = crate::scheduler::next_run(&job, now, &state.time_zone);
     let s = job.spec;
-    Ok(JobDto {
+    JobDto {
         id: job.id,
         version: job.version,
         created_at: job.created_at,
@@ -184,7 +190,7 @@ pub async fn job_dto(state: &AppState, job: Job) -> ApiResult<JobDto> {
         enabled: s.enabled,
         next_run,
         last_session,
-    })
+    }
 }
 
 /// A schedule text in its canonical form, or 422 naming the problem.
@@ -343,10 +349,19 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
     responses((status = 200, description = "OK", body = Vec<JobDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
 pub async fn list_jobs(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<JobDto>>> {
     caller.require(Role::Viewer)?;
-    let mut out = Vec::new();
-    for job in state.db.list_jobs().await? {
-        out.push(job_dto(&state, job).await?);
-    }
+    // Two queries whatever the number of jobs: the jobs, and the newest session of each.
+    let mut last = state.db.last_sessions().await?;
+    let now = state.jobs.clock().now();
+    let out = state
+        .db
+        .list_jobs()
+        .await?
+        .into_iter()
+        .map(|job| {
+            let last_session = last.remove(&job.id);
+            dto_from(&state, job, last_session, now)
+        })
+        .collect();
     Ok(Json(out))
 }
 

@@ -227,24 +227,19 @@ pub async fn list_sessions(
             limit,
         })
         .await?;
-    let mut names: HashMap<i64, String> = HashMap::new();
-    let mut sessions = Vec::with_capacity(page.sessions.len());
-    for s in page.sessions {
-        let name = match names.get(&s.job_id) {
-            Some(name) => name.clone(),
-            None => {
-                let name = state
-                    .db
-                    .get_job(s.job_id)
-                    .await
-                    .map(|j| j.spec.name)
-                    .unwrap_or_default();
-                names.insert(s.job_id, name.clone());
-                name
-            }
-        };
-        sessions.push(session_dto(s, name));
-    }
+    // One query for the job names of the whole page.
+    let mut ids: Vec<i64> = page.sessions.iter().map(|s| s.job_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names: HashMap<i64, String> = state.db.job_names(&ids).await?;
+    let sessions = page
+        .sessions
+        .into_iter()
+        .map(|s| {
+            let name = names.get(&s.job_id).cloned().unwrap_or_default();
+            session_dto(s, name)
+        })
+        .collect();
     Ok(Json(SessionPageDto {
         sessions,
         next_cursor: page.next.map(|c| c.to_string()),
