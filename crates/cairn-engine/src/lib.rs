@@ -6,7 +6,9 @@
 //! it hears when each disk starts (and may hold it there until a task slot is
 //! free) and ends with the disk's own statistics, paces repository writes, and
 //! can stop the backup at the next block ([`EngineError::Stopped`]; the
-//! repository stays as it was).
+//! repository stays as it was). A restore is driven the same way through
+//! [`RestoreHooks`] ([`restore_with_hooks`]): progress, paced repository reads
+//! and a stop at the next block.
 //!
 //! ```no_run
 //! use cairn_engine::{backup, BackupOptions, DiskInput};
@@ -25,7 +27,7 @@ mod restore;
 mod stages;
 
 pub use backup::{BackupHooks, BackupOptions, BackupResult, DiskInput, backup, backup_with_hooks};
-pub use restore::{RestoreStats, RestoreTarget, restore};
+pub use restore::{RestoreHooks, RestoreStats, RestoreTarget, restore, restore_with_hooks};
 pub use stages::Progress;
 
 /// Errors of the data path.
@@ -45,6 +47,10 @@ pub enum EngineError {
     /// the repository is as it was before the backup started.
     #[error("the backup was stopped before its restore point was committed")]
     Stopped,
+    /// The caller asked the restore to stop ([`RestoreHooks::stop_requested`]);
+    /// the partial image file was removed.
+    #[error("the restore was stopped; its partial image file was removed")]
+    RestoreStopped,
     /// A [`BackupHooks`] method failed (e.g. no task slot could be had).
     #[error(transparent)]
     Hook(Box<dyn std::error::Error + Send + Sync + 'static>),

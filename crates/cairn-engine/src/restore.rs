@@ -5,6 +5,11 @@
 //! worker reading, checking, decoding and handing its blocks to the image
 //! writer. Blocks absent from the index are never written: they stay holes
 //! (raw) or unallocated (qcow2, VHDX, VHD).
+//!
+//! A scheduler drives a restore through [`RestoreHooks`]
+//! ([`restore_with_hooks`]): it hears the progress, paces repository reads
+//! (a read rate limit) and can stop the restore at the next block
+//! ([`EngineError::RestoreStopped`]; the partial image file is removed).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -61,9 +66,44 @@ impl Default for RestoreTarget {
     }
 }
 
+/// What a caller of [`restore_with_hooks`] hears and decides while a restore
+/// runs. Every method has a default that does nothing; the methods are called
+/// from the restore's worker threads, concurrently.
+pub trait RestoreHooks: Sync {
+    /// Progress of the restore (bytes of the disk's blocks that were read and
+    /// written so far, of all its blocks).
+    fn progress(&self, progress: Progress) {
+        let _ = progress;
+    }
+
+    /// Called after each block record of `bytes` bytes (header and payload,
+    /// as stored) was read from the repository, on the reading thread: sleep
+    /// here to keep to a read rate limit.
+    fn throttle_read(&self, bytes: u64) {
+        let _ = bytes;
+    }
+
+    /// Polled before every block by every worker: `true` ends the restore
+    /// with [`EngineError::RestoreStopped`] at the next block (the partial
+    /// image file is removed).
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// Hooks that only report progress (what [`restore`] uses).
+struct ProgressOnly<'a>(&'a (dyn Fn(Progress) + Sync));
+
+impl RestoreHooks for ProgressOnly<'_> {
+    fn progress(&self, progress: Progress) {
+        (self.0)(progress)
+    }
+}
+
 /// Restores disk `disk` of point `point` (`latest`, an id or an id prefix) of
 /// `vm` to a new image file `to` as `target` says. On failure the partial
-/// file is removed.
+/// file is removed. Shorthand for [`restore_with_hooks`] with hooks that only
+/// report progress.
 pub fn restore(
     repo: &Repository,
     vm: &str,
@@ -72,6 +112,20 @@ pub fn restore(
     to: &Path,
     target: &RestoreTarget,
     progress: &(dyn Fn(Progress) + Sync),
+) -> Result<RestoreStats> {
+    restore_with_hooks(repo, vm, point, disk, to, target, &ProgressOnly(progress))
+}
+
+/// Restores like [`restore`], with `hooks` told of the progress, pacing the
+/// repository reads and able to stop the restore.
+pub fn restore_with_hooks(
+    repo: &Repository,
+    vm: &str,
+    point: &str,
+    disk: u32,
+    to: &Path,
+    target: &RestoreTarget,
+    hooks: &dyn RestoreHooks,
 ) -> Result<RestoreStats> {
     let started = Instant::now();
     let chain = repo.chain(vm)?;
@@ -108,9 +162,13 @@ pub fn restore(
                         if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                             return Ok(());
                         }
+                        if hooks.stop_requested() {
+                            return Err(EngineError::RestoreStopped);
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(r) = map.blocks.get(i) else { return Ok(()) };
                         chain.read_block(&mut decoder, r, &mut scratch, &mut out)?;
+                        hooks.throttle_read(scratch.len() as u64);
                         let expected = map.block_len(r.block) as usize;
                         if out.len() != expected {
                             return Err(RepoError::Damaged {
@@ -126,7 +184,7 @@ pub fn restore(
                         writer.write_at(&out, r.block * u64::from(map.block_size))?;
                         written.fetch_add(out.len() as u64, Ordering::Relaxed);
                         let d = done.fetch_add(u64::from(map.block_size), Ordering::Relaxed);
-                        progress(Progress {
+                        hooks.progress(Progress {
                             done_bytes: d + u64::from(map.block_size),
                             total_bytes,
                         });

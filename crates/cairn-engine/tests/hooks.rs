@@ -1,6 +1,8 @@
 //! The hooks a scheduler uses to drive a backup: per-disk start/finish with
 //! per-disk statistics that add up to the point's, a stop that leaves the
-//! repository exactly as it was, and write pacing after every stored record.
+//! repository exactly as it was, and write pacing after every stored record;
+//! and the restore's hooks: read pacing after every record read, progress, and
+//! a stop that removes the partial image.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +10,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cairn_disk::{DiskSource, Extent};
-use cairn_engine::{BackupHooks, BackupOptions, DiskInput, EngineError, Progress, backup, backup_with_hooks};
+use cairn_engine::{
+    BackupHooks, BackupOptions, DiskInput, EngineError, Progress, RestoreHooks, backup, backup_with_hooks, restore,
+    restore_with_hooks,
+};
 use cairn_repo::{BackupPlan, Encryption, FullKind, Method, PointStats, Repository};
 
 const BS: u64 = 256 << 10;
@@ -282,4 +287,90 @@ fn a_stop_leaves_the_repository_exactly_as_it_was() {
     assert_eq!(r.point.stats.new_blocks, 80);
     assert_eq!(repo.chain("vm").unwrap().meta().points.len(), 2);
     assert!(cairn_repo::verify::verify(&repo, None, &|_| {}).unwrap().ok);
+}
+
+/// Counts what a restore reports; asks it to stop after `stop_after_reads` reads.
+#[derive(Default)]
+struct RestoreRecorder {
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    last_progress: Mutex<Option<Progress>>,
+    stop_after_reads: Option<u64>,
+}
+
+impl RestoreHooks for RestoreRecorder {
+    fn progress(&self, progress: Progress) {
+        let mut last = self.last_progress.lock().unwrap();
+        if last.is_none_or(|l| l.done_bytes < progress.done_bytes) {
+            *last = Some(progress);
+        }
+    }
+
+    fn throttle_read(&self, bytes: u64) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.read_bytes.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_after_reads
+            .is_some_and(|n| self.reads.load(Ordering::SeqCst) >= n)
+    }
+}
+
+#[test]
+fn restore_paces_every_record_read_and_stops_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(&dir.path().join("r"), Encryption::None, None, None).unwrap();
+    let mut data = pattern(7, 24 * BS as usize);
+    // Four zero blocks are not stored, so they are neither read nor paced.
+    data[(4 * BS) as usize..(8 * BS) as usize].fill(0);
+    backup(&repo, &plan(), inputs(&[data.clone()], None), &opts(), &|_| {}).unwrap();
+    let chain = repo.chain("vm").unwrap();
+    let point = chain.point("latest").unwrap().clone();
+    let stored: u64 = chain
+        .index(&point)
+        .unwrap()
+        .disk(0)
+        .unwrap()
+        .blocks
+        .iter()
+        .map(|b| u64::from(b.stored_len))
+        .sum();
+
+    let out = dir.path().join("restored.raw");
+    let hooks = RestoreRecorder::default();
+    let stats = restore_with_hooks(&repo, "vm", "latest", 0, &out, &Default::default(), &hooks).unwrap();
+    assert_eq!(stats.blocks, 20);
+    assert_eq!(
+        hooks.reads.load(Ordering::SeqCst),
+        20,
+        "one throttle_read per block record"
+    );
+    let paced = hooks.read_bytes.load(Ordering::SeqCst);
+    assert!(
+        paced > stored && paced < stored + 20 * 4096,
+        "paced {paced} bytes for {stored} bytes of payload: records are paced with their headers"
+    );
+    let last = hooks.last_progress.lock().unwrap().expect("progress was reported");
+    assert_eq!((last.done_bytes, last.total_bytes), (20 * BS, 20 * BS));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    // The plain restore gives the same image.
+    let plain = dir.path().join("plain.raw");
+    restore(&repo, "vm", "latest", 0, &plain, &Default::default(), &|_| {}).unwrap();
+    assert_eq!(std::fs::read(&plain).unwrap(), data);
+
+    // A stop ends the restore early and removes the partial file.
+    let stopped = dir.path().join("stopped.raw");
+    let hooks = RestoreRecorder {
+        stop_after_reads: Some(3),
+        ..RestoreRecorder::default()
+    };
+    let err = restore_with_hooks(&repo, "vm", "latest", 0, &stopped, &Default::default(), &hooks).unwrap_err();
+    assert!(matches!(err, EngineError::RestoreStopped), "{err}");
+    assert!(
+        hooks.reads.load(Ordering::SeqCst) < 20,
+        "the restore went on after the stop"
+    );
+    assert!(!stopped.exists(), "the partial image must be removed");
 }

@@ -22,9 +22,11 @@
 //! - **Parallel processing** ([`ResourceScheduler::set_parallel_processing`]). When off, each job
 //!   runs one task at a time, i.e. its VMs and disks one by one; different jobs still run side by
 //!   side.
-//! - **Rate limits.** A repository may limit its read and its write data rate (bytes/s, each
-//!   direction separately). The limit is split equally between the tasks of that direction using
-//!   the repository at that moment, and re-split whenever one starts or ends. Each lease carries a
+//! - **Rate limits.** A repository may limit its read and its write data rate (bytes/s,
+//!   [`RepositoryLimits::read_limit`] and [`RepositoryLimits::write_limit`]). Each limit is split
+//!   equally between the tasks of its direction ([`Direction`]) using the repository at that
+//!   moment, and re-split whenever one starts or ends: readers never slow writers, nor writers
+//!   readers. [`ResourceScheduler::repository_rate`] reports a direction's tasks and share. Each lease carries a
 //!   [`RateLimiter`] — a token bucket at the task's current share — that the data path calls
 //!   after moving data.
 //! - **Runtime edits.** Limits can change at any time. A lowered maximum never stops running
@@ -37,12 +39,13 @@
 //! ([`acquire_async`](ResourceScheduler::acquire_async), whose future is cancel-safe).
 //!
 //! ```
-//! use cairn_resources::{RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest};
+//! use cairn_resources::{Direction, RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest};
 //!
 //! let scheduler = ResourceScheduler::new(SchedulerOptions::default());
 //! scheduler.set_proxy("proxy-1", 2)?;
 //! scheduler.set_proxy("proxy-2", 2)?;
-//! scheduler.set_repository("repo", RepositoryLimits { max_tasks: 4, rate_limit: Some(8 << 20) })?;
+//! let limits = RepositoryLimits { max_tasks: 4, read_limit: Some(2 << 20), write_limit: Some(8 << 20) };
+//! scheduler.set_repository("repo", limits)?;
 //!
 //! let task = TaskRequest::new("nightly", "proxy-1", "repo").with_proxies(["proxy-1", "proxy-2"]);
 //! let first = scheduler.acquire(&task)?;
@@ -50,6 +53,13 @@
 //! assert_ne!(first.proxy(), second.proxy());
 //! assert_eq!(first.rate_limiter().rate(), Some(4 << 20)); // two writers share 8 MiB/s
 //! first.throttle(64 * 1024); // after writing a block
+//!
+//! // A restore reads: it gets the whole read limit and leaves the writers' shares alone.
+//! let restore = scheduler.acquire(&TaskRequest::new("restore", "proxy-1", "repo").with_direction(Direction::Read))?;
+//! assert_eq!(restore.rate_limiter().rate(), Some(2 << 20));
+//! assert_eq!(first.rate_limiter().rate(), Some(4 << 20));
+//! let reads = scheduler.repository_rate(&"repo".into(), Direction::Read).unwrap();
+//! assert_eq!((reads.tasks, reads.share), (1, Some(2 << 20)));
 //! drop(second);
 //! assert_eq!(first.rate_limiter().rate(), Some(8 << 20));
 //! # Ok::<(), cairn_resources::ResourceError>(())
@@ -68,4 +78,4 @@ pub use error::ResourceError;
 pub use ids::{JobId, ProxyId, RepositoryId};
 pub use lease::{Acquire, Lease};
 pub use rate::{Direction, RateLimiter};
-pub use scheduler::{RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest, default_max_tasks};
+pub use scheduler::{RateUsage, RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest, default_max_tasks};

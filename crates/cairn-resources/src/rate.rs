@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Which way a task's data flows at its repository. A repository's rate limit applies to reads and
-/// to writes separately: readers share the limit among themselves, and so do writers.
+/// Which way a task's data flows at its repository. A repository has a read and a write rate limit:
+/// readers share the read limit among themselves, writers the write limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// The task reads from the repository (restore, health check, copy source).
@@ -18,7 +18,8 @@ pub enum Direction {
 /// let the task burst far above its share.
 const BURST: Duration = Duration::from_millis(100);
 
-/// The current per-task rate of one repository, one value per direction; written by the scheduler
+/// The current per-task rate of one repository, one value per direction (each from that
+/// direction's limit); written by the scheduler
 /// whenever a task starts or ends or the limit changes, read by every [`RateLimiter`] on each call.
 #[derive(Debug, Default)]
 pub(crate) struct RateShare {
@@ -46,7 +47,7 @@ impl RateShare {
         self.slot(direction).store(share, Ordering::Relaxed);
     }
 
-    fn get(&self, direction: Direction) -> Option<u64> {
+    pub(crate) fn get(&self, direction: Direction) -> Option<u64> {
         match self.slot(direction).load(Ordering::Relaxed) {
             0 => None,
             rate => Some(rate),

@@ -54,9 +54,26 @@ impl TaskRequest {
 pub struct RepositoryLimits {
     /// Maximum of concurrent tasks (at least 1).
     pub max_tasks: usize,
-    /// Read and write data rate limit in bytes per second (`None` = unlimited). Reads and writes
-    /// are limited separately, each to this value, shared equally by the tasks of that direction.
-    pub rate_limit: Option<u64>,
+    /// Read data rate limit in bytes per second (`None` = unlimited), shared equally by the tasks
+    /// reading from the repository ([`Direction::Read`]) at that moment. Writers ignore it.
+    pub read_limit: Option<u64>,
+    /// Write data rate limit in bytes per second (`None` = unlimited), shared equally by the tasks
+    /// writing to the repository ([`Direction::Write`]) at that moment. Readers ignore it.
+    pub write_limit: Option<u64>,
+}
+
+/// One direction of a repository's data rate at this moment (see
+/// [`ResourceScheduler::repository_rate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateUsage {
+    /// Tasks running in this direction on the repository.
+    pub tasks: usize,
+    /// The repository's limit for this direction in bytes per second, `None` when unlimited.
+    pub limit: Option<u64>,
+    /// What each of those tasks may move now (`limit / tasks`, the whole limit when no task
+    /// runs), `None` when unlimited. Equals [`RateLimiter::rate`](crate::RateLimiter::rate) of
+    /// their leases.
+    pub share: Option<u64>,
 }
 
 impl Default for RepositoryLimits {
@@ -64,7 +81,8 @@ impl Default for RepositoryLimits {
     fn default() -> Self {
         Self {
             max_tasks: default_max_tasks(),
-            rate_limit: None,
+            read_limit: None,
+            write_limit: None,
         }
     }
 }
@@ -174,8 +192,9 @@ impl ResourceScheduler {
         })
     }
 
-    /// Adds a repository or changes its limits. A lowered task maximum stops new tasks only; a new
-    /// rate limit is re-split at once and running tasks follow it from their next call.
+    /// Adds a repository or changes its limits. A lowered task maximum stops new tasks only; new
+    /// read and write limits are re-split at once and running tasks follow them from their next
+    /// call.
     pub fn set_repository(
         &self,
         repository: impl Into<RepositoryId>,
@@ -184,21 +203,23 @@ impl ResourceScheduler {
         if limits.max_tasks == 0 {
             return Err(ResourceError::ZeroTaskLimit);
         }
-        if limits.rate_limit == Some(0) {
+        if limits.read_limit == Some(0) || limits.write_limit == Some(0) {
             return Err(ResourceError::ZeroRateLimit);
         }
         let repository = repository.into();
         self.edit(|state| {
             if let Some(repo) = state.repos.get_mut(&repository) {
                 repo.max_tasks = limits.max_tasks;
-                repo.rate_limit = limits.rate_limit;
+                repo.read_limit = limits.read_limit;
+                repo.write_limit = limits.write_limit;
                 repo.resplit();
             } else {
                 state.next_generation += 1;
                 let repo = RepoState {
                     max_tasks: limits.max_tasks,
                     running: 0,
-                    rate_limit: limits.rate_limit,
+                    read_limit: limits.read_limit,
+                    write_limit: limits.write_limit,
                     readers: 0,
                     writers: 0,
                     share: Arc::new(RateShare::default()),
@@ -256,6 +277,23 @@ impl ResourceScheduler {
         state.repos.get(repository).map(|r| Load {
             running: r.running,
             max_tasks: r.max_tasks,
+        })
+    }
+
+    /// The data rate of `repository` in `direction` now: tasks running that way, the limit and
+    /// each task's share. `None` if the repository is unknown.
+    pub fn repository_rate(&self, repository: &RepositoryId, direction: Direction) -> Option<RateUsage> {
+        let state = self.inner.lock();
+        state.repos.get(repository).map(|r| {
+            let (tasks, limit) = match direction {
+                Direction::Read => (r.readers, r.read_limit),
+                Direction::Write => (r.writers, r.write_limit),
+            };
+            RateUsage {
+                tasks,
+                limit,
+                share: r.share.get(direction),
+            }
         })
     }
 

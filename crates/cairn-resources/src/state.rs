@@ -19,7 +19,8 @@ pub(crate) struct ProxyState {
 pub(crate) struct RepoState {
     pub(crate) max_tasks: usize,
     pub(crate) running: usize,
-    pub(crate) rate_limit: Option<u64>,
+    pub(crate) read_limit: Option<u64>,
+    pub(crate) write_limit: Option<u64>,
     pub(crate) readers: usize,
     pub(crate) writers: usize,
     pub(crate) share: Arc<RateShare>,
@@ -28,8 +29,8 @@ pub(crate) struct RepoState {
 
 impl RepoState {
     pub(crate) fn resplit(&self) {
-        self.share.split(Direction::Read, self.rate_limit, self.readers);
-        self.share.split(Direction::Write, self.rate_limit, self.writers);
+        self.share.split(Direction::Read, self.read_limit, self.readers);
+        self.share.split(Direction::Write, self.write_limit, self.writers);
     }
 }
 

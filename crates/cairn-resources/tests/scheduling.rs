@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use cairn_resources::{
-    Acquire, Direction, JobId, Lease, ProxyId, RepositoryId, RepositoryLimits, ResourceError, ResourceScheduler,
-    SchedulerOptions, TaskRequest,
+    Acquire, Direction, JobId, Lease, ProxyId, RateUsage, RepositoryId, RepositoryLimits, ResourceError,
+    ResourceScheduler, SchedulerOptions, TaskRequest,
 };
 
 fn poll(future: &mut Acquire) -> Option<Result<Lease, ResourceError>> {
@@ -19,7 +19,16 @@ fn poll(future: &mut Acquire) -> Option<Result<Lease, ResourceError>> {
 fn repo(max_tasks: usize) -> RepositoryLimits {
     RepositoryLimits {
         max_tasks,
-        rate_limit: None,
+        read_limit: None,
+        write_limit: None,
+    }
+}
+
+fn limits(max_tasks: usize, read_limit: Option<u64>, write_limit: Option<u64>) -> RepositoryLimits {
+    RepositoryLimits {
+        max_tasks,
+        read_limit,
+        write_limit,
     }
 }
 
@@ -72,11 +81,18 @@ fn bad_requests_and_limits_are_refused() {
     let s = scheduler(SchedulerOptions::default());
     assert_eq!(s.set_proxy("p", 0), Err(ResourceError::ZeroTaskLimit));
     assert_eq!(s.set_repository("r", repo(0)), Err(ResourceError::ZeroTaskLimit));
-    let zero_rate = RepositoryLimits {
-        max_tasks: 1,
-        rate_limit: Some(0),
-    };
-    assert_eq!(s.set_repository("r", zero_rate), Err(ResourceError::ZeroRateLimit));
+    for zero_rate in [
+        limits(1, Some(0), None),
+        limits(1, None, Some(0)),
+        limits(1, Some(0), Some(0)),
+    ] {
+        assert_eq!(s.set_repository("r", zero_rate), Err(ResourceError::ZeroRateLimit));
+    }
+    assert_eq!(
+        s.repository_load(&"r".into()),
+        None,
+        "a refused repository is not added"
+    );
     let err = s.acquire(&TaskRequest::new("j", "p1", "nope")).map(|_| ()).unwrap_err();
     assert_eq!(err, ResourceError::UnknownRepository(RepositoryId::from("nope")));
     let err = s.acquire(&TaskRequest::new("j", "nope", "r1")).map(|_| ()).unwrap_err();
@@ -292,14 +308,8 @@ fn proxy_choice_prefers_least_loaded_with_deterministic_ties() {
 fn rate_is_split_per_direction_and_resplit() {
     let s = scheduler(SchedulerOptions::default());
     s.set_proxy("p", 8).expect("valid");
-    s.set_repository(
-        "r",
-        RepositoryLimits {
-            max_tasks: 8,
-            rate_limit: Some(8_000_000),
-        },
-    )
-    .expect("valid");
+    s.set_repository("r", limits(8, Some(6_000_000), Some(8_000_000)))
+        .expect("valid");
     let w = TaskRequest::new("j", "p", "r");
     let r = w.clone().with_direction(Direction::Read);
     let w1 = s.acquire(&w).expect("free");
@@ -308,36 +318,85 @@ fn rate_is_split_per_direction_and_resplit() {
     assert_eq!(w1.rate_limiter().rate(), Some(4_000_000));
     assert_eq!(w2.rate_limiter().rate(), Some(4_000_000));
     let r1 = s.acquire(&r).expect("free");
+    assert_eq!(r1.direction(), Direction::Read);
     assert_eq!(
         r1.rate_limiter().rate(),
-        Some(8_000_000),
-        "readers have their own budget"
+        Some(6_000_000),
+        "readers have their own budget: the read limit"
     );
     let r2 = s.acquire(&r).expect("free");
-    assert_eq!(r1.rate_limiter().rate(), Some(4_000_000));
-    assert_eq!(w1.rate_limiter().rate(), Some(4_000_000));
+    assert_eq!(r1.rate_limiter().rate(), Some(3_000_000));
+    assert_eq!(r2.rate_limiter().rate(), Some(3_000_000));
+    assert_eq!(w1.rate_limiter().rate(), Some(4_000_000), "readers do not slow writers");
+    let rate = |d| s.repository_rate(&"r".into(), d).expect("known");
+    assert_eq!(
+        rate(Direction::Read),
+        RateUsage {
+            tasks: 2,
+            limit: Some(6_000_000),
+            share: Some(3_000_000)
+        }
+    );
+    assert_eq!(
+        rate(Direction::Write),
+        RateUsage {
+            tasks: 2,
+            limit: Some(8_000_000),
+            share: Some(4_000_000)
+        }
+    );
     drop(w2);
     assert_eq!(w1.rate_limiter().rate(), Some(8_000_000));
-    s.set_repository(
-        "r",
-        RepositoryLimits {
-            max_tasks: 8,
-            rate_limit: Some(2_000_000),
-        },
-    )
-    .expect("valid");
+    assert_eq!(
+        r1.rate_limiter().rate(),
+        Some(3_000_000),
+        "writers do not change the read share"
+    );
+    // Editing one limit leaves the other direction alone.
+    s.set_repository("r", limits(8, Some(6_000_000), Some(2_000_000)))
+        .expect("valid");
     assert_eq!(w1.rate_limiter().rate(), Some(2_000_000));
-    assert_eq!(r2.rate_limiter().rate(), Some(1_000_000));
-    s.set_repository(
-        "r",
-        RepositoryLimits {
-            max_tasks: 8,
-            rate_limit: None,
-        },
-    )
-    .expect("valid");
+    assert_eq!(r2.rate_limiter().rate(), Some(3_000_000));
+    s.set_repository("r", limits(8, Some(1_000_000), Some(2_000_000)))
+        .expect("valid");
+    assert_eq!(r2.rate_limiter().rate(), Some(500_000));
+    assert_eq!(w1.rate_limiter().rate(), Some(2_000_000));
+    s.set_repository("r", limits(8, None, Some(2_000_000))).expect("valid");
     assert_eq!(r1.rate_limiter().rate(), None);
+    assert_eq!(r1.rate_limiter().delay_for(u64::MAX), std::time::Duration::ZERO);
+    assert_eq!(w1.rate_limiter().rate(), Some(2_000_000));
+    s.set_repository("r", limits(8, None, None)).expect("valid");
+    assert_eq!(w1.rate_limiter().rate(), None);
     assert_eq!(w1.rate_limiter().delay_for(u64::MAX), std::time::Duration::ZERO);
+    assert_eq!(rate(Direction::Write).limit, None);
+    assert_eq!(s.repository_rate(&"nope".into(), Direction::Read), None);
+}
+
+#[test]
+fn a_read_limit_does_not_slow_writers_and_a_write_limit_not_readers() {
+    let s = scheduler(SchedulerOptions::default());
+    s.set_proxy("p", 8).expect("valid");
+    // Only reads limited: a writer never waits, a reader does.
+    s.set_repository("r", limits(8, Some(1_000), None)).expect("valid");
+    let writer = s.acquire(&TaskRequest::new("j", "p", "r")).expect("free");
+    let reader = s
+        .acquire(&TaskRequest::new("j", "p", "r").with_direction(Direction::Read))
+        .expect("free");
+    assert_eq!(writer.rate_limiter().rate(), None);
+    assert_eq!(writer.rate_limiter().delay_for(1 << 40), std::time::Duration::ZERO);
+    assert_eq!(reader.rate_limiter().rate(), Some(1_000));
+    assert!(reader.rate_limiter().delay_for(10_000) >= std::time::Duration::from_secs(9));
+    drop((writer, reader));
+    // Only writes limited: the other way round.
+    s.set_repository("r", limits(8, None, Some(1_000))).expect("valid");
+    let writer = s.acquire(&TaskRequest::new("j", "p", "r")).expect("free");
+    let reader = s
+        .acquire(&TaskRequest::new("j", "p", "r").with_direction(Direction::Read))
+        .expect("free");
+    assert_eq!(reader.rate_limiter().rate(), None);
+    assert_eq!(reader.rate_limiter().delay_for(1 << 40), std::time::Duration::ZERO);
+    assert_eq!(writer.rate_limiter().rate(), Some(1_000));
+    assert!(writer.rate_limiter().delay_for(10_000) >= std::time::Duration::from_secs(9));
 }
 
 #[test]

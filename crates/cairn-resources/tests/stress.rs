@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cairn_resources::{RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest};
+use cairn_resources::{Direction, Lease, RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest};
 use proptest::prelude::*;
 
 /// Running tasks per resource, counted by the tasks themselves while they hold their lease.
@@ -83,7 +83,8 @@ fn run(plan: &Plan) {
             format!("r{i}"),
             RepositoryLimits {
                 max_tasks: n,
-                rate_limit: None,
+                read_limit: None,
+                write_limit: None,
             },
         )
         .expect("valid");
@@ -151,12 +152,100 @@ fn run(plan: &Plan) {
     }
 }
 
+/// One step of [`rate_shares_follow_each_direction`]: start a reader or a writer, end the
+/// `n`-th running task, or change the read or the write limit.
+#[derive(Debug, Clone)]
+enum Step {
+    Start(Direction),
+    End(usize),
+    SetRead(Option<u64>),
+    SetWrite(Option<u64>),
+}
+
+fn direction() -> impl Strategy<Value = Direction> {
+    prop_oneof![Just(Direction::Read), Just(Direction::Write)]
+}
+
+fn limit() -> impl Strategy<Value = Option<u64>> {
+    prop::option::of(1u64..100_000_000)
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => direction().prop_map(Step::Start),
+        2 => any::<usize>().prop_map(Step::End),
+        1 => limit().prop_map(Step::SetRead),
+        1 => limit().prop_map(Step::SetWrite),
+    ]
+}
+
+/// The share every running task of `direction` must have.
+fn expected_share(limit: Option<u64>, tasks: usize) -> Option<u64> {
+    limit.map(|l| (l / tasks.max(1) as u64).max(1))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn limits_hold_and_every_task_runs(plan in plan()) {
         run(&plan);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// After every start, end and limit change, each running task's rate is its direction's limit
+    /// split among that direction's running tasks only, and the scheduler reports the same.
+    #[test]
+    fn rate_shares_follow_each_direction(
+        read in limit(),
+        write in limit(),
+        steps in prop::collection::vec(step(), 1..40),
+    ) {
+        let s = ResourceScheduler::new(SchedulerOptions::default());
+        s.set_proxy("p", 64).expect("valid");
+        let (mut read, mut write) = (read, write);
+        let set = |read, write| {
+            s.set_repository("r", RepositoryLimits { max_tasks: 64, read_limit: read, write_limit: write })
+                .expect("valid");
+        };
+        set(read, write);
+        let mut running: Vec<Lease> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Start(d) => {
+                    let lease = s
+                        .try_acquire(&TaskRequest::new("j", "p", "r").with_direction(d))
+                        .expect("known")
+                        .expect("a free slot");
+                    running.push(lease);
+                }
+                Step::End(n) => {
+                    if !running.is_empty() {
+                        running.remove(n % running.len());
+                    }
+                }
+                Step::SetRead(l) => {
+                    read = l;
+                    set(read, write);
+                }
+                Step::SetWrite(l) => {
+                    write = l;
+                    set(read, write);
+                }
+            }
+            for (d, limit) in [(Direction::Read, read), (Direction::Write, write)] {
+                let tasks = running.iter().filter(|l| l.direction() == d).count();
+                let share = expected_share(limit, tasks);
+                for lease in running.iter().filter(|l| l.direction() == d) {
+                    prop_assert_eq!(lease.rate_limiter().rate(), share, "{:?} with {} tasks", d, tasks);
+                }
+                let usage = s.repository_rate(&"r".into(), d).expect("known");
+                prop_assert_eq!((usage.tasks, usage.limit, usage.share), (tasks, limit, share));
+            }
+        }
     }
 }
 
@@ -180,7 +269,8 @@ fn limits_edited_while_tasks_run_never_lose_a_task() {
         "r",
         RepositoryLimits {
             max_tasks: 2,
-            rate_limit: None,
+            read_limit: None,
+            write_limit: None,
         },
     )
     .expect("valid");
@@ -218,20 +308,42 @@ fn limits_edited_while_tasks_run_never_lose_a_task() {
     assert_eq!(s.proxy_load(&"p".into()).map(|l| l.running), Some(0));
 }
 
-/// Bytes each of `n` writers moves in about half a second under a shared limit.
-fn measure_split(limit: u64, n: usize) -> (Vec<u64>, Duration) {
+/// Bytes each of `n` tasks of `direction` moves in about half a second under a shared limit of
+/// that direction, while as many tasks of the other direction run unlimited beside them.
+fn measure_split(limit: u64, n: usize, direction: Direction) -> (Vec<u64>, Duration) {
     let s = ResourceScheduler::new(SchedulerOptions::default());
-    s.set_proxy("p", 8).expect("valid");
+    s.set_proxy("p", 16).expect("valid");
+    let (read_limit, write_limit) = match direction {
+        Direction::Read => (Some(limit), None),
+        Direction::Write => (None, Some(limit)),
+    };
     s.set_repository(
         "r",
         RepositoryLimits {
-            max_tasks: 8,
-            rate_limit: Some(limit),
+            max_tasks: 16,
+            read_limit,
+            write_limit,
         },
     )
     .expect("valid");
+    let other = match direction {
+        Direction::Read => Direction::Write,
+        Direction::Write => Direction::Read,
+    };
+    let others: Vec<_> = (0..n)
+        .map(|_| {
+            s.acquire(&TaskRequest::new("j", "p", "r").with_direction(other))
+                .expect("free")
+        })
+        .collect();
+    for lease in &others {
+        assert_eq!(lease.rate_limiter().rate(), None, "the other direction is not limited");
+    }
     let leases: Vec<_> = (0..n)
-        .map(|_| s.acquire(&TaskRequest::new("j", "p", "r")).expect("free"))
+        .map(|_| {
+            s.acquire(&TaskRequest::new("j", "p", "r").with_direction(direction))
+                .expect("free")
+        })
         .collect();
     let start = Arc::new(Barrier::new(n));
     let run_for = Duration::from_millis(500);
@@ -259,8 +371,13 @@ fn measure_split(limit: u64, n: usize) -> (Vec<u64>, Duration) {
 #[test]
 fn measured_rate_is_the_equal_share() {
     let limit = 4_000_000u64;
-    for n in [1usize, 2, 4] {
-        let (bytes, elapsed) = measure_split(limit, n);
+    for (n, direction) in [
+        (1usize, Direction::Write),
+        (2, Direction::Read),
+        (4, Direction::Write),
+        (4, Direction::Read),
+    ] {
+        let (bytes, elapsed) = measure_split(limit, n, direction);
         let share = limit as f64 / n as f64;
         let expected = share * elapsed.as_secs_f64();
         for b in &bytes {
@@ -269,9 +386,12 @@ fn measured_rate_is_the_equal_share() {
             // beyond one chunk of slack; the lower bound is wide on purpose.
             assert!(
                 b <= expected * 1.1 + 16.0 * 1024.0,
-                "n={n}: {b} bytes, share allows {expected:.0}"
+                "n={n} {direction:?}: {b} bytes, share allows {expected:.0}"
             );
-            assert!(b >= expected * 0.3, "n={n}: {b} bytes, share allows {expected:.0}");
+            assert!(
+                b >= expected * 0.3,
+                "n={n} {direction:?}: {b} bytes, share allows {expected:.0}"
+            );
         }
         let total: u64 = bytes.iter().sum();
         assert!(total as f64 <= limit as f64 * elapsed.as_secs_f64() * 1.1 + (n as f64) * 16.0 * 1024.0);

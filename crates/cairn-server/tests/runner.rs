@@ -273,7 +273,8 @@ async fn stop_mid_run_keeps_the_repository_and_the_next_run_succeeds(backend: Ba
             env.repo_id(&repo_row),
             RepositoryLimits {
                 max_tasks: 2,
-                rate_limit: None,
+                read_limit: None,
+                write_limit: None,
             },
         )
         .unwrap();

@@ -1,7 +1,8 @@
 //! Repositories, their restore points, proxies and global settings.
 //!
 //! Creating, changing and removing repositories and proxies keeps the resource scheduler in step
-//! at once: a new limit applies to the next task that starts (running tasks are never stopped).
+//! at once: a new task maximum applies to the next task that starts (running tasks are never
+//! stopped); new read and write rate limits are re-split among the running tasks at once.
 
 use std::path::{Path, PathBuf};
 
@@ -30,16 +31,15 @@ pub fn proxy_resource(id: i64) -> ProxyId {
     ProxyId::new(id.to_string())
 }
 
-/// What the resource scheduler enforces for `repo`: its task maximum and its write limit (the
-/// scheduler has one rate per direction; backups write, so the write limit is the one given).
+/// What the resource scheduler enforces for `repo`: its task maximum, its read limit (shared by
+/// the tasks reading from it: restores) and its write limit (shared by the tasks writing to it:
+/// backups). A limit of 0 or none is unlimited.
 pub fn repository_limits(repo: &Repository) -> RepositoryLimits {
+    let rate = |limit: Option<i64>| limit.and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0);
     RepositoryLimits {
         max_tasks: usize::try_from(repo.settings.max_tasks).unwrap_or(1).max(1),
-        rate_limit: repo
-            .settings
-            .write_limit_bytes
-            .and_then(|l| u64::try_from(l).ok())
-            .filter(|l| *l > 0),
+        read_limit: rate(repo.settings.read_limit_bytes),
+        write_limit: rate(repo.settings.write_limit_bytes),
     }
 }
 

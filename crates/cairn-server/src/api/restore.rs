@@ -1,19 +1,29 @@
 //! Restores of one disk of a restore point to an image file on the server's machine.
+//!
+//! A restore is a task like a backup's: it waits for a task slot on the server's proxy and on the
+//! repository (in arrival order with the backup tasks), reads at its share of the repository's
+//! read rate limit (split equally among the tasks reading from it at that moment), and frees its
+//! slots when it ends. A restore whose client goes away stops at the next block and removes its
+//! partial image file.
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use cairn_configdb::Role;
 use cairn_disk::Format;
-use cairn_engine::{RestoreStats, RestoreTarget};
+use cairn_engine::{RestoreHooks, RestoreStats, RestoreTarget};
+use cairn_resources::{Direction, RateLimiter, ResourceError, TaskRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiJson;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::repositories::{open_repository, repo_error};
+use super::repositories::{open_repository, proxy_resource, register_repository, repo_error, repository_resource};
 use crate::auth::Caller;
 use crate::state::AppState;
 
@@ -91,8 +101,49 @@ impl From<RestoreStats> for RestoreResult {
     }
 }
 
+/// Longest single sleep of a throttled read, so a stop is noticed soon.
+const THROTTLE_SLICE: Duration = Duration::from_millis(50);
+
+/// Numbers the restores, so each is its own job at the resource scheduler (with parallel
+/// processing off, restores therefore still run side by side, like different jobs).
+static RESTORES: AtomicU64 = AtomicU64::new(1);
+
+/// Sets its flag when dropped: the handler's future is dropped when the client goes away.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Paces a restore's repository reads to its lease's share of the read limit.
+struct LeaseHooks {
+    limiter: RateLimiter,
+    stop: Arc<AtomicBool>,
+}
+
+impl RestoreHooks for LeaseHooks {
+    fn throttle_read(&self, bytes: u64) {
+        let delay = self.limiter.delay_for(bytes);
+        let start = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let left = delay.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(THROTTLE_SLICE));
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// Restores one disk of a restore point to a new image file on the server's machine; answers
-/// when the file is complete.
+/// when the file is complete. The restore first waits for a task slot on the server's proxy and
+/// on the repository, and reads at its share of the repository's read rate limit.
 #[utoipa::path(post, path = "/api/v1/restores", tag = "restore", request_body = RestoreRequest,
     responses(
         (status = 200, description = "OK", body = RestoreResult),
@@ -140,24 +191,67 @@ pub async fn restore(
         }
     }
     let row = state.db.get_repository(req.repository_id).await?;
+    let repository = repository_resource(row.id);
+    if state.resources.repository_load(&repository).is_none() {
+        register_repository(&state.resources, &row)?;
+    }
+    let number = RESTORES.fetch_add(1, Ordering::Relaxed);
+    let request = TaskRequest::new(
+        format!("restore-{number}"),
+        proxy_resource(state.jobs.proxy_id()),
+        repository.clone(),
+    )
+    .with_direction(Direction::Read);
+    tracing::info!(
+        "restore {number} of VM {} waits for a task slot on repository {}",
+        req.vm,
+        row.settings.name
+    );
+    // Dropping this future (the client went away) withdraws the request.
+    let lease = state.resources.acquire_async(request).await.map_err(|e| match e {
+        ResourceError::UnknownRepository(_) => ApiError::not_found(format!(
+            "repository {} was removed while the restore waited for a task slot",
+            row.settings.name
+        )),
+        other => ApiError::internal(
+            format!(
+                "restore from repository {}: no task slot could be had",
+                row.settings.name
+            ),
+            other,
+        ),
+    })?;
     let repo = open_repository(&state, &row).await?;
     tracing::info!(
-        "{} restores VM {} point {} disk {} from repository {} to {}",
+        "{} restores VM {} point {} disk {} from repository {} to {} (restore {number}, {})",
         caller.name,
         req.vm,
         req.point,
         req.disk,
         row.settings.name,
-        target.display()
+        target.display(),
+        lease.rate_limiter().rate().map_or_else(
+            || "no read rate limit".to_string(),
+            |r| format!("read rate share {r} bytes/s")
+        )
     );
     let options = RestoreTarget {
         format,
         logical_sector: req.sector_size,
         block_size: None,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let hooks = LeaseHooks {
+        limiter: lease.rate_limiter().clone(),
+        stop,
+    };
     let (vm, point, disk) = (req.vm.clone(), req.point.clone(), req.disk);
     let stats = tokio::task::spawn_blocking(move || {
-        cairn_engine::restore(&repo, &vm, &point, disk, &target, &options, &|_| {})
+        let result = cairn_engine::restore_with_hooks(&repo, &vm, &point, disk, &target, &options, &hooks);
+        // The slots are freed as soon as the data is written, even if the client is gone.
+        drop(lease);
+        result
     })
     .await?
     .map_err(|e| match e {

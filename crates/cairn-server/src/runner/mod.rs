@@ -244,6 +244,12 @@ impl JobManager {
             .map(|(id, _)| *id)
     }
 
+    /// Database id of the proxy this server's tasks run on (the server itself); restores take
+    /// their task slot there too.
+    pub fn proxy_id(&self) -> i64 {
+        self.ctx.proxy_id
+    }
+
     /// Live progress of a running task.
     pub fn task_progress(&self, task_id: i64) -> Option<TaskProgress> {
         lock(&self.progress).get(&task_id).copied()

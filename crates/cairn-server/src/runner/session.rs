@@ -8,7 +8,7 @@ use std::time::Instant;
 use cairn_configdb::{Disk, Host, Job, LogLevel, NewTask, SessionState, Vm};
 use cairn_format::codec::Compression;
 use cairn_repo::{Method, Repository};
-use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits, TaskRequest};
+use cairn_resources::{ProxyId, RepositoryId, TaskRequest};
 use cairn_schedule::{BackupWindow, RetryPolicy};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::stop::{StopReason, StopSignal};
 use super::vm::{self, VmOutcome};
 use super::{JobManager, RunError, SessionEnded, Trigger, stats};
+use crate::api::repositories::repository_limits;
 use crate::scheduler::{Clock, parse_window};
 
 /// Block sizes a job may use.
@@ -291,14 +292,7 @@ impl SessionRun {
         let repo_id = RepositoryId::new(repository.id.to_string());
         let proxy_id = ProxyId::new(proxy.id.to_string());
         if resources.repository_load(&repo_id).is_none() {
-            let limits = RepositoryLimits {
-                max_tasks: usize::try_from(repository.settings.max_tasks).unwrap_or(1).max(1),
-                rate_limit: repository
-                    .settings
-                    .write_limit_bytes
-                    .and_then(|l| u64::try_from(l).ok())
-                    .filter(|l| *l > 0),
-            };
+            let limits = repository_limits(&repository);
             resources
                 .set_repository(repo_id.clone(), limits)
                 .map_err(|e| format!("repository {}: {e}", repository.settings.name))?;

@@ -15,7 +15,8 @@ use cairn_configdb::{
 };
 use cairn_format::crypto::KdfParams;
 use cairn_repo::{Encryption, Repository};
-use cairn_resources::{RepositoryId, RepositoryLimits, ResourceScheduler, SchedulerOptions};
+use cairn_resources::{RepositoryId, ResourceScheduler, SchedulerOptions};
+use cairn_server::api::repositories::repository_limits;
 use cairn_server::runner::{JobManager, RunnerContext};
 use cairn_server::scheduler::Clock;
 use cairn_server::secrets::Secrets;
@@ -194,13 +195,7 @@ impl Env {
             .set_repository_password(row.id, password.as_bytes())
             .expect("store password");
         self.resources
-            .set_repository(
-                row.id.to_string(),
-                RepositoryLimits {
-                    max_tasks,
-                    rate_limit: write_limit,
-                },
-            )
+            .set_repository(row.id.to_string(), repository_limits(&row))
             .unwrap();
         row
     }
