@@ -173,10 +173,11 @@ pct() { echo "scale=2; ($1 - $2) * 100 / $1" | bc -l | sed 's/^\./0./; s/^-\./-0
     echo "Overhead per task: the benchmark image (day1.raw, then day2.raw) backed up by a job of the server"
     echo "and by \`cairn backup\` into a repository of its own."
     echo
-    echo "| run | task wall (server) | engine time in that task | server overhead | session wall | direct \`cairn backup\` wall | session / direct |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| run | session wall (API call to end) | engine time | server overhead (session − engine) | direct \`cairn backup\` wall (engine) | session / direct |"
+    echo "|---|---|---|---|---|---|"
     for run in full incremental; do
-        echo "| $run | ${srv_wall[$run]} s | ${srv_engine[$run]} s | $(pct "${srv_wall[$run]}" "${srv_engine[$run]}") % | ${srv_session[$run]} s | ${cli_wall[$run]} s (engine ${cli_engine[$run]} s) | $(ratio "${srv_session[$run]}" "${cli_wall[$run]}") |"
+        over=$(echo "${srv_session[$run]} - ${srv_engine[$run]}" | bc -l | sed 's/^\./0./')
+        echo "| $run | ${srv_session[$run]} s | $(printf %.3f "${srv_engine[$run]}") s | $(printf %.3f "$over") s = $(pct "${srv_session[$run]}" "${srv_engine[$run]}") % | $(printf %.3f "${cli_wall[$run]}") s ($(printf %.3f "${cli_engine[$run]}") s) | $(ratio "${srv_session[$run]}" "${cli_wall[$run]}") |"
     done
     echo
     echo "API latency with $JOBS jobs and $SESSIONS sessions (wrk, $WRK_CONNECTIONS connections, ${WRK_SECONDS} s, HTTPS on loopback):"
