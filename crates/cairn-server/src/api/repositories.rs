@@ -227,18 +227,22 @@ pub(crate) fn repo_error(e: RepoError) -> ApiError {
     }
 }
 
-/// Opens repository `repo` with its stored password (on a blocking thread).
-pub(crate) async fn open_repository(state: &AppState, repo: &Repository) -> ApiResult<cairn_repo::Repository> {
+/// Opens repository `repo` with its stored password (on a blocking thread; kept open across
+/// calls by the job manager, so listing points does not derive keys every time).
+pub(crate) async fn open_repository(
+    state: &AppState,
+    repo: &Repository,
+) -> ApiResult<std::sync::Arc<cairn_repo::Repository>> {
     let password = state.secrets.repository_password(repo.id).map_err(|e| {
         ApiError::internal(
             format!("cannot read the password of repository {}", repo.settings.name),
             e,
         )
     })?;
-    let path = PathBuf::from(&repo.settings.path);
+    let (path, id, jobs) = (repo.settings.path.clone(), repo.id, state.jobs.clone());
     let name = repo.settings.name.clone();
     let secret = state.secrets.repository_password_path(repo.id);
-    tokio::task::spawn_blocking(move || cairn_repo::Repository::open(&path, password.as_deref()))
+    tokio::task::spawn_blocking(move || jobs.open_repository(id, &path, password.as_deref()))
         .await?
         .map_err(|e| match e {
             RepoError::PasswordRequired { .. } | RepoError::WrongPassword { .. } => ApiError::new(

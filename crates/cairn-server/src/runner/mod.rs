@@ -33,6 +33,7 @@
 //! repository `repository.id`, each as decimal text. A proxy or repository the resource
 //! scheduler does not know yet is added with its limits from the database when a session starts.
 
+mod repo_cache;
 mod session;
 pub mod stats;
 mod stop;
@@ -152,6 +153,8 @@ pub struct JobManager {
     progress: Arc<Mutex<HashMap<i64, TaskProgress>>>,
     jobs_changed: Notify,
     ended: broadcast::Sender<SessionEnded>,
+    /// Opened repositories, kept across sessions.
+    repositories: repo_cache::RepoCache,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -160,6 +163,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JobManager {
+    /// Repository `id` at `path`, opened with `password` — or the one opened before from the same
+    /// path, password and config file, without deriving its keys again.
+    pub fn open_repository(
+        &self,
+        id: i64,
+        path: &str,
+        password: Option<&[u8]>,
+    ) -> cairn_repo::Result<Arc<cairn_repo::Repository>> {
+        self.repositories.open(id, path, password)
+    }
+
     /// A job manager (no sessions running) on the system clock.
     pub fn new(ctx: RunnerContext) -> Arc<JobManager> {
         Self::with_clock(ctx, Arc::new(SystemClock))
@@ -176,6 +190,7 @@ impl JobManager {
             progress: Arc::new(Mutex::new(HashMap::new())),
             jobs_changed: Notify::new(),
             ended: broadcast::channel(256).0,
+            repositories: repo_cache::RepoCache::default(),
         })
     }
 

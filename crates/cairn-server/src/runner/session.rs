@@ -139,13 +139,13 @@ impl Shared {
                 self.mgr.ctx.secrets.repository_password_path(row.id).display()
             )
         })?;
-        let path = std::path::PathBuf::from(&row.settings.path);
+        let path = row.settings.path.clone();
         let name = row.settings.name.clone();
-        let repo = tokio::task::spawn_blocking(move || Repository::open(&path, password.as_deref()))
+        let (mgr, id) = (self.mgr.clone(), row.id);
+        let repo = tokio::task::spawn_blocking(move || mgr.repositories.open(id, &path, password.as_deref()))
             .await
             .map_err(|e| format!("opening repository {name}: {e}"))?
             .map_err(|e| format!("opening repository {name}: {}", vm::error_chain(&e)))?;
-        let repo = Arc::new(repo);
         *opened = Some(repo.clone());
         Ok(repo)
     }

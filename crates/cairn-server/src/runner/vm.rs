@@ -507,11 +507,13 @@ impl BackupHooks for VmHooks {
         };
         // The end is taken before the slots are freed, so the next task's start is later.
         let ended_at = Timestamp::now();
-        let (throttle_secs, wall_secs) = {
+        // The slots are freed only once the task is recorded as ended, so the database never
+        // shows more running tasks than there are slots.
+        let (throttle_secs, wall_secs, lease) = {
             let mut state = lock(&self.state);
             let wall = state.started.take().map_or(0.0, |s| s.elapsed().as_secs_f64());
             let throttle = state.throttled.as_secs_f64();
-            state.lease = None;
+            let lease = state.lease.take();
             state.limiter = None;
             state.current = None;
             state.finished.insert(
@@ -522,7 +524,7 @@ impl BackupHooks for VmHooks {
                     wall_secs: wall,
                 },
             );
-            (throttle, wall)
+            (throttle, wall, lease)
         };
         lock(&self.progress).remove(&task);
         let doc = stats::task_statistics(stats, throttle_secs, wall_secs, None);
@@ -554,6 +556,7 @@ impl BackupHooks for VmHooks {
         if let Err(e) = result {
             tracing::error!(task, error = %e, "recording a finished disk failed");
         }
+        drop(lease);
     }
 
     fn progress(&self, disk: u32, progress: Progress) {
