@@ -89,7 +89,7 @@ start_server "$W/data" --default-repository "$W/repo"
 "$CAIRN" job create bench --vm bench --repository default >/dev/null
 cat "$D1" "$D2" >/dev/null
 declare -A srv_wall srv_engine srv_session
-for run in full incremental; do
+for run in full incremental unchanged; do
     [[ $run == full ]] || ln -sf "$D2" "$W/vms/bench/disk0.raw"
     "$CAIRN" --json job run bench --wait >"$W/results/server-$run.json"
     srv_wall[$run]=$(jq '[.tasks[].statistics.wall_secs] | add' "$W/results/server-$run.json")
@@ -104,7 +104,7 @@ stop_server
 export CAIRN_PASSWORD=bench-password
 "$CAIRN" --quiet repo init "$W/direct" >/dev/null
 declare -A cli_wall cli_engine
-for run in full incremental; do
+for run in full incremental unchanged; do
     disk=$D1
     [[ $run == full ]] || disk=$D2
     ln -sf "$disk" "$W/direct-disk/disk0.raw"
@@ -170,12 +170,13 @@ pct() { echo "scale=2; ($1 - $2) * 100 / $1" | bc -l | sed 's/^\./0./; s/^-\./-0
 {
     echo "## Backup server ($(date -u +%Y-%m-%d), $(nproc) cores)"
     echo
-    echo "Overhead per task: the benchmark image (day1.raw, then day2.raw) backed up by a job of the server"
-    echo "and by \`cairn backup\` into a repository of its own."
+    echo "Overhead per task: the benchmark image (day1.raw, then day2.raw, then day2.raw again) backed up by"
+    echo "a job of the server and by \`cairn backup\` into a repository of its own. The server derives a"
+    echo "repository's keys once (its first session after start); \`cairn backup\` does in every run."
     echo
     echo "| run | session wall (API call to end) | engine time | server overhead (session − engine) | direct \`cairn backup\` wall (engine) | session / direct |"
     echo "|---|---|---|---|---|---|"
-    for run in full incremental; do
+    for run in full incremental unchanged; do
         over=$(echo "${srv_session[$run]} - ${srv_engine[$run]}" | bc -l | sed 's/^\./0./')
         echo "| $run | ${srv_session[$run]} s | $(printf %.3f "${srv_engine[$run]}") s | $(printf %.3f "$over") s = $(pct "${srv_session[$run]}" "${srv_engine[$run]}") % | $(printf %.3f "${cli_wall[$run]}") s ($(printf %.3f "${cli_engine[$run]}") s) | $(ratio "${srv_session[$run]}" "${cli_wall[$run]}") |"
     done
