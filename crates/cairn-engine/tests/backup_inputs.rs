@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_disk::{DiskError, DiskSource, Extent};
 use cairn_engine::{BackupOptions, DiskInput, backup, restore};
-use cairn_repo::{BackupPlan, Encryption, FullKind, Method, Repository};
+use cairn_repo::{Encryption, Repository};
 
-const BS: u64 = 256 << 10;
+mod common;
+use common::{BS, pattern, plan};
 
 struct MemDisk(Vec<u8>);
 
@@ -64,30 +65,6 @@ impl DiskSource for FlakyDisk {
         let o = offset as usize;
         buf.copy_from_slice(&self.data[o..o + buf.len()]);
         Ok(())
-    }
-}
-
-/// Pseudo-random bytes (xorshift), so no two blocks are alike.
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
-}
-
-fn plan() -> BackupPlan {
-    BackupPlan {
-        vm: "vm".into(),
-        block_size: BS as u32,
-        method: Method::ForeverForward,
-        full_every: None,
-        full_kind: FullKind::Synthetic,
-        force_full: false,
     }
 }
 

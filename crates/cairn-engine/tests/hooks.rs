@@ -14,9 +14,10 @@ use cairn_engine::{
     BackupHooks, BackupOptions, DiskInput, EngineError, Progress, RestoreHooks, backup, backup_with_hooks, restore,
     restore_with_hooks,
 };
-use cairn_repo::{BackupPlan, Encryption, FullKind, Method, PointStats, Repository};
+use cairn_repo::{Encryption, PointStats, Repository};
 
-const BS: u64 = 256 << 10;
+mod common;
+use common::{BS, pattern, plan};
 
 struct MemDisk(Vec<u8>);
 
@@ -37,30 +38,6 @@ impl DiskSource for MemDisk {
         let o = offset as usize;
         buf.copy_from_slice(&self.0[o..o + buf.len()]);
         Ok(())
-    }
-}
-
-/// Pseudo-random bytes (xorshift), so no two blocks are alike.
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
-}
-
-fn plan() -> BackupPlan {
-    BackupPlan {
-        vm: "vm".into(),
-        block_size: BS as u32,
-        method: Method::ForeverForward,
-        full_every: None,
-        full_kind: FullKind::Synthetic,
-        force_full: false,
     }
 }
 
