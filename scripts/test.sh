@@ -24,9 +24,27 @@ command -v fusermount >/dev/null || need_apt+=(fuse3)
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
-if [ ${#need_apt[@]} -gt 0 ]; then
+# Live-VM tests: qemu-system-x86_64 (guests under TCG), qemu-storage-daemon,
+# nbdinfo/nbdcopy and nbdkit (independent NBD peers), debootstrap (the Debian
+# guest image, scripts/guest-image.sh).
+command -v nbdinfo >/dev/null || need_apt+=(libnbd-bin)
+command -v nbdkit >/dev/null || need_apt+=(nbdkit)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+command -v extlinux >/dev/null || need_apt+=(extlinux syslinux-common)
+need_qemu_system=0
+command -v qemu-system-x86_64 >/dev/null || need_qemu_system=1
+if [ ${#need_apt[@]} -gt 0 ] || [ "$need_qemu_system" = 1 ]; then
     $SUDO apt-get update -qq
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+if [ "$need_qemu_system" = 1 ]; then
+    # Debian's qemu-system-x86 needs qemu-utils of its own version: pin both
+    # (a newer qemu-utils installed from elsewhere is replaced).
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades \
+        "qemu-system-x86=$v" "qemu-utils=$v"
 fi
 
 # A throwaway PostgreSQL cluster: the configuration database's tests run against

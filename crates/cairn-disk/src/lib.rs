@@ -79,6 +79,15 @@ pub enum DiskError {
         /// The feature.
         what: String,
     },
+    /// A source that is not a local file (an NBD export, a restore point)
+    /// could not be read.
+    #[error("{source_name}: {reason}")]
+    Source {
+        /// The source (an NBD address and export, a VM's restore point).
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The parent (backing file) of a differencing image cannot be used.
     #[error("{child}: parent {parent}: {reason}")]
     Parent {

@@ -16,17 +16,19 @@
 //! use cairn_repo::{BackupPlan, Method, FullKind, Repository};
 //! let repo = Repository::open("/backups".as_ref(), None).unwrap();
 //! let plan = BackupPlan { vm: "web01".into(), block_size: 1 << 20, method: Method::ForeverForward,
-//!     full_every: None, full_kind: FullKind::Synthetic, force_full: false };
+//!     full_every: None, full_kind: FullKind::Synthetic, force_full: false, vm_config: None };
 //! let disk = DiskInput { source: Box::new(RawFile::open("disk0.raw".as_ref()).unwrap()), changed: None, changed_since: None };
 //! let result = backup(&repo, &plan, vec![disk], &BackupOptions::default(), &|_| {}).unwrap();
 //! println!("point {} bottleneck {}", result.point.id, result.point.stats.bottleneck);
 //! ```
 
 mod backup;
+mod point_disk;
 mod restore;
 mod stages;
 
 pub use backup::{BackupHooks, BackupOptions, BackupResult, DiskInput, backup, backup_with_hooks};
+pub use point_disk::PointDisk;
 pub use restore::{RestoreHooks, RestoreStats, RestoreTarget, restore, restore_with_hooks};
 pub use stages::Progress;
 

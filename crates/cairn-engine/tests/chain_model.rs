@@ -491,6 +491,7 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                     full_every: Some(setup.full_every),
                     full_kind: setup.full_kind,
                     force_full: *force_full,
+                    vm_config: None,
                 };
                 let mut inputs = Vec::new();
                 let mut read_sets = Vec::new();

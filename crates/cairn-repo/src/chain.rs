@@ -172,6 +172,10 @@ pub struct PointMeta {
     pub disks: Vec<DiskMeta>,
     /// Statistics of the backup that made it.
     pub stats: PointStats,
+    /// The VM's configuration at the backup instant, when the source
+    /// reported one (live VMs): what a restore needs to start the VM again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_json::Value>,
 }
 
 /// The contents of `chain.meta`.

@@ -37,6 +37,10 @@ pub struct BackupPlan {
     pub full_kind: FullKind,
     /// Make an active full now, whatever the schedule says.
     pub force_full: bool,
+    /// The VM's configuration at the backup instant (as its hypervisor
+    /// reported it), kept with the restore point so a restore can recreate
+    /// the VM.
+    pub vm_config: Option<serde_json::Value>,
 }
 
 /// What kind of point the session writes.
@@ -65,6 +69,7 @@ pub struct BackupSession {
     point_id: String,
     committed: bool,
     keys: Arc<Keys>,
+    vm_config: Option<serde_json::Value>,
     _lock: fsutil::Lock,
 }
 
@@ -166,6 +171,7 @@ impl BackupSession {
             point_id = new_point_id()?;
         }
         Ok(BackupSession {
+            vm_config: plan.vm_config.clone(),
             dir,
             meta,
             kind,
@@ -300,6 +306,7 @@ impl BackupSession {
             files: files.into_iter().collect(),
             disks: disks.into_iter().map(|(_, d)| d).collect(),
             stats,
+            vm_config: self.vm_config.take(),
         };
         let mut meta = self.meta.clone();
         meta.files.push(FileEntry {

@@ -59,6 +59,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<ExitCode> {
         full_every: a.full_every,
         full_kind: a.full_kind,
         force_full: a.full,
+        vm_config: None,
     };
     let mut opts = BackupOptions {
         compression: a.compression,

@@ -28,5 +28,6 @@ pub fn plan() -> BackupPlan {
         full_every: None,
         full_kind: FullKind::Synthetic,
         force_full: false,
+        vm_config: None,
     }
 }

@@ -105,6 +105,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         full_every: (shared.settings.method == Method::Forward).then_some(FORWARD_FULL_EVERY),
         full_kind: FullKind::Synthetic,
         force_full: false,
+        vm_config: None,
     };
     let opts = BackupOptions {
         compression: shared.settings.compression,
