@@ -90,6 +90,9 @@ pub enum Command {
     /// Manage and run backup jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Run VMs straight from their backups, and move them to production storage.
+    #[command(subcommand)]
+    InstantRecovery(InstantCommand),
     /// Inspect and stop sessions (runs of jobs).
     #[command(subcommand)]
     Session(SessionCommand),
@@ -214,7 +217,11 @@ pub struct PointsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RestoreArgs {
+    /// Restore a whole VM instead of one disk.
+    #[command(subcommand)]
+    pub whole: Option<RestoreWhole>,
     /// Repository folder.
     #[arg(long, required_unless_present = "repository", conflicts_with = "repository")]
     pub repo: Option<PathBuf>,
@@ -223,8 +230,8 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     pub repository: Option<String>,
     /// VM name (on a server repository `HOST/VM`, or the VM's name alone when unique).
-    #[arg(long)]
-    pub vm: String,
+    #[arg(long, required = true)]
+    pub vm: Option<String>,
     /// Restore point: `latest`, an id or a unique id prefix.
     #[arg(long, default_value = "latest")]
     pub point: String,
@@ -232,8 +239,8 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = 0)]
     pub disk: u32,
     /// Output file (must not exist).
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required = true)]
+    pub to: Option<PathBuf>,
     /// Image format to write: raw (sparse), qcow2 (v3), vhdx (dynamic) or vhd (dynamic).
     #[arg(long, default_value = "raw")]
     pub format: Format,
@@ -243,6 +250,81 @@ pub struct RestoreArgs {
     /// VHDX block size or qcow2 cluster size (default 32M for VHDX, 64K for qcow2).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub image_block_size: Option<u32>,
+}
+
+/// `cairn restore vm …`.
+#[derive(Subcommand, Debug)]
+pub enum RestoreWhole {
+    /// Restore a whole VM (every disk, and its configuration) to a qemu host and start it.
+    Vm(RestoreVmArgs),
+}
+
+/// `cairn restore vm VM …`.
+#[derive(Args, Debug)]
+pub struct RestoreVmArgs {
+    /// The VM as backed up (`HOST/VM`, or the VM's name alone when unique).
+    pub vm: String,
+    /// Repository of the backup server (default: the only one, or `default`).
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// Restore point: `latest`, an id or a unique id prefix.
+    #[arg(long, default_value = "latest")]
+    pub point: String,
+    /// The qemu host to restore to (default: the VM's own host).
+    #[arg(long, value_name = "HOST")]
+    pub to_host: Option<String>,
+    /// Name of the restored VM (default: VM-restored).
+    #[arg(long, conflicts_with = "replace_original")]
+    pub name: Option<String>,
+    /// Stop the original VM, replace its disks, start it again.
+    #[arg(long)]
+    pub replace_original: bool,
+    /// Folder for the new disk files (on the server's machine).
+    #[arg(long, conflicts_with = "replace_original")]
+    pub folder: Option<PathBuf>,
+    /// QEMU accelerator of the started VM (default: as the original ran), e.g. tcg.
+    #[arg(long)]
+    pub accel: Option<String>,
+}
+
+/// `cairn instant-recovery …`.
+#[derive(Subcommand, Debug)]
+pub enum InstantCommand {
+    /// Start a VM from a restore point, its disks served by the backup server over NBD.
+    Start {
+        /// The VM as backed up (`HOST/VM`, or the VM's name alone when unique).
+        vm: String,
+        /// Repository (default: the only one, or `default`).
+        #[arg(long, value_name = "NAME")]
+        repository: Option<String>,
+        /// Restore point: `latest`, an id or a unique id prefix.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// The qemu host whose socket folder gets the VM (default: the VM's own host).
+        #[arg(long, value_name = "HOST")]
+        to_host: Option<String>,
+        /// Name of the VM (default: VM-instant).
+        #[arg(long)]
+        name: Option<String>,
+        /// QEMU accelerator (default: as the original ran), e.g. tcg.
+        #[arg(long)]
+        accel: Option<String>,
+    },
+    /// List instant recoveries.
+    List,
+    /// Move a running instant recovery onto production disk files (qcow2) while it runs.
+    Migrate {
+        /// Instant recovery name (or the backed-up VM's name when it has one recovery).
+        name: String,
+        /// New disk files, one per disk, in the VM's disk order.
+        #[arg(long, required = true, num_args = 1..)]
+        to: Vec<PathBuf>,
+    },
+    /// Stop an instant recovery (quit its VM unless migrated; end its exports).
+    Stop {
+        /// Instant recovery name.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -417,6 +499,8 @@ pub enum TokenCommand {
 pub enum HostKind {
     /// A folder of disk images: each sub-folder (or image file) is a VM.
     ImageFolder,
+    /// Running QEMU/KVM VMs, reached through their QMP sockets.
+    Qemu,
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,9 +510,16 @@ pub enum HostCommand {
         /// Kind of host.
         #[arg(value_enum)]
         kind: HostKind,
-        /// Folder of the images (on the server's machine).
-        #[arg(long)]
-        path: PathBuf,
+        /// Folder of the images (image-folder hosts, on the server's machine).
+        #[arg(long, required_if_eq("kind", "image-folder"), conflicts_with = "qmp")]
+        path: Option<PathBuf>,
+        /// QMP socket of a VM, or a folder of `NAME.qmp` sockets (qemu hosts; each VM's guest
+        /// agent socket is `NAME.qga` beside it).
+        #[arg(long, required_if_eq("kind", "qemu"))]
+        qmp: Option<PathBuf>,
+        /// Guest agent socket of the VM given with --qmp (default: the `.qga` beside it).
+        #[arg(long, requires = "qmp")]
+        qga: Option<PathBuf>,
         /// Host name (default: the folder's name).
         #[arg(long)]
         name: Option<String>,
@@ -576,6 +667,20 @@ pub struct JobFlags {
     /// Create the job disabled (its schedule does not start it).
     #[arg(long)]
     pub disabled: bool,
+    /// Point-in-time view of running VMs: online (freeze through the guest agent, else
+    /// crash-consistent with a warning), offline (freeze, else pause the VM) or crash.
+    #[arg(long, value_parser = ["online", "offline", "crash"])]
+    pub consistency: Option<String>,
+    /// Fail a VM whose guest cannot be frozen instead of falling back (`--require-app-consistency`,
+    /// or `--require-app-consistency=false` to turn it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub require_app_consistency: Option<bool>,
+    /// Command run in the guest (through its agent) before the freeze; `none` removes it.
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_freeze: Option<String>,
+    /// Command run in the guest after the thaw; `none` removes it.
+    #[arg(long, value_name = "COMMAND")]
+    pub post_thaw: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

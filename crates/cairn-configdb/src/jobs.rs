@@ -43,6 +43,25 @@ pub struct JobSpec {
     pub retry_wait_seconds: i64,
     /// Whether the scheduler starts it.
     pub enabled: bool,
+    /// How a running VM's point-in-time view is made: `online` (guest agent
+    /// freeze, else crash-consistent with a warning), `offline` (freeze, else
+    /// pause the VM) or `crash`.
+    #[serde(default = "default_consistency")]
+    pub consistency: String,
+    /// Fail a VM rather than fall back when the guest cannot be frozen.
+    #[serde(default)]
+    pub require_app_consistency: bool,
+    /// Command run in the guest (through its agent) before the freeze.
+    #[serde(default)]
+    pub pre_freeze_script: Option<String>,
+    /// Command run in the guest after the thaw.
+    #[serde(default)]
+    pub post_thaw_script: Option<String>,
+}
+
+/// The consistency of a job that does not say.
+pub fn default_consistency() -> String {
+    "online".to_string()
 }
 
 /// A stored job.
@@ -76,6 +95,10 @@ struct JobRow {
     retries: i64,
     retry_wait_seconds: i64,
     enabled: bool,
+    consistency: String,
+    require_app_consistency: bool,
+    pre_freeze_script: Option<String>,
+    post_thaw_script: Option<String>,
     version: i64,
     created_at: i64,
     updated_at: i64,
@@ -103,6 +126,10 @@ impl JobRow {
                 retries: self.retries,
                 retry_wait_seconds: self.retry_wait_seconds,
                 enabled: self.enabled,
+                consistency: self.consistency,
+                require_app_consistency: self.require_app_consistency,
+                pre_freeze_script: self.pre_freeze_script,
+                post_thaw_script: self.post_thaw_script,
             },
         })
     }
@@ -112,7 +139,8 @@ macro_rules! job_select {
     ($($rest:literal),+) => {
         concat!(
             "SELECT id, name, repository_id, block_size, compression, encryption, method, retention_points, ",
-            "schedule, backup_window, retries, retry_wait_seconds, enabled, version, created_at, updated_at ",
+            "schedule, backup_window, retries, retry_wait_seconds, enabled, consistency, require_app_consistency, ",
+            "pre_freeze_script, post_thaw_script, version, created_at, updated_at ",
             "FROM jobs ",
             $($rest),+
         )
@@ -162,8 +190,9 @@ impl ConfigDb {
             let id: i64 = sqlx::query_scalar(concat!(
                 "INSERT INTO jobs (name, repository_id, block_size, compression, encryption, method, ",
                 "retention_points, schedule, backup_window, retries, retry_wait_seconds, enabled, version, ",
-                "created_at, updated_at) ",
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13) RETURNING id"
+                "created_at, updated_at, consistency, require_app_consistency, pre_freeze_script, post_thaw_script) ",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14, $15, $16, $17) ",
+                "RETURNING id"
             ))
             .bind(&spec.name)
             .bind(spec.repository_id)
@@ -178,6 +207,10 @@ impl ConfigDb {
             .bind(spec.retry_wait_seconds)
             .bind(spec.enabled)
             .bind(now)
+            .bind(&spec.consistency)
+            .bind(spec.require_app_consistency)
+            .bind(&spec.pre_freeze_script)
+            .bind(&spec.post_thaw_script)
             .fetch_one(&mut *tx)
             .await
             .map_err(write_err(format!("job {:?}", spec.name)))?;
@@ -197,7 +230,8 @@ impl ConfigDb {
             let updated = sqlx::query(concat!(
                 "UPDATE jobs SET name = $3, repository_id = $4, block_size = $5, compression = $6, ",
                 "encryption = $7, method = $8, retention_points = $9, schedule = $10, backup_window = $11, ",
-                "retries = $12, retry_wait_seconds = $13, enabled = $14, version = version + 1, updated_at = $15 ",
+                "retries = $12, retry_wait_seconds = $13, enabled = $14, version = version + 1, updated_at = $15, ",
+                "consistency = $16, require_app_consistency = $17, pre_freeze_script = $18, post_thaw_script = $19 ",
                 "WHERE id = $1 AND version = $2"
             ))
             .bind(id)
@@ -215,6 +249,10 @@ impl ConfigDb {
             .bind(spec.retry_wait_seconds)
             .bind(spec.enabled)
             .bind(now)
+            .bind(&spec.consistency)
+            .bind(spec.require_app_consistency)
+            .bind(&spec.pre_freeze_script)
+            .bind(&spec.post_thaw_script)
             .execute(&mut *tx)
             .await
             .map_err(write_err(format!("job {:?}", spec.name)))?;

@@ -38,6 +38,10 @@ fn job(name: &str, repository_id: i64, vm_ids: Vec<i64>) -> JobSpec {
         retries: 3,
         retry_wait_seconds: 600,
         enabled: true,
+        consistency: "online".into(),
+        require_app_consistency: false,
+        pre_freeze_script: None,
+        post_thaw_script: None,
     }
 }
 

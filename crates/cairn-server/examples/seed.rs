@@ -65,6 +65,10 @@ async fn main() -> anyhow::Result<()> {
                 retries: 3,
                 retry_wait_seconds: 600,
                 enabled: false,
+                consistency: "online".into(),
+                require_app_consistency: false,
+                pre_freeze_script: None,
+                post_thaw_script: None,
             })
             .await?;
         job_ids.push((job.id, vm.id, vm.name.clone()));

@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod live;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;

@@ -170,12 +170,14 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
     if recovered > 0 {
         tracing::warn!("{recovered} sessions were still running when the server stopped; they are marked failed");
     }
+    let data_dir = std::path::absolute(&config.data_dir)?;
     let state = AppState {
         db,
         jobs,
         resources,
         secrets: prepared.secrets.clone(),
-        data_dir: std::path::absolute(&config.data_dir)?,
+        instant: crate::live::instant::InstantRecoveries::new(data_dir.join("instant")),
+        data_dir,
         time_zone: prepared.time_zone.clone(),
     };
 

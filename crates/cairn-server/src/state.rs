@@ -25,4 +25,6 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Time zone of schedules that name none.
     pub time_zone: TimeZone,
+    /// Running instant recoveries and their NBD server.
+    pub instant: Arc<crate::live::instant::InstantRecoveries>,
 }

@@ -56,13 +56,28 @@ fn vm_table(vms: &[Value]) -> Table {
 pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
     let client = Client::from_global(g)?;
     match c {
-        HostCommand::Add { kind, path, name } => {
-            let kind = match kind {
-                HostKind::ImageFolder => "image-folder",
+        HostCommand::Add {
+            kind,
+            path,
+            qmp,
+            qga,
+            name,
+        } => {
+            let absolute = |p: &std::path::Path| -> anyhow::Result<String> {
+                Ok(std::path::absolute(p)
+                    .with_context(|| format!("making {} an absolute path", p.display()))?
+                    .display()
+                    .to_string())
             };
-            let path =
-                std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))?;
-            let mut body = json!({"kind": kind, "path": path.display().to_string()});
+            let mut body = match (kind, path, qmp) {
+                (HostKind::ImageFolder, Some(path), _) => json!({"kind": "image-folder", "path": absolute(path)?}),
+                (HostKind::Qemu, _, Some(qmp)) => json!({"kind": "qemu", "path": absolute(qmp)?}),
+                (HostKind::ImageFolder, None, _) => anyhow::bail!("an image-folder host needs --path FOLDER"),
+                (HostKind::Qemu, _, None) => anyhow::bail!("a qemu host needs --qmp SOCKET (or a folder of sockets)"),
+            };
+            if let Some(qga) = qga {
+                body["qga"] = Value::from(absolute(qga)?);
+            }
             if let Some(n) = name {
                 body["name"] = Value::from(n.as_str());
             }

@@ -12,7 +12,7 @@ use crate::client::{Client, usage};
 use crate::output::{self, Table, bytes};
 
 /// The fields of a job the API takes on create and update (cairn_configdb::JobSpec).
-const SPEC_FIELDS: [&str; 14] = [
+const SPEC_FIELDS: [&str; 18] = [
     "name",
     "vm_ids",
     "excluded_disk_ids",
@@ -27,6 +27,10 @@ const SPEC_FIELDS: [&str; 14] = [
     "retries",
     "retry_wait_seconds",
     "enabled",
+    "consistency",
+    "require_app_consistency",
+    "pre_freeze_script",
+    "post_thaw_script",
 ];
 
 /// `none`, `manual`, `always` or empty: no schedule or window.
@@ -149,6 +153,18 @@ fn apply_flags(client: &Client, spec: &mut Map<String, Value>, f: &JobFlags, vms
     if f.disabled {
         spec.insert("enabled".into(), Value::from(false));
     }
+    if let Some(c) = &f.consistency {
+        spec.insert("consistency".into(), Value::from(c.as_str()));
+    }
+    if let Some(r) = f.require_app_consistency {
+        spec.insert("require_app_consistency".into(), Value::from(r));
+    }
+    if let Some(t) = &f.pre_freeze {
+        spec.insert("pre_freeze_script".into(), optional_text(t));
+    }
+    if let Some(t) = &f.post_thaw {
+        spec.insert("post_thaw_script".into(), optional_text(t));
+    }
     Ok(())
 }
 
@@ -262,6 +278,28 @@ fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
                     .map(output::duration)
                     .unwrap_or_else(|| "-".into())
             ),
+        ),
+        (
+            "consistency",
+            format!(
+                "{}{}",
+                s_or_dash(job, "consistency"),
+                if b(job, "require_app_consistency") {
+                    " (application consistency required)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "guest scripts",
+            match (
+                job.get("pre_freeze_script").and_then(Value::as_str),
+                job.get("post_thaw_script").and_then(Value::as_str),
+            ) {
+                (None, None) => "-".to_string(),
+                (pre, post) => format!("before freeze: {}; after thaw: {}", pre.unwrap_or("-"), post.unwrap_or("-")),
+            },
         ),
         ("created", output::time(s(job, "created_at"))),
         ("updated", output::time(s(job, "updated_at"))),

@@ -4,6 +4,7 @@ mod backup;
 mod disk;
 mod hosts;
 mod jobs;
+mod live;
 mod login;
 mod lookup;
 mod points;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cairn_repo::Repository;
 
-use crate::args::{Cli, Command, Global};
+use crate::args::{self, Cli, Command, Global};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -35,6 +36,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(name) => remote_restore::points(g, a, name),
             None => points::run(g, a),
         },
+        Command::Restore(args::RestoreArgs {
+            whole: Some(args::RestoreWhole::Vm(a)),
+            ..
+        }) => live::restore_vm(g, a),
+        Command::InstantRecovery(c) => live::instant(g, c),
         Command::Restore(a) => match &a.repository {
             Some(name) => remote_restore::restore(g, a, name),
             None => restore::run(g, a),
@@ -69,7 +75,8 @@ pub fn is_remote(command: &Command) -> bool {
         | Command::Disk(_)
         | Command::Server(_) => false,
         Command::Points(a) => a.repository.is_some(),
-        Command::Restore(a) => a.repository.is_some(),
+        Command::Restore(a) => a.repository.is_some() || a.whole.is_some(),
+        Command::InstantRecovery(_) => true,
         Command::Login(_)
         | Command::Logout
         | Command::Whoami

@@ -94,10 +94,11 @@ pub fn restore(g: &Global, a: &RestoreArgs, repository: &str) -> anyhow::Result<
     }
     let client = Client::from_global(g)?;
     let rid = id_by_name(&client, "/api/v1/repositories", "repository", repository)?;
-    let chains = vm_points(&client, rid, Some(&a.vm))?;
+    let (vm, to) = super::restore::required(a)?;
+    let chains = vm_points(&client, rid, Some(vm))?;
     let chain = chains
         .first()
-        .ok_or_else(|| anyhow::anyhow!("no restore points of VM {} in repository {repository}", a.vm))?;
+        .ok_or_else(|| anyhow::anyhow!("no restore points of VM {} in repository {repository}", vm))?;
     let vm = s(chain, "vm").to_string();
     let point = if a.point == "latest" {
         Value::from("latest")
@@ -125,7 +126,7 @@ pub fn restore(g: &Global, a: &RestoreArgs, repository: &str) -> anyhow::Result<
             }
         }
     };
-    let target = std::path::absolute(&a.to).with_context(|| format!("making {} an absolute path", a.to.display()))?;
+    let target = std::path::absolute(to).with_context(|| format!("making {} an absolute path", to.display()))?;
     let mut body = Map::new();
     body.insert("repository_id".into(), Value::from(rid));
     body.insert("vm".into(), Value::from(vm.as_str()));

@@ -17,7 +17,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         logical_sector: a.sector_size,
         block_size: a.image_block_size,
     };
-    let result = cairn_engine::restore(&repo, &a.vm, &a.point, a.disk, &a.to, &target, &|p| {
+    let (vm, to) = required(a)?;
+    let result = cairn_engine::restore(&repo, vm, &a.point, a.disk, to, &target, &|p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
     });
@@ -31,7 +32,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
             stats.disk,
             stats.vm,
             stats.point,
-            a.to.display(),
+            to.display(),
             stats.format,
             bytes(stats.virtual_size),
             bytes(stats.written_bytes),
@@ -39,4 +40,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--vm` and `--to` of a one-disk restore (clap requires them unless `restore vm` is used).
+pub(crate) fn required(a: &RestoreArgs) -> anyhow::Result<(&str, &std::path::Path)> {
+    match (&a.vm, &a.to) {
+        (Some(vm), Some(to)) => Ok((vm, to)),
+        _ => anyhow::bail!("a disk restore needs --vm and --to (or use `cairn restore vm VM` for a whole VM)"),
+    }
 }

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
+use crate::live::{QemuLocation, check_qmp_path, discover};
 use crate::state::AppState;
 
 /// A host: where VMs are discovered.
@@ -107,8 +108,13 @@ pub struct AddHost {
     #[serde(default = "image_folder")]
     #[schema(example = "image-folder")]
     pub kind: String,
-    /// The folder of disk images (absolute path on the server's machine).
+    /// The folder of disk images (absolute path on the server's machine); for a `qemu` host a
+    /// VM's QMP socket or a folder of `NAME.qmp` sockets.
     pub path: String,
+    /// `qemu` hosts with a single QMP socket: the VM's guest agent socket (default: the `.qga`
+    /// beside the QMP socket, when it exists).
+    #[serde(default)]
+    pub qga: Option<String>,
     /// Unique name; defaults to the folder's name (made unique).
     #[serde(default)]
     pub name: Option<String>,
@@ -221,9 +227,14 @@ async fn scan(path: PathBuf) -> ApiResult<cairn_inventory::Inventory> {
 
 /// Records a scan of `host` and answers with the host and its VMs.
 async fn sync(state: &AppState, host: Host, inv: &cairn_inventory::Inventory) -> ApiResult<HostWithVms> {
+    sync_discovered(state, host, &discovered(inv)).await
+}
+
+/// Records what a discovery run found on `host` and answers with the host and its VMs.
+async fn sync_discovered(state: &AppState, host: Host, found: &[DiscoveredVm]) -> ApiResult<HostWithVms> {
     let vms = state
         .db
-        .sync_host_inventory(host.id, &discovered(inv), Timestamp::now())
+        .sync_host_inventory(host.id, found, Timestamp::now())
         .await?;
     let count = i64::try_from(vms.len()).unwrap_or(i64::MAX);
     Ok(HostWithVms {
@@ -267,9 +278,12 @@ pub async fn add_host(
     ApiJson(req): ApiJson<AddHost>,
 ) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
     caller.require_admin()?;
+    if req.kind == HostKind::Qemu.as_str() {
+        return add_qemu_host(caller, state, req).await;
+    }
     if req.kind != HostKind::ImageFolder.as_str() {
         return Err(ApiError::invalid(format!(
-            "host kind {:?}: only \"image-folder\" hosts are supported so far",
+            "host kind {:?}: use \"image-folder\" or \"qemu\"",
             req.kind
         )));
     }
@@ -348,6 +362,11 @@ pub async fn rescan_host(
 ) -> ApiResult<Json<HostWithVms>> {
     caller.require_admin()?;
     let host = state.db.get_host(id).await?;
+    if host.kind == HostKind::Qemu {
+        let location = QemuLocation::of(&host).map_err(ApiError::invalid)?;
+        let vms = discover(&location).await.map_err(ApiError::invalid)?;
+        return Ok(Json(sync_discovered(&state, host, &vms).await?));
+    }
     if host.kind != HostKind::ImageFolder {
         return Err(ApiError::invalid(format!(
             "host {}: {} hosts cannot be scanned yet",
@@ -425,4 +444,82 @@ pub async fn get_vm(
     dtos.pop()
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))
+}
+
+/// Adds a qemu host (a VM's QMP socket or a folder of them) and discovers its VMs through QMP.
+async fn add_qemu_host(
+    caller: Caller,
+    state: AppState,
+    req: AddHost,
+) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
+    let qmp = PathBuf::from(&req.path);
+    check_qmp_path(&qmp).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    let qga = match req.qga.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(_) if qmp.is_dir() => {
+            return Err(ApiError::invalid(
+                "qga: a folder host finds each VM's agent as NAME.qga beside NAME.qmp",
+            ));
+        }
+        Some(q) if !Path::new(q).is_absolute() => {
+            return Err(ApiError::invalid(format!("qga {q:?}: give an absolute path")));
+        }
+        Some(q) => Some(PathBuf::from(q)),
+    };
+    let location = QemuLocation { qmp, qga };
+    let hosts = state.db.list_hosts().await?;
+    if let Some(same) = hosts
+        .iter()
+        .filter(|h| h.kind == HostKind::Qemu)
+        .find(|h| QemuLocation::of(h).is_ok_and(|l| l.qmp == location.qmp))
+    {
+        return Err(ApiError::conflict(format!(
+            "{} is already host {} (id {})",
+            location.qmp.display(),
+            same.name,
+            same.id
+        )));
+    }
+    let vms = discover(&location).await.map_err(ApiError::invalid)?;
+    let name = match req.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        Some(_) => return Err(ApiError::invalid("name: must not be empty")),
+        None => {
+            let base = location
+                .qmp
+                .file_stem()
+                .map_or_else(|| "qemu".to_owned(), |n| n.to_string_lossy().into_owned());
+            let mut name = base.clone();
+            let mut n = 2;
+            while hosts.iter().any(|h| h.name == name) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            name
+        }
+    };
+    let host = state
+        .db
+        .create_host(&NewHost {
+            name,
+            kind: HostKind::Qemu,
+            location: location.to_location(),
+        })
+        .await?;
+    let host_id = host.id;
+    match sync_discovered(&state, host, &vms).await {
+        Ok(answer) => {
+            tracing::info!(
+                "{} added qemu host {} with {} VMs",
+                caller.name,
+                answer.host.name,
+                answer.vms.len()
+            );
+            Ok((StatusCode::CREATED, Json(answer)))
+        }
+        Err(e) => {
+            let _ = state.db.delete_host(host_id).await;
+            Err(e)
+        }
+    }
 }

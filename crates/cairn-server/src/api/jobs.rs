@@ -68,6 +68,20 @@ pub struct JobInput {
     /// Whether the scheduler starts it (default true).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Point-in-time view of running VMs: `online` (default: guest agent freeze, else
+    /// crash-consistent with a warning), `offline` (freeze, else pause the VM) or `crash`.
+    #[serde(default)]
+    #[schema(example = "online")]
+    pub consistency: Option<String>,
+    /// Fail a VM whose guest cannot be frozen instead of falling back (default false).
+    #[serde(default)]
+    pub require_app_consistency: Option<bool>,
+    /// Command run in the guest through its agent before the freeze.
+    #[serde(default)]
+    pub pre_freeze_script: Option<String>,
+    /// Command run in the guest after the thaw.
+    #[serde(default)]
+    pub post_thaw_script: Option<String>,
 }
 
 /// `PUT /api/v1/jobs/{id}` body: the version read plus the whole job.
@@ -132,6 +146,14 @@ pub struct JobDto {
     pub retry_wait_seconds: i64,
     /// Whether the scheduler starts it.
     pub enabled: bool,
+    /// Point-in-time view of running VMs: `online`, `offline` or `crash`.
+    pub consistency: String,
+    /// Fail a VM whose guest cannot be frozen instead of falling back.
+    pub require_app_consistency: bool,
+    /// Command run in the guest before the freeze.
+    pub pre_freeze_script: Option<String>,
+    /// Command run in the guest after the thaw.
+    pub post_thaw_script: Option<String>,
     /// The next scheduled run (null: disabled, on demand, or after another job).
     pub next_run: Option<Timestamp>,
     /// The newest session.
@@ -188,6 +210,10 @@ fn dto_from(state: &AppState, job: Job, last: Option<Session>, now: Timestamp) -
         retries: s.retries,
         retry_wait_seconds: s.retry_wait_seconds,
         enabled: s.enabled,
+        consistency: s.consistency,
+        require_app_consistency: s.require_app_consistency,
+        pre_freeze_script: s.pre_freeze_script,
+        post_thaw_script: s.post_thaw_script,
         next_run,
         last_session,
     }
@@ -326,6 +352,39 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
         None | Some("") => None,
         Some(text) => Some(parse_window(text)?.to_string()),
     };
+    let consistency = match input.consistency.as_deref().map(str::trim) {
+        None | Some("") => cairn_configdb::default_consistency(),
+        Some(text @ ("online" | "offline" | "crash")) => text.to_string(),
+        Some(text) => {
+            return Err(ApiError::invalid(format!(
+                "consistency {text:?}: use online, offline or crash"
+            )));
+        }
+    };
+    let script = |field: &str, value: Option<String>| -> ApiResult<Option<String>> {
+        match value.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(text) if text.len() > 4096 => Err(ApiError::invalid(format!(
+                "{field}: {} bytes, at most 4096",
+                text.len()
+            ))),
+            Some(text) => Ok(Some(text.to_string())),
+        }
+    };
+    let pre_freeze_script = script("pre_freeze_script", input.pre_freeze_script)?;
+    let post_thaw_script = script("post_thaw_script", input.post_thaw_script)?;
+    if consistency == "crash" && (pre_freeze_script.is_some() || post_thaw_script.is_some()) {
+        return Err(ApiError::invalid(
+            "pre_freeze_script/post_thaw_script: a crash-consistent job does not freeze the guest, so its \
+             scripts would never run",
+        ));
+    }
+    let require_app_consistency = input.require_app_consistency.unwrap_or(false);
+    if consistency == "crash" && require_app_consistency {
+        return Err(ApiError::invalid(
+            "require_app_consistency: a crash-consistent job cannot require application consistency",
+        ));
+    }
     Ok(JobSpec {
         name,
         vm_ids: input.vm_ids,
@@ -341,6 +400,10 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
         retries,
         retry_wait_seconds,
         enabled: input.enabled.unwrap_or(true),
+        consistency,
+        require_app_consistency,
+        pre_freeze_script,
+        post_thaw_script,
     })
 }
 

@@ -124,6 +124,11 @@ impl Modify for BearerAuth {
         jobs::enable_job, jobs::disable_job, jobs::run_job, jobs::stop_job,
         sessions::list_sessions, sessions::get_session, sessions::task_log, sessions::stop_session,
         restore::restore,
+        crate::live::restore_vm::restore_vm,
+        crate::live::instant::start,
+        crate::live::instant::list,
+        crate::live::instant::migrate,
+        crate::live::instant::stop,
     ),
     tags(
         (name = "auth", description = "Login, logout and API tokens"),
@@ -189,6 +194,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{id}/stop", post(sessions::stop_session))
         .route("/api/v1/tasks/{id}/log", get(sessions::task_log))
         .route("/api/v1/restores", post(restore::restore))
+        .route("/api/v1/restores/vm", post(crate::live::restore_vm::restore_vm))
+        .route(
+            "/api/v1/instant-recoveries",
+            get(crate::live::instant::list).post(crate::live::instant::start),
+        )
+        .route("/api/v1/instant-recoveries/{name}", delete(crate::live::instant::stop))
+        .route(
+            "/api/v1/instant-recoveries/{name}/migrate",
+            post(crate::live::instant::migrate),
+        )
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

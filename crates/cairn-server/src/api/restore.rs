@@ -191,9 +191,32 @@ pub async fn restore(
         }
     }
     let row = state.db.get_repository(req.repository_id).await?;
+    let options = RestoreTarget {
+        format,
+        logical_sector: req.sector_size,
+        block_size: None,
+    };
+    let stats = restore_disk(&state, &caller.name, &row, &req.vm, &req.point, req.disk, target, options).await?;
+    Ok(Json(stats.into()))
+}
+
+/// Restores disk `disk` of `vm`'s point `point` to the new file `target` as a task: waits for a
+/// task slot on the server's proxy and on the repository, reads at its share of the read limit.
+/// Dropping the future stops the restore at the next block (the partial file is removed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn restore_disk(
+    state: &AppState,
+    who: &str,
+    row: &cairn_configdb::Repository,
+    vm: &str,
+    point: &str,
+    disk: u32,
+    target: PathBuf,
+    options: RestoreTarget,
+) -> ApiResult<RestoreStats> {
     let repository = repository_resource(row.id);
     if state.resources.repository_load(&repository).is_none() {
-        register_repository(&state.resources, &row)?;
+        register_repository(&state.resources, row)?;
     }
     let number = RESTORES.fetch_add(1, Ordering::Relaxed);
     let request = TaskRequest::new(
@@ -203,8 +226,7 @@ pub async fn restore(
     )
     .with_direction(Direction::Read);
     tracing::info!(
-        "restore {number} of VM {} waits for a task slot on repository {}",
-        req.vm,
+        "restore {number} of VM {vm} waits for a task slot on repository {}",
         row.settings.name
     );
     // Dropping this future (the client went away) withdraws the request.
@@ -221,13 +243,9 @@ pub async fn restore(
             other,
         ),
     })?;
-    let repo = open_repository(&state, &row).await?;
+    let repo = open_repository(state, row).await?;
     tracing::info!(
-        "{} restores VM {} point {} disk {} from repository {} to {} (restore {number}, {})",
-        caller.name,
-        req.vm,
-        req.point,
-        req.disk,
+        "{who} restores VM {vm} point {point} disk {disk} from repository {} to {} (restore {number}, {})",
         row.settings.name,
         target.display(),
         lease.rate_limiter().rate().map_or_else(
@@ -235,19 +253,14 @@ pub async fn restore(
             |r| format!("read rate share {r} bytes/s")
         )
     );
-    let options = RestoreTarget {
-        format,
-        logical_sector: req.sector_size,
-        block_size: None,
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
     let hooks = LeaseHooks {
         limiter: lease.rate_limiter().clone(),
         stop,
     };
-    let (vm, point, disk) = (req.vm.clone(), req.point.clone(), req.disk);
-    let stats = tokio::task::spawn_blocking(move || {
+    let (vm, point) = (vm.to_string(), point.to_string());
+    tokio::task::spawn_blocking(move || {
         let result = cairn_engine::restore_with_hooks(&repo, &vm, &point, disk, &target, &options, &hooks);
         // The slots are freed as soon as the data is written, even if the client is gone.
         drop(lease);
@@ -260,6 +273,5 @@ pub async fn restore(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             format!("restore failed: {other}"),
         ),
-    })?;
-    Ok(Json(stats.into()))
+    })
 }

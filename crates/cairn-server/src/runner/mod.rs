@@ -34,10 +34,10 @@
 //! scheduler does not know yet is added with its limits from the database when a session starts.
 
 mod repo_cache;
-mod session;
+pub(crate) mod session;
 pub mod stats;
 mod stop;
-mod vm;
+pub(crate) mod vm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

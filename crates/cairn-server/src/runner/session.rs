@@ -34,6 +34,21 @@ pub(crate) struct JobSettings {
     pub(crate) retention: usize,
     pub(crate) window: Option<BackupWindow>,
     pub(crate) retry: RetryPolicy,
+    /// How running VMs are quiesced (qemu hosts).
+    pub(crate) guest: GuestSettings,
+}
+
+/// A job's guest processing settings, for VMs of qemu hosts.
+#[derive(Clone, Debug)]
+pub(crate) struct GuestSettings {
+    /// `online`, `offline` or `crash`.
+    pub(crate) consistency: String,
+    /// Fail instead of falling back when the guest cannot be frozen.
+    pub(crate) require_app: bool,
+    /// Guest command before the freeze.
+    pub(crate) pre_freeze: Option<String>,
+    /// Guest command after the thaw.
+    pub(crate) post_thaw: Option<String>,
 }
 
 impl JobSettings {
@@ -88,6 +103,12 @@ impl JobSettings {
             retention,
             window,
             retry,
+            guest: GuestSettings {
+                consistency: job.spec.consistency.clone(),
+                require_app: job.spec.require_app_consistency,
+                pre_freeze: job.spec.pre_freeze_script.clone(),
+                post_thaw: job.spec.post_thaw_script.clone(),
+            },
         })
     }
 }

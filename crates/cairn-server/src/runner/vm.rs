@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_configdb::{ConfigDb, LogLevel, SessionState};
+use cairn_configdb::{ConfigDb, HostKind, LogLevel, SessionState};
 use cairn_disk::image::Image;
 use cairn_engine::{BackupHooks, BackupOptions, BackupResult, DiskInput, EngineError, Progress};
 use cairn_repo::{BackupPlan, FullKind, Method, PointStats, Repository, SessionKind};
@@ -98,6 +98,34 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     };
 
     let hooks = Arc::new(VmHooks::new(&shared, &unit, &tasks));
+    // A running VM: its point-in-time view is made once the first disk has its task slots (so the
+    // view does not wait in the queue while the guest writes into its copy-before-write overlay).
+    let mut live = None;
+    if unit.host.kind == HostKind::Qemu {
+        match hooks.acquire_first().await {
+            Ok(()) => {}
+            Err(e) => {
+                hooks.release();
+                return failed(&shared, &unit, &tasks, &hooks, VmError::Engine(e)).await;
+            }
+        }
+        let work_dir = unit
+            .disks
+            .first()
+            .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir);
+        match crate::live::backup::start(&unit, &repo, shared.repository.id, &shared.settings.guest, &work_dir).await
+        {
+            Ok(l) => {
+                log_lines(&shared, &tasks, &l.lines).await;
+                live = Some(l);
+            }
+            Err(text) => {
+                hooks.release();
+                return failed(&shared, &unit, &tasks, &hooks, VmError::Live { disk: None, text }).await;
+            }
+        }
+    }
     let plan = BackupPlan {
         vm: vm_name.clone(),
         block_size: shared.settings.block_size,
@@ -105,7 +133,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         full_every: (shared.settings.method == Method::Forward).then_some(FORWARD_FULL_EVERY),
         full_kind: FullKind::Synthetic,
         force_full: false,
-        vm_config: None,
+        vm_config: live.as_ref().map(|l| l.vm_config.clone()),
     };
     let opts = BackupOptions {
         compression: shared.settings.compression,
@@ -124,8 +152,16 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         })
         .collect();
     let (engine_repo, engine_hooks) = (repo.clone(), hooks.clone());
+    let live_specs = live.as_ref().map(|l| l.specs.clone());
+    let unit_disks = unit.disks.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let inputs = open_disks(&paths, &engine_hooks)?;
+        let inputs = match &live_specs {
+            Some(specs) => crate::live::backup::open_inputs(specs, &unit_disks, &|disk, text| {
+                engine_hooks.log(disk, LogLevel::Info, text)
+            })
+            .map_err(|(disk, text)| VmError::Live { disk: Some(disk), text })?,
+            None => open_disks(&paths, &engine_hooks)?,
+        };
         cairn_engine::backup_with_hooks(&engine_repo, &plan, inputs, &opts, engine_hooks.as_ref())
             .map_err(VmError::Engine)
     })
@@ -139,9 +175,39 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     for &task in &tasks {
         lock(&shared.mgr.progress).remove(&task);
     }
+    let mut fell_back = false;
+    if let Some(mut l) = live {
+        let lines = l.finish(result.is_ok()).await;
+        log_lines(&shared, &tasks, &lines).await;
+        fell_back = l.warning || !lines.is_empty();
+    }
     match result {
-        Ok(result) => committed(&shared, &unit, &tasks, &hooks, &repo, result).await,
+        Ok(result) => {
+            let outcome = committed(&shared, &unit, &tasks, &hooks, &repo, result).await;
+            if fell_back && matches!(outcome, VmOutcome::Success { .. }) {
+                for &task in &tasks {
+                    set_task_state(&shared.mgr.ctx.db, task, SessionState::Warning).await;
+                }
+                return VmOutcome::Success { warning: true };
+            }
+            outcome
+        }
         Err(e) => failed(&shared, &unit, &tasks, &hooks, e).await,
+    }
+}
+
+/// Writes live-backup lines to the VM's task logs (a line without a disk goes to every task).
+async fn log_lines(shared: &Shared, tasks: &[i64], lines: &[crate::live::backup::Line]) {
+    let db = &shared.mgr.ctx.db;
+    for line in lines {
+        match line.disk.and_then(|d| tasks.get(d)) {
+            Some(&task) => log_db(db, task, line.level, &line.text).await,
+            None => {
+                for &task in tasks {
+                    log_db(db, task, line.level, &line.text).await;
+                }
+            }
+        }
     }
 }
 
@@ -157,6 +223,8 @@ enum VmError {
     Engine(EngineError),
     /// The blocking thread panicked.
     Panicked(String),
+    /// The running VM's view could not be made or read (disk position if one is at fault).
+    Live { disk: Option<usize>, text: String },
 }
 
 /// Opens every disk of the VM, with a differencing child's changed extents as CBT (as
@@ -319,6 +387,7 @@ async fn failed(shared: &Shared, unit: &VmUnit, tasks: &[i64], hooks: &VmHooks, 
         ),
         VmError::Engine(e) => (current, error_chain(e)),
         VmError::Panicked(e) => (current, format!("the backup thread ended abnormally: {e}")),
+        VmError::Live { disk, text } => (*disk, text.clone()),
     };
     let culprit_name = culprit.and_then(|d| unit.disks.get(d)).map(|d| d.name.clone());
     for (i, &task) in tasks.iter().enumerate() {
@@ -346,6 +415,8 @@ struct Finished {
 #[derive(Default)]
 struct HookState {
     lease: Option<Lease>,
+    /// Slots taken before the engine started (a live VM's first disk).
+    prelease: Option<Lease>,
     limiter: Option<RateLimiter>,
     current: Option<usize>,
     started: Option<Instant>,
@@ -405,7 +476,30 @@ impl VmHooks {
     fn release(&self) {
         let mut state = lock(&self.state);
         state.lease = None;
+        state.prelease = None;
         state.limiter = None;
+    }
+
+    /// Takes the first disk's task slots now (from async code); `disk_starting` of disk 0 uses them.
+    async fn acquire_first(&self) -> Result<(), EngineError> {
+        if let Some(&task) = self.tasks.first() {
+            log_db(
+                &self.db,
+                task,
+                LogLevel::Info,
+                &format!(
+                    "waiting for resources: a task slot on proxy {} and on repository {}",
+                    self.proxy_name, self.repository_name
+                ),
+            )
+            .await;
+        }
+        let lease = tokio::select! {
+            lease = self.resources.acquire_async(self.request.clone()) => lease.map_err(|e| EngineError::Hook(Box::new(e)))?,
+            () = self.stop.wait() => return Err(EngineError::Stopped),
+        };
+        lock(&self.state).prelease = Some(lease);
+        Ok(())
     }
 
     fn finished(&self) -> HashMap<usize, Finished> {
@@ -440,16 +534,25 @@ impl BackupHooks for VmHooks {
                 .into(),
             ));
         };
-        lock(&self.state).current = Some(disk);
-        self.log(
-            disk,
-            LogLevel::Info,
-            &format!(
-                "waiting for resources: a task slot on proxy {} and on repository {}",
-                self.proxy_name, self.repository_name
-            ),
-        );
-        let lease = self.acquire()?;
+        let prelease = {
+            let mut state = lock(&self.state);
+            state.current = Some(disk);
+            state.prelease.take()
+        };
+        let lease = match prelease {
+            Some(lease) => lease,
+            None => {
+                self.log(
+                    disk,
+                    LogLevel::Info,
+                    &format!(
+                        "waiting for resources: a task slot on proxy {} and on repository {}",
+                        self.proxy_name, self.repository_name
+                    ),
+                );
+                self.acquire()?
+            }
+        };
         let started_at = Timestamp::now();
         let repo_load = self.resources.repository_load(lease.repository());
         let proxy_load = self.resources.proxy_load(lease.proxy());

@@ -262,6 +262,10 @@ impl Env {
             retries: 0,
             retry_wait_seconds: 0,
             enabled: true,
+            consistency: "online".into(),
+            require_app_consistency: false,
+            pre_freeze_script: None,
+            post_thaw_script: None,
         };
         edit(&mut spec);
         self.db.create_job(&spec).await.expect("create job")

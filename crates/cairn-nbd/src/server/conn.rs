@@ -1,0 +1,607 @@
+//! One server connection: option negotiation, then the request loop.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use cairn_disk::buf::AlignedBuf;
+
+use super::{ExportEntry, NbdServer};
+use crate::StatusExtent;
+use crate::proto::{self, *};
+
+/// The `base:allocation` context id this server hands out.
+const BASE_ALLOCATION_ID: u32 = 1;
+/// The most descriptors in one block status reply (clients ask again for the rest).
+const MAX_DESCRIPTORS: usize = 128 << 10;
+
+/// What negotiation settled.
+struct Session {
+    export: Arc<ExportEntry>,
+    structured: bool,
+    base_allocation: bool,
+}
+
+/// Serves one connection; `id` is its registry entry (None for bare streams).
+/// `workers` > 0 serves requests on that many threads; 0 serves them inline.
+pub(super) fn serve<R: Read, W: Write + Send>(
+    server: &NbdServer,
+    id: Option<u64>,
+    mut reader: R,
+    mut writer: W,
+    workers: usize,
+) -> io::Result<()> {
+    let Some(session) = negotiate(server, &mut reader, &mut writer)? else {
+        return Ok(());
+    };
+    if let Some(id) = id {
+        server.set_conn_export(id, &session.export.name);
+    }
+    transmission(&session, reader, writer, workers)
+}
+
+/// Reads exactly `buf.len()` bytes; Ok(false) on a clean end of stream before the first byte.
+fn read_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) if done == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn transmission_flags(export: &ExportEntry, structured: bool) -> u16 {
+    let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_CACHE | TFLAG_CAN_MULTI_CONN;
+    if export.backend.writable() {
+        f |= TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES;
+    } else {
+        f |= TFLAG_READ_ONLY;
+    }
+    if structured {
+        f |= TFLAG_SEND_DF;
+    }
+    f
+}
+
+/// True when the metadata context query selects `base:allocation`.
+fn selects_base_allocation(query: &str) -> bool {
+    query == BASE_ALLOCATION || query == "base:"
+}
+
+/// Option haggling. Ok(None) when the client went away, aborted, or broke the protocol.
+fn negotiate<R: Read, W: Write>(server: &NbdServer, r: &mut R, w: &mut W) -> io::Result<Option<Session>> {
+    w.write_all(&encode_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))?;
+    w.flush()?;
+    let mut f = [0u8; 4];
+    if !read_or_eof(r, &mut f)? {
+        return Ok(None);
+    }
+    let cflags = u32::from_be_bytes(f);
+    if cflags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+        return Ok(None);
+    }
+    let no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
+    // The export `base:allocation` was selected for, if any.
+    let mut meta: Option<String> = None;
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let mut h = [0u8; OPTION_HEADER_LEN];
+        if !read_or_eof(r, &mut h)? {
+            return Ok(None);
+        }
+        let Ok(h) = OptionHeader::decode(&h) else {
+            return Ok(None);
+        };
+        data.resize(h.length as usize, 0);
+        r.read_exact(&mut data)?;
+        out.clear();
+        let reply_err = |out: &mut Vec<u8>, code: u32, message: String| {
+            OptionReply::Error { code, message }.encode(h.option, out);
+        };
+        match ClientOption::decode(h.option, &data) {
+            Err(e) => reply_err(&mut out, REP_ERR_INVALID, e.to_string()),
+            Ok(ClientOption::ExportName(name)) => {
+                let Some(export) = server.lookup(&name) else {
+                    return Ok(None); // the protocol allows no error reply here
+                };
+                let base_allocation = structured && meta.as_deref() == Some(export.name.as_str());
+                let flags = transmission_flags(&export, structured);
+                encode_export_name_reply(export.backend.size(), flags, no_zeroes, &mut out);
+                w.write_all(&out)?;
+                w.flush()?;
+                return Ok(Some(Session {
+                    export,
+                    structured,
+                    base_allocation,
+                }));
+            }
+            Ok(ClientOption::Abort) => {
+                OptionReply::Ack.encode(h.option, &mut out);
+                let _ = w.write_all(&out).and_then(|()| w.flush());
+                return Ok(None);
+            }
+            Ok(ClientOption::List) => {
+                for e in server.all_exports() {
+                    OptionReply::Server {
+                        name: e.name.clone(),
+                        description: e.description.clone(),
+                    }
+                    .encode(h.option, &mut out);
+                }
+                OptionReply::Ack.encode(h.option, &mut out);
+            }
+            Ok(ClientOption::StartTls) => reply_err(&mut out, REP_ERR_UNSUP, "TLS is not supported".into()),
+            Ok(ClientOption::StructuredReply) => {
+                if structured {
+                    reply_err(
+                        &mut out,
+                        REP_ERR_INVALID,
+                        "structured replies already negotiated".into(),
+                    );
+                } else {
+                    structured = true;
+                    OptionReply::Ack.encode(h.option, &mut out);
+                }
+            }
+            Ok(ClientOption::Info(req)) | Ok(ClientOption::Go(req)) => match server.lookup(&req.export) {
+                None => reply_err(&mut out, REP_ERR_UNKNOWN, format!("no export named {:?}", req.export)),
+                Some(export) => {
+                    let flags = transmission_flags(&export, structured);
+                    let info = |i: Info, out: &mut Vec<u8>| OptionReply::Info(i).encode(h.option, out);
+                    info(
+                        Info::Export {
+                            size: export.backend.size(),
+                            flags,
+                        },
+                        &mut out,
+                    );
+                    for kind in &req.info {
+                        match *kind {
+                            INFO_NAME => info(Info::Name(export.name.clone()), &mut out),
+                            INFO_DESCRIPTION if !export.description.is_empty() => {
+                                info(Info::Description(export.description.clone()), &mut out)
+                            }
+                            INFO_BLOCK_SIZE => info(
+                                Info::BlockSize {
+                                    min: 1,
+                                    preferred: 4096,
+                                    max: MAX_PAYLOAD,
+                                },
+                                &mut out,
+                            ),
+                            _ => {}
+                        }
+                    }
+                    OptionReply::Ack.encode(h.option, &mut out);
+                    if h.option == OPT_GO {
+                        w.write_all(&out)?;
+                        w.flush()?;
+                        let base_allocation = structured && meta.as_deref() == Some(export.name.as_str());
+                        return Ok(Some(Session {
+                            export,
+                            structured,
+                            base_allocation,
+                        }));
+                    }
+                }
+            },
+            Ok(ClientOption::ListMetaContext(req)) | Ok(ClientOption::SetMetaContext(req)) => {
+                let set = h.option == OPT_SET_META_CONTEXT;
+                if !structured {
+                    reply_err(&mut out, REP_ERR_INVALID, "negotiate structured replies first".into());
+                } else {
+                    match server.lookup(&req.export) {
+                        None => reply_err(&mut out, REP_ERR_UNKNOWN, format!("no export named {:?}", req.export)),
+                        Some(export) => {
+                            let selected = if set {
+                                req.queries.iter().any(|q| selects_base_allocation(q))
+                            } else {
+                                req.queries.is_empty() || req.queries.iter().any(|q| selects_base_allocation(q))
+                            };
+                            if selected {
+                                OptionReply::MetaContext {
+                                    id: if set { BASE_ALLOCATION_ID } else { 0 },
+                                    name: BASE_ALLOCATION.into(),
+                                }
+                                .encode(h.option, &mut out);
+                            }
+                            if set {
+                                meta = selected.then(|| export.name.clone());
+                            }
+                            OptionReply::Ack.encode(h.option, &mut out);
+                        }
+                    }
+                }
+            }
+            Ok(ClientOption::Unknown { option, .. }) => reply_err(
+                &mut out,
+                REP_ERR_UNSUP,
+                format!("{} is not supported", proto::option_name(option)),
+            ),
+        }
+        w.write_all(&out)?;
+        w.flush()?;
+    }
+}
+
+/// A request with its write payload, handed to a worker.
+struct Job {
+    req: Request,
+    payload: Vec<u8>,
+}
+
+/// Per-worker buffers, reused across requests.
+struct Scratch {
+    buf: AlignedBuf,
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            buf: AlignedBuf::new(0),
+            out: Vec::new(),
+        }
+    }
+}
+
+enum Next {
+    Request(Job),
+    Disconnect,
+}
+
+/// Reads the next request (and its write payload). Ok(Disconnect) at the end
+/// of the stream, on `NBD_CMD_DISC`, and on a malformed request.
+fn next_request<R: Read>(r: &mut R, payload: Vec<u8>) -> io::Result<Next> {
+    let mut h = [0u8; REQUEST_LEN];
+    if !read_or_eof(r, &mut h)? {
+        return Ok(Next::Disconnect);
+    }
+    let Ok(req) = Request::decode(&h) else {
+        return Ok(Next::Disconnect);
+    };
+    let mut payload = payload;
+    payload.clear();
+    match req.kind {
+        CMD_DISC => return Ok(Next::Disconnect),
+        CMD_WRITE => {
+            // A payload this large cannot be skipped safely: end the connection.
+            if req.length > MAX_PAYLOAD {
+                return Ok(Next::Disconnect);
+            }
+            payload.resize(req.length as usize, 0);
+            r.read_exact(&mut payload)?;
+        }
+        _ => {}
+    }
+    Ok(Next::Request(Job { req, payload }))
+}
+
+fn transmission<R: Read, W: Write + Send>(s: &Session, mut reader: R, writer: W, workers: usize) -> io::Result<()> {
+    let writer = Mutex::new(writer);
+    if workers == 0 {
+        let mut scratch = Scratch::new();
+        let mut payload = Vec::new();
+        loop {
+            match next_request(&mut reader, std::mem::take(&mut payload))? {
+                Next::Disconnect => return Ok(()),
+                Next::Request(job) => {
+                    handle(s, &job.req, &job.payload, &writer, &mut scratch)?;
+                    payload = job.payload;
+                }
+            }
+        }
+    }
+    let failed = AtomicBool::new(false);
+    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 4);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut scratch = Scratch::new();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    if failed.load(Ordering::Relaxed) {
+                        continue; // drain the queue without answering
+                    }
+                    if handle(s, &job.req, &job.payload, &writer, &mut scratch).is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if let Ok(mut p) = pool.lock()
+                        && p.len() < workers * 2
+                    {
+                        p.push(job.payload);
+                    }
+                }
+            });
+        }
+        let result = loop {
+            if failed.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let payload = pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+            match next_request(&mut reader, payload) {
+                Ok(Next::Request(job)) => {
+                    if tx.send(job).is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(Next::Disconnect) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(tx);
+        result
+    })
+}
+
+/// Maps an I/O error from a backend to an NBD error number.
+fn errno_of(e: &io::Error) -> u32 {
+    if let Some(code) = e.raw_os_error() {
+        let code = code as u32;
+        if [EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN].contains(&code) {
+            return code;
+        }
+    }
+    match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => EPERM,
+        io::ErrorKind::InvalidInput => EINVAL,
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ENOSPC,
+        io::ErrorKind::OutOfMemory => ENOMEM,
+        io::ErrorKind::Unsupported => ENOTSUP,
+        _ => EIO,
+    }
+}
+
+/// Clips backend extents to `[offset, offset + length)`, fills gaps with
+/// data, and merges neighbours: whatever a backend returns, the result
+/// covers the range exactly once.
+fn sanitize(mut v: Vec<StatusExtent>, offset: u64, length: u64) -> Vec<StatusExtent> {
+    v.sort_by_key(|e| e.offset);
+    let end = offset + length;
+    let mut out = Vec::with_capacity(v.len() + 1);
+    let mut pos = offset;
+    for e in v {
+        let s = e.offset.max(pos);
+        let t = e.offset.saturating_add(e.length).min(end);
+        if s >= t {
+            continue;
+        }
+        crate::export::push_status(&mut out, pos, s - pos, 0);
+        crate::export::push_status(&mut out, s, t - s, e.flags);
+        pos = t;
+    }
+    crate::export::push_status(&mut out, pos, end - pos, 0);
+    out
+}
+
+fn send<W: Write>(writer: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {
+    let mut w = writer.lock().map_err(|_| io::Error::other("writer lock poisoned"))?;
+    w.write_all(bytes)?;
+    w.flush()
+}
+
+/// Answers a request without payload: a simple reply, or (structured) an error chunk with a message.
+fn reply<W: Write>(
+    s: &Session,
+    writer: &Mutex<W>,
+    sc: &mut Scratch,
+    cookie: u64,
+    error: u32,
+    msg: &str,
+) -> io::Result<()> {
+    if error == 0 {
+        return send(writer, &SimpleReply { error: 0, cookie }.encode());
+    }
+    if s.structured {
+        sc.out.clear();
+        Chunk::Error {
+            error,
+            message: format!("{} (export {:?})", msg, s.export.name),
+            offset: None,
+        }
+        .encode(REPLY_FLAG_DONE, cookie, &mut sc.out);
+        send(writer, &sc.out)
+    } else {
+        send(writer, &SimpleReply { error, cookie }.encode())
+    }
+}
+
+/// Serves one request. Err only when the reply cannot be sent.
+fn handle<W: Write>(s: &Session, req: &Request, payload: &[u8], writer: &Mutex<W>, sc: &mut Scratch) -> io::Result<()> {
+    let backend = &s.export.backend;
+    let size = backend.size();
+    let len = u64::from(req.length);
+    let cookie = req.cookie;
+    let what = proto::command_name(req.kind);
+    if s.export.removed.load(Ordering::Acquire) {
+        return reply(s, writer, sc, cookie, ESHUTDOWN, "the export was removed");
+    }
+    let in_range = req.offset.checked_add(len).is_some_and(|e| e <= size);
+    let range_msg = || {
+        format!(
+            "{what} of {len} bytes at {} is outside the export's {size} bytes",
+            req.offset
+        )
+    };
+    let fua = |r: io::Result<()>| {
+        r.and_then(|()| {
+            if req.flags & CMD_FLAG_FUA != 0 {
+                backend.flush()
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let result = |s: &Session, sc: &mut Scratch, r: io::Result<()>| match r {
+        Ok(()) => reply(s, writer, sc, cookie, 0, ""),
+        Err(e) => reply(s, writer, sc, cookie, errno_of(&e), &format!("{what}: {e}")),
+    };
+    match req.kind {
+        CMD_READ => read(s, req, writer, sc),
+        CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
+            if !backend.writable() {
+                return reply(s, writer, sc, cookie, EPERM, "the export is read-only");
+            }
+            if !in_range {
+                let errno = if req.kind == CMD_TRIM { EINVAL } else { ENOSPC };
+                return reply(s, writer, sc, cookie, errno, &range_msg());
+            }
+            let r = match req.kind {
+                CMD_WRITE => backend.write_at(payload, req.offset),
+                CMD_WRITE_ZEROES => backend.write_zeroes(req.offset, len),
+                _ => Ok(()), // TRIM is advisory: the data may stay
+            };
+            result(s, sc, fua(r))
+        }
+        CMD_FLUSH => result(s, sc, backend.flush()),
+        CMD_CACHE => {
+            if !in_range {
+                return reply(s, writer, sc, cookie, EINVAL, &range_msg());
+            }
+            reply(s, writer, sc, cookie, 0, "")
+        }
+        CMD_BLOCK_STATUS => {
+            if !s.structured || !s.base_allocation {
+                return reply(s, writer, sc, cookie, EINVAL, "no metadata context was negotiated");
+            }
+            if len == 0 || !in_range {
+                return reply(s, writer, sc, cookie, EINVAL, &range_msg());
+            }
+            let extents = match backend.block_status(req.offset, len) {
+                Ok(v) => sanitize(v, req.offset, len),
+                Err(e) => return reply(s, writer, sc, cookie, errno_of(&e), &format!("{what}: {e}")),
+            };
+            let mut descriptors: Vec<Descriptor> = extents
+                .iter()
+                .map(|e| Descriptor {
+                    length: e.length as u32,
+                    flags: e.flags,
+                })
+                .collect();
+            let keep = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                1
+            } else {
+                MAX_DESCRIPTORS
+            };
+            descriptors.truncate(keep);
+            sc.out.clear();
+            Chunk::BlockStatus {
+                context: BASE_ALLOCATION_ID,
+                descriptors,
+            }
+            .encode(REPLY_FLAG_DONE, cookie, &mut sc.out);
+            send(writer, &sc.out)
+        }
+        _ => reply(s, writer, sc, cookie, EINVAL, &format!("{what} is not supported")),
+    }
+}
+
+/// `NBD_CMD_READ`: data and hole chunks with structured replies, else a simple reply with the data.
+fn read<W: Write>(s: &Session, req: &Request, writer: &Mutex<W>, sc: &mut Scratch) -> io::Result<()> {
+    let backend = &s.export.backend;
+    let size = backend.size();
+    let len = u64::from(req.length);
+    let cookie = req.cookie;
+    if req.length > MAX_PAYLOAD {
+        let msg = format!("a read of {len} bytes exceeds the maximum of {MAX_PAYLOAD}");
+        return reply(s, writer, sc, cookie, EINVAL, &msg);
+    }
+    if req.offset.checked_add(len).is_none_or(|e| e > size) {
+        let msg = format!(
+            "a read of {len} bytes at {} is outside the export's {size} bytes",
+            req.offset
+        );
+        return reply(s, writer, sc, cookie, EINVAL, &msg);
+    }
+    if len == 0 {
+        if s.structured {
+            sc.out.clear();
+            Chunk::None.encode(REPLY_FLAG_DONE, cookie, &mut sc.out);
+            return send(writer, &sc.out);
+        }
+        return reply(s, writer, sc, cookie, 0, "");
+    }
+    sc.buf.resize(len as usize);
+    let extents = if s.structured && req.flags & CMD_FLAG_DF == 0 {
+        match backend.block_status(req.offset, len) {
+            Ok(v) => sanitize(v, req.offset, len),
+            Err(_) => sanitize(Vec::new(), req.offset, len),
+        }
+    } else {
+        sanitize(Vec::new(), req.offset, len)
+    };
+    for e in extents.iter().filter(|e| e.flags & STATE_ZERO == 0) {
+        let at = (e.offset - req.offset) as usize;
+        if let Err(err) = backend.read_at(&mut sc.buf[at..at + e.length as usize], e.offset) {
+            let msg = format!("NBD_CMD_READ of {} bytes at {}: {err}", e.length, e.offset);
+            return reply(s, writer, sc, cookie, errno_of(&err), &msg);
+        }
+    }
+    let mut w = writer.lock().map_err(|_| io::Error::other("writer lock poisoned"))?;
+    if !s.structured {
+        w.write_all(&SimpleReply { error: 0, cookie }.encode())?;
+        w.write_all(&sc.buf)?;
+        return w.flush();
+    }
+    let last = extents.len() - 1;
+    for (i, e) in extents.iter().enumerate() {
+        let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+        if e.flags & STATE_ZERO != 0 {
+            let h = ChunkHeader {
+                flags,
+                kind: REPLY_TYPE_OFFSET_HOLE,
+                cookie,
+                length: 12,
+            };
+            let mut b = [0u8; CHUNK_HEADER_LEN + 12];
+            b[..CHUNK_HEADER_LEN].copy_from_slice(&h.encode());
+            b[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + 8].copy_from_slice(&e.offset.to_be_bytes());
+            b[CHUNK_HEADER_LEN + 8..].copy_from_slice(&(e.length as u32).to_be_bytes());
+            w.write_all(&b)?;
+        } else {
+            let h = ChunkHeader {
+                flags,
+                kind: REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                length: 8 + e.length as u32,
+            };
+            let mut b = [0u8; CHUNK_HEADER_LEN + 8];
+            b[..CHUNK_HEADER_LEN].copy_from_slice(&h.encode());
+            b[CHUNK_HEADER_LEN..].copy_from_slice(&e.offset.to_be_bytes());
+            w.write_all(&b)?;
+            let at = (e.offset - req.offset) as usize;
+            w.write_all(&sc.buf[at..at + e.length as usize])?;
+        }
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(offset: u64, length: u64, flags: u32) -> StatusExtent {
+        StatusExtent { offset, length, flags }
+    }
+
+    #[test]
+    fn sanitize_clips_fills_and_merges() {
+        let v = vec![x(50, 100, 3), x(0, 20, 0), x(10, 5, 3), x(u64::MAX - 1, 5, 3)];
+        let got = sanitize(v, 5, 100);
+        assert_eq!(got, vec![x(5, 45, 0), x(50, 55, 3)]);
+        assert_eq!(sanitize(Vec::new(), 7, 3), vec![x(7, 3, 0)]);
+    }
+}

@@ -1,0 +1,167 @@
+//! VM configuration read through QMP, and a second VM started from `command_line`.
+
+mod common;
+
+use cairn_qemu::config::{LaunchDisk, LaunchSpec, Network, VmConfig, read_config};
+use cairn_qemu::process::QemuProcess;
+use common::*;
+
+/// The configuration with what legitimately differs between the original and the copy
+/// blanked: image files and auto-generated node names.
+fn comparable(config: &VmConfig) -> VmConfig {
+    let mut c = config.clone();
+    for d in &mut c.disks {
+        d.file.clear();
+        if d.node.starts_with('#') {
+            d.node.clear();
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn config_round_trips_through_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img0 = d.join("d0.qcow2");
+    let img1 = d.join("d1.qcow2");
+    qcow2(&img0, 16 * MIB, None);
+    qcow2(&img1, 32 * MIB, None);
+    let socket = d.join("qmp.sock");
+    let mut argv = base_argv(&socket, true);
+    argv.extend(
+        [
+            "-name",
+            "web01",
+            "-uuid",
+            "6f1c2a4e-1111-4222-8333-944455556666",
+            "-smp",
+            "2",
+        ]
+        .map(String::from),
+    );
+    argv.extend([
+        "-drive".into(),
+        format!("if=none,id=drive0,file={},format=qcow2", img0.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=drive0,id=disk0,bootindex=1,serial=SER-0".into(),
+    ]);
+    argv.extend(blockdev_ide_args(&img1, "fmt1", "disk1", 0));
+    argv.extend([
+        "-netdev".into(),
+        "user,id=net0".into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:12:34:56".into(),
+    ]);
+    argv.extend(qga_args(&d.join("qga.sock")));
+    let vm = start(argv, &socket).await;
+    let config = read_config(&vm.qmp).await.expect("read_config");
+
+    assert_eq!(config.name.as_deref(), Some("web01"));
+    assert_eq!(config.uuid.as_deref(), Some("6f1c2a4e-1111-4222-8333-944455556666"));
+    assert!(config.machine.starts_with("pc-i440fx-"), "{}", config.machine);
+    assert_eq!(config.accel, "tcg");
+    assert_eq!(config.cpus, 2);
+    assert_eq!(config.memory, 128 * MIB);
+    assert_eq!((config.kernel.as_ref(), config.append.as_ref()), (None, None));
+    assert_eq!(config.disks.len(), 2, "{:?}", config.disks);
+    let d0 = &config.disks[0];
+    assert_eq!((d0.device.as_str(), d0.driver.as_str()), ("disk0", "virtio-blk-pci"));
+    assert_eq!(
+        (d0.bootindex, d0.serial.as_deref(), d0.backend.as_deref()),
+        (Some(1), Some("SER-0"), Some("drive0"))
+    );
+    assert_eq!(d0.address.get("bus").map(String::as_str), Some("pci.0"));
+    assert!(d0.address.contains_key("addr"));
+    assert_eq!(
+        (d0.size, d0.format.as_str(), d0.file.as_str()),
+        (16 * MIB, "qcow2", img0.to_str().unwrap())
+    );
+    let d1 = &config.disks[1];
+    assert_eq!(
+        (d1.device.as_str(), d1.driver.as_str(), d1.node.as_str()),
+        ("disk1", "ide-hd", "fmt1")
+    );
+    assert_eq!(d1.address.get("bus").map(String::as_str), Some("ide.0"));
+    assert_eq!(d1.address.get("unit").map(String::as_str), Some("0"));
+    assert_eq!(d1.bootindex, None);
+    assert_eq!(config.nics.len(), 1);
+    let nic = &config.nics[0];
+    assert_eq!(
+        (nic.id.as_str(), nic.model.as_str(), nic.mac.as_str()),
+        ("nic0", "virtio-net-pci", "52:54:00:12:34:56")
+    );
+    assert_eq!(
+        (nic.netdev.as_deref(), nic.netdev_type.as_deref()),
+        (Some("net0"), Some("user"))
+    );
+    assert!(config.guest_agent);
+    assert_eq!(config.guest_agent_bus.as_deref(), Some("vser0.0"));
+    assert_eq!(config.controllers.len(), 1, "{:?}", config.controllers);
+    assert_eq!(
+        (config.controllers[0].id.as_str(), config.controllers[0].driver.as_str()),
+        ("vser0", "virtio-serial-pci")
+    );
+
+    // Stable JSON.
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+
+    // A second VM from the configuration, on new disks, daemonized.
+    let new0 = d.join("n0.qcow2");
+    let new1 = d.join("n1.raw");
+    qcow2(&new0, 16 * MIB, None);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "raw",
+            new1.to_str().unwrap(),
+            &(32 * MIB).to_string(),
+        ],
+    );
+    let socket2 = d.join("qmp2.sock");
+    let spec = LaunchSpec {
+        disks: vec![
+            LaunchDisk {
+                device: "disk0".into(),
+                file: new0.clone(),
+                format: "qcow2".into(),
+            },
+            LaunchDisk {
+                device: "disk1".into(),
+                file: new1.clone(),
+                format: "raw".into(),
+            },
+        ],
+        qmp_socket: socket2.clone(),
+        qga_socket: Some(d.join("qga2.sock")),
+        tcg: true,
+        pidfile: Some(d.join("vm2.pid")),
+        serial_log: Some(d.join("serial.log")),
+        network: Network::User,
+        paused: true,
+        ..LaunchSpec::default()
+    };
+    let argv2 = config.command_line(&spec);
+    assert!(argv2.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"), "{argv2:?}");
+    assert!(argv2.iter().any(|a| a == "-daemonize"));
+    let process = QemuProcess::spawn(&argv2, &socket2, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{argv2:?}"));
+    assert!(process.is_daemon());
+    let qmp2 = process.connect(TIMEOUT).await.unwrap();
+    let copy = read_config(&qmp2).await.unwrap();
+    assert_eq!(copy.disks[0].file, new0.to_str().unwrap());
+    assert_eq!(copy.disks[1].file, new1.to_str().unwrap());
+    assert_eq!(copy.disks[1].format, "raw");
+    let mut expected = comparable(&config);
+    expected.disks[1].format = "raw".into();
+    assert_eq!(comparable(&copy), expected, "{argv2:?}");
+    assert!(d.join("qga2.sock").exists(), "the copy has its own agent socket");
+    assert!(d.join("serial.log").exists(), "serial output goes to the file");
+    drop(process);
+    drop(vm);
+}

@@ -1,0 +1,343 @@
+//! Whole-VM restores to a qemu host: every disk of a restore point to new
+//! image files, then a QEMU process started with the configuration saved
+//! with the point — beside the original under a new name, or in place of the
+//! original (stopped, its disks replaced, started again).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use cairn_configdb::{Host, HostKind, Role};
+use cairn_disk::Format;
+use cairn_engine::RestoreTarget;
+use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
+use cairn_qemu::process::QemuProcess;
+use cairn_qemu::qmp::Qmp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{QMP_TIMEOUT, QemuLocation};
+use crate::api::ApiJson;
+use crate::api::error::{ApiError, ApiResult, ErrorBody};
+use crate::api::repositories::{open_repository, repo_error};
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// How long a replaced VM may take to stop after `quit`.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `POST /api/v1/restores/vm` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmRestoreRequest {
+    /// Repository holding the backup.
+    pub repository_id: i64,
+    /// VM name as backed up (`HOST/VM`).
+    pub vm: String,
+    /// `latest` (default), a restore point id, or a unique prefix of one.
+    #[serde(default = "latest")]
+    pub point: String,
+    /// The qemu host to restore to (by name; default: the VM's own host).
+    #[serde(default)]
+    pub to_host: Option<String>,
+    /// Name of the restored VM (default: `<vm>-restored`); not with `replace_original`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Stop the original VM, replace its disks with the restore point's, start it again.
+    #[serde(default)]
+    pub replace_original: bool,
+    /// Folder for the new disk files (default: `DATA/restored/<name>`); not with `replace_original`.
+    #[serde(default)]
+    pub folder: Option<String>,
+    /// Accelerator of the started VM (default: as the original ran, e.g. `kvm` or `tcg`).
+    #[serde(default)]
+    pub accel: Option<String>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+/// What a VM restore did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VmRestoreResult {
+    /// The VM's name.
+    pub name: String,
+    /// The restore point id.
+    pub point: String,
+    /// Its disk files, in the VM's disk order.
+    pub disks: Vec<String>,
+    /// Its QMP socket.
+    pub qmp: String,
+    /// Its guest agent socket, when the original had an agent.
+    pub qga: Option<String>,
+    /// QEMU's process id.
+    pub pid: Option<u32>,
+    /// Whether the original VM was replaced.
+    pub replaced: bool,
+    /// Seconds from the request to the started VM.
+    pub duration_secs: f64,
+}
+
+/// The qemu host named `name`, or 404/422.
+pub(crate) async fn qemu_host(state: &AppState, name: &str) -> ApiResult<(Host, QemuLocation)> {
+    let host = state
+        .db
+        .list_hosts()
+        .await?
+        .into_iter()
+        .find(|h| h.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("there is no host named {name:?}")))?;
+    if host.kind != HostKind::Qemu {
+        return Err(ApiError::invalid(format!(
+            "host {name} is an {} host: VMs can only be restored to qemu hosts",
+            host.kind
+        )));
+    }
+    let location = QemuLocation::of(&host).map_err(ApiError::invalid)?;
+    Ok((host, location))
+}
+
+/// The saved configuration of `vm`'s point `point`, with the point's id.
+pub(crate) async fn saved_config(
+    state: &AppState,
+    row: &cairn_configdb::Repository,
+    vm: &str,
+    point: &str,
+) -> ApiResult<(std::sync::Arc<cairn_repo::Repository>, String, VmConfig, usize)> {
+    let repo = open_repository(state, row).await?;
+    let (vm_name, sel) = (vm.to_string(), point.to_string());
+    let r = repo.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<_, cairn_repo::RepoError> {
+        let chain = r.chain(&vm_name)?;
+        let p = chain.point(&sel)?;
+        Ok((p.id.clone(), p.vm_config.clone(), p.disks.len()))
+    })
+    .await?
+    .map_err(repo_error)?;
+    let (id, config, disks) = found;
+    let config = config.ok_or_else(|| {
+        ApiError::invalid(format!(
+            "restore point {id} of {vm} has no VM configuration (it was not backed up from a running VM): \
+             restore its disks one by one instead"
+        ))
+    })?;
+    let config: VmConfig = serde_json::from_value(config)
+        .map_err(|e| ApiError::invalid(format!("restore point {id} of {vm}: its VM configuration: {e}")))?;
+    Ok((repo, id, config, disks))
+}
+
+/// The QEMU format name of a disk format written by cairn.
+fn qemu_format(format: Format) -> &'static str {
+    match format {
+        Format::Raw => "raw",
+        Format::Qcow2 => "qcow2",
+        Format::Vhdx => "vhdx",
+        Format::Vhd => "vpc",
+    }
+}
+
+fn cairn_format(qemu: &str) -> Format {
+    match qemu {
+        "raw" => Format::Raw,
+        "vhdx" => Format::Vhdx,
+        "vpc" => Format::Vhd,
+        _ => Format::Qcow2,
+    }
+}
+
+/// Stops the VM behind `qmp_path` and waits until its socket is gone or refuses.
+async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
+    let qmp = Qmp::connect(qmp_path, QMP_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::invalid(format!("the original VM's QMP socket {}: {e}", qmp_path.display())))?;
+    let _ = qmp.quit().await;
+    drop(qmp);
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if Qmp::connect(qmp_path, Duration::from_millis(500)).await.is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(ApiError::conflict(format!(
+        "the original VM ({}) did not stop within {} s",
+        qmp_path.display(),
+        STOP_TIMEOUT.as_secs()
+    )))
+}
+
+/// Restores a whole VM from a restore point to a qemu host and starts it.
+#[utoipa::path(post, path = "/api/v1/restores/vm", tag = "restore", request_body = VmRestoreRequest,
+    responses(
+        (status = 200, description = "The VM is restored and started", body = VmRestoreResult),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
+        (status = 404, description = "No such repository, host, VM or point", body = ErrorBody),
+        (status = 409, description = "A target file or socket exists", body = ErrorBody),
+        (status = 422, description = "Invalid input, or the point has no VM configuration", body = ErrorBody),
+    ))]
+pub async fn restore_vm(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<VmRestoreRequest>,
+) -> ApiResult<Json<VmRestoreResult>> {
+    caller.require(Role::RestoreOperator)?;
+    let started = std::time::Instant::now();
+    if req.replace_original && (req.name.is_some() || req.folder.is_some()) {
+        return Err(ApiError::invalid(
+            "replace_original: a replaced VM keeps its name and disk files (leave out name and folder)",
+        ));
+    }
+    let row = state.db.get_repository(req.repository_id).await?;
+    let (_repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;
+    let (orig_host, orig_vm) = req.vm.split_once('/').unwrap_or(("", req.vm.as_str()));
+    let host_name = req.to_host.clone().unwrap_or_else(|| orig_host.to_string());
+    let (host, location) = qemu_host(&state, &host_name).await?;
+    if config.disks.len() != disk_count {
+        return Err(ApiError::invalid(format!(
+            "restore point {point_id} of {}: {} disks stored but {} in its VM configuration",
+            req.vm,
+            disk_count,
+            config.disks.len()
+        )));
+    }
+
+    let (name, disk_paths, qmp, qga) = if req.replace_original {
+        let vm = state
+            .db
+            .list_vms(Some(host.id))
+            .await?
+            .into_iter()
+            .find(|v| v.name == orig_vm)
+            .ok_or_else(|| ApiError::not_found(format!("host {} has no VM named {orig_vm:?} to replace", host.name)))?;
+        let qmp = PathBuf::from(&vm.external_id);
+        let paths: Vec<PathBuf> = config.disks.iter().map(|d| PathBuf::from(&d.file)).collect();
+        let qga = location.agent_for(&qmp).or_else(|| config.guest_agent.then(|| qmp.with_extension("qga")));
+        (vm.name, paths, qmp, qga)
+    } else {
+        let name = req.name.clone().unwrap_or_else(|| format!("{orig_vm}-restored"));
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
+        }
+        let folder = match &req.folder {
+            Some(f) if Path::new(f).is_absolute() => PathBuf::from(f),
+            Some(f) => return Err(ApiError::invalid(format!("folder {f:?}: give an absolute path"))),
+            None => state.data_dir.join("restored").join(&name),
+        };
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| ApiError::invalid(format!("creating folder {}: {e}", folder.display())))?;
+        let paths: Vec<PathBuf> = config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let ext = match d.format.as_str() {
+                    "raw" => "raw",
+                    "vpc" => "vhd",
+                    "vhdx" => "vhdx",
+                    _ => "qcow2",
+                };
+                folder.join(format!("disk{i}.{ext}"))
+            })
+            .collect();
+        let qmp = location.socket_folder().join(format!("{name}.qmp"));
+        let qga = config.guest_agent.then(|| qmp.with_extension("qga"));
+        for p in paths.iter().chain([&qmp]).chain(qga.iter()) {
+            if p.symlink_metadata().is_ok() {
+                return Err(ApiError::conflict(format!(
+                    "{} already exists: restores never overwrite (choose another name or folder)",
+                    p.display()
+                )));
+            }
+        }
+        (name, paths, qmp, qga)
+    };
+
+    if req.replace_original {
+        stop_vm(&qmp).await?;
+    }
+    // Disks go to `<file>.cairn-restore` first: a failed restore leaves the original disks as they were.
+    let mut written = Vec::new();
+    for (i, (disk, path)) in config.disks.iter().zip(&disk_paths).enumerate() {
+        let tmp = if req.replace_original {
+            let mut p = path.clone().into_os_string();
+            p.push(".cairn-restore");
+            let p = PathBuf::from(p);
+            let _ = std::fs::remove_file(&p);
+            p
+        } else {
+            path.clone()
+        };
+        let target = RestoreTarget {
+            format: cairn_format(&disk.format),
+            logical_sector: None,
+            block_size: None,
+        };
+        if let Err(e) =
+            crate::api::restore::restore_disk(&state, &caller.name, &row, &req.vm, &point_id, i as u32, tmp.clone(), target)
+                .await
+        {
+            for w in &written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(e);
+        }
+        written.push(tmp);
+    }
+    if req.replace_original {
+        for (tmp, path) in written.iter().zip(&disk_paths) {
+            std::fs::rename(tmp, path).map_err(|e| {
+                ApiError::internal(format!("replacing {} with the restored disk", path.display()), e)
+            })?;
+        }
+    }
+
+    let spec = LaunchSpec {
+        disks: config
+            .disks
+            .iter()
+            .zip(&disk_paths)
+            .map(|(d, p)| LaunchDisk {
+                device: d.device.clone(),
+                file: p.clone(),
+                format: qemu_format(cairn_format(&d.format)).to_string(),
+            })
+            .collect(),
+        qmp_socket: qmp.clone(),
+        qga_socket: qga.clone(),
+        tcg: req.accel.as_deref() == Some("tcg"),
+        pidfile: Some(qmp.with_extension("pid")),
+        serial_log: Some(qmp.with_extension("serial.log")),
+        name: Some(name.clone()),
+        keep_uuid: req.replace_original,
+        ..LaunchSpec::default()
+    };
+    let argv = config.command_line(&spec);
+    let process = QemuProcess::spawn(&argv, &qmp, QMP_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::internal(format!("starting the restored VM {name}"), e))?;
+    let pid = Some(process.detach());
+    tracing::info!(
+        "{} restored VM {} point {point_id} to host {} as {name} (pid {pid:?})",
+        caller.name,
+        req.vm,
+        host.name
+    );
+    if location.is_folder() {
+        // The new VM's socket is in the host's folder: record it in the inventory.
+        if let Ok(vms) = super::discover(&location).await {
+            let _ = state.db.sync_host_inventory(host.id, &vms, jiff::Timestamp::now()).await;
+        }
+    }
+    Ok(Json(VmRestoreResult {
+        name,
+        point: point_id,
+        disks: disk_paths.iter().map(|p| p.display().to_string()).collect(),
+        qmp: qmp.display().to_string(),
+        qga: qga.map(|p| p.display().to_string()),
+        pid,
+        replaced: req.replace_original,
+        duration_secs: started.elapsed().as_secs_f64(),
+    }))
+}

@@ -1,0 +1,316 @@
+//! Backups of running QEMU VMs through the job manager, against a real `qemu-system-x86_64`
+//! (no guest OS: guest writes are made with `qemu-io` through the monitor, which writes
+//! through the same block layer a guest's writes take).
+//!
+//! - full, then incremental: the second backup reads only the dirty extents, and each restore
+//!   point is the disk as it was at its backup, although the VM kept writing meanwhile;
+//! - CBT survives a clean restart of QEMU (persistent bitmap), and after `kill -9` the next
+//!   backup reads everything, stores only what changed, and says why;
+//! - consistency: no guest agent → crash-consistent with a warning; `require_app_consistency`
+//!   → the VM fails and nothing is left behind; `offline` pauses and resumes the VM;
+//! - a stopped backup leaves no export, job, scratch node, temporary or new bitmap in QEMU.
+
+mod runner_common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_configdb::{HostKind, NewHost, SessionState};
+use cairn_qemu::process::QemuProcess;
+use cairn_qemu::qmp::Qmp;
+use cairn_server::live::{QemuLocation, discover};
+use cairn_server::runner::{JobManager, Trigger};
+use runner_common::{Backend, Env, assert_state, image_bytes, qcow2_image, restored};
+
+const MIB: u64 = 1 << 20;
+
+fn manual() -> Trigger {
+    Trigger::Manual { user: "admin".into() }
+}
+
+/// A guestless VM with one qcow2 disk (`drive0`, virtio) whose QMP socket is `DIR/vms/web01.qmp`.
+struct Vm {
+    process: Option<QemuProcess>,
+    qmp_path: PathBuf,
+    disk: PathBuf,
+}
+
+impl Vm {
+    fn argv(qmp: &Path, disk: &Path) -> Vec<String> {
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-name",
+            "web01",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
+            "-drive",
+            &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
+            "-device",
+            "virtio-blk-pci,drive=drive0,id=vblk0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    async fn start(dir: &Path, disk: &Path) -> Vm {
+        let vms = dir.join("vms");
+        std::fs::create_dir_all(&vms).unwrap();
+        let qmp_path = vms.join("web01.qmp");
+        let process = QemuProcess::spawn(&Self::argv(&qmp_path, disk), &qmp_path, Duration::from_secs(60))
+            .await
+            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        Vm {
+            process: Some(process),
+            qmp_path,
+            disk: disk.to_path_buf(),
+        }
+    }
+
+    async fn qmp(&self) -> Qmp {
+        Qmp::connect(&self.qmp_path, Duration::from_secs(30)).await.expect("QMP")
+    }
+
+    /// A guest write through the block layer.
+    async fn write(&self, what: &str) {
+        let out = self
+            .qmp()
+            .await
+            .human_monitor_command(&format!("qemu-io drive0 \"{what}\""))
+            .await
+            .expect("qemu-io through the monitor");
+        assert!(!out.to_lowercase().contains("error"), "qemu-io {what}: {out}");
+    }
+
+    async fn restart(&mut self, kill: bool) {
+        let mut p = self.process.take().expect("running");
+        if kill {
+            p.kill().await.expect("kill -9");
+        } else {
+            let qmp = self.qmp().await;
+            p.quit(Some(&qmp), Duration::from_secs(30)).await.expect("quit");
+        }
+        let _ = std::fs::remove_file(&self.qmp_path);
+        self.process = Some(
+            QemuProcess::spawn(&Self::argv(&self.qmp_path, &self.disk), &self.qmp_path, Duration::from_secs(60))
+                .await
+                .expect("restart qemu"),
+        );
+    }
+
+    /// What cairn may leave in QEMU between backups: nothing but its checkpoint bitmaps.
+    async fn assert_clean(&self, checkpoints: usize) {
+        let qmp = self.qmp().await;
+        let exports = qmp.query_block_exports().await.unwrap();
+        assert!(exports.is_empty(), "exports left: {exports:?}");
+        let jobs = qmp.query_block_jobs().await.unwrap();
+        assert!(jobs.is_empty(), "block jobs left: {jobs:?}");
+        let nodes = qmp.execute("query-named-block-nodes", serde_json::json!({})).await.unwrap();
+        let names: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["node-name"].as_str())
+            .filter(|n| n.starts_with("cairn"))
+            .collect();
+        assert!(names.is_empty(), "nodes left: {names:?}");
+        let disks = cairn_qemu::disks::list_disks(&qmp).await.unwrap();
+        let bitmaps: Vec<&str> = disks[0].bitmaps.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(
+            bitmaps.iter().filter(|b| b.starts_with("cairn-r")).count(),
+            checkpoints,
+            "checkpoint bitmaps: {bitmaps:?}"
+        );
+        assert!(!bitmaps.iter().any(|b| b.starts_with("cairn-tmp")), "temporary bitmaps left: {bitmaps:?}");
+        let status = qmp.query_status().await.unwrap();
+        assert!(status.running, "the VM must be running after a backup: {status:?}");
+        let scratch: Vec<_> = std::fs::read_dir(self.disk.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("view-"))
+            .map(|e| e.path())
+            .collect();
+        assert!(scratch.is_empty(), "scratch files left: {scratch:?}");
+    }
+}
+
+/// Records the qemu host `kvm01` (the `vms` folder) and its VM in the inventory.
+async fn qemu_host(env: &Env) -> (i64, Vec<i64>) {
+    let location = QemuLocation {
+        qmp: env.dir.path().join("vms"),
+        qga: None,
+    };
+    let host = env
+        .db
+        .create_host(&NewHost {
+            name: "kvm01".into(),
+            kind: HostKind::Qemu,
+            location: location.to_location(),
+        })
+        .await
+        .unwrap();
+    let found = discover(&location).await.expect("discover");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, "web01");
+    assert_eq!(found[0].disks[0].key, "vblk0");
+    let vms = env
+        .db
+        .sync_host_inventory(host.id, &found, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    (host.id, vms.iter().map(|v| v.id).collect())
+}
+
+async fn run_once(env: &Env, manager: &std::sync::Arc<JobManager>, job: i64) -> cairn_configdb::Session {
+    let sid = manager.run_job(job, manual()).await.expect("run");
+    env.wait_session(sid).await
+}
+
+async fn task_read(env: &Env, session: i64) -> (u64, String) {
+    let tasks = env.tasks(session).await;
+    assert_eq!(tasks.len(), 1);
+    let read = tasks[0].statistics["read_bytes"].as_u64().unwrap_or(0);
+    (read, env.log_text(tasks[0].id).await)
+}
+
+/// Expected guest-visible content: the same writes applied to a fresh image.
+fn expected(dir: &Path, writes: &[&str]) -> Vec<u8> {
+    let path = dir.join("expected.qcow2");
+    let _ = std::fs::remove_file(&path);
+    qcow2_image(&path, "64M", writes);
+    image_bytes(&path, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_incremental_restart_and_crash() {
+    let env = Env::new(Backend::Sqlite, "live_cbt").await;
+    let dir = env.dir.path();
+    let disk = env.images().join("web01.qcow2");
+    let first = ["write -P 0x11 0 16M", "write -P 0x12 40M 4M"];
+    qcow2_image(&disk, "64M", &first);
+    let mut vm = Vm::start(dir, &disk).await;
+    let (_host, vm_ids) = qemu_host(&env).await;
+    let repo_row = env.repository("r1", 2, None).await;
+    let job = env.job("web", vm_ids, repo_row.id, |s| s.consistency = "crash".into()).await;
+    let manager = env.manager(None);
+
+    // Full: every allocated block, and the point is the disk at the view although the VM writes on.
+    let s1 = run_once(&env, &manager, job.id).await;
+    assert_state(&env, &s1, SessionState::Success).await;
+    let (read1, log1) = task_read(&env, s1.id).await;
+    assert_eq!(read1, 20 * MIB, "{log1}");
+    assert!(log1.contains("no changed block tracking"), "{log1}");
+    vm.assert_clean(1).await;
+    let repo = env.open_repo(&repo_row);
+    assert!(restored(&repo, "kvm01/web01", 0, dir) == expected(dir, &first));
+    // (The chain reader holds a shared lock: it must be gone before the next backup.)
+    let config = {
+        let chain = repo.chain("kvm01/web01").unwrap();
+        chain.point("latest").unwrap().vm_config.clone().expect("VM configuration kept")
+    };
+    assert!(config.to_string().contains("virtio-blk"), "{config}");
+
+    // Incremental: two writes after the first point; only their 1 MiB blocks are read.
+    let second = ["write -P 0x21 8M 64k", "write -P 0x22 50M 1M"];
+    for w in second {
+        vm.write(w).await;
+    }
+    let s2 = run_once(&env, &manager, job.id).await;
+    assert_state(&env, &s2, SessionState::Success).await;
+    let (read2, log2) = task_read(&env, s2.id).await;
+    assert_eq!(read2, 2 * MIB, "{log2}");
+    assert!(log2.contains("dirty extents"), "{log2}");
+    vm.assert_clean(1).await;
+    let all: Vec<&str> = first.iter().chain(second.iter()).copied().collect();
+    assert!(restored(&env.open_repo(&repo_row), "kvm01/web01", 0, dir) == expected(dir, &all));
+
+    // A clean restart of QEMU keeps the persistent bitmap: still incremental.
+    vm.restart(false).await;
+    vm.write("write -P 0x31 30M 512k").await;
+    let s3 = run_once(&env, &manager, job.id).await;
+    assert_state(&env, &s3, SessionState::Success).await;
+    let (read3, log3) = task_read(&env, s3.id).await;
+    assert_eq!(read3, MIB, "{log3}");
+    vm.assert_clean(1).await;
+
+    // kill -9: the bitmap is inconsistent; everything is read, only the changed block stored.
+    vm.write("write -P 0x41 60M 256k").await;
+    vm.restart(true).await;
+    let s4 = run_once(&env, &manager, job.id).await;
+    assert_state(&env, &s4, SessionState::Success).await;
+    let (read4, log4) = task_read(&env, s4.id).await;
+    assert!(read4 >= 20 * MIB, "a full read after a crash: {read4}\n{log4}");
+    assert!(log4.contains("no changed block tracking"), "{log4}");
+    let tasks = env.tasks(s4.id).await;
+    let new_bytes = tasks[0].statistics["new_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(new_bytes, MIB, "only the block written before the crash is new: {}", tasks[0].statistics);
+    vm.assert_clean(1).await;
+    let mut all4 = all.clone();
+    all4.extend(["write -P 0x31 30M 512k", "write -P 0x41 60M 256k"]);
+    assert!(restored(&env.open_repo(&repo_row), "kvm01/web01", 0, dir) == expected(dir, &all4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_fallbacks_and_stop() {
+    let env = Env::new(Backend::Sqlite, "live_consistency").await;
+    let dir = env.dir.path();
+    let disk = env.images().join("web01.qcow2");
+    qcow2_image(&disk, "64M", &["write -P 0x11 0 24M"]);
+    let vm = Vm::start(dir, &disk).await;
+    let (_host, vm_ids) = qemu_host(&env).await;
+    let repo_row = env.repository("r1", 2, None).await;
+    let manager = env.manager(None);
+
+    // Online without a guest agent: crash-consistent, with a warning.
+    let online = env.job("online", vm_ids.clone(), repo_row.id, |_| {}).await;
+    let s = run_once(&env, &manager, online.id).await;
+    assert_state(&env, &s, SessionState::Warning).await;
+    let (_, log) = task_read(&env, s.id).await;
+    assert!(log.contains("crash-consistent"), "{log}");
+    vm.assert_clean(1).await;
+
+    // Requiring application consistency: the VM fails, nothing is left, the checkpoint stays.
+    let strict = env
+        .job("strict", vm_ids.clone(), repo_row.id, |s| s.require_app_consistency = true)
+        .await;
+    let s = run_once(&env, &manager, strict.id).await;
+    assert_state(&env, &s, SessionState::Failed).await;
+    let (_, log) = task_read(&env, s.id).await;
+    assert!(log.to_lowercase().contains("agent"), "{log}");
+    vm.assert_clean(1).await;
+
+    // Offline: the VM is paused while the view is made, and runs again after.
+    let offline = env
+        .job("offline", vm_ids.clone(), repo_row.id, |s| s.consistency = "offline".into())
+        .await;
+    let s = run_once(&env, &manager, offline.id).await;
+    assert_state(&env, &s, SessionState::Success).await;
+    let (_, log) = task_read(&env, s.id).await;
+    assert!(log.contains("paused"), "{log}");
+    vm.assert_clean(1).await;
+
+    // A stopped backup (slow repository writes) leaves nothing behind, and the next run works.
+    let slow = env.repository("slow", 1, Some(2 * MIB)).await;
+    let stopped = env
+        .job("stopped", vm_ids.clone(), slow.id, |s| s.consistency = "crash".into())
+        .await;
+    let sid = manager.run_job(stopped.id, manual()).await.unwrap();
+    env.wait_for("the backup to run", || async {
+        let tasks = env.db.list_tasks(sid).await.unwrap();
+        tasks.iter().any(|t| t.state == SessionState::Running).then_some(())
+    })
+    .await;
+    manager.stop_session(sid).await.unwrap();
+    let s = env.wait_session(sid).await;
+    assert_state(&env, &s, SessionState::Stopped).await;
+    vm.assert_clean(1).await;
+}
