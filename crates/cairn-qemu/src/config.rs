@@ -113,6 +113,9 @@ pub struct DiskConfig {
     pub size: u64,
     /// Read-only for the guest.
     pub read_only: bool,
+    /// Removable media (a CD-ROM with a disc).
+    #[serde(default)]
+    pub removable: bool,
 }
 
 /// A network card.
@@ -134,76 +137,51 @@ pub struct NicConfig {
     pub bootindex: Option<i64>,
 }
 
-/// A new image for a disk of the configuration.
+/// What a disk of the started VM reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchDisk {
-    /// [`DiskConfig::device`] of the disk it replaces.
-    pub device: String,
-    /// Image file.
-    pub file: PathBuf,
-    /// Image format (`qcow2`, `raw`).
-    pub format: String,
-}
-
-/// How the NICs of a started VM are connected.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// Each NIC gets a user-mode (slirp) netdev.
-    #[default]
-    User,
-    /// NICs have no netdev (the guest sees a cable-less card).
-    None,
-    /// One `-netdev` option string per NIC, in order, without `id=` (`tap,ifname=tap0,script=no`).
-    Netdevs(Vec<String>),
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LaunchDisk {
+    /// An image file (format as QEMU names it: `qcow2`, `raw`, `vpc`, `vhdx`).
+    File {
+        /// Image file.
+        path: PathBuf,
+        /// Image format.
+        format: String,
+    },
+    /// An NBD export on a Unix socket (instant recovery), attached as a `raw` node named
+    /// `node` over an `nbd` protocol node, so it can be mirrored from later.
+    Nbd {
+        /// The NBD server's socket.
+        socket: PathBuf,
+        /// Export name.
+        export: String,
+        /// Node name of the disk's top node.
+        node: String,
+    },
 }
 
 /// How to start a VM from a [`VmConfig`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LaunchSpec {
-    /// The QEMU binary (`qemu-system-x86_64`).
-    pub binary: String,
-    /// New images by device; a disk not listed keeps its original file.
+    /// `-name`.
+    pub name: String,
+    /// The disks, in [`VmConfig::disks`] order (one each).
     pub disks: Vec<LaunchDisk>,
-    /// The new VM's QMP socket.
-    pub qmp_socket: PathBuf,
-    /// The new VM's guest agent socket (used when the configuration has an agent port).
-    pub qga_socket: Option<PathBuf>,
-    /// Use TCG whatever the original used (`host` CPUs become `max`).
-    pub tcg: bool,
-    /// `-daemonize -pidfile PATH`.
+    /// The VM's QMP socket (`-qmp unix:…,server=on,wait=off`).
+    pub qmp: PathBuf,
+    /// The VM's guest agent socket: a chardev and a `virtserialport`
+    /// `org.qemu.guest_agent.0` (on the original's virtio-serial bus, else on a new controller).
+    pub qga: Option<PathBuf>,
+    /// Accelerator override (`tcg`); `None` keeps the saved one. Under TCG a `host` CPU becomes `max`.
+    pub accel: Option<String>,
+    /// `-daemonize` (needs `pidfile`).
+    pub daemonize: bool,
+    /// `-pidfile`.
     pub pidfile: Option<PathBuf>,
     /// Serial port output into this file.
     pub serial_log: Option<PathBuf>,
-    /// A new name (else the original's).
-    pub name: Option<String>,
-    /// Keep the original UUID (a restore beside the original should not).
-    pub keep_uuid: bool,
-    /// NIC connections.
-    pub network: Network,
-    /// Start with the vCPUs paused (`-S`).
-    pub paused: bool,
-    /// Appended as they are.
-    pub extra_args: Vec<String>,
-}
-
-impl Default for LaunchSpec {
-    fn default() -> Self {
-        LaunchSpec {
-            binary: "qemu-system-x86_64".into(),
-            disks: Vec::new(),
-            qmp_socket: PathBuf::new(),
-            qga_socket: None,
-            tcg: false,
-            pidfile: None,
-            serial_log: None,
-            name: None,
-            keep_uuid: true,
-            network: Network::User,
-            paused: false,
-            extra_args: Vec::new(),
-        }
-    }
+    /// New MAC addresses and a new UUID (a restored copy beside the original).
+    pub new_macs: bool,
 }
 
 /// Reads the running VM's configuration.
@@ -307,6 +285,7 @@ pub async fn read_config(qmp: &Qmp) -> Result<VmConfig> {
             format: disk.format.clone(),
             size: disk.virtual_size,
             read_only: disk.read_only,
+            removable: disk.removable,
         });
     }
 
@@ -489,27 +468,93 @@ fn push_address(line: &mut String, address: &BTreeMap<String, String>) {
     }
 }
 
-impl VmConfig {
-    /// The argv (binary first) that starts an equivalent VM as `spec` says: same machine,
-    /// CPUs, memory, kernel, device ids, buses and addresses, boot order, serial numbers
-    /// and MACs; the disks on `spec`'s images; its own QMP (and guest agent) sockets;
-    /// `-nodefaults -display none`.
-    pub fn command_line(&self, spec: &LaunchSpec) -> Vec<String> {
-        let mut a: Vec<String> = vec![spec.binary.clone()];
-        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
-        if let Some(name) = spec.name.as_ref().or(self.name.as_ref()) {
-            push(&["-name", &opt(name)]);
+/// `n` random bytes from the kernel (time-derived when /dev/urandom cannot be read).
+fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let mut x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()) << 32;
+        for b in &mut buf {
+            // xorshift
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
         }
-        if spec.keep_uuid
-            && let Some(uuid) = &self.uuid
-        {
+    }
+    buf
+}
+
+/// A random locally administered MAC in QEMU's `52:54:00` range.
+fn random_mac() -> String {
+    let r = random_bytes(3);
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2])
+}
+
+/// A random version 4 UUID.
+fn random_uuid() -> String {
+    let mut r = random_bytes(16);
+    r[6] = (r[6] & 0x0f) | 0x40;
+    r[8] = (r[8] & 0x3f) | 0x80;
+    let h: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl VmConfig {
+    /// The arguments (without the binary; see [`crate::process::QEMU_BINARY`]) that start an
+    /// equivalent VM as `spec` says: same machine, CPU model and topology, memory, kernel,
+    /// device ids, buses and addresses, boot order, serial numbers and MACs (unless
+    /// `new_macs`); `spec`'s disks; its own QMP (and guest agent) sockets; every NIC on a
+    /// user-mode (slirp) netdev; `-nodefaults -display none`.
+    pub fn command_line(&self, spec: &LaunchSpec) -> Result<Vec<String>> {
+        if spec.disks.len() != self.disks.len() {
+            return Err(Error::Invalid(format!(
+                "the configuration has {} disks, the launch spec {}",
+                self.disks.len(),
+                spec.disks.len()
+            )));
+        }
+        if spec.daemonize && spec.pidfile.is_none() {
+            return Err(Error::Invalid(
+                "-daemonize needs a pid file to find the QEMU process".into(),
+            ));
+        }
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+        if !spec.name.is_empty() {
+            push(&["-name", &opt(&spec.name)]);
+        }
+        let uuid = if spec.new_macs {
+            Some(random_uuid())
+        } else {
+            self.uuid.clone()
+        };
+        if let Some(uuid) = &uuid {
             push(&["-uuid", uuid]);
         }
         push(&["-machine", &self.machine]);
-        let tcg = spec.tcg || self.accel == "tcg";
-        push(&["-accel", if tcg { "tcg" } else { &self.accel }]);
+        let accel = spec.accel.as_deref().unwrap_or(&self.accel);
+        push(&["-accel", accel]);
         if let Some(model) = &self.cpu_model {
-            let model = if tcg && model == "host" { "max" } else { model.as_str() };
+            let model = if accel == "tcg" && model == "host" {
+                "max"
+            } else {
+                model.as_str()
+            };
             push(&["-cpu", model]);
         }
         let smp = match &self.smp {
@@ -541,7 +586,7 @@ impl VmConfig {
         push(&["-nodefaults", "-display", "none"]);
         push(&[
             "-qmp",
-            &format!("unix:{},server=on,wait=off", opt(&spec.qmp_socket.to_string_lossy())),
+            &format!("unix:{},server=on,wait=off", opt(&spec.qmp.to_string_lossy())),
         ]);
 
         for c in &self.controllers {
@@ -549,52 +594,70 @@ impl VmConfig {
             push_address(&mut line, &c.address);
             push(&["-device", &line]);
         }
-        for d in &self.disks {
-            let (file, format) = match spec.disks.iter().find(|l| l.device == d.device) {
-                Some(l) => (l.file.to_string_lossy().into_owned(), l.format.clone()),
-                None => (d.file.clone(), d.format.clone()),
-            };
+        for (d, launch) in self.disks.iter().zip(&spec.disks) {
             let user_node = !d.node.is_empty() && !d.node.starts_with('#');
-            if d.driver == "pflash" {
-                let unit = d.address.get("unit").cloned().unwrap_or_else(|| "0".into());
-                let mut line = format!("if=pflash,unit={unit},format={},file={}", opt(&format), opt(&file));
-                if d.read_only {
-                    line.push_str(",readonly=on");
-                }
-                push(&["-drive", &line]);
-                continue;
-            }
-            let drive = match &d.backend {
-                Some(backend) => {
-                    let mut line = format!(
-                        "if=none,id={},format={},file={}",
-                        opt(backend),
-                        opt(&format),
-                        opt(&file)
-                    );
-                    if user_node {
-                        line.push_str(&format!(",node-name={}", opt(&d.node)));
+            let drive = match launch {
+                LaunchDisk::File { path, format } => {
+                    let file = path.to_string_lossy();
+                    if d.driver == "pflash" {
+                        let unit = d.address.get("unit").cloned().unwrap_or_else(|| "0".into());
+                        let mut line = format!("if=pflash,unit={unit},format={},file={}", opt(format), opt(&file));
+                        if d.read_only {
+                            line.push_str(",readonly=on");
+                        }
+                        push(&["-drive", &line]);
+                        continue;
                     }
-                    if d.read_only {
-                        line.push_str(",readonly=on");
+                    match &d.backend {
+                        // Given with -drive: the copy gets the same drive name.
+                        Some(backend) => {
+                            let mut line =
+                                format!("if=none,id={},format={},file={}", opt(backend), opt(format), opt(&file));
+                            if user_node {
+                                line.push_str(&format!(",node-name={}", opt(&d.node)));
+                            }
+                            if d.read_only {
+                                line.push_str(",readonly=on");
+                            }
+                            push(&["-drive", &line]);
+                            backend.clone()
+                        }
+                        None => {
+                            let node = if user_node {
+                                d.node.clone()
+                            } else {
+                                format!("{}-format", d.device)
+                            };
+                            let blockdev = serde_json::json!({
+                                "driver": format,
+                                "node-name": node,
+                                "read-only": d.read_only,
+                                "file": { "driver": "file", "filename": file, "read-only": d.read_only },
+                            });
+                            push(&["-blockdev", &blockdev.to_string()]);
+                            node
+                        }
                     }
-                    push(&["-drive", &line]);
-                    backend.clone()
                 }
-                None => {
-                    let node = if user_node {
-                        d.node.clone()
-                    } else {
-                        format!("{}-format", d.device)
-                    };
+                LaunchDisk::Nbd { socket, export, node } => {
                     let blockdev = serde_json::json!({
-                        "driver": format,
+                        "driver": "raw",
                         "node-name": node,
                         "read-only": d.read_only,
-                        "file": { "driver": "file", "filename": file, "read-only": d.read_only },
+                        "file": {
+                            "driver": "nbd",
+                            "server": { "type": "unix", "path": socket.to_string_lossy() },
+                            "export": export,
+                        },
                     });
                     push(&["-blockdev", &blockdev.to_string()]);
-                    node
+                    if d.driver == "pflash" {
+                        return Err(Error::Invalid(format!(
+                            "{}: a firmware flash cannot come from NBD",
+                            d.device
+                        )));
+                    }
+                    node.clone()
                 }
             };
             let mut line = format!("{},id={},drive={}", d.driver, opt(&d.device), opt(&drive));
@@ -607,27 +670,18 @@ impl VmConfig {
             }
             push(&["-device", &line]);
         }
-        for (i, nic) in self.nics.iter().enumerate() {
+        for nic in &self.nics {
             let netdev_id = nic.netdev.clone().unwrap_or_else(|| format!("{}-net", nic.id));
-            let netdev = match &spec.network {
-                Network::User => Some(format!("user,id={}", opt(&netdev_id))),
-                Network::None => None,
-                Network::Netdevs(list) => list.get(i).map(|o| format!("{o},id={}", opt(&netdev_id))),
-            };
-            let mut line = format!("{},id={},mac={}", nic.model, opt(&nic.id), nic.mac);
-            if let Some(n) = netdev {
-                push(&["-netdev", &n]);
-                line.push_str(&format!(",netdev={}", opt(&netdev_id)));
-            }
+            push(&["-netdev", &format!("user,id={}", opt(&netdev_id))]);
+            let mac = if spec.new_macs { random_mac() } else { nic.mac.clone() };
+            let mut line = format!("{},id={},mac={mac},netdev={}", nic.model, opt(&nic.id), opt(&netdev_id));
             push_address(&mut line, &nic.address);
             if let Some(b) = nic.bootindex {
                 line.push_str(&format!(",bootindex={b}"));
             }
             push(&["-device", &line]);
         }
-        if self.guest_agent
-            && let Some(socket) = &spec.qga_socket
-        {
+        if let Some(socket) = &spec.qga {
             push(&[
                 "-chardev",
                 &format!(
@@ -637,22 +691,24 @@ impl VmConfig {
             ]);
             let mut line = format!("virtserialport,chardev=cairn-qga,name={GUEST_AGENT_PORT}");
             match &self.guest_agent_bus {
-                Some(bus) if !bus.is_empty() => line.push_str(&format!(",bus={}", opt(bus))),
-                _ => push(&["-device", "virtio-serial-pci,id=cairn-vser"]),
+                Some(bus) if self.guest_agent && !bus.is_empty() => line.push_str(&format!(",bus={}", opt(bus))),
+                _ => {
+                    push(&["-device", "virtio-serial-pci,id=cairn-vser"]);
+                    line.push_str(",bus=cairn-vser.0");
+                }
             }
             push(&["-device", &line]);
         }
         if let Some(log) = &spec.serial_log {
             push(&["-serial", &format!("file:{}", log.to_string_lossy())]);
         }
+        if spec.daemonize {
+            push(&["-daemonize"]);
+        }
         if let Some(pidfile) = &spec.pidfile {
-            push(&["-daemonize", "-pidfile", &pidfile.to_string_lossy()]);
+            push(&["-pidfile", &pidfile.to_string_lossy()]);
         }
-        if spec.paused {
-            push(&["-S"]);
-        }
-        a.extend(spec.extra_args.iter().cloned());
-        a
+        Ok(a)
     }
 }
 
@@ -709,24 +765,24 @@ mod tests {
                 format: "qcow2".into(),
                 size: 1 << 20,
                 read_only: false,
+                removable: false,
             }],
             nics: vec![],
             guest_agent: false,
             guest_agent_bus: None,
         };
         let spec = LaunchSpec {
-            tcg: true,
-            qmp_socket: "/run/q.sock".into(),
-            disks: vec![LaunchDisk {
-                device: "disk0".into(),
-                file: "/new,1.qcow2".into(),
+            accel: Some("tcg".into()),
+            qmp: "/run/q.sock".into(),
+            disks: vec![LaunchDisk::File {
+                path: "/new,1.qcow2".into(),
                 format: "qcow2".into(),
             }],
             ..LaunchSpec::default()
         };
-        let argv = config.command_line(&spec);
+        let argv = config.command_line(&spec).unwrap();
         let joined = argv.join(" ");
-        assert!(joined.contains("-name a,,b"), "{joined}");
+        assert!(!joined.contains(" -name "), "no name given: {joined}");
         assert!(joined.contains("-accel tcg -cpu max"), "{joined}");
         assert!(joined.contains("\"filename\":\"/new,1.qcow2\""), "{joined}");
         assert!(
@@ -734,5 +790,18 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("-m 128M"), "{joined}");
+        let named = LaunchSpec {
+            name: "a,b".into(),
+            new_macs: true,
+            ..spec.clone()
+        };
+        let joined = config.command_line(&named).unwrap().join(" ");
+        assert!(joined.contains("-name a,,b"), "{joined}");
+        assert!(joined.contains("-uuid "), "a new uuid: {joined}");
+        let wrong = LaunchSpec {
+            disks: vec![],
+            ..spec.clone()
+        };
+        assert!(config.command_line(&wrong).is_err());
     }
 }

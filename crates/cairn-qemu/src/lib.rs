@@ -117,6 +117,10 @@ mod send_checks {
         assert_send(disks::list_disks(&qmp));
         assert_send(agent.exec("/bin/true", &[], None));
         assert_send(agent.read_file("/etc/hostname"));
-        assert_send(process::QemuProcess::spawn(&[], "/x".as_ref(), std::time::Duration::ZERO));
+        assert_send(process::QemuProcess::spawn(
+            &[],
+            "/x".as_ref(),
+            std::time::Duration::ZERO,
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! Starting and stopping QEMU processes.
 //!
-//! [`QemuProcess::spawn`] runs an argv (e.g. from [`crate::config::VmConfig::command_line`])
-//! either as a child process or, when the argv has `-daemonize` (with `-pidfile`), as a
+//! [`QemuProcess::spawn`] runs `qemu-system-x86_64` with arguments (e.g. from
+//! [`crate::config::VmConfig::command_line`]) either as a child process or, when they
+//! have `-daemonize` (with `-pidfile`), as a
 //! daemon whose pid comes from the pid file; then it waits until the QMP socket accepts
 //! connections. The process is killed (SIGKILL) when the handle is dropped, unless
 //! [`QemuProcess::detach`] released it.
@@ -15,6 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::qmp::Qmp;
 use crate::{Error, Result};
+
+/// The QEMU binary [`QemuProcess::spawn`] runs.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// How much of a child's standard error is kept for error messages.
 const STDERR_TAIL: usize = 16 << 10;
@@ -39,13 +43,22 @@ fn option_value<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 impl QemuProcess {
-    /// Starts `argv[0]` with the rest of `argv` and waits up to `timeout` until the QMP
-    /// socket `qmp_socket` accepts a connection. With `-daemonize` in `argv`, `-pidfile`
-    /// is required and the daemon's pid is read from it.
-    pub async fn spawn(argv: &[String], qmp_socket: &Path, timeout: Duration) -> Result<QemuProcess> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::Invalid("empty QEMU command line".into()))?;
+    /// Starts [`QEMU_BINARY`] with `args` (e.g. from
+    /// [`crate::config::VmConfig::command_line`]) and waits up to `timeout` until the QMP
+    /// socket `qmp_socket` answers with a greeting. With `-daemonize` in `args`, `-pidfile`
+    /// is required: the call returns once the daemon runs, its pid read from the file.
+    pub async fn spawn(args: &[String], qmp_socket: &Path, timeout: Duration) -> Result<QemuProcess> {
+        QemuProcess::spawn_with(QEMU_BINARY, args, qmp_socket, timeout).await
+    }
+
+    /// Like [`QemuProcess::spawn`] with another binary.
+    pub async fn spawn_with(
+        program: &str,
+        args: &[String],
+        qmp_socket: &Path,
+        timeout: Duration,
+    ) -> Result<QemuProcess> {
+        let argv = args;
         let daemonized = argv.iter().any(|a| a == "-daemonize");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut process = if daemonized {

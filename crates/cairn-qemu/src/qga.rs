@@ -562,9 +562,14 @@ impl GuestAgent {
             .map(drop)
     }
 
-    /// `guest-shutdown` (`mode`: `powerdown`, `halt` or `reboot`). The agent does not
-    /// answer on success; an error reply within a second is returned.
-    pub async fn shutdown(&self, mode: &str) -> Result<()> {
+    /// `guest-shutdown` with mode `powerdown`. The agent does not answer on success; an
+    /// error reply within a second is returned.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_mode("powerdown").await
+    }
+
+    /// `guest-shutdown` with `mode` `powerdown`, `halt` or `reboot`.
+    pub async fn shutdown_mode(&self, mode: &str) -> Result<()> {
         let mut conn = self.inner.conn.lock().await;
         self.ensure_open(&mut conn, "guest-shutdown").await?;
         let timeout = self.inner.timeout;

@@ -2,7 +2,8 @@
 //! quiesced by its agent (online), paused (offline) or as it is (crash-consistent),
 //! with the seeds' fallback rules (DESIGN §5):
 //!
-//! - [`ConsistencyMode::Online`]: pre-freeze script (through the agent, when set),
+//! - [`ConsistencyMode::Online`]: a freeze left by an interrupted earlier run is thawed
+//!   (with a warning), then the pre-freeze script (through the agent, when set),
 //!   `guest-fsfreeze-freeze`, commit, thaw at once, post-thaw script. When the agent is
 //!   absent, does not answer, or the freeze or the pre-freeze script fails: with
 //!   `require_app` the call fails naming the cause (no view, nothing left frozen or
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::qga::GuestAgent;
+use crate::qga::{FreezeStatus, GuestAgent};
 use crate::qmp::Qmp;
 use crate::view::{LiveView, PreparedView};
 use crate::{Error, Result};
@@ -254,6 +255,15 @@ pub async fn snapshot(
         };
         if let Err(e) = agent.ping().await {
             break 'app (format!("the guest agent does not answer: {e}"), false);
+        }
+        // A freeze left by an interrupted earlier run (cairn killed while the guest was frozen).
+        if let Ok(FreezeStatus::Frozen) = agent.fsfreeze_status().await {
+            match thaw_with_retries(agent).await {
+                Ok(n) => report.warn(format!(
+                    "the guest was left frozen (an interrupted earlier run?): thawed {n}"
+                )),
+                Err(e) => break 'app (format!("the guest is frozen and does not thaw: {e}"), false),
+            }
         }
         let mut pre_ran = false;
         if let Some(script) = &policy.pre_freeze {

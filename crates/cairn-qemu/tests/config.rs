@@ -2,7 +2,7 @@
 
 mod common;
 
-use cairn_qemu::config::{LaunchDisk, LaunchSpec, Network, VmConfig, read_config};
+use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig, read_config};
 use cairn_qemu::process::QemuProcess;
 use common::*;
 
@@ -124,28 +124,26 @@ async fn config_round_trips_through_command_line() {
     );
     let socket2 = d.join("qmp2.sock");
     let spec = LaunchSpec {
+        name: "web01-restored".into(),
         disks: vec![
-            LaunchDisk {
-                device: "disk0".into(),
-                file: new0.clone(),
+            LaunchDisk::File {
+                path: new0.clone(),
                 format: "qcow2".into(),
             },
-            LaunchDisk {
-                device: "disk1".into(),
-                file: new1.clone(),
+            LaunchDisk::File {
+                path: new1.clone(),
                 format: "raw".into(),
             },
         ],
-        qmp_socket: socket2.clone(),
-        qga_socket: Some(d.join("qga2.sock")),
-        tcg: true,
+        qmp: socket2.clone(),
+        qga: Some(d.join("qga2.sock")),
+        accel: Some("tcg".into()),
+        daemonize: true,
         pidfile: Some(d.join("vm2.pid")),
         serial_log: Some(d.join("serial.log")),
-        network: Network::User,
-        paused: true,
-        ..LaunchSpec::default()
+        new_macs: false,
     };
-    let argv2 = config.command_line(&spec);
+    let argv2 = config.command_line(&spec).unwrap();
     assert!(argv2.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"), "{argv2:?}");
     assert!(argv2.iter().any(|a| a == "-daemonize"));
     let process = QemuProcess::spawn(&argv2, &socket2, TIMEOUT)
@@ -159,9 +157,109 @@ async fn config_round_trips_through_command_line() {
     assert_eq!(copy.disks[1].format, "raw");
     let mut expected = comparable(&config);
     expected.disks[1].format = "raw".into();
+    expected.name = Some("web01-restored".into());
     assert_eq!(comparable(&copy), expected, "{argv2:?}");
     assert!(d.join("qga2.sock").exists(), "the copy has its own agent socket");
     assert!(d.join("serial.log").exists(), "serial output goes to the file");
     drop(process);
+
+    // A copy beside the original: new MACs and UUID, the first disk from an NBD export.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let nbd_socket = d.join("nbd.sock");
+    let _nbd = Kill(
+        std::process::Command::new("qemu-nbd")
+            .args([
+                "-t",
+                "-f",
+                "qcow2",
+                "-x",
+                "disk0",
+                "-k",
+                nbd_socket.to_str().unwrap(),
+                new0.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    eventually("qemu-nbd listening", async || nbd_socket.exists()).await;
+    let socket3 = d.join("qmp3.sock");
+    let spec = LaunchSpec {
+        name: "web01-copy".into(),
+        disks: vec![
+            LaunchDisk::Nbd {
+                socket: nbd_socket.clone(),
+                export: "disk0".into(),
+                node: "ir-disk0".into(),
+            },
+            LaunchDisk::File {
+                path: new1.clone(),
+                format: "raw".into(),
+            },
+        ],
+        qmp: socket3.clone(),
+        qga: None,
+        accel: Some("tcg".into()),
+        new_macs: true,
+        ..LaunchSpec::default()
+    };
+    let argv3 = config.command_line(&spec).unwrap();
+    let process = QemuProcess::spawn(&argv3, &socket3, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{argv3:?}"));
+    assert!(!process.is_daemon());
+    let qmp3 = process.connect(TIMEOUT).await.unwrap();
+    let copy = read_config(&qmp3).await.unwrap();
+    assert_eq!(copy.disks[0].node, "ir-disk0");
+    assert_eq!(
+        (copy.disks[0].device.as_str(), copy.disks[0].driver.as_str()),
+        ("disk0", "virtio-blk-pci")
+    );
+    assert_eq!(copy.disks[0].bootindex, Some(1));
+    assert_ne!(copy.nics[0].mac, config.nics[0].mac);
+    assert!(copy.nics[0].mac.starts_with("52:54:00:"));
+    assert_ne!(copy.uuid, config.uuid);
+    assert!(!copy.guest_agent, "no agent socket asked");
+    let disks = cairn_qemu::disks::list_disks(&qmp3).await.unwrap();
+    assert!(disks[0].file.contains("nbd"), "{:?}", disks[0]);
     drop(vm);
+}
+
+#[tokio::test]
+async fn empty_cdroms_are_skipped_and_discs_are_removable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("d0.qcow2");
+    qcow2(&img, 16 * MIB, None);
+    let iso = d.join("disc.iso");
+    std::fs::write(&iso, vec![0u8; 1 << 20]).unwrap();
+    let socket = d.join("qmp.sock");
+    let mut argv = base_argv(&socket, true);
+    argv.extend(drive_args(&img, "drive0", "disk0"));
+    argv.extend([
+        "-device".into(),
+        "ide-cd,id=cd0,bus=ide.1,unit=0".into(),
+        "-drive".into(),
+        format!(
+            "if=none,id=cdrom1,media=cdrom,file={},format=raw,readonly=on",
+            iso.display()
+        ),
+        "-device".into(),
+        "ide-cd,id=cd1,drive=cdrom1,bus=ide.1,unit=1".into(),
+    ]);
+    let vm = start(argv, &socket).await;
+    let disks = cairn_qemu::disks::list_disks(&vm.qmp).await.unwrap();
+    let ids: Vec<&str> = disks.iter().map(|d| d.device.as_str()).collect();
+    assert_eq!(ids, vec!["disk0", "cd1"]);
+    assert!(!disks[0].removable && !disks[0].read_only);
+    assert!(disks[1].removable && disks[1].read_only, "{:?}", disks[1]);
+    assert_eq!((disks[1].format.as_str(), disks[1].virtual_size), ("raw", 1 << 20));
+    let config = read_config(&vm.qmp).await.unwrap();
+    assert_eq!(config.disks[1].driver, "ide-cd");
+    assert!(config.disks[1].removable);
 }

@@ -200,7 +200,7 @@ async fn files_are_read_and_written_in_chunks_and_always_closed() {
 async fn shutdown_needs_no_reply() {
     let (stream, log) = fake_agent(Arc::new(|_, _| (None, Duration::ZERO)), b"");
     let agent = GuestAgent::from_stream(stream, T);
-    agent.shutdown("powerdown").await.unwrap();
+    agent.shutdown().await.unwrap();
     let entries = log.0.lock().unwrap().clone();
     assert_eq!(entries[0].0, "guest-shutdown");
     assert_eq!(entries[0].1["mode"], "powerdown");

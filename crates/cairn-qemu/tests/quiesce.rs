@@ -215,6 +215,7 @@ async fn online_freezes_only_around_the_commit_and_runs_scripts() {
         log.commands(),
         vec![
             "guest-ping",
+            "guest-fsfreeze-status",
             "guest-exec",
             "guest-exec-status",
             "guest-fsfreeze-freeze",
@@ -303,7 +304,12 @@ async fn a_failed_freeze_is_thawed_and_falls_back_or_fails() {
     assert!(err.to_string().contains("fsfreeze hook failed"), "{err}");
     assert_eq!(
         log.commands()[before..],
-        ["guest-ping", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+        [
+            "guest-ping",
+            "guest-fsfreeze-status",
+            "guest-fsfreeze-freeze",
+            "guest-fsfreeze-thaw"
+        ]
     );
     assert_eq!(cairn_objects(qmp, &["cp1"]).await, Vec::<String>::new());
     assert!(!has_bitmap(qmp, "cp2").await);
@@ -315,7 +321,10 @@ async fn a_failed_freeze_is_thawed_and_falls_back_or_fails() {
     let prepared = view::prepare(qmp, &request(dir.path(), "cp2")).await.unwrap();
     let err = snapshot(qmp, Some(&agent), &p, prepared).await.unwrap_err();
     assert!(err.to_string().contains("/bad-pre exited with code 1: no db"), "{err}");
-    assert!(!log.commands()[before..].iter().any(|c| c.starts_with("guest-fsfreeze")));
+    assert!(
+        !log.commands()[before..].iter().any(|c| c == "guest-fsfreeze-freeze"),
+        "no freeze after a failed pre-freeze script"
+    );
     assert_eq!(files_in(&req.scratch_dir), Vec::<String>::new());
 }
 
@@ -346,4 +355,50 @@ async fn a_cancelled_snapshot_still_thaws_the_guest() {
     let removed = view::cleanup_leftovers(qmp, &[]).await.unwrap();
     assert!(removed.iter().any(|r| r == "node cairn-scratch-0"), "{removed:?}");
     assert_eq!(cairn_objects(qmp, &[]).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_guest_left_frozen_by_an_earlier_run_is_thawed_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = vm(dir.path(), true, false).await;
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let state = frozen.clone();
+    let handler: Handler = Arc::new(move |command, args| {
+        use std::sync::atomic::Ordering::SeqCst;
+        match command {
+            "guest-fsfreeze-status" => {
+                let s = if state.load(SeqCst) { "frozen" } else { "thawed" };
+                (Some(json!({ "return": s })), Duration::ZERO)
+            }
+            "guest-fsfreeze-thaw" => {
+                state.store(false, SeqCst);
+                (Some(json!({ "return": 1 })), Duration::ZERO)
+            }
+            "guest-fsfreeze-freeze" => {
+                state.store(true, SeqCst);
+                (Some(json!({ "return": 1 })), Duration::ZERO)
+            }
+            _ => cooperative_agent()(command, args),
+        }
+    });
+    let (stream, log) = fake_agent(handler, b"");
+    let agent = GuestAgent::from_stream(stream, TIMEOUT);
+    let prepared = view::prepare(&vm.qmp, &request(dir.path(), "cp1")).await.unwrap();
+    let (mut live, report) = snapshot(&vm.qmp, Some(&agent), &policy(ConsistencyMode::Online, true), prepared)
+        .await
+        .unwrap();
+    assert_eq!(report.achieved, ConsistencyMode::Online);
+    assert!(report.warnings[0].contains("left frozen"), "{report:?}");
+    assert_eq!(
+        log.commands(),
+        [
+            "guest-ping",
+            "guest-fsfreeze-status",
+            "guest-fsfreeze-thaw",
+            "guest-fsfreeze-freeze",
+            "guest-fsfreeze-thaw"
+        ]
+    );
+    assert!(!frozen.load(std::sync::atomic::Ordering::SeqCst));
+    live.finish(&vm.qmp, true).await.unwrap();
 }

@@ -121,7 +121,10 @@ async fn full_view_is_point_in_time_and_teardown_leaves_nothing() {
     let scratch_files = files_in(&req.scratch_dir);
     assert_eq!(scratch_files.len(), 2, "{scratch_files:?}");
 
+    // A reader still attached at teardown is disconnected, not waited for.
+    let reader = nbd_attach(live.socket(), "cairn-0");
     live.finish(qmp, true).await.expect("finish");
+    drop(reader);
     assert_eq!(cairn_objects(qmp, &["cp1"]).await, Vec::<String>::new());
     assert_eq!(
         files_in(&req.scratch_dir),

@@ -38,7 +38,6 @@ struct Vm {
 impl Vm {
     fn argv(qmp: &Path, disk: &Path) -> Vec<String> {
         [
-            "qemu-system-x86_64",
             "-accel",
             "tcg",
             "-machine",

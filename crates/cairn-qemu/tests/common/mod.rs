@@ -52,10 +52,9 @@ pub fn qcow2(path: &Path, size: u64, fill: Option<(u8, u64)>) {
     }
 }
 
-/// The argv of a VM without guest OS: `pc` machine, TCG, 128 MiB, no default devices.
+/// The arguments of a VM without guest OS: `pc` machine, TCG, 128 MiB, no default devices.
 pub fn base_argv(qmp_socket: &Path, paused: bool) -> Vec<String> {
     let mut a: Vec<String> = [
-        "qemu-system-x86_64",
         "-accel",
         "tcg",
         "-machine",
@@ -214,6 +213,24 @@ pub fn dirty_ranges(uri: &str, context: &str) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// A raw NBD client attached to `export` (fixed newstyle, `NBD_OPT_EXPORT_NAME`) that
+/// stays connected until dropped: a reader that is still there at teardown.
+pub fn nbd_attach(socket: &Path, export: &str) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect NBD socket");
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
+    s.write_all(b"IHAVEOPT").unwrap();
+    s.write_all(&1u32.to_be_bytes()).unwrap(); // NBD_OPT_EXPORT_NAME
+    s.write_all(&(export.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(export.as_bytes()).unwrap();
+    let mut info = [0u8; 10]; // size + transmission flags
+    s.read_exact(&mut info).unwrap();
+    s
 }
 
 /// Everything cairn could leave in QEMU: exports, jobs, `cairn-*` nodes, `cairn-*` bitmaps

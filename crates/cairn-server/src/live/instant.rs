@@ -250,24 +250,23 @@ pub async fn start(
         exports.push((export_name, export));
     }
     let spec = LaunchSpec {
-        disks: config
-            .disks
+        name: name.clone(),
+        disks: exports
             .iter()
-            .zip(&exports)
-            .map(|(d, (export, _))| LaunchDisk {
-                device: d.device.clone(),
-                file: PathBuf::from(format!("nbd+unix:///{export}?socket={}", ir.socket.display())),
-                format: "raw".into(),
+            .enumerate()
+            .map(|(i, (export, _))| LaunchDisk::Nbd {
+                socket: ir.socket.clone(),
+                export: export.clone(),
+                node: format!("ir-disk{i}"),
             })
             .collect(),
-        qmp_socket: qmp.clone(),
-        qga_socket: qga.clone(),
-        tcg: req.accel.as_deref() == Some("tcg"),
+        qmp: qmp.clone(),
+        qga: qga.clone(),
+        accel: req.accel.clone(),
+        daemonize: true,
         pidfile: Some(scratch.join("qemu.pid")),
         serial_log: Some(scratch.join("serial.log")),
-        name: Some(name.clone()),
-        keep_uuid: false,
-        ..LaunchSpec::default()
+        new_macs: true,
     };
     let cleanup = |ir: &InstantRecoveries| {
         for (export, _) in &exports {
@@ -275,7 +274,13 @@ pub async fn start(
         }
         let _ = std::fs::remove_dir_all(&scratch);
     };
-    let argv = config.command_line(&spec);
+    let argv = match config.command_line(&spec) {
+        Ok(a) => a,
+        Err(e) => {
+            cleanup(&ir);
+            return Err(ApiError::invalid(format!("building the QEMU command line: {e}")));
+        }
+    };
     let process = match QemuProcess::spawn(&argv, &qmp, QMP_TIMEOUT).await {
         Ok(p) => p,
         Err(e) => {

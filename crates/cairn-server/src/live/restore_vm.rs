@@ -294,26 +294,27 @@ pub async fn restore_vm(
     }
 
     let spec = LaunchSpec {
+        name: name.clone(),
         disks: config
             .disks
             .iter()
             .zip(&disk_paths)
-            .map(|(d, p)| LaunchDisk {
-                device: d.device.clone(),
-                file: p.clone(),
+            .map(|(d, p)| LaunchDisk::File {
+                path: p.clone(),
                 format: qemu_format(cairn_format(&d.format)).to_string(),
             })
             .collect(),
-        qmp_socket: qmp.clone(),
-        qga_socket: qga.clone(),
-        tcg: req.accel.as_deref() == Some("tcg"),
+        qmp: qmp.clone(),
+        qga: qga.clone(),
+        accel: req.accel.clone(),
+        daemonize: true,
         pidfile: Some(qmp.with_extension("pid")),
         serial_log: Some(qmp.with_extension("serial.log")),
-        name: Some(name.clone()),
-        keep_uuid: req.replace_original,
-        ..LaunchSpec::default()
+        new_macs: !req.replace_original,
     };
-    let argv = config.command_line(&spec);
+    let argv = config
+        .command_line(&spec)
+        .map_err(|e| ApiError::invalid(format!("building the QEMU command line: {e}")))?;
     let process = QemuProcess::spawn(&argv, &qmp, QMP_TIMEOUT)
         .await
         .map_err(|e| ApiError::internal(format!("starting the restored VM {name}"), e))?;
