@@ -5,10 +5,10 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::proto::{
-    self, Chunk, ClientOption, Info, InfoRequest, MetaContextRequest, OptionReply, ReplyHeader, Request,
-};
+use crate::proto::{self, Chunk, ClientOption, ReplyHeader, Request};
 use crate::{ClientOptions, Endpoint, Error, Result, StatusExtent};
+
+mod negotiate;
 
 /// Requests of one `read` call in flight at once.
 const MAX_IN_FLIGHT: usize = 16;
@@ -49,9 +49,12 @@ pub struct NbdClient {
     closed: bool,
     /// Reused buffer for chunk and option payloads.
     payload: Vec<u8>,
+    /// Reused state of the pieces of a read.
+    read_slots: Vec<Piece>,
 }
 
 /// Per-piece state of a pipelined read.
+#[derive(Default)]
 struct Piece {
     cookie: u64,
     offset: u64,
@@ -124,6 +127,7 @@ impl NbdClient {
             broken: None,
             closed: false,
             payload: Vec::new(),
+            read_slots: Vec::new(),
         };
         if let Err(e) = c.negotiate(opts) {
             if matches!(e, Error::Refused { .. }) {
@@ -178,7 +182,9 @@ impl NbdClient {
         if buf.is_empty() {
             return Ok(());
         }
-        let r = self.read_inner(offset, buf);
+        let mut slots = std::mem::take(&mut self.read_slots);
+        let r = self.read_inner(offset, buf, &mut slots);
+        self.read_slots = slots;
         self.fail_on_fatal(r)
     }
 
@@ -247,203 +253,52 @@ impl NbdClient {
     }
 
     // -----------------------------------------------------------------
-    // Negotiation
-
-    fn negotiate(&mut self, opts: &ClientOptions) -> Result<()> {
-        let mut g = [0u8; proto::GREETING_LEN];
-        self.read_exact(&mut g, "read the greeting")?;
-        let hflags = proto::decode_greeting(&g).map_err(|e| self.protocol(e.to_string()))?;
-        let no_zeroes = hflags & proto::FLAG_NO_ZEROES != 0;
-        let mut cflags = proto::FLAG_C_FIXED_NEWSTYLE;
-        if no_zeroes {
-            cflags |= proto::FLAG_C_NO_ZEROES;
-        }
-        self.write_all(&cflags.to_be_bytes(), "send client flags")?;
-
-        self.send_option(&ClientOption::StructuredReply)?;
-        self.structured = match self.option_reply(proto::OPT_STRUCTURED_REPLY)? {
-            OptionReply::Ack => true,
-            OptionReply::Error { .. } => false,
-            other => return Err(self.unexpected(proto::OPT_STRUCTURED_REPLY, &other)),
-        };
-
-        if self.structured && !opts.meta_contexts.is_empty() {
-            self.send_option(&ClientOption::SetMetaContext(MetaContextRequest {
-                export: opts.export.clone(),
-                queries: opts.meta_contexts.clone(),
-            }))?;
-            loop {
-                match self.option_reply(proto::OPT_SET_META_CONTEXT)? {
-                    OptionReply::MetaContext { id, name } => {
-                        if self.contexts.iter().any(|(i, n)| *i == id || *n == name) {
-                            return Err(self.protocol(format!("meta context {name:?} (id {id}) sent twice")));
-                        }
-                        self.context_names.push(name.clone());
-                        self.contexts.push((id, name));
-                    }
-                    OptionReply::Ack => break,
-                    // A server without meta contexts: carry on without them.
-                    OptionReply::Error { .. } => {
-                        self.contexts.clear();
-                        self.context_names.clear();
-                        break;
-                    }
-                    other => return Err(self.unexpected(proto::OPT_SET_META_CONTEXT, &other)),
-                }
-            }
-        }
-
-        self.send_option(&ClientOption::Go(InfoRequest {
-            export: opts.export.clone(),
-            info: vec![proto::INFO_BLOCK_SIZE],
-        }))?;
-        let mut got_export = false;
-        loop {
-            match self.option_reply(proto::OPT_GO)? {
-                OptionReply::Info(Info::Export { size, flags }) => {
-                    self.size = size;
-                    self.flags = flags;
-                    got_export = true;
-                }
-                OptionReply::Info(Info::BlockSize { min, preferred, max }) => {
-                    if min == 0 || max < min || preferred < min || !min.is_power_of_two() {
-                        return Err(self.protocol(format!(
-                            "block sizes min {min}, preferred {preferred}, max {max} are inconsistent"
-                        )));
-                    }
-                    self.max_block = max.min(proto::MAX_PAYLOAD);
-                }
-                OptionReply::Info(_) => {}
-                OptionReply::Ack => {
-                    if !got_export {
-                        return Err(self.protocol("NBD_OPT_GO acknowledged without NBD_INFO_EXPORT".into()));
-                    }
-                    break;
-                }
-                OptionReply::Error {
-                    code: proto::REP_ERR_UNSUP,
-                    ..
-                } => return self.export_name(no_zeroes),
-                OptionReply::Error { code, message } => {
-                    return Err(Error::Refused {
-                        export: self.export.clone(),
-                        option: proto::option_name(proto::OPT_GO),
-                        reason: proto::reply_error_name(code),
-                        message,
-                    });
-                }
-                other => return Err(self.unexpected(proto::OPT_GO, &other)),
-            }
-        }
-        if self.size > i64::MAX as u64 {
-            return Err(self.protocol(format!("export size {} is too large", self.size)));
-        }
-        Ok(())
-    }
-
-    /// The old way into transmission, for servers without `NBD_OPT_GO`.
-    fn export_name(&mut self, no_zeroes: bool) -> Result<()> {
-        self.send_option(&ClientOption::ExportName(self.export.clone()))?;
-        let mut b = [0u8; proto::EXPORT_NAME_REPLY_LEN + proto::EXPORT_NAME_ZEROES];
-        let n = if no_zeroes {
-            proto::EXPORT_NAME_REPLY_LEN
-        } else {
-            b.len()
-        };
-        match self.reader.read_exact(&mut b[..n]) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Refused {
-                    export: self.export.clone(),
-                    option: proto::option_name(proto::OPT_EXPORT_NAME),
-                    reason: "the server closed the connection (no such export?)".into(),
-                    message: String::new(),
-                });
-            }
-            Err(e) => return Err(self.io("read the export reply", e)),
-        }
-        let (size, flags) = proto::decode_export_name_reply(&b[..n]).map_err(|e| self.protocol(e.to_string()))?;
-        self.size = size;
-        self.flags = flags;
-        // Without NBD_OPT_GO there are no negotiated contexts to rely on.
-        Ok(())
-    }
-
-    fn send_option(&mut self, opt: &ClientOption) -> Result<()> {
-        let mut b = Vec::new();
-        opt.encode(&mut b);
-        self.write_all(&b, "send an option")?;
-        self.flush_writer()
-    }
-
-    fn option_reply(&mut self, option: u32) -> Result<OptionReply> {
-        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
-        self.read_exact(&mut h, "read an option reply")?;
-        let h = proto::OptionReplyHeader::decode(&h).map_err(|e| self.protocol(e.to_string()))?;
-        if h.option != option {
-            return Err(self.protocol(format!(
-                "reply for {} while waiting for {}",
-                proto::option_name(h.option),
-                proto::option_name(option)
-            )));
-        }
-        let mut data = std::mem::take(&mut self.payload);
-        data.resize(h.length as usize, 0);
-        let r = self.read_exact(&mut data, "read option reply data");
-        let decoded = r.and_then(|()| OptionReply::decode(h.reply, &data).map_err(|e| self.protocol(e.to_string())));
-        self.payload = data;
-        decoded
-    }
-
-    fn unexpected(&self, option: u32, reply: &OptionReply) -> Error {
-        self.protocol(format!(
-            "unexpected reply type {:#x} to {}",
-            reply.code(),
-            proto::option_name(option)
-        ))
-    }
-
-    // -----------------------------------------------------------------
     // Transmission
 
-    fn read_inner(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// The pipelined read; `slots` holds the state of pieces in flight
+    /// (reused across calls, so steady-state reads allocate nothing).
+    fn read_inner(&mut self, offset: u64, buf: &mut [u8], slots: &mut Vec<Piece>) -> Result<()> {
         let max = u64::from(self.max_block).min(READ_PIECE);
         let total = buf.len() as u64;
         let count = total.div_ceil(max);
         // Only the pieces in flight have state, whatever the server's block size.
-        let mut slots: Vec<Piece> = Vec::with_capacity(MAX_IN_FLIGHT.min(count as usize));
+        for p in slots.iter_mut() {
+            p.done = true;
+        }
         let mut sent = 0u64;
         let mut finished = 0u64;
         let mut first_err: Option<Error> = None;
         while finished < count {
             while sent < count && sent - finished < MAX_IN_FLIGHT as u64 {
                 let o = offset + sent * max;
-                let piece = Piece {
-                    cookie: self.next_cookie,
-                    offset: o,
-                    len: max.min(offset + total - o),
-                    covered: Vec::new(),
-                    covered_len: 0,
-                    done: false,
-                    failed: false,
+                let i = match slots.iter().position(|p| p.done) {
+                    Some(i) => i,
+                    None => {
+                        slots.push(Piece::default());
+                        slots.len() - 1
+                    }
                 };
+                let p = &mut slots[i];
+                p.cookie = self.next_cookie;
+                p.offset = o;
+                p.len = max.min(offset + total - o);
+                p.covered.clear();
+                p.covered_len = 0;
+                p.done = false;
+                p.failed = false;
                 self.next_cookie += 1;
                 let req = Request {
                     flags: 0,
                     kind: proto::CMD_READ,
-                    cookie: piece.cookie,
-                    offset: piece.offset,
-                    length: piece.len as u32,
+                    cookie: p.cookie,
+                    offset: p.offset,
+                    length: p.len as u32,
                 };
-                match slots.iter_mut().find(|p| p.done) {
-                    Some(slot) => *slot = piece,
-                    None => slots.push(piece),
-                }
                 self.write_all(&req.encode(), "send a read request")?;
                 sent += 1;
             }
             self.flush_writer()?;
-            if self.read_reply(&mut slots, offset, buf, &mut first_err)? {
+            if self.read_reply(slots, offset, buf, &mut first_err)? {
                 finished += 1;
             }
         }

@@ -61,7 +61,8 @@ struct Conns {
 }
 
 /// An NBD server: named exports served over any number of Unix-socket and
-/// TCP listeners, one thread per connection (with [`WORKERS`] workers each).
+/// TCP listeners, one thread per connection (plus four workers, so one
+/// connection's requests are served concurrently).
 ///
 /// Fixed newstyle negotiation with `NBD_OPT_GO`, `NBD_OPT_INFO`,
 /// `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_STRUCTURED_REPLY` and the

@@ -409,7 +409,7 @@ fn reply<W: Write>(
         sc.out.clear();
         Chunk::Error {
             error,
-            message: format!("{} (export {:?})", msg, s.export.name),
+            message: msg.to_string(),
             offset: None,
         }
         .encode(REPLY_FLAG_DONE, cookie, &mut sc.out);
@@ -425,14 +425,15 @@ fn handle<W: Write>(s: &Session, req: &Request, payload: &[u8], writer: &Mutex<W
     let size = backend.size();
     let len = u64::from(req.length);
     let cookie = req.cookie;
-    let what = proto::command_name(req.kind);
+    let what = || proto::command_name(req.kind);
     if s.export.removed.load(Ordering::Acquire) {
         return reply(s, writer, sc, cookie, ESHUTDOWN, "the export was removed");
     }
     let in_range = req.offset.checked_add(len).is_some_and(|e| e <= size);
     let range_msg = || {
         format!(
-            "{what} of {len} bytes at {} is outside the export's {size} bytes",
+            "{} of {len} bytes at {} is outside the export's {size} bytes",
+            what(),
             req.offset
         )
     };
@@ -447,7 +448,7 @@ fn handle<W: Write>(s: &Session, req: &Request, payload: &[u8], writer: &Mutex<W
     };
     let result = |s: &Session, sc: &mut Scratch, r: io::Result<()>| match r {
         Ok(()) => reply(s, writer, sc, cookie, 0, ""),
-        Err(e) => reply(s, writer, sc, cookie, errno_of(&e), &format!("{what}: {e}")),
+        Err(e) => reply(s, writer, sc, cookie, errno_of(&e), &format!("{}: {e}", what())),
     };
     match req.kind {
         CMD_READ => read(s, req, writer, sc),
@@ -482,7 +483,7 @@ fn handle<W: Write>(s: &Session, req: &Request, payload: &[u8], writer: &Mutex<W
             }
             let extents = match backend.block_status(req.offset, len) {
                 Ok(v) => sanitize(v, req.offset, len),
-                Err(e) => return reply(s, writer, sc, cookie, errno_of(&e), &format!("{what}: {e}")),
+                Err(e) => return reply(s, writer, sc, cookie, errno_of(&e), &format!("{}: {e}", what())),
             };
             let mut descriptors: Vec<Descriptor> = extents
                 .iter()
@@ -505,7 +506,7 @@ fn handle<W: Write>(s: &Session, req: &Request, payload: &[u8], writer: &Mutex<W
             .encode(REPLY_FLAG_DONE, cookie, &mut sc.out);
             send(writer, &sc.out)
         }
-        _ => reply(s, writer, sc, cookie, EINVAL, &format!("{what} is not supported")),
+        _ => reply(s, writer, sc, cookie, EINVAL, &format!("{} is not supported", what())),
     }
 }
 
