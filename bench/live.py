@@ -193,8 +193,8 @@ def main():
         vm = subprocess.Popen(guest_args([(sysdisk, "qcow2"), (datadisk, "qcow2")], qmp, qga, serial),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         agent = Agent(qga)
-        local_boot = time.time() - t0
-        log(f"local boot to agent: {local_boot:.1f} s")
+        first_boot = time.time() - t0
+        log(f"first boot to agent: {first_boot:.1f} s")
         agent.close()
 
         cairn(env, "host", "add", "qemu", "--name", "kvm01", "--qmp", vms)
@@ -216,6 +216,22 @@ def main():
         inc = cairn_json(env, "job", "run", "web", "--wait")
         i_read, i_wall, i_frozen, i_state = session_numbers(env, inc["session"]["id"])
         log(f"incremental: {i_state}, read {i_read / MIB:.0f} MiB in {i_wall:.2f} s, frozen {i_frozen}")
+
+        # The same guest booted again from its local disks (the state the restore point holds,
+        # already past its first boot): the reference for instant recovery.
+        agent = Agent(qga)
+        try:
+            agent.call("guest-shutdown")
+        except (RuntimeError, ValueError, OSError):
+            pass
+        agent.close()
+        vm.wait(timeout=120)
+        t0 = time.time()
+        vm = subprocess.Popen(guest_args([(sysdisk, "qcow2"), (datadisk, "qcow2")], qmp, qga, serial),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        Agent(qga).close()
+        local_boot = time.time() - t0
+        log(f"local boot to agent (second boot): {local_boot:.1f} s")
 
         # Instant recovery of the latest point: start to agent.
         t0 = time.time()
@@ -240,8 +256,9 @@ def main():
               f"/ both disks: {i_read / total_disk * 100:.2f} %")
         print(f"incremental wall / full wall: {i_wall / f_wall:.3f} (target <= 0.1)")
         print(f"guest frozen: full {f_frozen} s, incremental {i_frozen} s (target <= 1 s)")
-        print(f"instant recovery to agent {ir_boot:.1f} s vs local boot {local_boot:.1f} s: "
-              f"{ir_boot / local_boot:.2f} x (target <= 1.5)")
+        print(f"instant recovery to agent {ir_boot:.1f} s vs the same guest booted from its local disks "
+              f"{local_boot:.1f} s: {ir_boot / local_boot:.2f} x (target <= 1.5); first boot of the image "
+              f"{first_boot:.1f} s")
     finally:
         if vm:
             vm.kill()

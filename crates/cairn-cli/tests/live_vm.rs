@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_qemu::qga::GuestAgent;
 use cairn_qemu::process::QemuProcess;
+use cairn_qemu::qga::GuestAgent;
 use serde_json::Value;
 use server_common::*;
 
@@ -79,7 +79,11 @@ async fn random_file(agent: &GuestAgent, path: &str, mib: u32) -> String {
 async fn checksums(agent: &GuestAgent, files: &BTreeMap<String, String>) {
     for (path, sum) in files {
         let out = sh(agent, &format!("sha256sum {path} 2>/dev/null || echo missing")).await;
-        assert_eq!(out.split_whitespace().next(), Some(sum.as_str()), "{path} in the guest: {out}");
+        assert_eq!(
+            out.split_whitespace().next(),
+            Some(sum.as_str()),
+            "{path} in the guest: {out}"
+        );
     }
 }
 
@@ -88,9 +92,15 @@ async fn fs_clean(agent: &GuestAgent, what: &str) {
     let dmesg = sh(agent, "dmesg").await;
     let bad: Vec<&str> = dmesg
         .lines()
-        .filter(|l| l.contains("EXT4-fs") && (l.contains("error") || l.contains("recovery") || l.contains("recovering")))
+        .filter(|l| {
+            l.contains("EXT4-fs") && (l.contains("error") || l.contains("recovery") || l.contains("recovering"))
+        })
         .collect();
-    assert!(bad.is_empty(), "{what}: the file system was not clean:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{what}: the file system was not clean:\n{}",
+        bad.join("\n")
+    );
 }
 
 fn session_of(run_output: &str) -> Value {
@@ -108,8 +118,7 @@ fn task_read_bytes(srv: &Server, session: i64) -> u64 {
 }
 
 fn session_log(srv: &Server, session: i64) -> String {
-    let out = ok(srv.cairn(["session", "show", &session.to_string()]));
-    out
+    ok(srv.cairn(["session", "show", &session.to_string()]))
 }
 
 #[test]
@@ -158,7 +167,17 @@ fn live_vm_backup_restore_and_instant_recovery() {
             c
         });
         assert_eq!(added["vms"].as_array().map(Vec::len), Some(1), "{added}");
-        ok(srv.cairn(["job", "create", "web", "--vm", "web01", "--repository", "default", "--retain", "5"]));
+        ok(srv.cairn([
+            "job",
+            "create",
+            "web",
+            "--vm",
+            "web01",
+            "--repository",
+            "default",
+            "--retain",
+            "5",
+        ]));
 
         // Full, online: the guest is frozen for the view.
         let run1 = session_of(&ok(srv.cairn(["job", "run", "web", "--wait", "--json"])));
@@ -194,13 +213,24 @@ fn live_vm_backup_restore_and_instant_recovery() {
 
         // Whole VM restore beside the original.
         let restored = ok_json(srv.cairn([
-            "restore", "vm", "web01", "--name", "web01-restored", "--accel", "tcg", "--json",
+            "restore",
+            "vm",
+            "web01",
+            "--name",
+            "web01-restored",
+            "--accel",
+            "tcg",
+            "--json",
         ]));
         let rqga = std::path::PathBuf::from(restored["qga"].as_str().expect("restored VM has an agent socket"));
         let ragent = agent_of(&rqga, "restored VM").await;
         checksums(&ragent, &at_second).await;
         let late_there = sh(&ragent, "test -e /root/late.bin && echo yes || echo no").await;
-        assert_eq!(late_there.trim(), "no", "a file written after the backup is in the restore");
+        assert_eq!(
+            late_there.trim(),
+            "no",
+            "a file written after the backup is in the restore"
+        );
         fs_clean(&ragent, "restored VM").await;
         let _ = ragent.shutdown().await;
         drop(ragent);
@@ -209,16 +239,31 @@ fn live_vm_backup_restore_and_instant_recovery() {
         let points = ok_json(srv.cairn(["points", "--repository", "default", "--json"]));
         let first_point = points[0]["points"][0]["id"].as_str().expect("first point").to_string();
         let ir = ok_json(srv.cairn([
-            "instant-recovery", "start", "web01", "--point", &first_point, "--name", "web01-ir", "--accel", "tcg",
+            "instant-recovery",
+            "start",
+            "web01",
+            "--point",
+            &first_point,
+            "--name",
+            "web01-ir",
+            "--accel",
+            "tcg",
             "--json",
         ]));
         let iqga = std::path::PathBuf::from(ir["qga"].as_str().expect("agent socket"));
         let iagent = agent_of(&iqga, "instant recovery").await;
         checksums(&iagent, &at_first).await;
         let gone = sh(&iagent, "test -e /root/second-0.bin && echo yes || echo no").await;
-        assert_eq!(gone.trim(), "no", "the first point must not hold the second point's files");
+        assert_eq!(
+            gone.trim(),
+            "no",
+            "the first point must not hold the second point's files"
+        );
         let mut written = BTreeMap::new();
-        written.insert("/root/during-ir.bin".to_string(), random_file(&iagent, "/root/during-ir.bin", 2).await);
+        written.insert(
+            "/root/during-ir.bin".to_string(),
+            random_file(&iagent, "/root/during-ir.bin", 2).await,
+        );
         let listed = ok_json(srv.cairn(["instant-recovery", "list", "--json"]));
         assert!(listed[0]["written_bytes"].as_u64().unwrap_or(0) >= 2 << 20, "{listed}");
         let target = srv.tmp.path().join("web01-prod.qcow2");

@@ -51,6 +51,11 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/tasks/{id}/log"),
     ("post", "/api/v1/sessions/{id}/stop"),
     ("post", "/api/v1/restores"),
+    ("post", "/api/v1/restores/vm"),
+    ("get", "/api/v1/instant-recoveries"),
+    ("post", "/api/v1/instant-recoveries"),
+    ("delete", "/api/v1/instant-recoveries/{name}"),
+    ("post", "/api/v1/instant-recoveries/{name}/migrate"),
     ("get", "/api/v1/health"),
     ("get", "/api/openapi.json"),
 ];
@@ -124,7 +129,7 @@ async fn every_route_needs_a_token(backend: Backend) {
             if item.get(m).is_none() {
                 continue;
             }
-            let concrete = path.replace("{id}", "1");
+            let concrete = path.replace("{id}", "1").replace("{name}", "x");
             let (status, body) = t.call(method(m), &concrete, None, None).await;
             if is_open(m, path) {
                 assert_ne!(status, 401, "{m} {path} must work without a token: {body}");
@@ -848,6 +853,16 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
             "which the job does not back up",
         ),
         (json!({"repository_id": 777}), "repository 777"),
+        (json!({"consistency": "frozen"}), "consistency \"frozen\""),
+        (
+            json!({"consistency": "crash", "require_app_consistency": true}),
+            "require_app_consistency",
+        ),
+        (
+            json!({"consistency": "crash", "pre_freeze_script": "sync"}),
+            "pre_freeze_script",
+        ),
+        (json!({"post_thaw_script": "x".repeat(5000)}), "post_thaw_script"),
     ] {
         let (status, body) = t.post("/api/v1/jobs", job(extra.clone())).await;
         assert_eq!(status, 422, "{extra}: {body}");
@@ -903,6 +918,9 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
         ("retention_points", json!(14)),
         ("schedule", json!(null)),
         ("backup_window", json!(null)),
+        ("consistency", json!("online")),
+        ("require_app_consistency", json!(false)),
+        ("pre_freeze_script", json!(null)),
         ("retries", json!(3)),
         ("retry_wait_seconds", json!(600)),
         ("enabled", json!(true)),
@@ -920,8 +938,9 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
     let (status, chained) = t
         .post(
             "/api/v1/jobs",
+            // Disabled, so it does not back up db after nightly's run below (the points are checked).
             json!({"name": "copy", "vm_ids": [db], "repository_id": repo, "schedule": "after nightly",
-                   "backup_window": "mon-fri 20:00-06:00 sat,sun 00:00-24:00"}),
+                   "backup_window": "mon-fri 20:00-06:00 sat,sun 00:00-24:00", "enabled": false}),
         )
         .await;
     assert_eq!(status, 201, "{chained}");

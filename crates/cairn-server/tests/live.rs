@@ -76,7 +76,9 @@ impl Vm {
     }
 
     async fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.qmp_path, Duration::from_secs(30)).await.expect("QMP")
+        Qmp::connect(&self.qmp_path, Duration::from_secs(30))
+            .await
+            .expect("QMP")
     }
 
     /// A guest write through the block layer.
@@ -100,9 +102,13 @@ impl Vm {
         }
         let _ = std::fs::remove_file(&self.qmp_path);
         self.process = Some(
-            QemuProcess::spawn(&Self::argv(&self.qmp_path, &self.disk), &self.qmp_path, Duration::from_secs(60))
-                .await
-                .expect("restart qemu"),
+            QemuProcess::spawn(
+                &Self::argv(&self.qmp_path, &self.disk),
+                &self.qmp_path,
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("restart qemu"),
         );
     }
 
@@ -113,7 +119,10 @@ impl Vm {
         assert!(exports.is_empty(), "exports left: {exports:?}");
         let jobs = qmp.query_block_jobs().await.unwrap();
         assert!(jobs.is_empty(), "block jobs left: {jobs:?}");
-        let nodes = qmp.execute("query-named-block-nodes", serde_json::json!({})).await.unwrap();
+        let nodes = qmp
+            .execute("query-named-block-nodes", serde_json::json!({}))
+            .await
+            .unwrap();
         let names: Vec<&str> = nodes
             .as_array()
             .unwrap()
@@ -129,7 +138,10 @@ impl Vm {
             checkpoints,
             "checkpoint bitmaps: {bitmaps:?}"
         );
-        assert!(!bitmaps.iter().any(|b| b.starts_with("cairn-tmp")), "temporary bitmaps left: {bitmaps:?}");
+        assert!(
+            !bitmaps.iter().any(|b| b.starts_with("cairn-tmp")),
+            "temporary bitmaps left: {bitmaps:?}"
+        );
         let status = qmp.query_status().await.unwrap();
         assert!(status.running, "the VM must be running after a backup: {status:?}");
         let scratch: Vec<_> = std::fs::read_dir(self.disk.parent().unwrap())
@@ -199,7 +211,9 @@ async fn full_incremental_restart_and_crash() {
     let mut vm = Vm::start(dir, &disk).await;
     let (_host, vm_ids) = qemu_host(&env).await;
     let repo_row = env.repository("r1", 2, None).await;
-    let job = env.job("web", vm_ids, repo_row.id, |s| s.consistency = "crash".into()).await;
+    let job = env
+        .job("web", vm_ids, repo_row.id, |s| s.consistency = "crash".into())
+        .await;
     let manager = env.manager(None);
 
     // Full: every allocated block, and the point is the disk at the view although the VM writes on.
@@ -214,7 +228,12 @@ async fn full_incremental_restart_and_crash() {
     // (The chain reader holds a shared lock: it must be gone before the next backup.)
     let config = {
         let chain = repo.chain("kvm01/web01").unwrap();
-        chain.point("latest").unwrap().vm_config.clone().expect("VM configuration kept")
+        chain
+            .point("latest")
+            .unwrap()
+            .vm_config
+            .clone()
+            .expect("VM configuration kept")
     };
     assert!(config.to_string().contains("virtio-blk"), "{config}");
 
@@ -251,7 +270,11 @@ async fn full_incremental_restart_and_crash() {
     assert!(log4.contains("no changed block tracking"), "{log4}");
     let tasks = env.tasks(s4.id).await;
     let new_bytes = tasks[0].statistics["new_bytes"].as_u64().unwrap_or(u64::MAX);
-    assert_eq!(new_bytes, MIB, "only the block written before the crash is new: {}", tasks[0].statistics);
+    assert_eq!(
+        new_bytes, MIB,
+        "only the block written before the crash is new: {}",
+        tasks[0].statistics
+    );
     vm.assert_clean(1).await;
     let mut all4 = all.clone();
     all4.extend(["write -P 0x31 30M 512k", "write -P 0x41 60M 256k"]);
@@ -279,7 +302,9 @@ async fn consistency_fallbacks_and_stop() {
 
     // Requiring application consistency: the VM fails, nothing is left, the checkpoint stays.
     let strict = env
-        .job("strict", vm_ids.clone(), repo_row.id, |s| s.require_app_consistency = true)
+        .job("strict", vm_ids.clone(), repo_row.id, |s| {
+            s.require_app_consistency = true
+        })
         .await;
     let s = run_once(&env, &manager, strict.id).await;
     assert_state(&env, &s, SessionState::Failed).await;
@@ -289,7 +314,9 @@ async fn consistency_fallbacks_and_stop() {
 
     // Offline: the VM is paused while the view is made, and runs again after.
     let offline = env
-        .job("offline", vm_ids.clone(), repo_row.id, |s| s.consistency = "offline".into())
+        .job("offline", vm_ids.clone(), repo_row.id, |s| {
+            s.consistency = "offline".into()
+        })
         .await;
     let s = run_once(&env, &manager, offline.id).await;
     assert_state(&env, &s, SessionState::Success).await;

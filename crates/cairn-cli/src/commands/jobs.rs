@@ -298,7 +298,11 @@ fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
                 job.get("post_thaw_script").and_then(Value::as_str),
             ) {
                 (None, None) => "-".to_string(),
-                (pre, post) => format!("before freeze: {}; after thaw: {}", pre.unwrap_or("-"), post.unwrap_or("-")),
+                (pre, post) => format!(
+                    "before freeze: {}; after thaw: {}",
+                    pre.unwrap_or("-"),
+                    post.unwrap_or("-")
+                ),
             },
         ),
         ("created", output::time(s(job, "created_at"))),

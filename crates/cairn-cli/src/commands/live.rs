@@ -45,7 +45,10 @@ fn backed_up_vm(client: &Client, repository: i64, vm: &str) -> anyhow::Result<St
     match names.as_slice() {
         [one] => Ok(one.clone()),
         [] => anyhow::bail!("the repository holds no restore points of a VM named {vm:?}"),
-        _ => anyhow::bail!("VM {vm:?} has restore points from several hosts ({}): name it as HOST/VM", names.join(", ")),
+        _ => anyhow::bail!(
+            "VM {vm:?} has restore points from several hosts ({}): name it as HOST/VM",
+            names.join(", ")
+        ),
     }
 }
 
@@ -162,10 +165,16 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
                 .map(|p| std::path::absolute(p).map(|p| p.display().to_string()))
                 .collect::<Result<_, _>>()
                 .context("making the target paths absolute")?;
-            let answer =
-                client.post_with_timeout(&format!("/api/v1/instant-recoveries/{name}/migrate"), &json!({"to": to}), LONG)?;
+            let answer = client.post_with_timeout(
+                &format!("/api/v1/instant-recoveries/{name}/migrate"),
+                &json!({"to": to}),
+                LONG,
+            )?;
             if !g.json {
-                println!("instant recovery {name} now runs from {}; its exports have ended", to.join(", "));
+                println!(
+                    "instant recovery {name} now runs from {}; its exports have ended",
+                    to.join(", ")
+                );
             }
             answer
         }

@@ -232,10 +232,7 @@ async fn sync(state: &AppState, host: Host, inv: &cairn_inventory::Inventory) ->
 
 /// Records what a discovery run found on `host` and answers with the host and its VMs.
 async fn sync_discovered(state: &AppState, host: Host, found: &[DiscoveredVm]) -> ApiResult<HostWithVms> {
-    let vms = state
-        .db
-        .sync_host_inventory(host.id, found, Timestamp::now())
-        .await?;
+    let vms = state.db.sync_host_inventory(host.id, found, Timestamp::now()).await?;
     let count = i64::try_from(vms.len()).unwrap_or(i64::MAX);
     Ok(HostWithVms {
         host: host_dto(host, count),
@@ -447,11 +444,7 @@ pub async fn get_vm(
 }
 
 /// Adds a qemu host (a VM's QMP socket or a folder of them) and discovers its VMs through QMP.
-async fn add_qemu_host(
-    caller: Caller,
-    state: AppState,
-    req: AddHost,
-) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
+async fn add_qemu_host(caller: Caller, state: AppState, req: AddHost) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
     let qmp = PathBuf::from(&req.path);
     check_qmp_path(&qmp).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     let qga = match req.qga.as_deref().map(str::trim) {

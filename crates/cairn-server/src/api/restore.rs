@@ -196,7 +196,17 @@ pub async fn restore(
         logical_sector: req.sector_size,
         block_size: None,
     };
-    let stats = restore_disk(&state, &caller.name, &row, &req.vm, &req.point, req.disk, target, options).await?;
+    let stats = restore_disk(
+        &state,
+        &caller.name,
+        &row,
+        &req.vm,
+        &req.point,
+        req.disk,
+        target,
+        options,
+    )
+    .await?;
     Ok(Json(stats.into()))
 }
 

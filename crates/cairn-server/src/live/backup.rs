@@ -83,10 +83,7 @@ pub(crate) struct LiveBackup {
 
 /// The checkpoint bitmap the previous restore point of `vm` was read at, per disk position.
 fn previous_checkpoints(repo: &Repository, vm: &str, disks: usize) -> Vec<Option<String>> {
-    let last = repo
-        .chain(vm)
-        .ok()
-        .and_then(|c| c.meta().points.last().cloned());
+    let last = repo.chain(vm).ok().and_then(|c| c.meta().points.last().cloned());
     (0..disks)
         .map(|i| {
             last.as_ref()
@@ -135,10 +132,18 @@ pub(crate) async fn start(
     match view::cleanup_leftovers(&qmp, &keep).await {
         Ok(removed) if !removed.is_empty() => lines.push(Line::all(
             LogLevel::Warning,
-            format!("removed leftovers of an earlier backup that did not end: {}", removed.join(", ")),
+            format!(
+                "removed leftovers of an earlier backup that did not end: {}",
+                removed.join(", ")
+            ),
         )),
         Ok(_) => {}
-        Err(e) => return Err(format!("VM {}: cleaning leftovers of earlier backups: {e}", unit.vm.name)),
+        Err(e) => {
+            return Err(format!(
+                "VM {}: cleaning leftovers of earlier backups: {e}",
+                unit.vm.name
+            ));
+        }
     }
 
     let live_disks = cairn_qemu::disks::list_disks(&qmp)
@@ -313,7 +318,11 @@ impl LiveBackup {
 }
 
 /// Opens the engine's inputs for a live view (on a blocking thread), logging what CBT gives.
-pub(crate) fn open_inputs(specs: &[DiskSpec], disks: &[Disk], log: &dyn Fn(usize, &str)) -> Result<Vec<DiskInput>, (usize, String)> {
+pub(crate) fn open_inputs(
+    specs: &[DiskSpec],
+    disks: &[Disk],
+    log: &dyn Fn(usize, &str),
+) -> Result<Vec<DiskInput>, (usize, String)> {
     let mut inputs = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let mut contexts = vec!["base:allocation".to_string()];

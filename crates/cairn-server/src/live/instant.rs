@@ -104,11 +104,16 @@ impl InstantRecoveries {
     }
 
     fn dir(&self) -> PathBuf {
-        self.socket.parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+        self.socket
+            .parent()
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
     }
 
     fn ensure_serving(&self) -> ApiResult<()> {
-        let mut handle = self.handle.lock().map_err(|_| ApiError::internal("instant recovery state", "lock poisoned"))?;
+        let mut handle = self
+            .handle
+            .lock()
+            .map_err(|_| ApiError::internal("instant recovery state", "lock poisoned"))?;
         if handle.is_none() {
             std::fs::create_dir_all(self.dir())
                 .map_err(|e| ApiError::internal(format!("creating {}", self.dir().display()), e))?;
@@ -218,24 +223,33 @@ pub async fn start(
         return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
     }
     if ir.running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
-        return Err(ApiError::conflict(format!("instant recovery {name} is already running")));
+        return Err(ApiError::conflict(format!(
+            "instant recovery {name} is already running"
+        )));
     }
     let qmp = location.socket_folder().join(format!("{name}.qmp"));
     let qga = config.guest_agent.then(|| qmp.with_extension("qga"));
     for p in [Some(&qmp), qga.as_ref()].into_iter().flatten() {
         if p.symlink_metadata().is_ok() {
-            return Err(ApiError::conflict(format!("{} already exists (choose another name)", p.display())));
+            return Err(ApiError::conflict(format!(
+                "{} already exists (choose another name)",
+                p.display()
+            )));
         }
     }
     ir.ensure_serving()?;
     let scratch = ir.dir().join(&name);
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| ApiError::internal(format!("creating {}", scratch.display()), e))?;
+    std::fs::create_dir_all(&scratch).map_err(|e| ApiError::internal(format!("creating {}", scratch.display()), e))?;
 
     // One copy-on-write export per disk over the point's disk.
     let mut exports = Vec::new();
     for i in 0..disk_count {
-        let (r, vm, point, path) = (repo.clone(), req.vm.clone(), point_id.clone(), scratch.join(format!("disk{i}.cow")));
+        let (r, vm, point, path) = (
+            repo.clone(),
+            req.vm.clone(),
+            point_id.clone(),
+            scratch.join(format!("disk{i}.cow")),
+        );
         let export = tokio::task::spawn_blocking(move || -> Result<CowExport, String> {
             let base: Arc<dyn DiskSource> =
                 Arc::new(PointDisk::open(&r, &vm, &point, i as u32).map_err(|e| e.to_string())?);
@@ -245,8 +259,11 @@ pub async fn start(
         .map_err(|e| ApiError::invalid(format!("opening disk {i} of {} point {point_id}: {e}", req.vm)))?;
         let export = Arc::new(export);
         let export_name = format!("{name}-disk{i}");
-        ir.server
-            .add_export(&export_name, &format!("{} point {point_id} disk {i}", req.vm), export.clone());
+        ir.server.add_export(
+            &export_name,
+            &format!("{} point {point_id} disk {i}", req.vm),
+            export.clone(),
+        );
         exports.push((export_name, export));
     }
     let spec = LaunchSpec {
@@ -302,7 +319,11 @@ pub async fn start(
         disks: Vec::new(),
         start_secs: started.elapsed().as_secs_f64(),
     };
-    tracing::info!("{} started instant recovery {name} of {} point {point_id}", caller.name, req.vm);
+    tracing::info!(
+        "{} started instant recovery {name} of {} point {point_id}",
+        caller.name,
+        req.vm
+    );
     if let Ok(mut r) = ir.running.lock() {
         r.insert(
             name,
@@ -334,7 +355,12 @@ fn find(state: &AppState, name: &str) -> ApiResult<InstantInfo> {
 }
 
 /// Waits for block job `job` to send `event` (or to fail).
-async fn wait_job(qmp: &Qmp, events: &mut tokio::sync::broadcast::Receiver<cairn_qemu::qmp::QmpEvent>, job: &str, event: &str) -> Result<(), String> {
+async fn wait_job(
+    qmp: &Qmp,
+    events: &mut tokio::sync::broadcast::Receiver<cairn_qemu::qmp::QmpEvent>,
+    job: &str,
+    event: &str,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + MIGRATION_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -379,7 +405,10 @@ pub async fn migrate(
     caller.require(Role::RestoreOperator)?;
     let info = find(&state, &name)?;
     if info.state != InstantState::Running {
-        return Err(ApiError::conflict(format!("instant recovery {name} is {:?}, not running", info.state)));
+        return Err(ApiError::conflict(format!(
+            "instant recovery {name} is {:?}, not running",
+            info.state
+        )));
     }
     if req.to.len() != info.exports.len() {
         return Err(ApiError::invalid(format!(
@@ -391,10 +420,16 @@ pub async fn migrate(
     let targets: Vec<PathBuf> = req.to.iter().map(PathBuf::from).collect();
     for t in &targets {
         if !t.is_absolute() {
-            return Err(ApiError::invalid(format!("to {:?}: give an absolute path", t.display())));
+            return Err(ApiError::invalid(format!(
+                "to {:?}: give an absolute path",
+                t.display()
+            )));
         }
         if t.symlink_metadata().is_ok() {
-            return Err(ApiError::conflict(format!("{} already exists: migrations never overwrite", t.display())));
+            return Err(ApiError::conflict(format!(
+                "{} already exists: migrations never overwrite",
+                t.display()
+            )));
         }
         if !t.parent().is_some_and(|p| p.is_dir()) {
             return Err(ApiError::invalid(format!("{}: its folder does not exist", t.display())));
@@ -430,7 +465,11 @@ async fn run_migration(info: &InstantInfo, targets: &[PathBuf]) -> Result<(), St
         .map_err(|e| format!("QMP socket {}: {e}", info.qmp))?;
     let disks = cairn_qemu::disks::list_disks(&qmp).await.map_err(|e| e.to_string())?;
     if disks.len() != targets.len() {
-        return Err(format!("the VM has {} disks, {} targets given", disks.len(), targets.len()));
+        return Err(format!(
+            "the VM has {} disks, {} targets given",
+            disks.len(),
+            targets.len()
+        ));
     }
     for (i, (target, disk)) in targets.iter().zip(&disks).enumerate() {
         let (source, size) = (disk.node.clone(), disk.virtual_size);

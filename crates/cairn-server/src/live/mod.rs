@@ -33,8 +33,12 @@ pub struct QemuLocation {
 impl QemuLocation {
     /// The location of `host`, or why it is not a qemu location.
     pub fn of(host: &Host) -> Result<QemuLocation, String> {
-        serde_json::from_str(&host.location)
-            .map_err(|e| format!("host {}: its location {:?} is not a qemu location: {e}", host.name, host.location))
+        serde_json::from_str(&host.location).map_err(|e| {
+            format!(
+                "host {}: its location {:?} is not a qemu location: {e}",
+                host.name, host.location
+            )
+        })
     }
 
     /// The JSON stored as the host's location.
@@ -86,7 +90,10 @@ impl QemuLocation {
 /// Checks a qemu host's QMP path when it is added: a socket or a folder, absolute.
 pub fn check_qmp_path(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
-        return Err(format!("{}: give an absolute path on the server's machine", path.display()));
+        return Err(format!(
+            "{}: give an absolute path on the server's machine",
+            path.display()
+        ));
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     use std::os::unix::fs::FileTypeExt;

@@ -213,7 +213,9 @@ pub async fn restore_vm(
             .ok_or_else(|| ApiError::not_found(format!("host {} has no VM named {orig_vm:?} to replace", host.name)))?;
         let qmp = PathBuf::from(&vm.external_id);
         let paths: Vec<PathBuf> = config.disks.iter().map(|d| PathBuf::from(&d.file)).collect();
-        let qga = location.agent_for(&qmp).or_else(|| config.guest_agent.then(|| qmp.with_extension("qga")));
+        let qga = location
+            .agent_for(&qmp)
+            .or_else(|| config.guest_agent.then(|| qmp.with_extension("qga")));
         (vm.name, paths, qmp, qga)
     } else {
         let name = req.name.clone().unwrap_or_else(|| format!("{orig_vm}-restored"));
@@ -274,9 +276,17 @@ pub async fn restore_vm(
             logical_sector: None,
             block_size: None,
         };
-        if let Err(e) =
-            crate::api::restore::restore_disk(&state, &caller.name, &row, &req.vm, &point_id, i as u32, tmp.clone(), target)
-                .await
+        if let Err(e) = crate::api::restore::restore_disk(
+            &state,
+            &caller.name,
+            &row,
+            &req.vm,
+            &point_id,
+            i as u32,
+            tmp.clone(),
+            target,
+        )
+        .await
         {
             for w in &written {
                 let _ = std::fs::remove_file(w);
@@ -287,9 +297,8 @@ pub async fn restore_vm(
     }
     if req.replace_original {
         for (tmp, path) in written.iter().zip(&disk_paths) {
-            std::fs::rename(tmp, path).map_err(|e| {
-                ApiError::internal(format!("replacing {} with the restored disk", path.display()), e)
-            })?;
+            std::fs::rename(tmp, path)
+                .map_err(|e| ApiError::internal(format!("replacing {} with the restored disk", path.display()), e))?;
         }
     }
 
@@ -328,7 +337,10 @@ pub async fn restore_vm(
     if location.is_folder() {
         // The new VM's socket is in the host's folder: record it in the inventory.
         if let Ok(vms) = super::discover(&location).await {
-            let _ = state.db.sync_host_inventory(host.id, &vms, jiff::Timestamp::now()).await;
+            let _ = state
+                .db
+                .sync_host_inventory(host.id, &vms, jiff::Timestamp::now())
+                .await;
         }
     }
     Ok(Json(VmRestoreResult {

@@ -114,8 +114,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
             .first()
             .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
             .unwrap_or_else(std::env::temp_dir);
-        match crate::live::backup::start(&unit, &repo, shared.repository.id, &shared.settings.guest, &work_dir).await
-        {
+        match crate::live::backup::start(&unit, &repo, shared.repository.id, &shared.settings.guest, &work_dir).await {
             Ok(l) => {
                 log_lines(&shared, &tasks, &l.lines).await;
                 live = Some(l);
