@@ -18,8 +18,9 @@ use cairn_repo::{ChainReader, RepoError, Repository};
 
 use crate::Result;
 
-/// Decoded blocks kept in memory per disk.
-const CACHE_BLOCKS: usize = 16;
+/// Memory for decoded blocks per disk: a booting VM reads small pieces all over
+/// its disk, and each miss decodes a whole block.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// One disk of one restore point, readable at any offset.
 pub struct PointDisk {
@@ -28,6 +29,7 @@ pub struct PointDisk {
     name: String,
     sectors: SectorSizes,
     cache: Mutex<VecDeque<(u64, std::sync::Arc<Vec<u8>>)>>,
+    cache_blocks: usize,
     decoded: AtomicU64,
 }
 
@@ -53,12 +55,14 @@ impl PointDisk {
                 physical: d.physical_sector,
             })
             .unwrap_or_default();
+        let cache_blocks = (CACHE_BYTES / map.block_size.max(1) as usize).max(4);
         Ok(PointDisk {
             chain,
             map,
             name: format!("{vm} point {} disk {disk}", p.id),
             sectors,
-            cache: Mutex::new(VecDeque::with_capacity(CACHE_BLOCKS)),
+            cache_blocks,
+            cache: Mutex::new(VecDeque::new()),
             decoded: AtomicU64::new(0),
         })
     }
@@ -101,7 +105,7 @@ impl PointDisk {
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let data = std::sync::Arc::new(out);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() == CACHE_BLOCKS {
+            if cache.len() >= self.cache_blocks {
                 cache.pop_front();
             }
             cache.push_back((block, data.clone()));
