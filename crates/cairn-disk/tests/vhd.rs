@@ -21,18 +21,61 @@ use common::{path_str, qemu_img, require, run};
 
 // ---------------------------------------------------------------- helpers
 
+/// The major version of the installed qemu-img.
+fn qemu_major() -> u32 {
+    let v = qemu_img(&["--version"]);
+    v.split_whitespace()
+        .nth(2)
+        .and_then(|x| x.split('.').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {v:?}"))
+}
+
+/// How qemu-img is to open `img` as VHD: `-f vpc FILE`, or, for a creator that QEMU
+/// before 10.0 sized by its CHS geometry although it is not Virtual PC or QEMU
+/// (cairn's own "crn " among them), with `force_size_calc=current_size` — the rule
+/// QEMU 10.0, Hyper-V and cairn follow (see `Footer::virtual_size`).
+fn vpc_args(img: &Path) -> Vec<String> {
+    let bytes = std::fs::read(img).unwrap();
+    let footer = &bytes[bytes.len() - 512..];
+    let creator = &footer[28..32];
+    let old_rule_uses_chs = ![&b"win "[..], b"qem2", b"d2v ", b"CTXS", b"tap\0"].contains(&creator);
+    let qemu_rule_uses_chs = [&b"vpc "[..], b"qemu"].contains(&creator);
+    if qemu_major() < 10 && old_rule_uses_chs && !qemu_rule_uses_chs {
+        vec![
+            "--image-opts".into(),
+            format!("driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}", path_str(img)),
+        ]
+    } else {
+        vec!["-f".into(), "vpc".into(), path_str(img).into()]
+    }
+}
+
 /// `qemu-img convert -f vpc -O raw` (naming the format: qemu probes a fixed VHD as raw).
 fn vpc_to_raw(img: &Path, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{}.qemu.raw", img.file_name().unwrap().to_string_lossy()));
     let _ = std::fs::remove_file(&out);
-    qemu_img(&["convert", "-U", "-f", "vpc", "-O", "raw", path_str(img), path_str(&out)]);
+    let mut args: Vec<String> = vec!["convert".into(), "-U".into()];
+    args.extend(vpc_args(img));
+    args.extend(["-O".into(), "raw".into(), path_str(&out).into()]);
+    qemu_img(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    out
+}
+
+/// `qemu-img compare` of a VHD (as [`vpc_args`] opens it) with a raw file.
+fn compare_raw(img: &Path, raw: &Path, dir: &Path) -> String {
+    let converted = vpc_to_raw(img, dir);
+    let out = qemu_img(&["compare", "-f", "raw", "-F", "raw", path_str(&converted), path_str(raw)]);
+    let _ = std::fs::remove_file(converted);
     out
 }
 
 /// Virtual size by `qemu-img info -f vpc` (the text form: in the JSON form the
 /// child node's size comes first).
 fn qemu_vpc_size(img: &Path) -> u64 {
-    let info = qemu_img(&["info", "-U", "-f", "vpc", path_str(img)]);
+    let mut args: Vec<String> = vec!["info".into(), "-U".into()];
+    args.extend(vpc_args(img));
+    let info = qemu_img(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let line = info
         .lines()
         .find(|l| l.starts_with("virtual size:"))
@@ -408,7 +451,7 @@ fn writer_output_passes_qemu_and_libvhdi_from_two_threads() {
             "qemu-img check: {said}"
         );
         assert_eq!(qemu_vpc_size(&out), rounded);
-        let cmp = qemu_img(&["compare", "-f", "vpc", "-F", "raw", path_str(&out), path_str(&src)]);
+        let cmp = compare_raw(&out, &src, dir.path());
         assert!(cmp.contains("identical"), "{cmp}");
         let info = Command::new("vhdiinfo").arg(&out).output().unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
