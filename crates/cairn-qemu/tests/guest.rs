@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_qemu::disks::list_disks;
+use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qga::FreezeStatus;
 use cairn_qemu::quiesce::{ConsistencyMode, ConsistencyPolicy, snapshot};
 use cairn_qemu::view::{self, DiskRequest, ViewRequest};
@@ -20,12 +21,25 @@ use serde_json::json;
 
 const GIB: u64 = 1 << 30;
 
+/// One guest at a time: two TCG guests on a small machine slow each other down.
+static GUESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A guest writer: appends to a file in a loop (until /root/ticker.stop exists) and logs the
 /// guest's uptime around each write (shell builtins only, no forks in the loop), so a write
 /// blocked by a freeze shows as a step in the logged uptimes.
 const WRITER: &str = "i=0; while [ $i -lt 200000 ] && [ ! -e /root/ticker.stop ]; do \
     read t0 rest < /proc/uptime; echo $i >> /root/ticker.data; read t1 rest < /proc/uptime; \
     echo \"$t0 $t1\" >> /root/ticker.log; i=$((i+1)); done";
+
+/// A child process killed (and reaped) when dropped, also when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn mtime(path: &Path) -> SystemTime {
     std::fs::metadata(path)
@@ -75,6 +89,7 @@ fn guest_image_is_cached_qcow2_v3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_agent_freeze_and_online_snapshot() {
+    let _one_guest = GUESTS.lock().await;
     require_tool("qemu-img", "qemu-utils");
     require_tool("sha256sum", "coreutils");
     let image = guest_image();
@@ -302,4 +317,70 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
     let fsck = e2fsck_image(&overlay, &scratch);
     assert!(fsck.is_ok(), "the guest's disk is not clean after shutdown: {fsck:?}");
     assert_eq!(mtime(&image), image_mtime, "the cached image was modified");
+}
+
+/// The guest boots from an NBD export (as instant recovery does; qemu-nbd serves a qcow2
+/// overlay here) and reaches its agent; its writes land in the exported image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_boots_from_an_nbd_export() {
+    let _one_guest = GUESTS.lock().await;
+    require_tool("qemu-nbd", "qemu-utils");
+    let image = guest_image();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let overlay = dir.join("served.qcow2");
+    create_overlay(&image, &overlay);
+    let socket = dir.join("nbd.sock");
+    let mut server = KillOnDrop(
+        std::process::Command::new("qemu-nbd")
+            .args([
+                "--persistent",
+                "--format=qcow2",
+                "--export-name=guest",
+                "--cache=writeback",
+            ])
+            .arg(format!("--socket={}", socket.display()))
+            .arg(&overlay)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting qemu-nbd"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(server.0.try_wait().unwrap().is_none(), "qemu-nbd exited at start");
+        assert!(
+            Instant::now() < deadline,
+            "qemu-nbd did not create {}",
+            socket.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drive = format!("file=nbd+unix:///guest?socket={},format=raw", socket.display());
+    // Started the way a cairn restore starts a VM (QEMU first, then someone attaches to it).
+    let vm = dir.join("vm");
+    std::fs::create_dir_all(&vm).unwrap();
+    let (qmp_socket, qga_socket, serial) = (vm.join("qmp.sock"), vm.join("qga.sock"), vm.join("serial.log"));
+    let started = Instant::now();
+    let args = guest_args(&drive, &qmp_socket, &qga_socket, &serial, &[]);
+    let mut process = QemuProcess::spawn(&args, &qmp_socket, Duration::from_secs(60))
+        .await
+        .expect("starting QEMU");
+    let mut guest = Guest::attach(&vm, &qmp_socket, &qga_socket, &serial).await;
+    eprintln!(
+        "boot from NBD to first guest-ping: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(guest.is_running());
+    let sum = guest.write_random_file("/root/over-nbd.bin", 4 << 20).await;
+    guest.assert_fs_clean().await;
+    guest.shutdown().await;
+    assert!(
+        process.wait_exit(Duration::from_secs(30)).await,
+        "QEMU still runs after the shutdown"
+    );
+    drop(server);
+    let raw = to_raw(overlay.to_str().unwrap(), dir);
+    assert!(e2fsck_raw(&raw).is_ok(), "{:?}", e2fsck_raw(&raw));
+    let data = read_file_from_raw(&raw, "/root/over-nbd.bin", dir).expect("file written over NBD");
+    assert_eq!(sha256_hex(&data), sum);
 }

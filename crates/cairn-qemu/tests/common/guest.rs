@@ -271,34 +271,48 @@ pub async fn wait_for_agent(
     serial_log: &Path,
     timeout: Duration,
 ) -> GuestAgent {
+    wait_agent(qga_socket, Some(process), serial_log, timeout).await
+}
+
+/// Like [`wait_for_agent`] for a VM this test did not start (no process to watch).
+pub async fn wait_for_agent_attached(qga_socket: &Path, serial_log: &Path, timeout: Duration) -> GuestAgent {
+    wait_agent(qga_socket, None, serial_log, timeout).await
+}
+
+async fn wait_agent(
+    qga_socket: &Path,
+    mut process: Option<&mut QemuProcess>,
+    serial_log: &Path,
+    timeout: Duration,
+) -> GuestAgent {
     let started = Instant::now();
-    let fail = |process: &QemuProcess, what: String| -> ! {
+    let fail = |process: &Option<&mut QemuProcess>, what: String| -> ! {
         panic!(
             "{what}\n--- serial log {} (last 40 lines) ---\n{}\n--- QEMU stderr ---\n{}",
             serial_log.display(),
             serial_tail(serial_log, 40),
-            process.stderr_tail()
+            process.as_ref().map(|p| p.stderr_tail()).unwrap_or_default()
         )
     };
     let agent = match GuestAgent::open(qga_socket, AGENT_TIMEOUT).await {
         Ok(agent) => agent,
-        Err(e) => fail(process, format!("opening the guest agent socket: {e}")),
+        Err(e) => fail(&process, format!("opening the guest agent socket: {e}")),
     };
     let mut last_error = String::from("no answer yet");
     loop {
-        if !process.is_running() {
-            fail(
-                process,
-                format!(
-                    "QEMU (pid {}) ended before the guest agent answered ({last_error})",
-                    process.pid()
-                ),
+        if let Some(p) = process.as_deref_mut()
+            && !p.is_running()
+        {
+            let what = format!(
+                "QEMU (pid {}) ended before the guest agent answered ({last_error})",
+                p.pid()
             );
+            fail(&process, what);
         }
         let elapsed = started.elapsed();
         if elapsed >= timeout {
             fail(
-                process,
+                &process,
                 format!("the guest agent did not answer within {timeout:?} ({last_error})"),
             );
         }
@@ -331,8 +345,8 @@ pub struct Guest {
     pub serial_log: PathBuf,
     /// QEMU's arguments (after `qemu-system-x86_64`).
     pub args: Vec<String>,
-    /// The QEMU process.
-    pub process: QemuProcess,
+    /// The QEMU process, when the test started it (`None` after [`Guest::attach`]).
+    pub process: Option<QemuProcess>,
     /// A QMP connection (QEMU takes one client per socket: share this one).
     pub qmp: Qmp,
     /// From starting QEMU to the first successful `guest-ping`.
@@ -402,11 +416,58 @@ impl Guest {
             qga_socket: qga_socket.to_owned(),
             serial_log: serial_log.to_owned(),
             args,
-            process,
+            process: Some(process),
             qmp,
             boot_time,
             agent,
         }
+    }
+
+    /// Takes over a guest QEMU that something else started (e.g. cairn restoring a VM):
+    /// connects to its QMP socket, waits for its agent within [`boot_timeout`]. `serial_log`
+    /// is only read for error messages. Dropping the result leaves QEMU running;
+    /// [`Guest::shutdown`] waits until QEMU closes its QMP socket.
+    pub async fn attach(dir: &Path, qmp_socket: &Path, qga_socket: &Path, serial_log: &Path) -> Guest {
+        let started = Instant::now();
+        let qmp = Qmp::connect(qmp_socket, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("connecting QMP {}: {e}", qmp_socket.display()));
+        let agent = wait_for_agent_attached(qga_socket, serial_log, boot_timeout()).await;
+        Guest {
+            dir: dir.to_owned(),
+            disk: None,
+            qmp_socket: qmp_socket.to_owned(),
+            qga_socket: qga_socket.to_owned(),
+            serial_log: serial_log.to_owned(),
+            args: Vec::new(),
+            process: None,
+            qmp,
+            boot_time: started.elapsed(),
+            agent,
+        }
+    }
+
+    /// True while QEMU runs (its process, or for an attached guest its QMP connection).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Some(p) => p.is_running(),
+            None => !self.qmp.is_closed(),
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit; true when it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        if let Some(p) = &mut self.process {
+            return p.wait_exit(timeout).await;
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.qmp.is_closed() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     /// The guest agent (clones share the connection).
@@ -602,14 +663,14 @@ impl Guest {
         loop {
             match self.agent.shutdown().await {
                 Ok(()) => {
-                    if self.process.wait_exit(Duration::from_secs(30)).await {
+                    if self.wait_exit(Duration::from_secs(30)).await {
                         break;
                     }
                     attempts.push("no exit within 30 s".to_owned());
                 }
                 Err(e) => {
                     attempts.push(e.to_string());
-                    if !self.process.is_running() {
+                    if !self.is_running() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -627,12 +688,20 @@ impl Guest {
         started.elapsed()
     }
 
-    /// Kills QEMU (SIGKILL, as a host crash would) and waits until it is gone.
+    /// Ends QEMU at once, as a power cut would (the guest gets no chance to flush): SIGKILL
+    /// for a guest this test started, QMP `quit` for an attached one. Waits until it is gone.
     pub async fn kill(mut self) {
-        self.process
-            .kill()
-            .await
-            .unwrap_or_else(|e| panic!("killing the guest: {e}"));
+        match &mut self.process {
+            Some(p) => p.kill().await.unwrap_or_else(|e| panic!("killing the guest: {e}")),
+            None => {
+                // QEMU may close the connection before answering.
+                let _ = self.qmp.quit().await;
+                assert!(
+                    self.wait_exit(Duration::from_secs(30)).await,
+                    "QEMU did not quit within 30 s"
+                );
+            }
+        }
     }
 }
 
