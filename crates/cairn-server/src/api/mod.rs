@@ -260,6 +260,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 41);
+        assert_eq!(operations, 46);
     }
 }
