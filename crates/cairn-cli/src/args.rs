@@ -96,6 +96,8 @@ pub enum Command {
     /// Inspect and stop sessions (runs of jobs).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Run an agent (data mover) on this host, or manage the server's agents.
+    Agent(AgentArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -847,4 +849,76 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(45));
         assert!(parse_duration("soon").is_err());
     }
+}
+
+/// `cairn agent …`: without a subcommand, the same as `cairn agent run`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create a one-time enrolment token for a new agent (administrator).
+    Token {
+        /// Roles the agent gets: proxy, repository, gateway (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true, value_parser = ["proxy", "repository", "gateway"])]
+        roles: Vec<String>,
+        /// How long the token stays valid: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
+        expires: u64,
+    },
+    /// List the server's agents with their state (online, offline, revoked).
+    List,
+    /// Revoke an agent: the server refuses its certificate from now on.
+    Revoke {
+        /// Agent name.
+        name: String,
+    },
+    /// Run the agent: enrol on first start, then send heartbeats over mutual TLS.
+    Run(AgentRunArgs),
+}
+
+/// Options of the agent process (`--server` and `--ca-cert` are the global flags).
+#[derive(Args, Debug, Clone)]
+pub struct AgentRunArgs {
+    /// The agent's data folder: its key, certificate and the server's CA (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// One-time enrolment token from `cairn agent token` (first start only).
+    #[arg(long, env = "CAIRN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Agent name at enrolment (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Tasks this agent runs at once (default: the number of CPU cores).
+    #[arg(long, value_name = "N")]
+    pub max_tasks: Option<u32>,
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d` as seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let factor = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("{s:?}: use a number with s, m, h or d (e.g. 1h)")),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: use a number with s, m, h or d (e.g. 1h)"))?;
+    n.checked_mul(factor)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?}: out of range"))
 }

@@ -10,6 +10,7 @@
 //! Exit codes of server commands: 0 done, 1 the server refused or failed,
 //! 2 usage or login problems, 3 a followed session was stopped.
 
+mod agent;
 mod args;
 mod client;
 mod commands;

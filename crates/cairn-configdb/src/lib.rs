@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod agents;
 mod db;
 mod error;
 mod inventory;
@@ -28,6 +29,10 @@ mod jobs;
 mod sessions;
 mod users;
 
+pub use agents::{
+    Agent, AgentRole, AgentStatus, EnrolRefusal, EnrolmentToken, IssuedCertificate, NewAgent, NewEnrolmentToken,
+    roles_from_text, roles_to_text,
+};
 pub use db::{Backend, ConfigDb};
 pub use error::{Error, Result};
 pub use inventory::{

@@ -8,6 +8,7 @@
 //! - [`bootstrap`]: the data folder on first start (CA and certificate, configuration database,
 //!   first administrator, default repository and proxy);
 //! - [`tls`]: the server's own certificate authority and serving certificate;
+//! - [`agent_tls`]: mutual TLS with agents (client certificates, pinning by fingerprint);
 //! - [`auth`]: passwords (Argon2id), login and API tokens, roles;
 //! - [`secrets`]: repository passwords kept in the data folder;
 //! - [`api`]: the HTTP routes and the OpenAPI document;
@@ -17,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent_tls;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;

@@ -185,7 +185,10 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
-    let tls = RustlsConfig::from_config(prepared.tls.server_config.clone());
+    // Client certificates are asked for (agents), not required (users, browsers).
+    let tls = RustlsConfig::from_config(
+        crate::agent_tls::listener_config(&prepared.tls).context("preparing mutual TLS for agents")?,
+    );
     let app = crate::api::router(state.clone());
     // TCP_NODELAY: without it a response written in two pieces waits for the client's delayed
     // ACK (40 ms on Linux), which dominated API latency.

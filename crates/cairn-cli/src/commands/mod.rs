@@ -1,5 +1,6 @@
 //! One module per command; [`run`] dispatches.
 
+mod agent;
 mod backup;
 mod disk;
 mod hosts;
@@ -61,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Settings(a) => repositories::settings(g, a),
         Command::Job(c) => jobs::jobs(g, c),
         Command::Session(c) => sessions::sessions(g, c),
+        Command::Agent(a) => agent::run(g, a),
     }
 }
 
@@ -88,7 +90,8 @@ pub fn is_remote(command: &Command) -> bool {
         | Command::Proxy(_)
         | Command::Settings(_)
         | Command::Job(_)
-        | Command::Session(_) => true,
+        | Command::Session(_)
+        | Command::Agent(_) => true,
     }
 }
 

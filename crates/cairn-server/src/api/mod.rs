@@ -7,8 +7,9 @@
 //!
 //! Areas, one module each: [`auth`] (login, tokens), [`users`], [`inventory`] (hosts, VMs),
 //! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
-//! (sessions, tasks, task logs), [`restore`].
+//! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, revocation).
 
+pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod inventory;
@@ -129,6 +130,7 @@ impl Modify for BearerAuth {
         crate::live::instant::list,
         crate::live::instant::migrate,
         crate::live::instant::stop,
+        agents::create_token, agents::enroll, agents::heartbeat, agents::list_agents, agents::revoke_agent,
     ),
     tags(
         (name = "auth", description = "Login, logout and API tokens"),
@@ -138,6 +140,7 @@ impl Modify for BearerAuth {
         (name = "jobs", description = "Backup jobs"),
         (name = "sessions", description = "Job runs, their tasks and logs"),
         (name = "restore", description = "Restores"),
+        (name = "agents", description = "Agents (data movers): enrolment, heartbeats, revocation"),
         (name = "misc", description = "Health and this document"),
     )
 )]
@@ -204,6 +207,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/instant-recoveries/{name}/migrate",
             post(crate::live::instant::migrate),
         )
+        .route("/api/v1/agents", get(agents::list_agents))
+        .route("/api/v1/agents/tokens", post(agents::create_token))
+        .route("/api/v1/agents/enroll", post(agents::enroll))
+        .route("/api/v1/agents/heartbeat", post(agents::heartbeat))
+        .route("/api/v1/agents/{id}", delete(agents::revoke_agent))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -241,7 +249,12 @@ mod tests {
                 operations += 1;
                 let open = matches!(
                     (method.as_str(), path.as_str()),
-                    ("get", "/api/v1/health") | ("get", "/api/openapi.json") | ("post", "/api/v1/auth/login")
+                    ("get", "/api/v1/health")
+                        | ("get", "/api/openapi.json")
+                        | ("post", "/api/v1/auth/login")
+                        // Agents: the enrolment token in the body, then the client certificate.
+                        | ("post", "/api/v1/agents/enroll")
+                        | ("post", "/api/v1/agents/heartbeat")
                 );
                 if open {
                     assert_eq!(op["security"], serde_json::json!([{}]), "{method} {path}");
@@ -260,6 +273,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 46);
+        assert_eq!(operations, 51);
     }
 }

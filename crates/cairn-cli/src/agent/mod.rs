@@ -1,0 +1,365 @@
+//! The agent process (`cairn agent run`): enrolment, then heartbeats over mutual TLS.
+//!
+//! First start (no identity in the data folder): a new ECDSA P-256 key and a certificate signing
+//! request are made, and sent with the one-time token to `POST /api/v1/agents/enroll` over TLS
+//! that trusts only the CA given with `--ca-cert` (the server's `DATA/ca.pem`). The answer's
+//! certificate and CA are stored next to the key. Later starts reuse them and need no token.
+//!
+//! Files in the data folder (mode 0700; files 0600):
+//!
+//! | file | content |
+//! |------|---------|
+//! | `agent-key.pem` | the agent's private key (never leaves the host) |
+//! | `agent.pem` | its client certificate from the server's CA |
+//! | `ca.pem` | the server's CA: the only root the agent trusts (pinned) |
+//! | `agent.json` | server URL, agent id and name, certificate fingerprint |
+//!
+//! Then every [`HEARTBEAT_INTERVAL_SECS`] seconds the agent posts its version, task slots and free
+//! space to `POST /api/v1/agents/heartbeat`, presenting its certificate. A 401/403 answer (revoked,
+//! unknown certificate) ends the process with an error naming the cause; network failures are
+//! logged and retried. SIGTERM or SIGINT end it cleanly.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_server::api::agents::HEARTBEAT_INTERVAL_SECS;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::args::{AgentRunArgs, Global};
+use crate::client::{normalize_url, read_ca_file, usage};
+
+const KEY_FILE: &str = "agent-key.pem";
+const CERT_FILE: &str = "agent.pem";
+const CA_FILE: &str = "ca.pem";
+const STATE_FILE: &str = "agent.json";
+/// How long one request to the server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the agent remembers about its enrolment (`agent.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Enrolment {
+    /// Base URL of the server.
+    server: String,
+    /// Agent id on that server.
+    agent_id: i64,
+    /// Agent name.
+    name: String,
+    /// SHA-256 of `agent.pem` as the server pins it.
+    cert_fingerprint: String,
+}
+
+/// The agent's identity as loaded from its data folder.
+struct Identity {
+    enrolment: Enrolment,
+    key_pem: String,
+    cert_pem: String,
+    ca_pem: String,
+}
+
+/// Runs the agent until it is stopped or refused.
+pub fn run(g: &Global, a: &AgentRunArgs) -> anyhow::Result<ExitCode> {
+    let Some(dir) = &a.data else {
+        return Err(usage!(
+            "give the agent's data folder with --data DIR (e.g. --data /var/lib/cairn-agent)"
+        ));
+    };
+    prepare_dir(dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .thread_name("cairn-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let identity = match load_identity(dir)? {
+            Some(identity) => {
+                if let Some(server) = &g.server {
+                    let server = normalize_url(server)?;
+                    if server != identity.enrolment.server {
+                        return Err(usage!(
+                            "{} holds the identity of agent {} of {}, not of {server}: use another --data folder \
+                             to enrol with another server",
+                            dir.display(),
+                            identity.enrolment.name,
+                            identity.enrolment.server
+                        ));
+                    }
+                }
+                eprintln!(
+                    "cairn agent: {} (id {}) of {}, identity from {}",
+                    identity.enrolment.name,
+                    identity.enrolment.agent_id,
+                    identity.enrolment.server,
+                    dir.display()
+                );
+                identity
+            }
+            None => enrol(g, a, dir).await?,
+        };
+        heartbeats(&identity, a, dir).await
+    })
+}
+
+/// Creates the data folder (0700) or makes it private.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the agent's data folder {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// The stored identity, `None` before the first enrolment. Half an identity is an error.
+fn load_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
+    let files = [STATE_FILE, KEY_FILE, CERT_FILE, CA_FILE];
+    let present: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    if present.len() != files.len() {
+        let missing: Vec<&str> = files.iter().copied().filter(|f| !present.contains(f)).collect();
+        bail!(
+            "{} holds part of an agent identity ({} missing): restore the folder from a backup, or empty it \
+             and enrol again with a new token",
+            dir.display(),
+            missing.join(", ")
+        );
+    }
+    let read = |f: &str| fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    let enrolment: Enrolment = serde_json::from_str(&read(STATE_FILE)?)
+        .with_context(|| format!("{} is damaged", dir.join(STATE_FILE).display()))?;
+    Ok(Some(Identity {
+        enrolment,
+        key_pem: read(KEY_FILE)?,
+        cert_pem: read(CERT_FILE)?,
+        ca_pem: read(CA_FILE)?,
+    }))
+}
+
+/// First start: key, CSR, enrolment with the token, files stored.
+async fn enrol(g: &Global, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<Identity> {
+    let Some(server) = &g.server else {
+        return Err(usage!(
+            "{} holds no agent identity yet: enrol with --server URL --token TOKEN --ca-cert FILE",
+            dir.display()
+        ));
+    };
+    let server = normalize_url(server)?;
+    let Some(token) = a.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+        return Err(usage!(
+            "{} holds no agent identity yet: the first start needs a one-time token \
+             (`cairn agent token --roles …` on the server) with --token",
+            dir.display()
+        ));
+    };
+    let Some(ca_path) = &g.ca_cert else {
+        return Err(usage!(
+            "the first start needs --ca-cert FILE: a copy of the server's DATA/ca.pem, the only CA the agent \
+             will trust"
+        ));
+    };
+    let ca_pem = read_ca_file(ca_path)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => default_name(),
+    };
+    let (key_pem, csr_pem) = cairn_server::agent_tls::new_key_and_csr(&name)?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())?)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("setting up the HTTPS client")?;
+    let body = json!({
+        "token": token,
+        "name": name,
+        "csr_pem": csr_pem,
+        "version": env!("CARGO_PKG_VERSION"),
+        "max_tasks": max_tasks(a),
+        "free_bytes": free_bytes(dir),
+    });
+    let url = format!("{server}/api/v1/agents/enroll");
+    let resp = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server {server} to enrol"))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = answer["error"].as_str().unwrap_or("no explanation");
+        bail!("the server {server} refused the enrolment of agent {name} ({status}): {msg}");
+    }
+    let field = |k: &str| {
+        answer[k]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the enrolment answer has no {k}"))
+    };
+    let cert_pem = field("certificate_pem")?;
+    let server_ca = field("ca_pem")?;
+    if server_ca.trim() != ca_pem.trim() {
+        bail!(
+            "the server {server} answered with a CA other than {}: refusing to pin it",
+            ca_path.display()
+        );
+    }
+    let enrolment = Enrolment {
+        server,
+        agent_id: answer["agent_id"]
+            .as_i64()
+            .context("the enrolment answer has no agent_id")?,
+        name: field("name")?,
+        cert_fingerprint: field("cert_fingerprint")?,
+    };
+    // The key first: a certificate without its key would be useless.
+    write_private(&dir.join(KEY_FILE), key_pem.as_bytes())?;
+    write_private(&dir.join(CERT_FILE), cert_pem.as_bytes())?;
+    write_private(&dir.join(CA_FILE), ca_pem.as_bytes())?;
+    write_private(
+        &dir.join(STATE_FILE),
+        serde_json::to_string_pretty(&enrolment)?.as_bytes(),
+    )?;
+    eprintln!(
+        "cairn agent: enrolled as {} (id {}) with {}; identity stored in {}",
+        enrolment.name,
+        enrolment.agent_id,
+        enrolment.server,
+        dir.display()
+    );
+    Ok(Identity {
+        enrolment,
+        key_pem,
+        cert_pem,
+        ca_pem,
+    })
+}
+
+/// Heartbeats until a signal or a refusal.
+async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<ExitCode> {
+    let e = &identity.enrolment;
+    let client_identity = reqwest::Identity::from_pem(format!("{}{}", identity.cert_pem, identity.key_pem).as_bytes())
+        .context("the agent's key or certificate in the data folder is not usable")?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(identity.ca_pem.as_bytes())?)
+        .identity(client_identity)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("setting up the mutual TLS client")?;
+    let url = format!("{}/api/v1/agents/heartbeat", e.server);
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interval = tokio::time::interval(Duration::from_secs(HEARTBEAT_INTERVAL_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                eprintln!("cairn agent: {} stopping (SIGTERM)", e.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("cairn agent: {} stopping (SIGINT)", e.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = interval.tick() => {}
+        }
+        let body = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "max_tasks": max_tasks(a),
+            "free_bytes": free_bytes(dir),
+        });
+        match http.post(&url).json(&body).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                if !connected {
+                    eprintln!("cairn agent: {} connected to {} (mutual TLS)", e.name, e.server);
+                    connected = true;
+                }
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let answer: Value = resp.json().await.unwrap_or(Value::Null);
+                let msg = answer["error"].as_str().unwrap_or("no explanation").to_owned();
+                if status.as_u16() == 401 || status.as_u16() == 403 {
+                    bail!("the server {} refused agent {} ({status}): {msg}", e.server, e.name);
+                }
+                eprintln!("cairn agent: heartbeat refused ({status}): {msg}; retrying");
+                connected = false;
+            }
+            Err(err) => {
+                eprintln!(
+                    "cairn agent: cannot reach {} ({}); retrying",
+                    e.server,
+                    error_text(&err)
+                );
+                connected = false;
+            }
+        }
+    }
+}
+
+/// The host name as an agent name (letters, digits, `.`, `_`, `-`), else `agent`.
+fn default_name() -> String {
+    let name: String = cairn_server::tls::host_name()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if name.is_empty() { "agent".into() } else { name }
+}
+
+fn max_tasks(a: &AgentRunArgs) -> u32 {
+    a.max_tasks
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+        .max(1)
+}
+
+/// Free bytes of the file system of `dir` (0 when unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Writes `bytes` to `path` (mode 0600) through a temporary file and a rename.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// An error and its sources, without repeats.
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let t = err.to_string();
+        if !out.contains(&t) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&t);
+        }
+        cur = err.source();
+    }
+    out
+}

@@ -1,0 +1,440 @@
+//! Agents: enrolment tokens, enrolment, heartbeats, the list and revocation.
+//!
+//! An administrator creates a one-time enrolment token; the agent sends it once with a
+//! certificate signing request and gets a client certificate from the server's CA (see
+//! [`crate::agent_tls`]). From then on agent routes authenticate the agent by that certificate
+//! only (no bearer token). An agent that has not sent a heartbeat for
+//! [`OFFLINE_AFTER_MISSED`] × [`HEARTBEAT_INTERVAL_SECS`] seconds is offline.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use cairn_configdb::{Agent, AgentRole, AgentStatus, EnrolRefusal, IssuedCertificate, NewAgent, NewEnrolmentToken};
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{ApiJson, ApiPath};
+use crate::agent_tls::{AgentCa, AgentIdentity, parse_csr};
+use crate::auth::{Caller, generate_token, looks_like_token, token_hash};
+use crate::state::AppState;
+
+/// Seconds between two heartbeats of an agent.
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 10;
+/// Heartbeats an agent may miss before it counts as offline.
+pub const OFFLINE_AFTER_MISSED: u64 = 3;
+/// Lifetime of an enrolment token unless the request says otherwise.
+pub const DEFAULT_TOKEN_SECS: u64 = 3600;
+/// Longest lifetime of an enrolment token.
+pub const MAX_TOKEN_SECS: u64 = 30 * 86_400;
+
+/// What an agent may do for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentRoleName {
+    /// Source data mover: reads VM disks.
+    Proxy,
+    /// Target data mover: owns a repository folder.
+    Repository,
+    /// Reaches shares and object storage for others.
+    Gateway,
+}
+
+impl From<AgentRoleName> for AgentRole {
+    fn from(r: AgentRoleName) -> AgentRole {
+        match r {
+            AgentRoleName::Proxy => AgentRole::Proxy,
+            AgentRoleName::Repository => AgentRole::Repository,
+            AgentRoleName::Gateway => AgentRole::Gateway,
+        }
+    }
+}
+
+impl From<AgentRole> for AgentRoleName {
+    fn from(r: AgentRole) -> AgentRoleName {
+        match r {
+            AgentRole::Proxy => AgentRoleName::Proxy,
+            AgentRole::Repository => AgentRoleName::Repository,
+            AgentRole::Gateway => AgentRoleName::Gateway,
+        }
+    }
+}
+
+/// Whether an agent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    /// A heartbeat arrived within the last 3 intervals.
+    Online,
+    /// No heartbeat for 3 intervals (or none yet).
+    Offline,
+    /// Revoked: its certificate is refused.
+    Revoked,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentDto {
+    /// Agent id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Roles granted at enrolment.
+    pub roles: Vec<AgentRoleName>,
+    /// Online, offline or revoked.
+    pub state: AgentState,
+    /// Software version last reported.
+    pub version: String,
+    /// Task slots last reported.
+    pub max_tasks: i64,
+    /// Free bytes last reported.
+    pub free_bytes: i64,
+    /// Address last reported.
+    pub address: Option<String>,
+    /// Time of the last heartbeat.
+    pub last_seen_at: Option<Timestamp>,
+    /// SHA-256 of its client certificate (hex): the pinned identity.
+    pub cert_fingerprint: String,
+    /// End of its certificate's validity.
+    pub cert_not_after: Timestamp,
+    /// When it enrolled.
+    pub created_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// The state of `agent` at `now`.
+pub fn agent_state(agent: &Agent, now: Timestamp) -> AgentState {
+    if agent.revoked_at.is_some() {
+        return AgentState::Revoked;
+    }
+    let window = SignedDuration::from_secs((HEARTBEAT_INTERVAL_SECS * OFFLINE_AFTER_MISSED) as i64);
+    match agent.last_seen_at {
+        Some(seen) if now.duration_since(seen) <= window => AgentState::Online,
+        _ => AgentState::Offline,
+    }
+}
+
+impl AgentDto {
+    /// `agent` as seen at `now`.
+    pub fn new(agent: Agent, now: Timestamp) -> AgentDto {
+        AgentDto {
+            state: agent_state(&agent, now),
+            id: agent.id,
+            name: agent.name,
+            roles: agent.roles.into_iter().map(AgentRoleName::from).collect(),
+            version: agent.version,
+            max_tasks: agent.max_tasks,
+            free_bytes: agent.free_bytes,
+            address: agent.address,
+            last_seen_at: agent.last_seen_at,
+            cert_fingerprint: agent.cert_fingerprint,
+            cert_not_after: agent.cert_not_after,
+            created_at: agent.created_at,
+            revoked_at: agent.revoked_at,
+        }
+    }
+}
+
+/// `POST /api/v1/agents/tokens` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateEnrolmentToken {
+    /// Roles the agent enrolled with this token gets (at least one).
+    pub roles: Vec<AgentRoleName>,
+    /// Seconds until the token expires (default 3600, at most 30 days).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A new enrolment token; the secret is shown only now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrolmentTokenCreated {
+    /// The one-time secret to give to `cairn agent --token`.
+    pub token: String,
+    /// The roles it grants.
+    pub roles: Vec<AgentRoleName>,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// `POST /api/v1/agents/enroll` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnrolRequest {
+    /// The one-time enrolment token.
+    pub token: String,
+    /// Unique agent name: 1–64 letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// PEM certificate signing request; only its public key is used.
+    pub csr_pem: String,
+    /// Roles wanted (default: every role of the token; more is refused).
+    #[serde(default)]
+    pub roles: Option<Vec<AgentRoleName>>,
+    /// The agent's software version.
+    pub version: String,
+    /// Tasks it runs at once (≥ 1).
+    pub max_tasks: i64,
+    /// Free bytes where it keeps data.
+    pub free_bytes: i64,
+    /// Address the agent can be reached at.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// The enrolled agent's identity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrolResponse {
+    /// Agent id.
+    pub agent_id: i64,
+    /// Agent name (the certificate's common name).
+    pub name: String,
+    /// Roles granted.
+    pub roles: Vec<AgentRoleName>,
+    /// The agent's client certificate, PEM.
+    pub certificate_pem: String,
+    /// The server's CA certificate, PEM: the agent trusts only this from now on.
+    pub ca_pem: String,
+    /// SHA-256 of the certificate (hex), as the server pins it.
+    pub cert_fingerprint: String,
+    /// End of the certificate's validity.
+    pub cert_not_after: Timestamp,
+}
+
+/// `POST /api/v1/agents/heartbeat` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// The agent's software version.
+    pub version: String,
+    /// Tasks it runs at once (≥ 1).
+    pub max_tasks: i64,
+    /// Free bytes where it keeps data.
+    pub free_bytes: i64,
+    /// Roles it serves now (must be among those granted).
+    #[serde(default)]
+    pub roles: Option<Vec<AgentRoleName>>,
+    /// Address the agent can be reached at.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+fn check_agent_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "agent name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+fn roles(names: &[AgentRoleName]) -> Vec<AgentRole> {
+    let mut out: Vec<AgentRole> = Vec::new();
+    for r in names {
+        let r = AgentRole::from(*r);
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Creates a one-time enrolment token (administrator).
+#[utoipa::path(post, path = "/api/v1/agents/tokens", tag = "agents", request_body = CreateEnrolmentToken,
+    responses((status = 201, description = "Created; the secret is shown only now", body = EnrolmentTokenCreated),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "The caller is not an administrator", body = ErrorBody),
+        (status = 422, description = "No roles, or a lifetime out of range", body = ErrorBody)))]
+pub async fn create_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateEnrolmentToken>,
+) -> ApiResult<(StatusCode, Json<EnrolmentTokenCreated>)> {
+    caller.require_admin()?;
+    let secs = body.expires_in_secs.unwrap_or(DEFAULT_TOKEN_SECS);
+    if !(1..=MAX_TOKEN_SECS).contains(&secs) {
+        return Err(ApiError::invalid(format!(
+            "expires_in_secs {secs}: from 1 to {MAX_TOKEN_SECS} (30 days)"
+        )));
+    }
+    let wanted = roles(&body.roles);
+    if wanted.is_empty() {
+        return Err(ApiError::invalid(
+            "roles: give at least one of proxy, repository, gateway",
+        ));
+    }
+    let secret = generate_token();
+    let token = state
+        .db
+        .create_enrolment_token(&NewEnrolmentToken {
+            token_hash: token_hash(&secret),
+            roles: wanted,
+            created_by: Some(caller.user_id),
+            expires_at: Timestamp::now() + SignedDuration::from_secs(secs as i64),
+        })
+        .await?;
+    tracing::info!(
+        "user {} created agent enrolment token {} for roles {}",
+        caller.name,
+        token.id,
+        cairn_configdb::roles_to_text(&token.roles)
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrolmentTokenCreated {
+            token: secret,
+            roles: token.roles.into_iter().map(AgentRoleName::from).collect(),
+            expires_at: token.expires_at,
+        }),
+    ))
+}
+
+/// Enrols an agent: the one-time token in the body authenticates it (no bearer token); the
+/// answer holds its client certificate, signed by the server's CA, and the CA to pin.
+#[utoipa::path(post, path = "/api/v1/agents/enroll", tag = "agents", request_body = EnrolRequest, security(()),
+    responses((status = 201, description = "Enrolled", body = EnrolResponse),
+        (status = 401, description = "Unknown, expired or already used enrolment token", body = ErrorBody),
+        (status = 403, description = "The token does not grant the roles asked for", body = ErrorBody),
+        (status = 409, description = "An agent of this name exists", body = ErrorBody),
+        (status = 422, description = "Bad name, counts or certificate signing request", body = ErrorBody)))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EnrolRequest>,
+) -> ApiResult<(StatusCode, Json<EnrolResponse>)> {
+    if !looks_like_token(body.token.trim()) {
+        return Err(ApiError::unauthorized(EnrolRefusal::Unknown.to_string()));
+    }
+    check_agent_name(&body.name)?;
+    let csr = parse_csr(&body.csr_pem).map_err(ApiError::invalid)?;
+    let data_dir = state.data_dir.clone();
+    let ca = tokio::task::spawn_blocking(move || AgentCa::load(&data_dir))
+        .await?
+        .map_err(|e| ApiError::internal("the server's CA cannot be read (see the server log)", e))?;
+    let new = NewAgent {
+        name: body.name.clone(),
+        roles: body.roles.as_deref().map(roles),
+        version: body.version.clone(),
+        max_tasks: body.max_tasks,
+        free_bytes: body.free_bytes,
+        address: body.address.clone(),
+    };
+    let name = body.name.clone();
+    let outcome = state
+        .db
+        .enrol_agent(&token_hash(body.token.trim()), Timestamp::now(), &new, |id| {
+            let cert = ca.sign(&csr, &name, id).map_err(|e| e.to_string())?;
+            Ok(IssuedCertificate {
+                fingerprint: cert.fingerprint.clone(),
+                not_after: cert.not_after,
+                extra: cert.pem,
+            })
+        })
+        .await?;
+    let (agent, issued) = match outcome {
+        Ok(done) => done,
+        Err(refusal @ EnrolRefusal::RolesNotGranted) => return Err(ApiError::forbidden(refusal.to_string())),
+        Err(refusal) => return Err(ApiError::unauthorized(refusal.to_string())),
+    };
+    tracing::info!(
+        "agent {} (id {}) enrolled with roles {}; certificate SHA-256 {}",
+        agent.name,
+        agent.id,
+        cairn_configdb::roles_to_text(&agent.roles),
+        agent.cert_fingerprint
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrolResponse {
+            agent_id: agent.id,
+            name: agent.name,
+            roles: agent.roles.into_iter().map(AgentRoleName::from).collect(),
+            certificate_pem: issued.extra,
+            ca_pem: ca.ca_pem,
+            cert_fingerprint: agent.cert_fingerprint,
+            cert_not_after: agent.cert_not_after,
+        }),
+    ))
+}
+
+/// An agent reports that it is alive, with its version, task slots and free space. The agent is
+/// recognised by its TLS client certificate only (no bearer token).
+#[utoipa::path(post, path = "/api/v1/agents/heartbeat", tag = "agents", request_body = Heartbeat, security(()),
+    responses((status = 200, description = "Recorded; the agent as the server now sees it", body = AgentDto),
+        (status = 401, description = "No client certificate", body = ErrorBody),
+        (status = 403, description = "The certificate belongs to no agent, or the agent is revoked", body = ErrorBody),
+        (status = 422, description = "Bad counts, or roles that were not granted", body = ErrorBody)))]
+pub async fn heartbeat(
+    AgentIdentity(agent): AgentIdentity,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Heartbeat>,
+) -> ApiResult<Json<AgentDto>> {
+    if let Some(asked) = &body.roles {
+        let extra: Vec<String> = roles(asked)
+            .into_iter()
+            .filter(|r| !agent.roles.contains(r))
+            .map(|r| r.to_string())
+            .collect();
+        if !extra.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "agent {} was not granted the role(s) {}",
+                agent.name,
+                extra.join(", ")
+            )));
+        }
+    }
+    let now = Timestamp::now();
+    let status = AgentStatus {
+        version: body.version,
+        max_tasks: body.max_tasks,
+        free_bytes: body.free_bytes,
+        address: body.address,
+    };
+    let updated = match state.db.record_heartbeat(agent.id, &status, now).await {
+        Ok(a) => a,
+        // Revoked between the identity check and the update.
+        Err(cairn_configdb::Error::Conflict { what }) => return Err(ApiError::forbidden(what)),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(AgentDto::new(updated, now)))
+}
+
+/// Every agent (revoked ones too) with its state.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses((status = 200, description = "OK", body = Vec<AgentDto>),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn list_agents(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<AgentDto>>> {
+    caller.require(cairn_configdb::Role::Viewer)?;
+    let now = Timestamp::now();
+    Ok(Json(
+        state
+            .db
+            .list_agents()
+            .await?
+            .into_iter()
+            .map(|a| AgentDto::new(a, now))
+            .collect(),
+    ))
+}
+
+/// Revokes an agent (administrator): its certificate is refused from now on; the agent stays in
+/// the list as revoked.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path, description = "Agent id")),
+    responses((status = 200, description = "Revoked", body = AgentDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "The caller is not an administrator", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+pub async fn revoke_agent(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<AgentDto>> {
+    caller.require_admin()?;
+    let now = Timestamp::now();
+    let agent = state.db.revoke_agent(id, now).await?;
+    tracing::info!("user {} revoked agent {} (id {})", caller.name, agent.name, agent.id);
+    Ok(Json(AgentDto::new(agent, now)))
+}
