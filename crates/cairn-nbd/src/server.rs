@@ -155,24 +155,12 @@ impl NbdServer {
         let id = self.next_listener_id();
         let stop = Arc::new(AtomicBool::new(false));
         let server = Arc::clone(self);
-        let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("nbd-accept".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Acquire) {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            if stop2.load(Ordering::Acquire) {
-                                break;
-                            }
-                            server.spawn_unix(id, s);
-                        }
-                        Err(_) if stop2.load(Ordering::Acquire) => break,
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-            .map_err(|e| io_err("spawn accept thread", e))?;
+        let thread = accept_thread(
+            Arc::clone(&stop),
+            move || listener.accept().map(|(s, _)| s),
+            move |s| server.spawn_unix(id, s),
+        )
+        .map_err(|e| io_err("spawn accept thread", e))?;
         Ok(ServerHandle {
             server: Arc::clone(self),
             id,
@@ -202,24 +190,12 @@ impl NbdServer {
         let id = self.next_listener_id();
         let stop = Arc::new(AtomicBool::new(false));
         let server = Arc::clone(self);
-        let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("nbd-accept".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Acquire) {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            if stop2.load(Ordering::Acquire) {
-                                break;
-                            }
-                            server.spawn_tcp(id, s);
-                        }
-                        Err(_) if stop2.load(Ordering::Acquire) => break,
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-            .map_err(|e| io_err("spawn accept thread", e))?;
+        let thread = accept_thread(
+            Arc::clone(&stop),
+            move || listener.accept().map(|(s, _)| s),
+            move |s| server.spawn_tcp(id, s),
+        )
+        .map_err(|e| io_err("spawn accept thread", e))?;
         Ok(ServerHandle {
             server: Arc::clone(self),
             id,
@@ -441,4 +417,27 @@ impl std::fmt::Debug for ServerHandle {
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
+}
+
+/// Starts the thread that accepts connections with `accept` and hands each to `serve` until
+/// `stop` is set (a failed accept is retried after a short pause).
+fn accept_thread<S>(
+    stop: Arc<AtomicBool>,
+    mut accept: impl FnMut() -> io::Result<S> + Send + 'static,
+    mut serve: impl FnMut(S) + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("nbd-accept".into()).spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            match accept() {
+                Ok(s) => {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    serve(s);
+                }
+                Err(_) if stop.load(Ordering::Acquire) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
 }

@@ -303,19 +303,12 @@ pub async fn add_host(
     let name = match req.name.as_deref().map(str::trim) {
         Some(name) if !name.is_empty() => name.to_owned(),
         Some(_) => return Err(ApiError::invalid("name: must not be empty")),
-        None => {
-            let base = inv
-                .root
+        None => unique_host_name(
+            &hosts,
+            inv.root
                 .file_name()
-                .map_or_else(|| "images".to_owned(), |n| n.to_string_lossy().into_owned());
-            let mut name = base.clone();
-            let mut n = 2;
-            while hosts.iter().any(|h| h.name == name) {
-                name = format!("{base}-{n}");
-                n += 1;
-            }
-            name
-        }
+                .map_or_else(|| "images".to_owned(), |n| n.to_string_lossy().into_owned()),
+        ),
     };
     let host = state
         .db
@@ -443,6 +436,17 @@ pub async fn get_vm(
         .ok_or_else(|| ApiError::not_found(format!("VM {id} not found")))
 }
 
+/// `base`, or `base-2`, `base-3`… when a host already has that name.
+fn unique_host_name(hosts: &[Host], base: String) -> String {
+    let mut name = base.clone();
+    let mut n = 2;
+    while hosts.iter().any(|h| h.name == name) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
 /// Adds a qemu host (a VM's QMP socket or a folder of them) and discovers its VMs through QMP.
 async fn add_qemu_host(caller: Caller, state: AppState, req: AddHost) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
     let qmp = PathBuf::from(&req.path);
@@ -477,19 +481,13 @@ async fn add_qemu_host(caller: Caller, state: AppState, req: AddHost) -> ApiResu
     let name = match req.name.as_deref().map(str::trim) {
         Some(name) if !name.is_empty() => name.to_owned(),
         Some(_) => return Err(ApiError::invalid("name: must not be empty")),
-        None => {
-            let base = location
+        None => unique_host_name(
+            &hosts,
+            location
                 .qmp
                 .file_stem()
-                .map_or_else(|| "qemu".to_owned(), |n| n.to_string_lossy().into_owned());
-            let mut name = base.clone();
-            let mut n = 2;
-            while hosts.iter().any(|h| h.name == name) {
-                name = format!("{base}-{n}");
-                n += 1;
-            }
-            name
-        }
+                .map_or_else(|| "qemu".to_owned(), |n| n.to_string_lossy().into_owned()),
+        ),
     };
     let host = state
         .db

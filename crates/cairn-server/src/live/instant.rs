@@ -27,7 +27,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::QMP_TIMEOUT;
-use super::restore_vm::{qemu_host, saved_config};
+use super::restore_vm::{latest, qemu_host, saved_config, vm_name};
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::{ApiJson, ApiPath};
 use crate::auth::Caller;
@@ -185,10 +185,6 @@ pub struct InstantRequest {
     pub accel: Option<String>,
 }
 
-fn latest() -> String {
-    "latest".into()
-}
-
 /// `POST /api/v1/instant-recoveries/{name}/migrate` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MigrateRequest {
@@ -218,10 +214,7 @@ pub async fn start(
     let (repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;
     let (orig_host, orig_vm) = req.vm.split_once('/').unwrap_or(("", req.vm.as_str()));
     let (_host, location) = qemu_host(&state, req.to_host.as_deref().unwrap_or(orig_host)).await?;
-    let name = req.name.clone().unwrap_or_else(|| format!("{orig_vm}-instant"));
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
-    }
+    let name = vm_name(req.name.as_deref(), orig_vm, "instant")?;
     if ir.running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
         return Err(ApiError::conflict(format!(
             "instant recovery {name} is already running"

@@ -54,8 +54,19 @@ pub struct VmRestoreRequest {
     pub accel: Option<String>,
 }
 
-fn latest() -> String {
+/// The default restore point of a request.
+pub(crate) fn latest() -> String {
     "latest".into()
+}
+
+/// The name of a VM a restore starts: `name`, else `<original>-<suffix>`; it names its socket
+/// files, so it must be a plain file name.
+pub(crate) fn vm_name(name: Option<&str>, original: &str, suffix: &str) -> ApiResult<String> {
+    let name = name.map_or_else(|| format!("{original}-{suffix}"), str::to_string);
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
+    }
+    Ok(name)
 }
 
 /// What a VM restore did.
@@ -218,10 +229,7 @@ pub async fn restore_vm(
             .or_else(|| config.guest_agent.then(|| qmp.with_extension("qga")));
         (vm.name, paths, qmp, qga)
     } else {
-        let name = req.name.clone().unwrap_or_else(|| format!("{orig_vm}-restored"));
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
-        }
+        let name = vm_name(req.name.as_deref(), orig_vm, "restored")?;
         let folder = match &req.folder {
             Some(f) if Path::new(f).is_absolute() => PathBuf::from(f),
             Some(f) => return Err(ApiError::invalid(format!("folder {f:?}: give an absolute path"))),
