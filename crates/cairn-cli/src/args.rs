@@ -406,6 +406,13 @@ pub struct ServerArgs {
     /// Extra DNS name or IP address for the server's certificate (repeatable).
     #[arg(long = "name", value_name = "NAME")]
     pub names: Vec<String>,
+    /// Seconds between agents' heartbeats; an agent silent for three of them is lost and its
+    /// running tasks fail (and are retried).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub agent_heartbeat: u64,
+    /// Parallel TCP streams per data transfer between data movers (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub streams: u16,
 }
 
 #[derive(Args, Debug)]
@@ -585,6 +592,13 @@ pub enum RepositoryCommand {
         /// Write limit per second, e.g. 100MiB (0 or none: unlimited).
         #[arg(long, value_name = "RATE", value_parser = parse_rate)]
         write_limit: Option<u64>,
+        /// Both the read and the write limit, e.g. 200MB/s.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with_all = ["read_limit", "write_limit"])]
+        rate: Option<u64>,
+        /// The repository agent that owns the folder (the path is on that agent's host, and
+        /// only that agent writes to it).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
     },
     /// List repositories.
     List,
@@ -898,6 +912,13 @@ pub struct AgentRunArgs {
     /// Tasks this agent runs at once (default: the number of CPU cores).
     #[arg(long, value_name = "N")]
     pub max_tasks: Option<u32>,
+    /// Where a repository agent listens for data from proxies (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8521")]
+    pub listen: std::net::SocketAddr,
+    /// The address other machines reach this agent at (default: this host's address towards
+    /// the server).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// `90`, `90s`, `15m`, `1h`, `7d` as seconds.

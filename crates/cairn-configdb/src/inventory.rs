@@ -125,6 +125,10 @@ pub struct NewRepository {
     pub read_limit_bytes: Option<i64>,
     /// Write rate limit in bytes per second, shared by its running tasks; `None` is unlimited.
     pub write_limit_bytes: Option<i64>,
+    /// The repository agent that owns the folder (the path is on its host); `None` = the backup
+    /// server's own disks.
+    #[serde(default)]
+    pub agent_id: Option<i64>,
 }
 
 /// A stored repository.
@@ -148,6 +152,9 @@ pub struct NewProxy {
     pub address: Option<String>,
     /// Maximum concurrent tasks (≥ 1).
     pub max_tasks: i64,
+    /// The agent that is this proxy; `None` = the backup server itself.
+    #[serde(default)]
+    pub agent_id: Option<i64>,
 }
 
 /// A stored proxy.
@@ -218,6 +225,7 @@ struct RepositoryRow {
     read_limit_bytes: Option<i64>,
     write_limit_bytes: Option<i64>,
     created_at: i64,
+    agent_id: Option<i64>,
 }
 
 impl TryFrom<RepositoryRow> for Repository {
@@ -232,6 +240,7 @@ impl TryFrom<RepositoryRow> for Repository {
                 max_tasks: r.max_tasks,
                 read_limit_bytes: r.read_limit_bytes,
                 write_limit_bytes: r.write_limit_bytes,
+                agent_id: r.agent_id,
             },
             created_at: from_us(r.created_at)?,
         })
@@ -245,6 +254,7 @@ struct ProxyRow {
     address: Option<String>,
     max_tasks: i64,
     created_at: i64,
+    agent_id: Option<i64>,
 }
 
 impl TryFrom<ProxyRow> for Proxy {
@@ -256,6 +266,7 @@ impl TryFrom<ProxyRow> for Proxy {
                 name: r.name,
                 address: r.address,
                 max_tasks: r.max_tasks,
+                agent_id: r.agent_id,
             },
             created_at: from_us(r.created_at)?,
         })
@@ -280,7 +291,7 @@ macro_rules! disk_select {
 macro_rules! repository_select {
     ($($rest:literal),+) => {
         concat!(
-            "SELECT id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at ",
+            "SELECT id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at, agent_id ",
             "FROM repositories ",
             $($rest),+
         )
@@ -288,7 +299,7 @@ macro_rules! repository_select {
 }
 macro_rules! proxy_select {
     ($($rest:literal),+) => {
-        concat!("SELECT id, name, address, max_tasks, created_at FROM proxies ", $($rest),+)
+        concat!("SELECT id, name, address, max_tasks, created_at, agent_id FROM proxies ", $($rest),+)
     };
 }
 
@@ -484,9 +495,9 @@ impl ConfigDb {
             }
             let row: RepositoryRow = sqlx::query_as(concat!(
                 "INSERT INTO repositories ",
-                "(name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at) ",
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) ",
-                "RETURNING id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at"
+                "(name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at, agent_id) ",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
+                "RETURNING id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at, agent_id"
             ))
             .bind(&repo.name)
             .bind(&repo.path)
@@ -495,6 +506,7 @@ impl ConfigDb {
             .bind(repo.read_limit_bytes)
             .bind(repo.write_limit_bytes)
             .bind(now)
+            .bind(repo.agent_id)
             .fetch_one(&mut *tx)
             .await
             .map_err(write_err(format!("repository {:?}", repo.name)))?;
@@ -518,7 +530,7 @@ impl ConfigDb {
             let row: Option<RepositoryRow> = sqlx::query_as(concat!(
                 "UPDATE repositories SET name = $2, path = $3, is_default = $4, max_tasks = $5, ",
                 "read_limit_bytes = $6, write_limit_bytes = $7 WHERE id = $1 ",
-                "RETURNING id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at"
+                "RETURNING id, name, path, is_default, max_tasks, read_limit_bytes, write_limit_bytes, created_at, agent_id"
             ))
             .bind(id)
             .bind(&repo.name)
@@ -590,13 +602,14 @@ impl ConfigDb {
         let now = to_us(Timestamp::now());
         on_pool!(self, |pool| {
             let row: ProxyRow = sqlx::query_as(concat!(
-                "INSERT INTO proxies (name, address, max_tasks, created_at) VALUES ($1, $2, $3, $4) ",
-                "RETURNING id, name, address, max_tasks, created_at"
+                "INSERT INTO proxies (name, address, max_tasks, created_at, agent_id) VALUES ($1, $2, $3, $4, $5) ",
+                "RETURNING id, name, address, max_tasks, created_at, agent_id"
             ))
             .bind(&proxy.name)
             .bind(&proxy.address)
             .bind(proxy.max_tasks)
             .bind(now)
+            .bind(proxy.agent_id)
             .fetch_one(pool)
             .await
             .map_err(write_err(format!("proxy {:?}", proxy.name)))?;
@@ -609,7 +622,7 @@ impl ConfigDb {
         on_pool!(self, |pool| {
             let row: Option<ProxyRow> = sqlx::query_as(concat!(
                 "UPDATE proxies SET name = $2, address = $3, max_tasks = $4 WHERE id = $1 ",
-                "RETURNING id, name, address, max_tasks, created_at"
+                "RETURNING id, name, address, max_tasks, created_at, agent_id"
             ))
             .bind(id)
             .bind(&proxy.name)

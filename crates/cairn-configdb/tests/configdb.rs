@@ -13,6 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 
 fn repo(name: &str, is_default: bool) -> NewRepository {
     NewRepository {
+        agent_id: None,
         name: name.into(),
         path: format!("/backups/{name}"),
         is_default,
@@ -171,6 +172,7 @@ async fn unique_names_are_duplicates(f: &Fixture) {
         .await
         .map(|_| ())));
     let proxy = NewProxy {
+        agent_id: None,
         name: "server".into(),
         address: None,
         max_tasks: 2,
@@ -520,6 +522,7 @@ async fn inventory_settings_proxies_and_logs(f: &Fixture) {
 
     let server = db
         .create_proxy(&NewProxy {
+            agent_id: None,
             name: "server".into(),
             address: None,
             max_tasks: 4,
@@ -527,6 +530,7 @@ async fn inventory_settings_proxies_and_logs(f: &Fixture) {
         .await
         .expect("proxy");
     let renamed = NewProxy {
+        agent_id: None,
         name: "backup server".into(),
         address: None,
         max_tasks: 8,

@@ -120,6 +120,17 @@ pub trait BackupHooks: Sync {
         Ok(())
     }
 
+    /// Disk `disk` has its slots ([`disk_starting`](Self::disk_starting) returned) and is about
+    /// to be read: `blocks` are the block numbers that will be read from it, in the order they
+    /// will be read (each block is read at `block × block size`, its length the block size or
+    /// what is left of the disk). A caller whose source is fed by another machine (a proxy
+    /// sending blocks to the repository's data mover) tells that machine here what to send.
+    /// An error ends the backup with it.
+    fn disk_reading(&self, disk: u32, blocks: &[u64]) -> Result<()> {
+        let _ = (disk, blocks);
+        Ok(())
+    }
+
     /// Disk `disk` has been read and written; `stats` are its own numbers
     /// (summed over all disks they give the point's statistics, except the
     /// busy percentages and durations, which are the disk's).
@@ -260,6 +271,7 @@ pub fn backup_with_hooks(
         let wait_start = Instant::now();
         hooks.disk_starting(no, disk_total)?;
         waited += wait_start.elapsed();
+        hooks.disk_reading(no, &blocks)?;
         let disk_started = Instant::now();
         let counters = Counters::default();
         let busy = (Busy::default(), Busy::default(), Busy::default());

@@ -33,6 +33,12 @@ use crate::api::error::ApiError;
 use crate::state::AppState;
 use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, TlsError, TlsMaterial};
 
+/// The DNS name in agent `id`'s certificate, which a sender of the data channel checks when it
+/// connects to that agent (`agent-<id>.cairn`; the agent's own name may not be a valid DNS name).
+pub fn agent_dns_name(id: i64) -> String {
+    format!("agent-{id}.cairn")
+}
+
 /// Days an agent certificate is valid.
 pub const AGENT_CERT_DAYS: i64 = 365;
 /// Prefix of the URI name that carries the agent's id in its certificate.
@@ -128,10 +134,16 @@ impl AgentCa {
                 what: "the agent's URI name",
                 source,
             })?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        let dns = agent_dns_name(id).try_into().map_err(|source| TlsError::Generate {
+            what: "the agent's DNS name",
+            source,
+        })?;
+        params.subject_alt_names = vec![SanType::URI(uri), SanType::DnsName(dns)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // Client for the control channel and as a source data mover; server as a target data
+        // mover, where senders dial it by [`agent_dns_name`].
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let mut serial: [u8; 16] = rand::random();
         // A positive, non-zero INTEGER of at most 16 bytes.

@@ -226,6 +226,7 @@ async fn ensure_local_proxy(db: &ConfigDb) -> anyhow::Result<Proxy> {
     }
     let max_tasks = i64::try_from(cairn_resources::default_max_tasks()).unwrap_or(1);
     db.create_proxy(&NewProxy {
+        agent_id: None,
         name,
         address: None,
         max_tasks,
@@ -301,6 +302,7 @@ async fn ensure_default_repository(
         .to_owned();
     let repo = db
         .create_repository(&NewRepository {
+            agent_id: None,
             name: DEFAULT_REPOSITORY.to_owned(),
             path: path_text,
             is_default: true,

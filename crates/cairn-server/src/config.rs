@@ -21,6 +21,11 @@ pub struct ServerConfig {
     /// Extra DNS names / IP addresses for the serving certificate (besides localhost,
     /// 127.0.0.1, ::1, the host name and the listen address).
     pub extra_names: Vec<String>,
+    /// How often agents send heartbeats (default 10 s); an agent silent for three intervals is
+    /// offline, and its running tasks fail.
+    pub agent_heartbeat: std::time::Duration,
+    /// Parallel TCP streams per data transfer between data movers (default 5, 1..=64).
+    pub streams: u16,
 }
 
 impl ServerConfig {
@@ -33,6 +38,8 @@ impl ServerConfig {
             default_repository: None,
             time_zone: None,
             extra_names: Vec::new(),
+            agent_heartbeat: std::time::Duration::from_secs(crate::api::agents::HEARTBEAT_INTERVAL_SECS),
+            streams: 5,
         }
     }
 }

@@ -18,12 +18,14 @@
 
 #![warn(missing_docs)]
 
+pub mod agent_hub;
 pub mod agent_tls;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod live;
+pub mod movers;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;

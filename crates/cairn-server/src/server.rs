@@ -156,7 +156,15 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
     for repo in db.list_repositories().await? {
         register_repository(&resources, &repo).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }
+    if config.streams == 0 || config.streams > 64 {
+        anyhow::bail!("--streams must be 1 to 64, not {}", config.streams);
+    }
+    let movers = Arc::new(
+        crate::movers::Movers::load(&config.data_dir, config.agent_heartbeat, config.streams)
+            .context("preparing the server's data mover certificate")?,
+    );
     let jobs = JobManager::new(RunnerContext {
+        movers: movers.clone(),
         db: db.clone(),
         resources: resources.clone(),
         secrets: prepared.secrets.clone(),
@@ -177,6 +185,7 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         resources,
         secrets: prepared.secrets.clone(),
         instant: crate::live::instant::InstantRecoveries::new(data_dir.join("instant")),
+        movers,
         data_dir,
         time_zone: prepared.time_zone.clone(),
     };

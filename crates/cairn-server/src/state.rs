@@ -27,4 +27,6 @@ pub struct AppState {
     pub time_zone: TimeZone,
     /// Running instant recoveries and their NBD server.
     pub instant: Arc<crate::live::instant::InstantRecoveries>,
+    /// Agents' control channel, the server's own data mover identity, heartbeat rule.
+    pub movers: Arc<crate::movers::Movers>,
 }

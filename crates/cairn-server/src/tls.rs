@@ -428,7 +428,7 @@ fn read_text(path: &Path) -> Result<String, TlsError> {
 }
 
 /// Writes `bytes` to `path` with `mode` through a temporary file and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = path.with_extension("tmp");
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();

@@ -59,6 +59,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/agents/tokens"),
     ("post", "/api/v1/agents/enroll"),
     ("post", "/api/v1/agents/heartbeat"),
+    ("post", "/api/v1/agents/work"),
+    ("post", "/api/v1/agents/tasks/{task}/events"),
     ("get", "/api/v1/agents"),
     ("delete", "/api/v1/agents/{id}"),
     ("get", "/api/v1/health"),
@@ -78,7 +80,10 @@ fn is_open(method: &str, path: &str) -> bool {
 fn is_agent_route(method: &str, path: &str) -> bool {
     matches!(
         (method, path),
-        ("post", "/api/v1/agents/enroll") | ("post", "/api/v1/agents/heartbeat")
+        ("post", "/api/v1/agents/enroll")
+            | ("post", "/api/v1/agents/heartbeat")
+            | ("post", "/api/v1/agents/work")
+            | ("post", "/api/v1/agents/tasks/{task}/events")
     )
 }
 

@@ -21,6 +21,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::Error;
 use crate::net::{FrameReader, FrameWriter, SocketOptions};
+use crate::tls::Fingerprint;
 use crate::wire::{
     BlockHeader, ErrorCode, Frame, Hello, HelloOk, Limits, MAX_BLOCK_LEN, MAX_STREAMS, MAX_WINDOW, NackReason,
     PROTOCOL_VERSION, TransferId, TransferStatus, block_crc,
@@ -146,6 +147,8 @@ type Outcome = Option<Result<u64, Error>>;
 
 struct TransferState {
     id: TransferId,
+    /// The only sender accepted, when the transfer is pinned ([`Receiver::expect_from`]).
+    sender: Option<Fingerprint>,
     consumer: Box<dyn DynConsumer>,
     progress: Mutex<Progress>,
     slot_changed: Notify,
@@ -306,6 +309,27 @@ impl Receiver {
     /// Registers a transfer: from now on streams with this id are accepted and their blocks
     /// handed to `consumer`. Fails when the id is already expected.
     pub fn expect<C: BlockConsumer>(&self, transfer: TransferId, consumer: C) -> Result<IncomingTransfer, Error> {
+        self.expect_inner(transfer, None, consumer)
+    }
+
+    /// [`expect`](Self::expect) for one sender only: streams of this transfer are accepted only
+    /// from the data mover whose certificate has the fingerprint `sender` (per-transfer pinning,
+    /// on top of the receiver's [`PeerPolicy`](crate::PeerPolicy)).
+    pub fn expect_from<C: BlockConsumer>(
+        &self,
+        transfer: TransferId,
+        sender: Fingerprint,
+        consumer: C,
+    ) -> Result<IncomingTransfer, Error> {
+        self.expect_inner(transfer, Some(sender), consumer)
+    }
+
+    fn expect_inner<C: BlockConsumer>(
+        &self,
+        transfer: TransferId,
+        sender: Option<Fingerprint>,
+        consumer: C,
+    ) -> Result<IncomingTransfer, Error> {
         let mut transfers = self.shared.transfers();
         if transfers.contains_key(&transfer) {
             return Err(Error::AlreadyExpected(transfer));
@@ -313,6 +337,7 @@ impl Receiver {
         let (outcome, _) = watch::channel(None);
         let state = Arc::new(TransferState {
             id: transfer,
+            sender,
             consumer: Box::new(consumer),
             progress: Mutex::new(Progress::default()),
             slot_changed: Notify::new(),
@@ -448,6 +473,12 @@ async fn serve(shared: &RecvShared, tcp: TcpStream, peer: SocketAddr) -> Result<
         .await
         .map_err(|_| timeout_err("in the TLS handshake"))?
         .map_err(|e| Error::io(peer, "TLS handshake with", e))?;
+    let peer_fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(Fingerprint::of);
     let (r, w) = tokio::io::split(tls);
     let limits = Limits {
         max_block_len: config.max_block_len,
@@ -473,6 +504,16 @@ async fn serve(shared: &RecvShared, tcp: TcpStream, peer: SocketAddr) -> Result<
     let Some(transfer) = transfer else {
         return answer_finished(shared, &mut reader, &mut writer, &hello, peer).await;
     };
+    if let Some(pinned) = transfer.sender
+        && peer_fingerprint != Some(pinned)
+    {
+        tracing::warn!(%peer, transfer = %hello.transfer, "refused a stream from a data mover the transfer is not pinned to");
+        let cause = format!(
+            "transfer {} accepts streams only from the data mover with certificate {pinned}",
+            hello.transfer
+        );
+        return refuse(&mut writer, ErrorCode::UnknownTransfer, Error::Protocol { peer, cause }).await;
+    }
     transfer.connections.fetch_add(1, Ordering::Relaxed);
     let superseded = Arc::new(Notify::new());
     let attached = {

@@ -85,6 +85,28 @@ impl fmt::Display for TransferId {
     }
 }
 
+impl std::str::FromStr for TransferId {
+    type Err = String;
+
+    /// Parses the 32 hex digits [`Display`](fmt::Display) prints.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "not a transfer id (32 hex digits): {:?}",
+                s.chars().take(40).collect::<String>()
+            )
+        };
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
+    }
+}
+
 impl fmt::Debug for TransferId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TransferId({self})")
@@ -549,6 +571,15 @@ pub fn block_crc(payload: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transfer_ids_parse_what_they_print() {
+        let id = TransferId::random();
+        assert_eq!(id.to_string().parse::<TransferId>(), Ok(id));
+        assert!("abc".parse::<TransferId>().is_err());
+        assert!("zz".repeat(16).parse::<TransferId>().is_err());
+        assert!("é".repeat(16).parse::<TransferId>().is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

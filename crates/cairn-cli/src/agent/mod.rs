@@ -24,12 +24,15 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_server::api::agents::HEARTBEAT_INTERVAL_SECS;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+mod work;
 
 use crate::args::{AgentRunArgs, Global};
 use crate::client::{normalize_url, read_ca_file, usage};
@@ -259,9 +262,12 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
     let url = format!("{}/api/v1/agents/heartbeat", e.server);
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut interval = tokio::time::interval(Duration::from_secs(HEARTBEAT_INTERVAL_SECS));
+    let mut period = Duration::from_secs(HEARTBEAT_INTERVAL_SECS);
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
+    let mut address: Option<String> = None;
+    let mut worker: Option<Arc<work::Worker>> = None;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -278,12 +284,32 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
             "version": env!("CARGO_PKG_VERSION"),
             "max_tasks": max_tasks(a),
             "free_bytes": free_bytes(dir),
+            "address": address,
         });
         match http.post(&url).json(&body).send().await {
             Ok(resp) if resp.status().is_success() => {
+                let answer: Value = resp.json().await.unwrap_or(Value::Null);
                 if !connected {
                     eprintln!("cairn agent: {} connected to {} (mutual TLS)", e.name, e.server);
                     connected = true;
+                }
+                if let Some(secs) = answer["heartbeat_secs"].as_u64().filter(|&s| s >= 1)
+                    && Duration::from_secs(secs) != period
+                {
+                    period = Duration::from_secs(secs);
+                    interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                if worker.is_none() {
+                    let roles: Vec<&str> = answer["roles"]
+                        .as_array()
+                        .map(|r| r.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    let (started, advertised) = start_worker(identity, a, &http, &roles).await?;
+                    address = Some(advertised);
+                    worker = Some(started);
+                    // Tell the server the data channel address at once.
+                    interval.reset_immediately();
                 }
             }
             Ok(resp) => {
@@ -306,6 +332,82 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
             }
         }
     }
+}
+
+/// Starts the data channel listener (repository role) and the work loop; returns the worker and
+/// the address to advertise (`IP:port` with a listener, else `IP`).
+async fn start_worker(
+    identity: &Identity,
+    a: &AgentRunArgs,
+    http: &reqwest::Client,
+    roles: &[&str],
+) -> anyhow::Result<(Arc<work::Worker>, String)> {
+    let e = &identity.enrolment;
+    let tls = Arc::new(
+        cairn_transfer::TlsIdentity::from_pem(
+            identity.ca_pem.as_bytes(),
+            identity.cert_pem.as_bytes(),
+            identity.key_pem.as_bytes(),
+        )
+        .context("the agent's certificate, key or CA in the data folder is not usable for the data channel")?,
+    );
+    let ip = match a.advertise {
+        Some(ip) => ip,
+        None => outbound_ip(&e.server).await.with_context(|| {
+            format!(
+                "finding this host's address towards {} (give it with --advertise IP)",
+                e.server
+            )
+        })?,
+    };
+    let mut receiver = None;
+    let mut advertised = ip.to_string();
+    if roles.contains(&"repository") {
+        let config = cairn_transfer::ReceiverConfig::new(
+            cairn_transfer::receiver_tls_config(&tls, cairn_transfer::PeerPolicy::default())
+                .context("setting up the data channel's TLS")?,
+        );
+        let r = cairn_transfer::Receiver::bind(a.listen, config)
+            .await
+            .with_context(|| format!("listening for data on {} (change it with --listen)", a.listen))?;
+        advertised = std::net::SocketAddr::new(ip, r.local_addr().port()).to_string();
+        eprintln!(
+            "cairn agent: {} receives data on {} (advertised as {advertised})",
+            e.name,
+            r.local_addr()
+        );
+        receiver = Some(Arc::new(r));
+    }
+    let worker = Arc::new(work::Worker {
+        http: http.clone(),
+        server: e.server.clone(),
+        name: e.name.clone(),
+        identity: tls,
+        receiver,
+        tasks: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
+    tokio::spawn(worker.clone().run());
+    Ok((worker, advertised))
+}
+
+/// The local address used to reach the server at `url` (no packet is sent).
+async fn outbound_ip(url: &str) -> anyhow::Result<std::net::IpAddr> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
+    let host = parsed.host_str().context("the server URL has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(8520);
+    let target = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
 }
 
 /// The host name as an agent name (letters, digits, `.`, `_`, `-`), else `agent`.

@@ -46,9 +46,22 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
             max_tasks,
             read_limit,
             write_limit,
+            rate,
+            agent,
         } => {
-            let path =
-                std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))?;
+            // A path on an agent's host is taken as given (it must be absolute there).
+            let path = if agent.is_some() {
+                if !path.is_absolute() {
+                    return Err(usage!("--path must be absolute on the agent's host"));
+                }
+                path.clone()
+            } else {
+                std::path::absolute(path).with_context(|| format!("making {} an absolute path", path.display()))?
+            };
+            let (read_limit, write_limit) = match rate {
+                Some(r) => (&Some(*r), &Some(*r)),
+                None => (read_limit, write_limit),
+            };
             let mut body = Map::new();
             body.insert("name".into(), Value::from(name.as_str()));
             body.insert("path".into(), Value::from(path.display().to_string()));
@@ -72,6 +85,9 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
                 body.insert("password".into(), Value::from(pw));
             }
             limits(&mut body, *max_tasks, *read_limit, *write_limit);
+            if let Some(agent) = agent {
+                body.insert("agent".into(), Value::from(agent.as_str()));
+            }
             let repo = client.post("/api/v1/repositories", &body)?;
             if g.json {
                 output::json(&repo)?;
@@ -151,10 +167,11 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&all)?;
             } else {
-                let mut t = Table::new(&["NAME", "ADDRESS", ">TASKS", ">RUNNING"]);
+                let mut t = Table::new(&["NAME", "KIND", "ADDRESS", ">TASKS", ">RUNNING"]);
                 for p in list(&all) {
                     t.row(vec![
                         s(p, "name").to_string(),
+                        if p["agent_id"].is_null() { "this server" } else { "agent" }.to_string(),
                         s_or_dash(p, "address"),
                         s_or_dash(p, "max_tasks"),
                         s_or_dash(p, "running_tasks"),

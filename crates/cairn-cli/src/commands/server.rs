@@ -13,6 +13,8 @@ pub fn run(_g: &Global, a: &ServerArgs) -> anyhow::Result<ExitCode> {
     config.default_repository = a.default_repository.clone();
     config.time_zone = a.time_zone.clone();
     config.extra_names = a.names.clone();
+    config.agent_heartbeat = std::time::Duration::from_secs(a.agent_heartbeat);
+    config.streams = a.streams;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cairn-server")

@@ -4,7 +4,7 @@
 //! certificate signing request and gets a client certificate from the server's CA (see
 //! [`crate::agent_tls`]). From then on agent routes authenticate the agent by that certificate
 //! only (no bearer token). An agent that has not sent a heartbeat for
-//! [`OFFLINE_AFTER_MISSED`] × [`HEARTBEAT_INTERVAL_SECS`] seconds is offline.
+//! [`OFFLINE_AFTER_MISSED`] heartbeat intervals (default [`HEARTBEAT_INTERVAL_SECS`] s) is offline.
 
 use axum::Json;
 use axum::extract::State;
@@ -102,14 +102,16 @@ pub struct AgentDto {
     pub created_at: Timestamp,
     /// When it was revoked.
     pub revoked_at: Option<Timestamp>,
+    /// Seconds between the heartbeats the server expects from agents.
+    pub heartbeat_secs: u64,
 }
 
-/// The state of `agent` at `now`.
-pub fn agent_state(agent: &Agent, now: Timestamp) -> AgentState {
+/// The state of `agent` at `now`, with heartbeats expected every `heartbeat`.
+pub fn agent_state(agent: &Agent, now: Timestamp, heartbeat: std::time::Duration) -> AgentState {
     if agent.revoked_at.is_some() {
         return AgentState::Revoked;
     }
-    let window = SignedDuration::from_secs((HEARTBEAT_INTERVAL_SECS * OFFLINE_AFTER_MISSED) as i64);
+    let window = SignedDuration::try_from(heartbeat * OFFLINE_AFTER_MISSED as u32).unwrap_or(SignedDuration::MAX);
     match agent.last_seen_at {
         Some(seen) if now.duration_since(seen) <= window => AgentState::Online,
         _ => AgentState::Offline,
@@ -117,10 +119,11 @@ pub fn agent_state(agent: &Agent, now: Timestamp) -> AgentState {
 }
 
 impl AgentDto {
-    /// `agent` as seen at `now`.
-    pub fn new(agent: Agent, now: Timestamp) -> AgentDto {
+    /// `agent` as seen at `now`, with heartbeats expected every `heartbeat`.
+    pub fn new(agent: Agent, now: Timestamp, heartbeat: std::time::Duration) -> AgentDto {
         AgentDto {
-            state: agent_state(&agent, now),
+            heartbeat_secs: heartbeat.as_secs().max(1),
+            state: agent_state(&agent, now, heartbeat),
             id: agent.id,
             name: agent.name,
             roles: agent.roles.into_iter().map(AgentRoleName::from).collect(),
@@ -399,7 +402,7 @@ pub async fn heartbeat(
         Err(cairn_configdb::Error::Conflict { what }) => return Err(ApiError::forbidden(what)),
         Err(e) => return Err(e.into()),
     };
-    Ok(Json(AgentDto::new(updated, now)))
+    Ok(Json(AgentDto::new(updated, now, state.movers.heartbeat)))
 }
 
 /// Every agent (revoked ones too) with its state.
@@ -415,7 +418,7 @@ pub async fn list_agents(caller: Caller, State(state): State<AppState>) -> ApiRe
             .list_agents()
             .await?
             .into_iter()
-            .map(|a| AgentDto::new(a, now))
+            .map(|a| AgentDto::new(a, now, state.movers.heartbeat))
             .collect(),
     ))
 }
@@ -436,5 +439,5 @@ pub async fn revoke_agent(
     let now = Timestamp::now();
     let agent = state.db.revoke_agent(id, now).await?;
     tracing::info!("user {} revoked agent {} (id {})", caller.name, agent.name, agent.id);
-    Ok(Json(AgentDto::new(agent, now)))
+    Ok(Json(AgentDto::new(agent, now, state.movers.heartbeat)))
 }

@@ -9,6 +9,7 @@
 //! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
 //! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, revocation).
 
+pub mod agent_work;
 pub mod agents;
 pub mod auth;
 pub mod error;
@@ -131,6 +132,7 @@ impl Modify for BearerAuth {
         crate::live::instant::migrate,
         crate::live::instant::stop,
         agents::create_token, agents::enroll, agents::heartbeat, agents::list_agents, agents::revoke_agent,
+        agent_work::work, agent_work::events,
     ),
     tags(
         (name = "auth", description = "Login, logout and API tokens"),
@@ -211,6 +213,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/tokens", post(agents::create_token))
         .route("/api/v1/agents/enroll", post(agents::enroll))
         .route("/api/v1/agents/heartbeat", post(agents::heartbeat))
+        .route("/api/v1/agents/work", post(agent_work::work))
+        .route("/api/v1/agents/tasks/{task}/events", post(agent_work::events))
         .route("/api/v1/agents/{id}", delete(agents::revoke_agent))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -273,6 +277,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 51);
+        assert_eq!(operations, 53);
     }
 }

@@ -77,6 +77,8 @@ pub struct RepositoryDto {
     pub write_limit_bytes: Option<i64>,
     /// Whether its backups are encrypted.
     pub encrypted: bool,
+    /// The repository agent that owns it (null: the backup server's own disks).
+    pub agent_id: Option<i64>,
     /// When it was added.
     pub created_at: Timestamp,
     /// Free space of its volume in bytes (absent when the folder cannot be reached).
@@ -113,6 +115,10 @@ pub struct CreateRepository {
     /// Write rate limit in bytes/s; 0 or absent is unlimited.
     #[serde(default)]
     pub write_limit_bytes: Option<i64>,
+    /// Name of the repository agent that owns the folder (`path` is then on that agent's host,
+    /// and only that agent writes to it). Absent: the backup server's own disks.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// `PATCH /api/v1/repositories/{id}` body; absent fields stay, 0 or null limits are unlimited.
@@ -146,6 +152,8 @@ pub struct ProxyDto {
     pub running_tasks: u64,
     /// When it was added.
     pub created_at: Timestamp,
+    /// The proxy agent it is (null: the backup server itself).
+    pub agent_id: Option<i64>,
 }
 
 /// `PATCH /api/v1/proxies/{id}` body.
@@ -278,9 +286,13 @@ fn repository_dto(state: &AppState, repo: Repository) -> RepositoryDto {
     let path = Path::new(&repo.settings.path);
     let encrypted =
         read_encrypted(path).unwrap_or_else(|| state.secrets.repository_password(repo.id).ok().flatten().is_some());
+    let on_agent = repo.settings.agent_id.is_some();
+    let encrypted = encrypted || on_agent;
     RepositoryDto {
         id: repo.id,
-        free_bytes: free_bytes(path),
+        agent_id: repo.settings.agent_id,
+        // The folder of an agent's repository is on another machine.
+        free_bytes: if on_agent { None } else { free_bytes(path) },
         name: repo.settings.name,
         path: repo.settings.path,
         is_default: repo.settings.is_default,
@@ -386,6 +398,89 @@ fn make_repository(path: &Path, encryption: Encryption, password: Option<String>
     })
 }
 
+/// The agent named `name`, if it may own a repository now.
+async fn agent_repository_owner(
+    state: &AppState,
+    name: &str,
+    encryption: Encryption,
+) -> ApiResult<cairn_configdb::Agent> {
+    let agent = state
+        .db
+        .list_agents()
+        .await?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| ApiError::invalid(format!("agent: there is no agent {name:?} (see `cairn agent list`)")))?;
+    if !crate::movers::has_role(&agent, cairn_configdb::AgentRole::Repository) {
+        return Err(ApiError::invalid(format!(
+            "agent: {name} was not enrolled with the repository role"
+        )));
+    }
+    if let Some(why) = state.movers.unavailable(&agent, jiff::Timestamp::now()) {
+        return Err(ApiError::conflict(format!("agent: {why}")));
+    }
+    if encryption == Encryption::None {
+        return Err(ApiError::invalid(
+            "encryption: a repository on an agent is always encrypted (aes-256-gcm)",
+        ));
+    }
+    Ok(agent)
+}
+
+/// Longest wait for an agent to set up a repository folder.
+const AGENT_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Has `agent` create (or adopt) the repository at `path` with `password`.
+async fn init_on_agent(
+    state: &AppState,
+    agent: &cairn_configdb::Agent,
+    path: &Path,
+    password: &str,
+) -> ApiResult<Made> {
+    use cairn_mover::protocol::{Instruction, TaskEvent};
+    let mut task = state.movers.hub.open_task(agent.id);
+    task.send(Instruction::InitRepository {
+        task: task.id,
+        path: path.to_string_lossy().into_owned(),
+        password: password.to_string(),
+    });
+    let answer = tokio::time::timeout(AGENT_INIT_TIMEOUT, async {
+        loop {
+            match task.events.recv().await {
+                Some(TaskEvent::RepositoryReady { summary }) => return Ok(summary),
+                Some(TaskEvent::Failed { error, .. }) => return Err(error),
+                Some(_) => continue,
+                None => return Err("the agent ended the task without an answer".to_string()),
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(summary)) => {
+            tracing::info!("agent {}: {summary}", agent.name);
+            Ok(Made {
+                encrypted: true,
+                password: Some(password.to_string()),
+                existed: true,
+                created: summary.starts_with("created"),
+            })
+        }
+        Ok(Err(error)) => Err(ApiError::invalid(format!(
+            "agent {} could not set up {}: {error}",
+            agent.name,
+            path.display()
+        ))),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "agent {} did not answer within {} s (is it running and polling for work?)",
+                agent.name,
+                AGENT_INIT_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Removes what [`make_repository`] created.
 fn unmake_repository(path: &Path, made: &Made) {
     if !made.created {
@@ -453,11 +548,24 @@ pub async fn create_repository(
         )));
     }
 
-    let (dir, password) = (path.clone(), req.password.clone());
-    let made = tokio::task::spawn_blocking(move || make_repository(&dir, encryption, password)).await??;
+    let agent = match &req.agent {
+        Some(agent) => Some(agent_repository_owner(&state, agent, encryption).await?),
+        None => None,
+    };
+    let made = match &agent {
+        Some(agent) => {
+            let password = req.password.clone().unwrap_or_else(crate::secrets::generate_password);
+            init_on_agent(&state, agent, &path, &password).await?
+        }
+        None => {
+            let (dir, password) = (path.clone(), req.password.clone());
+            tokio::task::spawn_blocking(move || make_repository(&dir, encryption, password)).await??
+        }
+    };
     let row = state
         .db
         .create_repository(&NewRepository {
+            agent_id: agent.as_ref().map(|a| a.id),
             name,
             path: path.to_string_lossy().into_owned(),
             is_default: existing.is_empty(),
@@ -469,7 +577,9 @@ pub async fn create_repository(
     let repo = match row {
         Ok(repo) => repo,
         Err(e) => {
-            unmake_repository(&path, &made);
+            if agent.is_none() {
+                unmake_repository(&path, &made);
+            }
             return Err(e.into());
         }
     };
@@ -477,7 +587,9 @@ pub async fn create_repository(
     if let Some(password) = &made.password {
         if let Err(e) = state.secrets.set_repository_password(repo.id, password.as_bytes()) {
             let _ = state.db.delete_repository(repo.id).await;
-            unmake_repository(&path, &made);
+            if agent.is_none() {
+                unmake_repository(&path, &made);
+            }
             return Err(ApiError::internal(
                 format!("cannot store the password of repository {}", repo.settings.name),
                 e,
@@ -662,11 +774,13 @@ pub async fn list_points(
 }
 
 fn proxy_dto(state: &AppState, p: Proxy) -> ProxyDto {
-    let running = state
-        .resources
-        .proxy_load(&proxy_resource(p.id))
-        .map_or(0, |l| l.running as u64);
+    let resource = match p.settings.agent_id {
+        Some(_) => cairn_resources::ProxyId::new(format!("agent-proxy-{}", p.id)),
+        None => proxy_resource(p.id),
+    };
+    let running = state.resources.proxy_load(&resource).map_or(0, |l| l.running as u64);
     ProxyDto {
+        agent_id: p.settings.agent_id,
         id: p.id,
         name: p.settings.name,
         address: p.settings.address,
@@ -681,6 +795,8 @@ fn proxy_dto(state: &AppState, p: Proxy) -> ProxyDto {
     responses((status = 200, description = "OK", body = Vec<ProxyDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
 pub async fn list_proxies(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<ProxyDto>>> {
     caller.require(Role::Viewer)?;
+    // Proxy agents get their rows on first sight.
+    crate::movers::agent_proxies(&state.db, &state.movers).await?;
     let proxies = state.db.list_proxies().await?;
     Ok(Json(proxies.into_iter().map(|p| proxy_dto(&state, p)).collect()))
 }

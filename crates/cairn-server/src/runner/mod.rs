@@ -33,6 +33,7 @@
 //! repository `repository.id`, each as decimal text. A proxy or repository the resource
 //! scheduler does not know yet is added with its limits from the database when a session starts.
 
+mod remote;
 mod repo_cache;
 pub(crate) mod session;
 pub mod stats;
@@ -112,6 +113,8 @@ pub struct TaskProgress {
 /// What the job manager needs.
 #[derive(Clone)]
 pub struct RunnerContext {
+    /// Agents: control channel, heartbeat rule, the server's own data mover identity.
+    pub movers: Arc<crate::movers::Movers>,
     /// The configuration database.
     pub db: ConfigDb,
     /// Task slots and rate limits.

@@ -1,6 +1,6 @@
 //! One session: resolve the job's VMs, run them (with retries), end with a state and statistics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) repository: cairn_configdb::Repository,
     pub(crate) proxy_name: String,
     pub(crate) request: TaskRequest,
+    /// Proxies the request may get, by resource id: (proxy row id, name, where it runs).
+    pub(crate) proxy_routes: HashMap<String, (i64, String, super::remote::ProxyRoute)>,
     /// Set once the first task got its slots (the session is then `running`).
     pub(crate) running: AtomicBool,
     opened: tokio::sync::Mutex<Option<Arc<Repository>>>,
@@ -324,8 +326,40 @@ impl SessionRun {
                 .set_proxy(proxy_id.clone(), max)
                 .map_err(|e| format!("proxy {}: {e}", proxy.settings.name))?;
         }
-        let request = TaskRequest::new(self.job.id.to_string(), proxy_id, repo_id);
+        let mut proxy_routes = HashMap::from([(
+            proxy_id.as_str().to_string(),
+            (proxy.id, proxy.settings.name.clone(), super::remote::ProxyRoute::Server),
+        )]);
+        let mut request = TaskRequest::new(self.job.id.to_string(), proxy_id, repo_id);
+        if repository.settings.agent_id.is_some() {
+            // A repository on an agent: the proxy agents that are online do the reading; the
+            // server itself only when there is none.
+            let agents = crate::movers::agent_proxies(&db, &self.mgr.ctx.movers)
+                .await
+                .map_err(|e| format!("listing proxy agents: {e}"))?;
+            if !agents.is_empty() {
+                let mut ids = Vec::new();
+                for (row, agent) in agents {
+                    let id = ProxyId::new(format!("agent-proxy-{}", row.id));
+                    let max = usize::try_from(agent.max_tasks).unwrap_or(1).max(1);
+                    resources
+                        .set_proxy(id.clone(), max)
+                        .map_err(|e| format!("proxy {}: {e}", row.settings.name))?;
+                    proxy_routes.insert(
+                        id.as_str().to_string(),
+                        (
+                            row.id,
+                            row.settings.name.clone(),
+                            super::remote::ProxyRoute::Agent(Box::new(agent)),
+                        ),
+                    );
+                    ids.push(id);
+                }
+                request = request.with_proxies(ids);
+            }
+        }
         let shared = Arc::new(Shared {
+            proxy_routes,
             mgr: self.mgr.clone(),
             session_id: self.id,
             settings,

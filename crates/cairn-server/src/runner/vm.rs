@@ -66,6 +66,9 @@ pub(crate) fn human_bytes(n: u64) -> String {
 
 /// Backs up one VM; every task in `tasks` (one per disk of `unit`, in order) ends final.
 pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -> VmOutcome {
+    if shared.repository.settings.agent_id.is_some() {
+        return super::remote::run_vm(shared, unit, tasks).await;
+    }
     let db = shared.mgr.ctx.db.clone();
     let vm_name = unit.repo_name();
     if let Some(reason) = shared.stop.reason() {

@@ -111,6 +111,7 @@ impl Env {
         let db = open_db(backend, dir.path(), test).await;
         let proxy = db
             .create_proxy(&NewProxy {
+                agent_id: None,
                 name: "backup-server".into(),
                 address: None,
                 max_tasks: 4,
@@ -144,6 +145,10 @@ impl Env {
     /// A job manager on this environment.
     pub fn manager(&self, clock: Option<Arc<dyn Clock>>) -> Arc<JobManager> {
         let ctx = RunnerContext {
+            movers: Arc::new(cairn_server::movers::Movers::without_identity(
+                std::time::Duration::from_secs(10),
+                5,
+            )),
             db: self.db.clone(),
             resources: self.resources.clone(),
             secrets: self.secrets.clone(),
@@ -182,6 +187,7 @@ impl Env {
         let row = self
             .db
             .create_repository(&NewRepository {
+                agent_id: None,
                 name: name.into(),
                 path: path.display().to_string(),
                 is_default: false,

@@ -1,0 +1,296 @@
+//! The source data mover: opens a VM's disks on the proxy, describes them, and sends the blocks
+//! the target's engine plans to read, in that order, over a `cairn-transfer` to the target.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_disk::DiskSource;
+use cairn_disk::image::Image;
+use cairn_transfer::{Block, PeerPolicy, Sender, SenderConfig, ServerName, TlsIdentity, TransferId, sender_tls_config};
+use tokio::sync::mpsc;
+
+use crate::pace::Pacer;
+use crate::protocol::{
+    DiskDescription, Instruction, Level, SourceSummary, SourceTask, TaskEvent, extents_to_pairs, runs_to_blocks,
+};
+use crate::{MoverError, TaskLink, human_bytes};
+
+/// Blocks read ahead of the sender.
+const READ_AHEAD: usize = 8;
+/// Window of unacknowledged blocks per transfer.
+const WINDOW: u32 = 64;
+
+/// Runs a source task to its end: opens the disks, reports [`TaskEvent::Described`], then for
+/// every [`Instruction::ReadPlan`] reads and sends those blocks; when every disk's plan has been
+/// sent and acknowledged, returns what was done. [`Instruction::Cancel`] or a cancel in the
+/// server's [`Control`](crate::protocol::Control) ends it with [`MoverError::Cancelled`].
+pub async fn run_source(
+    task: SourceTask,
+    identity: &TlsIdentity,
+    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    link: Arc<dyn TaskLink>,
+) -> Result<SourceSummary, MoverError> {
+    let paths: Vec<PathBuf> = task.disks.iter().map(PathBuf::from).collect();
+    let link_for_open = link.clone();
+    let (disks, descriptions) = tokio::task::spawn_blocking(move || open_disks(&paths, link_for_open.as_ref()))
+        .await
+        .map_err(|e| MoverError::Panicked(e.to_string()))??;
+    link.emit(TaskEvent::Described { disks: descriptions });
+    let disks: Arc<Vec<Image>> = Arc::new(disks);
+
+    let endpoint = &task.target;
+    let transfer: TransferId = endpoint.transfer.parse().map_err(MoverError::Protocol)?;
+    let fingerprint = endpoint
+        .fingerprint
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("the target's fingerprint: {e}")))?;
+    let addr = endpoint
+        .address
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("the target's address {:?}: {e}", endpoint.address)))?;
+    let server_name = ServerName::try_from(endpoint.server_name.clone())
+        .map_err(|e| MoverError::Protocol(format!("the target's name {:?}: {e}", endpoint.server_name)))?;
+    let tls = sender_tls_config(identity, PeerPolicy::pinned(fingerprint))?;
+    let pacer = Arc::new(Pacer::new(task.network_rate));
+    let mut config = SenderConfig::new(addr, server_name, tls, transfer);
+    config.streams = endpoint.streams;
+    config.window = WINDOW;
+    config.max_block_len = task.block_size.max(1);
+    config.throttle = Some(pacer.clone());
+    let started = Instant::now();
+
+    let mut sender: Option<Sender> = None;
+    let mut pending: VecDeque<(u32, Vec<u64>)> = VecDeque::new();
+    let mut planned = 0usize;
+    let mut summary = SourceSummary {
+        streams: endpoint.streams,
+        ..SourceSummary::default()
+    };
+    let mut control_tick = tokio::time::interval(Duration::from_millis(250));
+    let bs = u64::from(task.block_size);
+    while planned < disks.len() || !pending.is_empty() {
+        // Wait for the next plan (or a stop).
+        let (disk, blocks) = match pending.pop_front() {
+            Some(p) => p,
+            None => {
+                tokio::select! {
+                    ins = instructions.recv() => {
+                        match ins {
+                            Some(Instruction::ReadPlan { disk, runs, .. }) => {
+                                let blocks = plan_blocks(&disks, disk, &runs, bs)?;
+                                planned += 1;
+                                pending.push_back((disk, blocks));
+                                continue;
+                            }
+                            Some(Instruction::Cancel { reason, .. }) => return cancelled(sender, reason).await,
+                            Some(_) => continue,
+                            None => return cancelled(sender, "the server ended the task".into()).await,
+                        }
+                    }
+                    _ = control_tick.tick() => {
+                        let control = link.control();
+                        if let Some(reason) = control.cancel {
+                            return cancelled(sender, reason).await;
+                        }
+                        pacer.set_rate(control.network_rate);
+                        continue;
+                    }
+                }
+            }
+        };
+        if sender.is_none() {
+            sender = Some(Sender::connect(config.clone()).await?);
+        }
+        let Some(active) = sender.as_ref() else {
+            continue;
+        };
+        let total = blocks.len();
+        if total > 0 {
+            link.emit(TaskEvent::Log {
+                disk: Some(disk),
+                level: Level::Info,
+                text: format!(
+                    "sending {total} blocks of {} to the repository's data mover over {} stream(s)",
+                    disks[disk as usize].describe(),
+                    endpoint.streams
+                ),
+            });
+        }
+        // A reader thread fills a small queue; this task sends.
+        let (tx, mut rx) = mpsc::channel::<Result<(u64, Bytes, bool), MoverError>>(READ_AHEAD);
+        let reader_disks = disks.clone();
+        let reader = tokio::task::spawn_blocking(move || read_blocks(&reader_disks[disk as usize], &blocks, bs, tx));
+        loop {
+            tokio::select! {
+                biased;
+                ins = instructions.recv() => match ins {
+                    Some(Instruction::ReadPlan { disk, runs, .. }) => {
+                        let blocks = plan_blocks(&disks, disk, &runs, bs)?;
+                        planned += 1;
+                        pending.push_back((disk, blocks));
+                    }
+                    Some(Instruction::Cancel { reason, .. }) => {
+                        drop(rx);
+                        return cancelled(sender, reason).await;
+                    }
+                    Some(_) => {}
+                    None => {
+                        drop(rx);
+                        return cancelled(sender, "the server ended the task".into()).await;
+                    }
+                },
+                _ = control_tick.tick() => {
+                    let control = link.control();
+                    if let Some(reason) = control.cancel {
+                        drop(rx);
+                        return cancelled(sender, reason).await;
+                    }
+                    pacer.set_rate(control.network_rate);
+                }
+                next = rx.recv() => match next {
+                    Some(Ok((offset, data, zero))) => {
+                        summary.blocks += 1;
+                        if zero {
+                            summary.zero_blocks += 1;
+                        }
+                        active.send(Block { disk, offset, data }).await?;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+        }
+        let (read_bytes, read_time) = reader.await.map_err(|e| MoverError::Panicked(e.to_string()))?;
+        summary.read_bytes += read_bytes;
+        summary.read_secs += read_time.as_secs_f64();
+    }
+    if let Some(sender) = sender {
+        let stats = sender.finish().await?;
+        summary.sent_bytes = stats.bytes_sent;
+        summary.resent_blocks = stats.resent_blocks;
+        summary.reconnects = stats.reconnects;
+        summary.throttled_secs = stats.throttled.as_secs_f64();
+    }
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+async fn cancelled<T>(sender: Option<Sender>, reason: String) -> Result<T, MoverError> {
+    if let Some(sender) = sender {
+        sender.abort(&reason).await;
+    }
+    Err(MoverError::Cancelled(reason))
+}
+
+/// The blocks of a plan, checked against the disk.
+fn plan_blocks(disks: &[Image], disk: u32, runs: &[[u64; 2]], bs: u64) -> Result<Vec<u64>, MoverError> {
+    let Some(image) = disks.get(disk as usize) else {
+        return Err(MoverError::Protocol(format!(
+            "a read plan for disk {disk}, but the VM has {} disks",
+            disks.len()
+        )));
+    };
+    let count = image.virtual_size().div_ceil(bs.max(1));
+    let blocks = runs_to_blocks(runs, count)
+        .ok_or_else(|| MoverError::Protocol(format!("the read plan of disk {disk} names more blocks than it has")))?;
+    if let Some(bad) = blocks.iter().find(|&&b| b >= count) {
+        return Err(MoverError::Protocol(format!(
+            "the read plan of disk {disk} names block {bad}, past its end ({count} blocks)"
+        )));
+    }
+    Ok(blocks)
+}
+
+/// Reads `blocks` of `image` in order into `tx` (an all-zero block as an empty one); returns
+/// the bytes read and the time spent reading.
+fn read_blocks(
+    image: &Image,
+    blocks: &[u64],
+    bs: u64,
+    tx: mpsc::Sender<Result<(u64, Bytes, bool), MoverError>>,
+) -> (u64, Duration) {
+    let size = image.virtual_size();
+    let mut read = 0u64;
+    let mut busy = Duration::ZERO;
+    for &block in blocks {
+        let offset = block * bs;
+        let len = (size - offset).min(bs) as usize;
+        let mut buf = vec![0u8; len];
+        let t = Instant::now();
+        let result = image.read_at(&mut buf, offset);
+        busy += t.elapsed();
+        let item = match result {
+            Ok(()) => {
+                read += len as u64;
+                if buf.iter().all(|&b| b == 0) {
+                    Ok((offset, Bytes::new(), true))
+                } else {
+                    Ok((offset, Bytes::from(buf), false))
+                }
+            }
+            Err(e) => Err(MoverError::Disk(e)),
+        };
+        let stop = item.is_err();
+        if tx.blocking_send(item).is_err() || stop {
+            break;
+        }
+    }
+    (read, busy)
+}
+
+/// Opens every disk, with a differencing child's changed extents as CBT, and logs the decision.
+fn open_disks(paths: &[PathBuf], link: &dyn TaskLink) -> Result<(Vec<Image>, Vec<DiskDescription>), MoverError> {
+    let mut images = Vec::new();
+    let mut descriptions = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let opened = Image::open(path).and_then(|image| {
+            let changed = image.changed_extents()?;
+            let allocation = image.allocation()?;
+            Ok((image, changed, allocation))
+        });
+        let (image, changed, allocation) = opened.map_err(|error| MoverError::Open {
+            disk: i as u32,
+            path: path.clone(),
+            error,
+        })?;
+        let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
+        let text = match (&changed, &changed_since) {
+            (Some(extents), Some(_)) => {
+                let bytes: u64 = extents.iter().map(|e| e.length).sum();
+                format!(
+                    "changed block tracking: {} is a differencing disk; its {} changed extents ({}) are read \
+                     if the previous restore point was read from its parent",
+                    path.display(),
+                    extents.len(),
+                    human_bytes(bytes)
+                )
+            }
+            _ => format!(
+                "no changed block tracking for {} (not a differencing disk): every allocated block is read \
+                 and compared with the previous restore point",
+                path.display()
+            ),
+        };
+        link.emit(TaskEvent::Log {
+            disk: Some(i as u32),
+            level: Level::Info,
+            text,
+        });
+        let sectors = image.sector_sizes();
+        descriptions.push(DiskDescription {
+            describe: image.describe(),
+            virtual_size: image.virtual_size(),
+            logical_sector: sectors.logical,
+            physical_sector: sectors.physical,
+            identity: DiskSource::identity(&image),
+            allocation: extents_to_pairs(&allocation),
+            changed: changed.as_deref().map(extents_to_pairs),
+            changed_since: changed_since.filter(|_| changed.is_some()),
+        });
+        images.push(image);
+    }
+    Ok((images, descriptions))
+}

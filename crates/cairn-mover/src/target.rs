@@ -1,0 +1,370 @@
+//! The target data mover: owns a repository folder, receives a VM's blocks from the proxy and
+//! runs the engine on them (hash, dedup against the previous point, compress, encrypt, write),
+//! commits the restore point and applies retention. Nothing else writes to the repository.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cairn_engine::{BackupHooks, BackupOptions, DiskInput, EngineError, Progress};
+use cairn_format::codec::Compression;
+use cairn_repo::{BackupPlan, FullKind, PointStats, Repository, SessionKind};
+use cairn_transfer::{ConsumerError, Fingerprint, ReceivedBlock, Receiver, TransferId};
+use tokio::sync::mpsc;
+
+use crate::inbox::{Inbox, RemoteDisk};
+use crate::pace::Pacer;
+use crate::protocol::{Instruction, Level, TargetTask, TaskEvent, blocks_to_runs, pairs_to_extents};
+use crate::{MoverError, TaskLink, human_bytes};
+
+/// Blocks the target holds between the transfer and the engine (memory ≈ this × block size).
+const INBOX_BLOCKS: usize = 32;
+/// Least time between two progress reports of a disk.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long the target waits for the sender's END after its engine is done.
+const END_WAIT: Duration = Duration::from_secs(30);
+
+/// What a committed target task produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The new point's id.
+    pub point: String,
+    /// What kind of session wrote it.
+    pub kind: SessionKind,
+}
+
+/// Runs a target task to its end: expects the transfer (from the pinned source only), runs the
+/// engine with the VM's disks read from it, commits the point, applies retention and reports
+/// [`TaskEvent::Committed`]. Stops at the next block on [`Instruction::Cancel`] or a cancel in the
+/// server's [`Control`](crate::protocol::Control); the repository then stays as it was.
+pub async fn run_target(
+    task: TargetTask,
+    receiver: &Receiver,
+    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    link: Arc<dyn TaskLink>,
+) -> Result<Committed, MoverError> {
+    let transfer: TransferId = task.transfer.parse().map_err(MoverError::Protocol)?;
+    let source: Fingerprint = task
+        .source_fingerprint
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("the source's fingerprint: {e}")))?;
+    let compression: Compression = task
+        .compression
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("compression {:?}: {e}", task.compression)))?;
+    let root = PathBuf::from(&task.repository);
+    let password = task.password.clone();
+    let repo = tokio::task::spawn_blocking(move || Repository::open(&root, Some(password.as_bytes())))
+        .await
+        .map_err(|e| MoverError::Panicked(e.to_string()))?
+        .map_err(|e| MoverError::Repo {
+            path: PathBuf::from(&task.repository),
+            error: e,
+        })?;
+    let repo = Arc::new(repo);
+
+    let inbox = Inbox::new(INBOX_BLOCKS);
+    let consumer_inbox = inbox.clone();
+    let incoming = receiver.expect_from(transfer, source, move |block: ReceivedBlock| {
+        let inbox = consumer_inbox.clone();
+        async move {
+            inbox
+                .put(block.disk, block.offset, block.data)
+                .await
+                .map_err(ConsumerError::from)
+        }
+    })?;
+
+    let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
+    let set_stop = {
+        let (stop, inbox) = (stop.clone(), inbox.clone());
+        move |why: Stop| {
+            let reason = why.reason().to_string();
+            stop.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(why);
+            inbox.fail(reason);
+        }
+    };
+    let pacer = Arc::new(Pacer::new(task.write_rate));
+    let engine_done = Arc::new(AtomicBool::new(false));
+
+    // Steering: cancels (instructions and control answers), rate changes, a failed transfer.
+    let watcher = {
+        let (link, pacer, set_stop, engine_done) = (link.clone(), pacer.clone(), set_stop.clone(), engine_done.clone());
+        let incoming = &incoming;
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut transfer_over = false;
+            loop {
+                tokio::select! {
+                    ins = instructions.recv() => match ins {
+                        Some(Instruction::Cancel { reason, .. }) => { set_stop(Stop::Cancelled(reason)); return; }
+                        Some(_) => {}
+                        None => { set_stop(Stop::Cancelled("the server ended the task".into())); return; }
+                    },
+                    _ = tick.tick() => {
+                        let control = link.control();
+                        if let Some(reason) = control.cancel { set_stop(Stop::Cancelled(reason)); return; }
+                        pacer.set_rate(control.write_rate);
+                    }
+                    result = incoming.wait(), if !transfer_over => {
+                        transfer_over = true;
+                        if let Err(e) = result && !engine_done.load(Ordering::SeqCst) {
+                            set_stop(Stop::Failed(format!("the transfer from the proxy failed: {e}")));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let stopped_why = {
+        let stop = stop.clone();
+        move || stop.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    };
+    let stopped = {
+        let why = stopped_why.clone();
+        move || why().map(|w| w.reason().to_string())
+    };
+    let inputs: Vec<DiskInput> = task
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let stopped = stopped.clone();
+            DiskInput {
+                source: Box::new(RemoteDisk::new(i as u32, d.clone(), inbox.clone(), Box::new(stopped))),
+                changed: d.changed.as_deref().map(pairs_to_extents),
+                changed_since: d.changed_since.clone(),
+            }
+        })
+        .collect();
+    let plan = BackupPlan {
+        vm: task.vm.clone(),
+        block_size: task.block_size,
+        method: task.method,
+        full_every: task.full_every,
+        full_kind: FullKind::Synthetic,
+        force_full: false,
+        vm_config: task.vm_config.clone(),
+    };
+    let opts = BackupOptions {
+        compression,
+        ..BackupOptions::default()
+    };
+    let hooks = Arc::new(TargetHooks {
+        link: link.clone(),
+        pacer: pacer.clone(),
+        stopped: Box::new(stopped.clone()),
+        disk: Mutex::new(DiskClock::default()),
+    });
+    let (engine_repo, engine_hooks, done_flag) = (repo.clone(), hooks.clone(), engine_done.clone());
+    let engine = tokio::task::spawn_blocking(move || {
+        let r = cairn_engine::backup_with_hooks(&engine_repo, &plan, inputs, &opts, engine_hooks.as_ref());
+        done_flag.store(true, Ordering::SeqCst);
+        r
+    });
+    // The engine ends at its next block once the watcher set a stop; keep waiting for it so the
+    // repository is released before the task reports its end.
+    tokio::pin!(watcher);
+    let mut watching = true;
+    let mut engine = engine;
+    let joined = loop {
+        tokio::select! {
+            r = &mut engine => break r,
+            () = &mut watcher, if watching => watching = false,
+        }
+    };
+    let result = match joined.map_err(|e| MoverError::Panicked(e.to_string()))? {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(match stopped_why() {
+                Some(Stop::Cancelled(reason)) => MoverError::Cancelled(reason),
+                Some(Stop::Failed(reason)) => MoverError::Transfer(reason),
+                None => MoverError::Engine(e),
+            });
+        }
+    };
+    // The sender finishes once everything it sent was acknowledged; wait briefly for its END so
+    // its streams close cleanly (the point is already committed).
+    let _ = tokio::time::timeout(END_WAIT, incoming.wait()).await;
+
+    let kind = match result.kind {
+        SessionKind::ActiveFull => "full",
+        SessionKind::SyntheticFull => "synthetic full",
+        SessionKind::Incremental => "incremental",
+    };
+    let (retain_repo, vm, keep) = (repo.clone(), task.vm.clone(), task.retention.max(1) as usize);
+    let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&retain_repo, &vm, keep)).await;
+    let (retention, retention_failed) = match retained {
+        Ok(Ok(report)) => {
+            let mut text = format!(
+                "retention ({keep} points, on the repository's data mover): {} kept, {} removed{}",
+                report.kept,
+                report.removed.len(),
+                if report.reclaimed_bytes > 0 {
+                    format!(", {} reclaimed", human_bytes(report.reclaimed_bytes))
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(note) = &report.note {
+                text.push_str("; ");
+                text.push_str(note);
+            }
+            (text, false)
+        }
+        Ok(Err(e)) => (
+            format!(
+                "retention failed, the new restore point stays: {}",
+                crate::error_chain(&e)
+            ),
+            true,
+        ),
+        Err(e) => (
+            format!("retention ended abnormally, the new restore point stays: {e}"),
+            true,
+        ),
+    };
+    link.emit(TaskEvent::Committed {
+        point: result.point.id.clone(),
+        kind: kind.to_string(),
+        notes: result.notes.clone(),
+        retention,
+        retention_failed,
+    });
+    Ok(Committed {
+        point: result.point.id,
+        kind: result.kind,
+    })
+}
+
+/// Creates the repository at `path` with `password` (AES-256-GCM), or opens the one already
+/// there; returns a summary for the log.
+pub fn init_repository(path: &Path, password: &str) -> Result<String, MoverError> {
+    let repo_error = |error| MoverError::Repo {
+        path: path.to_path_buf(),
+        error,
+    };
+    match Repository::open(path, Some(password.as_bytes())) {
+        Ok(_) => return Ok(format!("adopted the repository already in {}", path.display())),
+        Err(cairn_repo::RepoError::NotARepository { .. }) => {}
+        Err(e) => return Err(repo_error(e)),
+    }
+    Repository::init(path, cairn_repo::Encryption::Aes256Gcm, Some(password.as_bytes()), None).map_err(repo_error)?;
+    Ok(format!(
+        "created an encrypted repository (AES-256-GCM) in {}",
+        path.display()
+    ))
+}
+
+/// Why a target task stops before its engine is done.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// The server cancelled it.
+    Cancelled(String),
+    /// The transfer from the proxy failed.
+    Failed(String),
+}
+
+impl Stop {
+    fn reason(&self) -> &str {
+        match self {
+            Stop::Cancelled(r) | Stop::Failed(r) => r,
+        }
+    }
+}
+
+#[derive(Default)]
+struct DiskClock {
+    started: Option<Instant>,
+    throttled_at_start: Duration,
+    last_progress: Option<Instant>,
+}
+
+struct TargetHooks {
+    link: Arc<dyn TaskLink>,
+    pacer: Arc<Pacer>,
+    stopped: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    disk: Mutex<DiskClock>,
+}
+
+impl TargetHooks {
+    fn clock(&self) -> std::sync::MutexGuard<'_, DiskClock> {
+        self.disk.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl BackupHooks for TargetHooks {
+    fn disk_starting(&self, disk: u32, total_bytes: u64) -> Result<(), EngineError> {
+        {
+            let mut c = self.clock();
+            c.started = Some(Instant::now());
+            c.throttled_at_start = self.pacer.waited();
+            c.last_progress = None;
+        }
+        self.link.emit(TaskEvent::DiskStarting { disk, total_bytes });
+        Ok(())
+    }
+
+    fn disk_reading(&self, disk: u32, blocks: &[u64]) -> Result<(), EngineError> {
+        self.link.emit(TaskEvent::ReadPlan {
+            disk,
+            runs: blocks_to_runs(blocks),
+        });
+        Ok(())
+    }
+
+    fn disk_finished(&self, disk: u32, stats: &PointStats) {
+        let (wall, throttled) = {
+            let c = self.clock();
+            (
+                c.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+                self.pacer.waited().saturating_sub(c.throttled_at_start),
+            )
+        };
+        self.link.emit(TaskEvent::DiskFinished {
+            disk,
+            stats: stats.clone(),
+            throttle_secs: throttled.as_secs_f64(),
+            wall_secs: wall,
+        });
+    }
+
+    fn progress(&self, disk: u32, progress: Progress) {
+        let due = {
+            let mut c = self.clock();
+            let due = c.last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
+                || progress.done_bytes == progress.total_bytes;
+            if due {
+                c.last_progress = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.link.emit(TaskEvent::Progress {
+                disk,
+                done_bytes: progress.done_bytes,
+                total_bytes: progress.total_bytes,
+            });
+        }
+    }
+
+    fn throttle_write(&self, bytes: u64) {
+        self.pacer.wait(bytes);
+    }
+
+    fn stop_requested(&self) -> bool {
+        (self.stopped)().is_some()
+    }
+}
+
+/// A log line for the task (helper for callers).
+pub fn log(link: &dyn TaskLink, disk: Option<u32>, level: Level, text: impl Into<String>) {
+    link.emit(TaskEvent::Log {
+        disk,
+        level,
+        text: text.into(),
+    });
+}
