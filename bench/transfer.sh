@@ -6,7 +6,7 @@
 #
 # Needs root and iproute2 (network namespaces, veth pairs, TUN devices). The delayed, lossy
 # link is emulated in user space over TUN devices because this machine's kernel has no
-# sch_netem (`tc qdisc add ... netem` fails); see crates/cairn-transfer/tests/common/netns.rs.
+# sch_netem (`tc qdisc add ... netem` fails); see crates/cairn-testnet.
 # Runs once with the kernel's default TCP congestion control (bbr here) and once with reno,
 # the classic loss-based one, where parallel streams matter most (cubic is not in this
 # kernel's net.ipv4.tcp_allowed_congestion_control, so a namespace may not select it). Figures are single runs:

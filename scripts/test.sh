@@ -31,6 +31,9 @@ command -v nbdinfo >/dev/null || need_apt+=(libnbd-bin)
 command -v nbdkit >/dev/null || need_apt+=(nbdkit)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 command -v extlinux >/dev/null || need_apt+=(extlinux syslinux-common)
+# Data mover tests: network namespaces, veth pairs, bridges, TUN devices (iproute2).
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v tc >/dev/null || need_apt+=(iproute2)
 need_qemu_system=0
 command -v qemu-system-x86_64 >/dev/null || need_qemu_system=1
 if [ ${#need_apt[@]} -gt 0 ] || [ "$need_qemu_system" = 1 ]; then

@@ -98,6 +98,9 @@ pub enum Command {
     Session(SessionCommand),
     /// Run an agent (data mover) on this host, or manage the server's agents.
     Agent(AgentArgs),
+    /// Manage network throttling rules between data movers.
+    #[command(subcommand)]
+    Throttle(ThrottleCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -863,6 +866,34 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(45));
         assert!(parse_duration("soon").is_err());
     }
+}
+
+/// `cairn throttle …`: network throttling rules.
+#[derive(Subcommand, Debug)]
+pub enum ThrottleCommand {
+    /// Add a rule limiting the traffic between two address ranges, in both directions
+    /// (administrator). The limit is shared equally by the transfers it applies to.
+    Add {
+        /// One address range: 10.0.1.0/24, fd00::/64 or a bare address.
+        #[arg(long, value_name = "CIDR")]
+        from: String,
+        /// The other address range.
+        #[arg(long, value_name = "CIDR")]
+        to: String,
+        /// Bytes per second, e.g. 50MB/s, 100MiB, 1G.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        limit: u64,
+        /// When the rule applies (backup-window text, e.g. "mon-fri 08:00-18:00"); default always.
+        #[arg(long, value_name = "TEXT")]
+        window: Option<String>,
+    },
+    /// List the rules.
+    List,
+    /// Remove a rule (administrator).
+    Remove {
+        /// Rule id (see `cairn throttle list`).
+        id: i64,
+    },
 }
 
 /// `cairn agent …`: without a subcommand, the same as `cairn agent run`.

@@ -65,7 +65,9 @@ fn enrol_heartbeat_restart_revoke(backend: Backend) {
         .arg(&srv.ca)
         .arg("--data")
         .arg(&dir)
-        .args(["--max-tasks", "3"]);
+        .args(["--max-tasks", "3"])
+        // A repository agent listens for data; tests run side by side, so not on the default port.
+        .args(["--listen", "127.0.0.1:0"]);
     let mut agent = spawn_agent(cmd, &log1);
     let seen = wait_online(&srv, "proxy01", None);
     assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"));
@@ -105,7 +107,7 @@ fn enrol_heartbeat_restart_revoke(backend: Backend) {
     // Restart: no token, no --ca-cert, no --server; the stored identity is used.
     let log2 = srv.tmp.path().join("agent2.log");
     let before = seen["last_seen_at"].as_str().unwrap().to_owned();
-    let mut cmd = srv.cairn(["agent", "run", "--data"]);
+    let mut cmd = srv.cairn(["agent", "run", "--listen", "127.0.0.1:0", "--data"]);
     cmd.arg(&dir);
     let mut agent = spawn_agent(cmd, &log2);
     wait_online(&srv, "proxy01", Some(&before));

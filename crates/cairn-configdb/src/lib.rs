@@ -27,6 +27,7 @@ mod error;
 mod inventory;
 mod jobs;
 mod sessions;
+mod throttle;
 mod users;
 
 pub use agents::{
@@ -40,6 +41,7 @@ pub use inventory::{
 };
 pub use jobs::{Job, JobSpec, default_consistency};
 pub use sessions::{LogLevel, LogLine, NewTask, Session, SessionCursor, SessionPage, SessionQuery, SessionState, Task};
+pub use throttle::{NewThrottleRule, ThrottleRule};
 pub use users::{NewToken, Role, Token, TokenKind, User};
 
 /// Settings key of the global parallel-processing switch (`"true"` or `"false"`; default on).

@@ -4,8 +4,8 @@
 mod common;
 
 use cairn_configdb::{
-    AgentRole, AgentStatus, EnrolRefusal, Error, IssuedCertificate, NewAgent, NewEnrolmentToken, Role,
-    roles_from_text, roles_to_text,
+    AgentRole, AgentStatus, EnrolRefusal, Error, IssuedCertificate, NewAgent, NewEnrolmentToken, Role, roles_from_text,
+    roles_to_text,
 };
 use common::Fixture;
 use jiff::{SignedDuration, Timestamp};
@@ -56,30 +56,27 @@ fn roles_round_trip_in_a_fixed_order() {
 async fn a_token_enrols_exactly_one_agent(f: &Fixture) {
     let hour = SignedDuration::from_hours(1);
     token(f, "h1", &[AgentRole::Proxy, AgentRole::Repository], hour).await;
-    let (agent1, issued) = f
-        .db
-        .enrol_agent("h1", Timestamp::now(), &agent("proxy01"), signer("a"))
-        .await
-        .unwrap()
-        .expect("first use enrols");
+    let (agent1, issued) =
+        f.db.enrol_agent("h1", Timestamp::now(), &agent("proxy01"), signer("a"))
+            .await
+            .unwrap()
+            .expect("first use enrols");
     assert_eq!(issued.extra, format!("cert of {} (a)", agent1.id));
     assert_eq!(agent1.cert_fingerprint, issued.fingerprint);
     assert_eq!(agent1.roles, [AgentRole::Proxy, AgentRole::Repository]);
     assert_eq!((agent1.max_tasks, agent1.free_bytes), (4, 1 << 40));
     assert!(agent1.revoked_at.is_none() && agent1.last_seen_at.is_none());
 
-    let again = f
-        .db
-        .enrol_agent("h1", Timestamp::now(), &agent("proxy02"), signer("b"))
-        .await
-        .unwrap();
+    let again =
+        f.db.enrol_agent("h1", Timestamp::now(), &agent("proxy02"), signer("b"))
+            .await
+            .unwrap();
     assert_eq!(again.unwrap_err(), EnrolRefusal::Used);
     assert_eq!(EnrolRefusal::Used.to_string(), "enrolment token already used");
-    let unknown = f
-        .db
-        .enrol_agent("nope", Timestamp::now(), &agent("proxy03"), signer("c"))
-        .await
-        .unwrap();
+    let unknown =
+        f.db.enrol_agent("nope", Timestamp::now(), &agent("proxy03"), signer("c"))
+            .await
+            .unwrap();
     assert_eq!(unknown.unwrap_err(), EnrolRefusal::Unknown);
     assert_eq!(f.db.list_agents().await.unwrap().len(), 1, "refusals create nothing");
 
@@ -89,7 +86,11 @@ async fn a_token_enrols_exactly_one_agent(f: &Fixture) {
     assert_eq!(tokens[0].agent_id, Some(agent1.id));
 
     // Looked up by the pinned fingerprint only.
-    let found = f.db.find_agent_by_fingerprint(&issued.fingerprint).await.unwrap().unwrap();
+    let found =
+        f.db.find_agent_by_fingerprint(&issued.fingerprint)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(found, agent1);
     assert!(f.db.find_agent_by_fingerprint(&"0".repeat(64)).await.unwrap().is_none());
 }
@@ -120,37 +121,37 @@ both_backends!(racing_enrolments_with_one_token_let_one_win);
 
 async fn expired_tokens_and_ungranted_roles_are_refused(f: &Fixture) {
     token(f, "old", &[AgentRole::Proxy], SignedDuration::from_secs(-1)).await;
-    let r = f
-        .db
-        .enrol_agent("old", Timestamp::now(), &agent("late"), signer("x"))
-        .await
-        .unwrap();
+    let r =
+        f.db.enrol_agent("old", Timestamp::now(), &agent("late"), signer("x"))
+            .await
+            .unwrap();
     assert_eq!(r.unwrap_err(), EnrolRefusal::Expired);
 
     token(f, "proxy-only", &[AgentRole::Proxy], SignedDuration::from_hours(1)).await;
     let mut greedy = agent("greedy");
     greedy.roles = Some(vec![AgentRole::Proxy, AgentRole::Gateway]);
-    let r = f
-        .db
-        .enrol_agent("proxy-only", Timestamp::now(), &greedy, signer("x"))
-        .await
-        .unwrap();
+    let r =
+        f.db.enrol_agent("proxy-only", Timestamp::now(), &greedy, signer("x"))
+            .await
+            .unwrap();
     assert_eq!(r.unwrap_err(), EnrolRefusal::RolesNotGranted);
     // The refused request did not use the token up.
-    let (a, _) = f
-        .db
-        .enrol_agent("proxy-only", Timestamp::now(), &agent("modest"), signer("x"))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, _) =
+        f.db.enrol_agent("proxy-only", Timestamp::now(), &agent("modest"), signer("x"))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(a.roles, [AgentRole::Proxy]);
 
     assert_eq!(f.db.delete_expired_enrolment_tokens(Timestamp::now()).await.unwrap(), 1);
-    assert_eq!(f.db.list_enrolment_tokens().await.unwrap().len(), 1, "the used one stays");
+    assert_eq!(
+        f.db.list_enrolment_tokens().await.unwrap().len(),
+        1,
+        "the used one stays"
+    );
 
-    let err = f
-        .db
-        .create_enrolment_token(&NewEnrolmentToken {
+    let err =
+        f.db.create_enrolment_token(&NewEnrolmentToken {
             token_hash: "none".into(),
             roles: vec![],
             created_by: None,
@@ -170,26 +171,23 @@ async fn a_taken_name_or_failed_signing_keeps_the_token(f: &Fixture) {
         .await
         .unwrap()
         .unwrap();
-    let err = f
-        .db
-        .enrol_agent("t2", Timestamp::now(), &agent("repo01"), signer("2"))
-        .await
-        .unwrap_err();
+    let err =
+        f.db.enrol_agent("t2", Timestamp::now(), &agent("repo01"), signer("2"))
+            .await
+            .unwrap_err();
     assert!(matches!(err, Error::Duplicate { .. }), "{err}");
-    let err = f
-        .db
-        .enrol_agent("t2", Timestamp::now(), &agent("repo02"), |_| {
+    let err =
+        f.db.enrol_agent("t2", Timestamp::now(), &agent("repo02"), |_| {
             Err::<IssuedCertificate<()>, _>("the CA key is unreadable".to_string())
         })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("the CA key is unreadable"), "{err}");
-    let (a, _) = f
-        .db
-        .enrol_agent("t2", Timestamp::now(), &agent("repo02"), signer("2"))
-        .await
-        .unwrap()
-        .expect("t2 is still usable");
+    let (a, _) =
+        f.db.enrol_agent("t2", Timestamp::now(), &agent("repo02"), signer("2"))
+            .await
+            .unwrap()
+            .expect("t2 is still usable");
     assert_eq!(a.name, "repo02");
     assert_eq!(f.db.list_agents().await.unwrap().len(), 2);
 }
@@ -205,12 +203,11 @@ async fn heartbeats_and_revocation(f: &Fixture) {
     })
     .await
     .unwrap();
-    let (a, issued) = f
-        .db
-        .enrol_agent("hb", Timestamp::now(), &agent("p1"), signer("p"))
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, issued) =
+        f.db.enrol_agent("hb", Timestamp::now(), &agent("p1"), signer("p"))
+            .await
+            .unwrap()
+            .unwrap();
     let seen = Timestamp::now();
     let status = AgentStatus {
         version: "0.2.0".into(),
@@ -221,7 +218,11 @@ async fn heartbeats_and_revocation(f: &Fixture) {
     let after = f.db.record_heartbeat(a.id, &status, seen).await.unwrap();
     assert_eq!(after.version, "0.2.0");
     assert_eq!((after.max_tasks, after.free_bytes), (8, 12345));
-    assert_eq!(after.address.as_deref(), Some("10.0.0.7"), "an absent address keeps the old one");
+    assert_eq!(
+        after.address.as_deref(),
+        Some("10.0.0.7"),
+        "an absent address keeps the old one"
+    );
     assert_eq!(
         after.last_seen_at.map(|t| t.as_microsecond()),
         Some(seen.as_microsecond())
@@ -241,16 +242,25 @@ async fn heartbeats_and_revocation(f: &Fixture) {
         revoked.revoked_at.map(|t| t.as_microsecond()),
         Some(revoked_at.as_microsecond())
     );
-    let again = f
-        .db
-        .revoke_agent(a.id, revoked_at + SignedDuration::from_secs(60))
-        .await
-        .unwrap();
+    let again =
+        f.db.revoke_agent(a.id, revoked_at + SignedDuration::from_secs(60))
+            .await
+            .unwrap();
     assert_eq!(again.revoked_at, revoked.revoked_at, "the first revocation time stays");
-    let err = f.db.record_heartbeat(a.id, &status, Timestamp::now()).await.unwrap_err();
-    assert!(matches!(&err, Error::Conflict { what } if what.contains("revoked")), "{err}");
+    let err =
+        f.db.record_heartbeat(a.id, &status, Timestamp::now())
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict { what } if what.contains("revoked")),
+        "{err}"
+    );
     // The row stays, found by its fingerprint, so the server can say why it refuses.
-    let found = f.db.find_agent_by_fingerprint(&issued.fingerprint).await.unwrap().unwrap();
+    let found =
+        f.db.find_agent_by_fingerprint(&issued.fingerprint)
+            .await
+            .unwrap()
+            .unwrap();
     assert!(found.revoked_at.is_some());
     assert_eq!(f.db.list_agents().await.unwrap().len(), 1);
     assert!(matches!(

@@ -44,7 +44,10 @@ fn vpc_args(img: &Path) -> Vec<String> {
     if qemu_major() < 10 && old_rule_uses_chs && !qemu_rule_uses_chs {
         vec![
             "--image-opts".into(),
-            format!("driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}", path_str(img)),
+            format!(
+                "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename={}",
+                path_str(img)
+            ),
         ]
     } else {
         vec!["-f".into(), "vpc".into(), path_str(img).into()]

@@ -351,3 +351,102 @@ fn restore_paces_every_record_read_and_stops_on_request() {
     );
     assert!(!stopped.exists(), "the partial image must be removed");
 }
+
+/// A disk that records the offsets it is read at.
+struct LoggedDisk {
+    data: Vec<u8>,
+    reads: Mutex<Vec<u64>>,
+}
+
+impl DiskSource for LoggedDisk {
+    fn describe(&self) -> String {
+        "logged".into()
+    }
+    fn virtual_size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            offset: 0,
+            length: self.data.len() as u64,
+        }])
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> cairn_disk::Result<()> {
+        self.reads.lock().unwrap().push(offset);
+        let o = offset as usize;
+        buf.copy_from_slice(&self.data[o..o + buf.len()]);
+        Ok(())
+    }
+}
+
+/// What `disk_reading` announced, per disk.
+#[derive(Default)]
+struct PlanRecorder(Mutex<Vec<(u32, Vec<u64>)>>);
+
+impl BackupHooks for PlanRecorder {
+    fn disk_reading(&self, disk: u32, blocks: &[u64]) -> Result<(), EngineError> {
+        self.0.lock().unwrap().push((disk, blocks.to_vec()));
+        Ok(())
+    }
+}
+
+/// The read plan announced before a disk is read is exactly the blocks then read, in that
+/// order (a proxy on another machine sends blocks in this order), with CBT as without.
+#[test]
+fn the_announced_read_plan_is_what_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(&dir.path().join("r"), Encryption::None, None, None).unwrap();
+    let len = (5 * BS + 1000) as usize;
+    let disk = std::sync::Arc::new(LoggedDisk {
+        data: pattern(3, len),
+        reads: Mutex::new(Vec::new()),
+    });
+    struct Shared(std::sync::Arc<LoggedDisk>);
+    impl DiskSource for Shared {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn virtual_size(&self) -> u64 {
+            self.0.virtual_size()
+        }
+        fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
+            self.0.allocation()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> cairn_disk::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+    }
+    let run = |changed: Option<Vec<Extent>>| {
+        disk.reads.lock().unwrap().clear();
+        let hooks = PlanRecorder::default();
+        let input = DiskInput {
+            source: Box::new(Shared(disk.clone())),
+            changed,
+            changed_since: None,
+        };
+        backup_with_hooks(&repo, &plan(), vec![input], &opts(), &hooks).unwrap();
+        let announced = hooks.0.lock().unwrap().clone();
+        assert_eq!(announced.len(), 1, "one plan per disk");
+        let (no, blocks) = announced[0].clone();
+        assert_eq!(no, 0);
+        let read: Vec<u64> = disk.reads.lock().unwrap().iter().map(|o| o / BS).collect();
+        assert_eq!(read, blocks, "read in the announced order");
+        blocks
+    };
+    assert_eq!(
+        run(None),
+        vec![0, 1, 2, 3, 4, 5],
+        "full: every block, the short last one too"
+    );
+    let changed = vec![
+        Extent {
+            offset: BS + 10,
+            length: 20,
+        },
+        Extent {
+            offset: 4 * BS,
+            length: 2 * BS,
+        },
+    ];
+    assert_eq!(run(Some(changed)), vec![1, 4, 5], "CBT: only the touched blocks");
+}

@@ -70,6 +70,9 @@ pub enum MoverError {
         /// The cause.
         error: std::io::Error,
     },
+    /// A restore's target file exists (restores never overwrite).
+    #[error("{0} already exists: restores never overwrite a file")]
+    TargetExists(PathBuf),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] cairn_engine::EngineError),
@@ -143,4 +146,47 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// The log line that says whether a disk is read with changed block tracking: a differencing
+/// child's changed extents (used if the previous point was read from its parent), or every
+/// allocated block compared with the previous point.
+pub fn cbt_note(path: &std::path::Path, changed: Option<&[cairn_disk::Extent]>, has_parent: bool) -> String {
+    match changed {
+        Some(extents) if has_parent => {
+            let bytes: u64 = extents.iter().map(|e| e.length).sum();
+            format!(
+                "changed block tracking: {} is a differencing disk; its {} changed extents ({}) are read if the \
+                 previous restore point was read from its parent",
+                path.display(),
+                extents.len(),
+                human_bytes(bytes)
+            )
+        }
+        _ => format!(
+            "no changed block tracking for {} (not a differencing disk): every allocated block is read and \
+             compared with the previous restore point",
+            path.display()
+        ),
+    }
+}
+
+/// The log line for what retention did (`keep` points), `where_` saying where it ran (may be
+/// empty).
+pub fn retention_text(keep: usize, where_: &str, report: &cairn_repo::retention::RetainReport) -> String {
+    let mut text = format!(
+        "retention ({keep} points{where_}): {} kept, {} removed{}",
+        report.kept,
+        report.removed.len(),
+        if report.reclaimed_bytes > 0 {
+            format!(", {} reclaimed", human_bytes(report.reclaimed_bytes))
+        } else {
+            String::new()
+        }
+    );
+    if let Some(note) = &report.note {
+        text.push_str("; ");
+        text.push_str(note);
+    }
+    text
 }

@@ -2,7 +2,7 @@
 //! share of a repository's write limit or of a network rule as other tasks start and end, and
 //! the data mover applies the new rate to the next block.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ pub struct Pacer {
     rate: AtomicU64,
     next: Mutex<Option<Instant>>,
     waited_micros: AtomicU64,
+    /// Whether the server's steering has named a rate yet.
+    steered: AtomicBool,
 }
 
 impl Pacer {
@@ -22,12 +24,26 @@ impl Pacer {
             rate: AtomicU64::new(rate.unwrap_or(0)),
             next: Mutex::new(None),
             waited_micros: AtomicU64::new(0),
+            steered: AtomicBool::new(false),
         }
     }
 
     /// Changes the rate (`None` = unlimited); applies from the next call.
     pub fn set_rate(&self, rate: Option<u64>) {
         self.rate.store(rate.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Applies the rate of the server's steering ([`Control`](crate::protocol::Control)). A link
+    /// has no answer from the server before the task's first report is delivered, and its
+    /// `Control` then says `None`: until the steering has named a rate once, `None` keeps the
+    /// task's start rate instead of lifting the limit. After that, `None` means unlimited.
+    pub fn steer(&self, rate: Option<u64>) {
+        if rate.is_some() {
+            self.steered.store(true, Ordering::Relaxed);
+        } else if !self.steered.load(Ordering::Relaxed) {
+            return;
+        }
+        self.set_rate(rate);
     }
 
     /// The rate now.
@@ -101,5 +117,18 @@ mod tests {
         assert!(d > Duration::from_millis(900) && d <= Duration::from_secs(1), "{d:?}");
         p.set_rate(None);
         assert_eq!(p.delay_for(1 << 30), Duration::ZERO);
+    }
+
+    #[test]
+    fn steering_keeps_the_start_rate_until_it_names_one() {
+        let p = Pacer::new(Some(1000));
+        p.steer(None);
+        assert_eq!(p.rate(), Some(1000), "no answer from the server yet");
+        p.steer(Some(5000));
+        assert_eq!(p.rate(), Some(5000));
+        p.steer(None);
+        assert_eq!(p.rate(), None, "the server lifted the limit");
+        p.steer(Some(7));
+        assert_eq!(p.rate(), Some(7));
     }
 }

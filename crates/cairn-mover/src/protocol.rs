@@ -37,6 +37,8 @@ pub enum Instruction {
         /// Why, for its log.
         reason: String,
     },
+    /// Restore one disk of a restore point to a new image file on this data mover's host.
+    Restore(RestoreTask),
     /// Create a repository folder on this data mover (or adopt the repository already there).
     InitRepository {
         /// The task.
@@ -54,6 +56,7 @@ impl Instruction {
         match self {
             Instruction::Source(t) => t.task,
             Instruction::Target(t) => t.task,
+            Instruction::Restore(t) => t.task,
             Instruction::ReadPlan { task, .. }
             | Instruction::Cancel { task, .. }
             | Instruction::InitRepository { task, .. } => *task,
@@ -125,6 +128,52 @@ pub struct TargetTask {
     pub disks: Vec<DiskDescription>,
     /// The write rate limit share at the start (bytes/s); later changes come in [`Control`].
     pub write_rate: Option<u64>,
+}
+
+/// A restore on the repository's own data mover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTask {
+    /// Task number.
+    pub task: u64,
+    /// The repository folder on this data mover's host.
+    pub repository: String,
+    /// The repository's password.
+    pub password: String,
+    /// VM name in the repository.
+    pub vm: String,
+    /// `latest`, a point id or a unique prefix.
+    pub point: String,
+    /// Disk number.
+    pub disk: u32,
+    /// The new image file (absolute path on this host; must not exist).
+    pub target_path: String,
+    /// Image format name (`raw`, `qcow2`, `vhdx`, `vhd`).
+    pub format: String,
+    /// Logical sector size of the new image, if not the source's.
+    pub sector_size: Option<u32>,
+    /// Read rate share (bytes/s) at the start; later changes come in [`Control::write_rate`].
+    pub read_rate: Option<u64>,
+}
+
+/// What a restore on a data mover did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSummary {
+    /// VM name.
+    pub vm: String,
+    /// The point restored.
+    pub point: String,
+    /// Disk number.
+    pub disk: u32,
+    /// Virtual size.
+    pub virtual_size: u64,
+    /// Blocks read.
+    pub blocks: u64,
+    /// Bytes written.
+    pub written_bytes: u64,
+    /// Format written.
+    pub format: String,
+    /// Seconds.
+    pub duration_secs: f64,
 }
 
 /// A disk as the source sees it: enough for the target's engine to plan what to read.
@@ -252,6 +301,8 @@ pub enum TaskEvent {
         /// Retention failed (the point stays).
         retention_failed: bool,
     },
+    /// (repository) A restore is complete.
+    Restored(RestoreSummary),
     /// (repository) The repository is ready.
     RepositoryReady {
         /// What was done (`created` / `adopted`) and what it holds.
@@ -279,6 +330,7 @@ impl TaskEvent {
             TaskEvent::SourceFinished(_)
                 | TaskEvent::Committed { .. }
                 | TaskEvent::RepositoryReady { .. }
+                | TaskEvent::Restored(_)
                 | TaskEvent::Failed { .. }
                 | TaskEvent::Stopped { .. }
         )

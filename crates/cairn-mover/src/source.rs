@@ -16,7 +16,7 @@ use crate::pace::Pacer;
 use crate::protocol::{
     DiskDescription, Instruction, Level, SourceSummary, SourceTask, TaskEvent, extents_to_pairs, runs_to_blocks,
 };
-use crate::{MoverError, TaskLink, human_bytes};
+use crate::{MoverError, TaskLink};
 
 /// Blocks read ahead of the sender.
 const READ_AHEAD: usize = 8;
@@ -95,14 +95,26 @@ pub async fn run_source(
                         if let Some(reason) = control.cancel {
                             return cancelled(sender, reason).await;
                         }
-                        pacer.set_rate(control.network_rate);
+                        pacer.steer(control.network_rate);
                         continue;
                     }
                 }
             }
         };
         if sender.is_none() {
-            sender = Some(Sender::connect(config.clone()).await?);
+            let mut plans = Vec::new();
+            let connected = until_cancel(
+                Sender::connect(config.clone()),
+                &mut instructions,
+                link.as_ref(),
+                &mut plans,
+            )
+            .await;
+            queue_plans(plans, &disks, bs, &mut planned, &mut pending)?;
+            match connected {
+                Waited::Done(r) => sender = Some(r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?),
+                Waited::Cancelled(reason) => return cancelled(None, reason).await,
+            }
         }
         let Some(active) = sender.as_ref() else {
             continue;
@@ -148,7 +160,7 @@ pub async fn run_source(
                         drop(rx);
                         return cancelled(sender, reason).await;
                     }
-                    pacer.set_rate(control.network_rate);
+                    pacer.steer(control.network_rate);
                 }
                 next = rx.recv() => match next {
                     Some(Ok((offset, data, zero))) => {
@@ -156,7 +168,25 @@ pub async fn run_source(
                         if zero {
                             summary.zero_blocks += 1;
                         }
-                        active.send(Block { disk, offset, data }).await?;
+                        // A full window waits for acknowledgements: a cancel must not wait too.
+                        let mut plans = Vec::new();
+                        let sent = until_cancel(
+                            active.send(Block { disk, offset, data }),
+                            &mut instructions,
+                            link.as_ref(),
+                            &mut plans,
+                        )
+                        .await;
+                        queue_plans(plans, &disks, bs, &mut planned, &mut pending)?;
+                        match sent {
+                            Waited::Done(r) => {
+                                r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?;
+                            }
+                            Waited::Cancelled(reason) => {
+                                drop(rx);
+                                return cancelled(sender, reason).await;
+                            }
+                        }
                     }
                     Some(Err(e)) => return Err(e),
                     None => break,
@@ -168,7 +198,11 @@ pub async fn run_source(
         summary.read_secs += read_time.as_secs_f64();
     }
     if let Some(sender) = sender {
-        let stats = sender.finish().await?;
+        // Dropping `finish` on a cancel aborts the streams.
+        let stats = match until_cancel(sender.finish(), &mut instructions, link.as_ref(), &mut Vec::new()).await {
+            Waited::Done(r) => r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?,
+            Waited::Cancelled(reason) => return Err(MoverError::Cancelled(reason)),
+        };
         summary.sent_bytes = stats.bytes_sent;
         summary.resent_blocks = stats.resent_blocks;
         summary.reconnects = stats.reconnects;
@@ -178,11 +212,81 @@ pub async fn run_source(
     Ok(summary)
 }
 
+/// How a wait ended.
+enum Waited<T> {
+    Done(T),
+    Cancelled(String),
+}
+
+/// Waits for `fut` unless the task is cancelled first (an instruction or the server's steering);
+/// read plans that arrive meanwhile are kept in `plans`.
+async fn until_cancel<T>(
+    fut: impl std::future::Future<Output = T>,
+    instructions: &mut mpsc::UnboundedReceiver<Instruction>,
+    link: &dyn TaskLink,
+    plans: &mut Vec<(u32, Vec<[u64; 2]>)>,
+) -> Waited<T> {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Waited::Done(out),
+            ins = instructions.recv() => match ins {
+                Some(Instruction::Cancel { reason, .. }) => return Waited::Cancelled(reason),
+                Some(Instruction::ReadPlan { disk, runs, .. }) => plans.push((disk, runs)),
+                Some(_) => {}
+                None => return Waited::Cancelled("the server ended the task".into()),
+            },
+            _ = tick.tick() => {
+                if let Some(reason) = link.control().cancel {
+                    return Waited::Cancelled(reason);
+                }
+            }
+        }
+    }
+}
+
+/// Checks and queues read plans that arrived while waiting.
+fn queue_plans(
+    plans: Vec<(u32, Vec<[u64; 2]>)>,
+    disks: &[Image],
+    bs: u64,
+    planned: &mut usize,
+    pending: &mut VecDeque<(u32, Vec<u64>)>,
+) -> Result<(), MoverError> {
+    for (disk, runs) in plans {
+        let blocks = plan_blocks(disks, disk, &runs, bs)?;
+        *planned += 1;
+        pending.push_back((disk, blocks));
+    }
+    Ok(())
+}
+
 async fn cancelled<T>(sender: Option<Sender>, reason: String) -> Result<T, MoverError> {
     if let Some(sender) = sender {
         sender.abort(&reason).await;
     }
     Err(MoverError::Cancelled(reason))
+}
+
+/// The error a failed transfer ends the task with: [`MoverError::Cancelled`] when the server has
+/// cancelled the task meanwhile (the target, cancelled too, ends the transfer, and its refusal
+/// may reach the sender before the source looked at its instructions), else the transfer's.
+fn cancel_or(
+    error: cairn_transfer::Error,
+    instructions: &mut mpsc::UnboundedReceiver<Instruction>,
+    link: &dyn TaskLink,
+) -> MoverError {
+    while let Ok(ins) = instructions.try_recv() {
+        if let Instruction::Cancel { reason, .. } = ins {
+            return MoverError::Cancelled(reason);
+        }
+    }
+    match link.control().cancel {
+        Some(reason) => MoverError::Cancelled(reason),
+        None => MoverError::Channel(error),
+    }
 }
 
 /// The blocks of a plan, checked against the disk.
@@ -257,23 +361,7 @@ fn open_disks(paths: &[PathBuf], link: &dyn TaskLink) -> Result<(Vec<Image>, Vec
             error,
         })?;
         let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
-        let text = match (&changed, &changed_since) {
-            (Some(extents), Some(_)) => {
-                let bytes: u64 = extents.iter().map(|e| e.length).sum();
-                format!(
-                    "changed block tracking: {} is a differencing disk; its {} changed extents ({}) are read \
-                     if the previous restore point was read from its parent",
-                    path.display(),
-                    extents.len(),
-                    human_bytes(bytes)
-                )
-            }
-            _ => format!(
-                "no changed block tracking for {} (not a differencing disk): every allocated block is read \
-                 and compared with the previous restore point",
-                path.display()
-            ),
-        };
+        let text = crate::cbt_note(path, changed.as_deref(), changed_since.is_some());
         link.emit(TaskEvent::Log {
             disk: Some(i as u32),
             level: Level::Info,

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::inbox::{Inbox, RemoteDisk};
 use crate::pace::Pacer;
 use crate::protocol::{Instruction, Level, TargetTask, TaskEvent, blocks_to_runs, pairs_to_extents};
-use crate::{MoverError, TaskLink, human_bytes};
+use crate::{MoverError, TaskLink};
 
 /// Blocks the target holds between the transfer and the engine (memory ≈ this × block size).
 const INBOX_BLOCKS: usize = 32;
@@ -105,12 +105,23 @@ pub async fn run_target(
                     _ = tick.tick() => {
                         let control = link.control();
                         if let Some(reason) = control.cancel { set_stop(Stop::Cancelled(reason)); return; }
-                        pacer.set_rate(control.write_rate);
+                        pacer.steer(control.write_rate);
                     }
                     result = incoming.wait(), if !transfer_over => {
                         transfer_over = true;
                         if let Err(e) = result && !engine_done.load(Ordering::SeqCst) {
-                            set_stop(Stop::Failed(format!("the transfer from the proxy failed: {e}")));
+                            // A source the server cancelled ends the transfer, and that may arrive
+                            // before this task's own cancel: a cancel already there wins.
+                            let mut cancel = link.control().cancel;
+                            while cancel.is_none() && let Ok(ins) = instructions.try_recv() {
+                                if let Instruction::Cancel { reason, .. } = ins {
+                                    cancel = Some(reason);
+                                }
+                            }
+                            match cancel {
+                                Some(reason) => set_stop(Stop::Cancelled(reason)),
+                                None => set_stop(Stop::Failed(format!("the transfer from the proxy failed: {e}"))),
+                            }
                             return;
                         }
                     }
@@ -199,20 +210,7 @@ pub async fn run_target(
     let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&retain_repo, &vm, keep)).await;
     let (retention, retention_failed) = match retained {
         Ok(Ok(report)) => {
-            let mut text = format!(
-                "retention ({keep} points, on the repository's data mover): {} kept, {} removed{}",
-                report.kept,
-                report.removed.len(),
-                if report.reclaimed_bytes > 0 {
-                    format!(", {} reclaimed", human_bytes(report.reclaimed_bytes))
-                } else {
-                    String::new()
-                }
-            );
-            if let Some(note) = &report.note {
-                text.push_str("; ");
-                text.push_str(note);
-            }
+            let text = crate::retention_text(keep, ", on the repository's data mover", &report);
             (text, false)
         }
         Ok(Err(e)) => (
@@ -257,6 +255,107 @@ pub fn init_repository(path: &Path, password: &str) -> Result<String, MoverError
         "created an encrypted repository (AES-256-GCM) in {}",
         path.display()
     ))
+}
+
+/// Restores one disk on the repository's own data mover (the repository never leaves it): the
+/// new image is written at `task.target_path` on this host, never over an existing file, at the
+/// read rate the server's steering gives (`Control::write_rate` carries the read share here).
+pub async fn run_restore(
+    task: crate::protocol::RestoreTask,
+    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    link: Arc<dyn TaskLink>,
+) -> Result<crate::protocol::RestoreSummary, MoverError> {
+    let format: cairn_disk::Format = task
+        .format
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("format {:?}: {e}", task.format)))?;
+    let target = PathBuf::from(&task.target_path);
+    if !target.is_absolute() {
+        return Err(MoverError::Protocol(format!(
+            "{} is not an absolute path",
+            target.display()
+        )));
+    }
+    if target.symlink_metadata().is_ok() {
+        return Err(MoverError::TargetExists(target));
+    }
+    let stop: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let pacer = Arc::new(Pacer::new(task.read_rate));
+    let hooks = RestorePacing {
+        pacer: pacer.clone(),
+        stop: stop.clone(),
+    };
+    let (root, password, vm, point, disk) = (
+        PathBuf::from(&task.repository),
+        task.password.clone(),
+        task.vm.clone(),
+        task.point.clone(),
+        task.disk,
+    );
+    let options = cairn_engine::RestoreTarget {
+        format,
+        logical_sector: task.sector_size,
+        block_size: None,
+    };
+    let work = tokio::task::spawn_blocking(move || {
+        let repo = Repository::open(&root, Some(password.as_bytes())).map_err(|error| MoverError::Repo {
+            path: root.clone(),
+            error,
+        })?;
+        cairn_engine::restore_with_hooks(&repo, &vm, &point, disk, &target, &options, &hooks).map_err(|e| match e {
+            EngineError::Repo(error) => MoverError::Repo { path: root, error },
+            other => MoverError::Engine(other),
+        })
+    });
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let stats = loop {
+        tokio::select! {
+            r = &mut work => break r.map_err(|e| MoverError::Panicked(e.to_string()))??,
+            ins = instructions.recv() => {
+                let reason = match ins {
+                    Some(Instruction::Cancel { reason, .. }) => Some(reason),
+                    Some(_) => None,
+                    None => Some("the server ended the task".to_string()),
+                };
+                if let Some(reason) = reason {
+                    stop.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+                }
+            }
+            _ = tick.tick() => {
+                let control = link.control();
+                if let Some(reason) = control.cancel {
+                    stop.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+                }
+                pacer.steer(control.write_rate);
+            }
+        }
+    };
+    Ok(crate::protocol::RestoreSummary {
+        vm: stats.vm,
+        point: stats.point,
+        disk: stats.disk,
+        virtual_size: stats.virtual_size,
+        blocks: stats.blocks,
+        written_bytes: stats.written_bytes,
+        format: stats.format.name().to_string(),
+        duration_secs: stats.duration_secs,
+    })
+}
+
+struct RestorePacing {
+    pacer: Arc<Pacer>,
+    stop: Arc<Mutex<Option<String>>>,
+}
+
+impl cairn_engine::RestoreHooks for RestorePacing {
+    fn throttle_read(&self, bytes: u64) {
+        self.pacer.wait(bytes);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
 }
 
 /// Why a target task stops before its engine is done.

@@ -30,6 +30,8 @@ struct Route {
 struct Inner {
     queues: HashMap<i64, Queue>,
     routes: HashMap<u64, Route>,
+    /// The process instance each agent last reported in a heartbeat.
+    instances: HashMap<i64, String>,
 }
 
 /// Instructions waiting for agents and the routes of running agent tasks.
@@ -142,6 +144,20 @@ impl AgentHub {
                 return Vec::new();
             }
         }
+    }
+
+    /// Records the process instance agent `agent_id` reported in a heartbeat.
+    pub fn saw_instance(&self, agent_id: i64, instance: &str) {
+        let before = self.lock().instances.insert(agent_id, instance.to_string());
+        if before.as_deref() != Some(instance) {
+            tracing::info!(agent_id, instance, previous = ?before, "agent process started");
+        }
+    }
+
+    /// The process instance agent `agent_id` last reported (none before its first heartbeat
+    /// since the server started).
+    pub fn instance(&self, agent_id: i64) -> Option<String> {
+        self.lock().instances.get(&agent_id).cloned()
     }
 
     /// Takes reports of agent `agent_id` about `task` and returns the task's steering.

@@ -14,7 +14,8 @@
 //! - [`api`]: the HTTP routes and the OpenAPI document;
 //! - [`runner`]: the job manager (sessions, one task per VM disk, resources, retries, stop);
 //! - [`scheduler`]: starts jobs on their schedules, after other jobs and after downtime;
-//! - [`state`]: what request handlers share.
+//! - [`state`]: what request handlers share;
+//! - [`throttle`]: network throttling rules and each transfer's share of them.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod throttle;
 pub mod tls;
 
 pub use config::ServerConfig;

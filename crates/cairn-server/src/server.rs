@@ -163,8 +163,14 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         crate::movers::Movers::load(&config.data_dir, config.agent_heartbeat, config.streams)
             .context("preparing the server's data mover certificate")?,
     );
+    let throttles = crate::throttle::NetworkThrottles::new(prepared.time_zone.clone());
+    throttles
+        .reload(&db)
+        .await
+        .context("reading the network throttling rules")?;
     let jobs = JobManager::new(RunnerContext {
         movers: movers.clone(),
+        throttles: throttles.clone(),
         db: db.clone(),
         resources: resources.clone(),
         secrets: prepared.secrets.clone(),
@@ -188,6 +194,7 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         movers,
         data_dir,
         time_zone: prepared.time_zone.clone(),
+        throttles,
     };
 
     let listener =

@@ -29,4 +29,6 @@ pub struct AppState {
     pub instant: Arc<crate::live::instant::InstantRecoveries>,
     /// Agents' control channel, the server's own data mover identity, heartbeat rule.
     pub movers: Arc<crate::movers::Movers>,
+    /// Network throttling rules in force and the transfers sharing them.
+    pub throttles: crate::throttle::NetworkThrottles,
 }

@@ -113,7 +113,11 @@ async fn enrol_heartbeat_list_revoke(backend: Backend) {
     cert.verify_signature(Some(ca.public_key()))
         .expect("signed by the server's CA");
     assert!(cert.subject().to_string().contains("CN=proxy01"), "{}", cert.subject());
-    assert_eq!(&*cert.public_key().subject_public_key.data, key.public_key_raw(), "the CSR's key");
+    assert_eq!(
+        &*cert.public_key().subject_public_key.data,
+        key.public_key_raw(),
+        "the CSR's key"
+    );
     let san = cert.subject_alternative_name().unwrap().unwrap();
     let uris: Vec<String> = san
         .value
@@ -125,8 +129,25 @@ async fn enrol_heartbeat_list_revoke(backend: Backend) {
         })
         .collect();
     assert_eq!(uris, [format!("cairn-agent:{id}")]);
+    let dns: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dns,
+        [format!("agent-{id}.cairn")],
+        "the name a proxy checks when it sends data to the agent"
+    );
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.client_auth && !eku.server_auth);
+    assert!(
+        eku.client_auth && eku.server_auth,
+        "client (control channel, sending data) and server (receiving data)"
+    );
     assert!(!cert.is_ca(), "the CSR's request for CA rights is ignored");
     let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
     assert!((365..=367).contains(&days), "valid about a year: {days} days");

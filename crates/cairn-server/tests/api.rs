@@ -63,6 +63,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/agents/tasks/{task}/events"),
     ("get", "/api/v1/agents"),
     ("delete", "/api/v1/agents/{id}"),
+    ("get", "/api/v1/throttle-rules"),
+    ("post", "/api/v1/throttle-rules"),
+    ("delete", "/api/v1/throttle-rules/{id}"),
     ("get", "/api/v1/health"),
     ("get", "/api/openapi.json"),
 ];

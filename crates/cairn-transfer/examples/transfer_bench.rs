@@ -2,7 +2,7 @@
 //!
 //! Measures, with 1 MiB blocks of random bytes:
 //! - over an emulated link with 20 ms delay and 0.1 % loss each way (TUN devices in two network
-//!   namespaces; see `tests/common/netns.rs`): 1 stream and 5 streams;
+//!   namespaces; see the `cairn-testnet` crate): 1 stream and 5 streams;
 //! - over a clean veth pair between two namespaces: 1 and 5 streams;
 //! - in-process: the same blocks through the same CRC-32C work and consumer without network or
 //!   TLS (the "local" baseline).
@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cairn_testnet::{LinkKind, NetPair, RECEIVER_IP, in_netns, run};
 use cairn_transfer::{Block, PeerPolicy, ReceivedBlock, Receiver, Sender, TransferId, wire::block_crc};
-use common::netns::{LinkKind, NetPair, RECEIVER_IP, in_netns, run};
 use common::{Peers, Rng, sender_config};
 
 const BLOCK: usize = 1 << 20;

@@ -395,14 +395,17 @@ impl Sender {
     }
 
     /// Ends the transfer: waits until the receiver has acknowledged every block and confirmed
-    /// the end on each stream, then returns the statistics.
+    /// the end on each stream, then returns the statistics. Dropping the future before it
+    /// finished aborts the streams.
     pub async fn finish(mut self) -> Result<SenderStats, Error> {
         {
             let mut state = self.shared.lock();
             state.total = Some(state.next_seq);
         }
         self.shared.changed.notify_waiters();
-        for task in std::mem::take(&mut self.tasks) {
+        // The stream tasks stay in `self.tasks` while they are awaited, so dropping this future
+        // (a cancelled task) still aborts them through `Drop`.
+        for task in &mut self.tasks {
             if let Err(e) = task.await {
                 self.shared.fail(Error::Cancelled {
                     transfer: self.shared.config.transfer,
@@ -410,6 +413,7 @@ impl Sender {
                 });
             }
         }
+        self.tasks.clear();
         if let Some(e) = self.shared.lock().failed.clone() {
             return Err(e);
         }

@@ -168,8 +168,15 @@ pub enum TlsSetupError {
     Fingerprint(String),
 }
 
+/// aws-lc with AES-128-GCM preferred: bulk data is what this channel carries, and AES-128 costs
+/// about a third less CPU per byte than AES-256 while its security margin stays far beyond any
+/// backup's lifetime. Both ends accept every TLS 1.3 suite; the receiver's order decides.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsSetupError> {

@@ -1,5 +1,5 @@
 //! Transfers between two network namespaces: over an emulated link with 20 ms delay and 0.1 %
-//! loss each way (see `common/netns.rs` for why not `tc netem`), and over a veth pair whose
+//! loss each way (see the `cairn-testnet` crate for why not `tc netem`), and over a veth pair whose
 //! link is cut (`ip link set down`) mid-transfer and restored. Needs root and iproute2; fails
 //! loudly (never skips) without them.
 
@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use cairn_testnet::{LinkKind, NetPair, RECEIVER_IP, in_netns};
 use cairn_transfer::{Block, PeerPolicy, ReceivedBlock, Receiver, ReconnectPolicy, Sender, SenderStats, TransferId};
-use common::netns::{LinkKind, NetPair, RECEIVER_IP, in_netns};
 use common::{Collected, Peers, random_blocks, sender_config};
 
 fn runtime() -> tokio::runtime::Runtime {

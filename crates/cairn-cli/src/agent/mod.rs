@@ -268,6 +268,11 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
     let mut connected = false;
     let mut address: Option<String> = None;
     let mut worker: Option<Arc<work::Worker>> = None;
+    // A new id per process: the server sees a restart (and that the old tasks are gone).
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let instance = format!("{}-{started}", std::process::id());
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -285,6 +290,7 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
             "max_tasks": max_tasks(a),
             "free_bytes": free_bytes(dir),
             "address": address,
+            "instance": instance,
         });
         match http.post(&url).json(&body).send().await {
             Ok(resp) if resp.status().is_success() => {
@@ -323,11 +329,18 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
                 connected = false;
             }
             Err(err) => {
-                eprintln!(
-                    "cairn agent: cannot reach {} ({}); retrying",
-                    e.server,
-                    error_text(&err)
-                );
+                let text = error_text(&err);
+                // A refused certificate will be refused again: retrying would hide the cause.
+                if let Some(alert) = refused_certificate(&text) {
+                    bail!(
+                        "the server {} refused agent {}'s certificate in the TLS handshake (alert {alert}): {} must \
+                         be the certificate the server issued at enrolment, unexpired ({text})",
+                        e.server,
+                        e.name,
+                        dir.join(CERT_FILE).display()
+                    );
+                }
+                eprintln!("cairn agent: cannot reach {} ({text}); retrying", e.server);
                 connected = false;
             }
         }
@@ -449,6 +462,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write().with_context(|| format!("writing {}", path.display()))
 }
 
+/// The TLS alert in `text` (an error's text) by which a server refuses a client certificate.
+fn refused_certificate(text: &str) -> Option<&str> {
+    const ALERTS: [&str; 8] = [
+        "UnknownCA",
+        "BadCertificate",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "CertificateUnknown",
+        "UnsupportedCertificate",
+        "CertificateRequired",
+        "AccessDenied",
+    ];
+    let alert = text
+        .split("received fatal alert: ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()?;
+    ALERTS.contains(&alert).then_some(alert)
+}
+
 /// An error and its sources, without repeats.
 fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
@@ -464,4 +497,26 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_certificate;
+
+    #[test]
+    fn a_certificate_alert_is_a_refusal_and_a_network_error_is_not() {
+        let unknown = "error sending request: client error (SendRequest): connection error: received fatal alert: \
+                       UnknownCA";
+        assert_eq!(refused_certificate(unknown), Some("UnknownCA"));
+        let expired = "connection error: received fatal alert: CertificateExpired; more";
+        assert_eq!(refused_certificate(expired), Some("CertificateExpired"));
+        assert_eq!(
+            refused_certificate("connection error: received fatal alert: InternalError"),
+            None
+        );
+        assert_eq!(
+            refused_certificate("tcp connect error: Connection refused (os error 111)"),
+            None
+        );
+    }
 }

@@ -141,6 +141,24 @@ impl Worker {
                     worker.tasks().remove(&task);
                 });
             }
+            Instruction::Restore(restore) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.tasks().insert(task, tx);
+                let link = HttpLink::start(self.clone(), task);
+                eprintln!(
+                    "cairn agent: {}: task {task}: restoring {} disk {} to {}",
+                    self.name, restore.vm, restore.disk, restore.target_path
+                );
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    let end = match cairn_mover::target::run_restore(restore, rx, link.clone()).await {
+                        Ok(summary) => TaskEvent::Restored(summary),
+                        Err(e) => e.to_event(),
+                    };
+                    link.finish(end).await;
+                    worker.tasks().remove(&task);
+                });
+            }
             Instruction::InitRepository { path, password, .. } => {
                 let link = HttpLink::start(self.clone(), task);
                 tokio::spawn(async move {
@@ -222,8 +240,13 @@ async fn flush(
         let Some(first) = rx.recv().await else {
             return;
         };
+        // Reports the other side waits for (a read plan, the disks' description, a task's end)
+        // go at once; progress and log lines are gathered for a moment.
+        let urgent = |e: &TaskEvent| !matches!(e, TaskEvent::Progress { .. } | TaskEvent::Log { .. });
+        if !urgent(&first) {
+            tokio::time::sleep(FLUSH_EVERY).await;
+        }
         let mut batch = vec![first];
-        tokio::time::sleep(FLUSH_EVERY).await;
         while let Ok(e) = rx.try_recv() {
             batch.push(e);
         }

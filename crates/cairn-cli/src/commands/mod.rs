@@ -16,6 +16,7 @@ mod restore;
 mod retain;
 mod server;
 mod sessions;
+mod throttle;
 mod users;
 mod verify;
 
@@ -63,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(c) => jobs::jobs(g, c),
         Command::Session(c) => sessions::sessions(g, c),
         Command::Agent(a) => agent::run(g, a),
+        Command::Throttle(c) => throttle::run(g, c),
     }
 }
 
@@ -91,7 +93,8 @@ pub fn is_remote(command: &Command) -> bool {
         | Command::Settings(_)
         | Command::Job(_)
         | Command::Session(_)
-        | Command::Agent(_) => true,
+        | Command::Agent(_)
+        | Command::Throttle(_) => true,
     }
 }
 

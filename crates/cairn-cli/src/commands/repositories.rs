@@ -171,7 +171,12 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
                 for p in list(&all) {
                     t.row(vec![
                         s(p, "name").to_string(),
-                        if p["agent_id"].is_null() { "this server" } else { "agent" }.to_string(),
+                        if p["agent_id"].is_null() {
+                            "this server"
+                        } else {
+                            "agent"
+                        }
+                        .to_string(),
                         s_or_dash(p, "address"),
                         s_or_dash(p, "max_tasks"),
                         s_or_dash(p, "running_tasks"),

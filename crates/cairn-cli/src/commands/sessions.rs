@@ -224,7 +224,9 @@ pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<Exit
                     }
                     say(format!("    {}", log_line(&name, &l)));
                 }
-                if ended(&tstate) {
+                // A task's lines may still come after it ended (the VM's commit, retention), until
+                // the session ends.
+                if ended(&tstate) && ended(&state) {
                     logs_done.insert(tid);
                 }
             }

@@ -119,6 +119,11 @@ pub struct Server {
 impl Server {
     /// Starts a server on a free port and waits for its `listening on` line.
     pub fn start(backend: Backend, test: &str) -> Server {
+        Server::start_with(backend, test, &[])
+    }
+
+    /// [`Server::start`] with more `cairn server` arguments.
+    pub fn start_with(backend: Backend, test: &str, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("temporary folder");
         let data = tmp.path().join("data");
         let repository = tmp.path().join("repository");
@@ -132,7 +137,8 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--default-repository")
             .arg(&repository)
-            .args(["--time-zone", "UTC"]);
+            .args(["--time-zone", "UTC"])
+            .args(extra);
         if let Some(pg) = &pg {
             cmd.arg("--database").arg(&pg.url);
         }

@@ -17,6 +17,6 @@ CREATE TABLE throttle_rules (
     from_cidr   TEXT NOT NULL,
     to_cidr     TEXT NOT NULL,
     limit_bytes INTEGER NOT NULL CHECK (limit_bytes > 0),
-    window      TEXT,
+    time_window TEXT,
     created_at  INTEGER NOT NULL
 );

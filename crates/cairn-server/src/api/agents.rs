@@ -218,6 +218,10 @@ pub struct Heartbeat {
     /// Address the agent can be reached at.
     #[serde(default)]
     pub address: Option<String>,
+    /// A random id the agent process picks when it starts: a new one means the agent was
+    /// restarted, and the tasks it was running are gone.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 fn check_agent_name(name: &str) -> ApiResult<()> {
@@ -388,6 +392,9 @@ pub async fn heartbeat(
                 extra.join(", ")
             )));
         }
+    }
+    if let Some(instance) = &body.instance {
+        state.movers.hub.saw_instance(agent.id, instance);
     }
     let now = Timestamp::now();
     let status = AgentStatus {

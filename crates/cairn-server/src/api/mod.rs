@@ -7,7 +7,8 @@
 //!
 //! Areas, one module each: [`auth`] (login, tokens), [`users`], [`inventory`] (hosts, VMs),
 //! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
-//! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, revocation).
+//! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, revocation),
+//! [`throttle`] (network throttling rules).
 
 pub mod agent_work;
 pub mod agents;
@@ -18,6 +19,7 @@ pub mod jobs;
 pub mod repositories;
 pub mod restore;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use axum::Router;
@@ -133,6 +135,7 @@ impl Modify for BearerAuth {
         crate::live::instant::stop,
         agents::create_token, agents::enroll, agents::heartbeat, agents::list_agents, agents::revoke_agent,
         agent_work::work, agent_work::events,
+        throttle::list_rules, throttle::create_rule, throttle::delete_rule,
     ),
     tags(
         (name = "auth", description = "Login, logout and API tokens"),
@@ -143,6 +146,7 @@ impl Modify for BearerAuth {
         (name = "sessions", description = "Job runs, their tasks and logs"),
         (name = "restore", description = "Restores"),
         (name = "agents", description = "Agents (data movers): enrolment, heartbeats, revocation"),
+        (name = "throttling", description = "Network throttling rules between data movers"),
         (name = "misc", description = "Health and this document"),
     )
 )]
@@ -216,6 +220,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/work", post(agent_work::work))
         .route("/api/v1/agents/tasks/{task}/events", post(agent_work::events))
         .route("/api/v1/agents/{id}", delete(agents::revoke_agent))
+        .route(
+            "/api/v1/throttle-rules",
+            get(throttle::list_rules).post(throttle::create_rule),
+        )
+        .route("/api/v1/throttle-rules/{id}", delete(throttle::delete_rule))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -259,6 +268,8 @@ mod tests {
                         // Agents: the enrolment token in the body, then the client certificate.
                         | ("post", "/api/v1/agents/enroll")
                         | ("post", "/api/v1/agents/heartbeat")
+                        | ("post", "/api/v1/agents/work")
+                        | ("post", "/api/v1/agents/tasks/{task}/events")
                 );
                 if open {
                     assert_eq!(op["security"], serde_json::json!([{}]), "{method} {path}");
@@ -277,6 +288,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 53);
+        assert_eq!(operations, 56);
     }
 }

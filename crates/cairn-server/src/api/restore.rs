@@ -169,6 +169,12 @@ pub async fn restore(
         return Err(ApiError::invalid(format!("sector_size {sector}: use 512 or 4096")));
     }
     let target = PathBuf::from(&req.target_path);
+    let row = state.db.get_repository(req.repository_id).await?;
+    if row.settings.agent_id.is_some() {
+        return restore_on_agent(&state, &caller.name, &row, &req, format)
+            .await
+            .map(Json);
+    }
     if !target.is_absolute() {
         return Err(ApiError::invalid(format!(
             "target_path {:?}: give an absolute path on the server's machine",
@@ -190,7 +196,6 @@ pub async fn restore(
             )));
         }
     }
-    let row = state.db.get_repository(req.repository_id).await?;
     let options = RestoreTarget {
         format,
         logical_sector: req.sector_size,
@@ -284,4 +289,122 @@ pub(crate) async fn restore_disk(
             format!("restore failed: {other}"),
         ),
     })
+}
+
+/// Restores one disk of a repository that lives on a repository agent: the agent reads its own
+/// repository and writes the image at `target_path` on its host; the server takes the task slot,
+/// steers the read rate share and watches the agent's heartbeats.
+async fn restore_on_agent(
+    state: &AppState,
+    who: &str,
+    row: &cairn_configdb::Repository,
+    req: &RestoreRequest,
+    format: Format,
+) -> ApiResult<RestoreResult> {
+    use cairn_mover::protocol::{Instruction, RestoreTask, TaskEvent};
+    if !req.target_path.starts_with('/') {
+        return Err(ApiError::invalid(format!(
+            "target_path {:?}: give an absolute path on the repository agent's host",
+            req.target_path
+        )));
+    }
+    let agent_id = row.settings.agent_id.unwrap_or_default();
+    let agent = state.db.get_agent(agent_id).await?;
+    if let Some(why) = state.movers.unavailable(&agent, jiff::Timestamp::now()) {
+        return Err(ApiError::conflict(format!(
+            "repository {} cannot be read: {why}",
+            row.settings.name
+        )));
+    }
+    let password = state
+        .secrets
+        .repository_password(row.id)
+        .map_err(|e| ApiError::internal(format!("reading the password of repository {}", row.settings.name), e))?
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .ok_or_else(|| ApiError::invalid(format!("repository {} has no stored password", row.settings.name)))?;
+    let repository = repository_resource(row.id);
+    if state.resources.repository_load(&repository).is_none() {
+        register_repository(&state.resources, row)?;
+    }
+    let number = RESTORES.fetch_add(1, Ordering::Relaxed);
+    let request = TaskRequest::new(
+        format!("restore-{number}"),
+        proxy_resource(state.jobs.proxy_id()),
+        repository,
+    )
+    .with_direction(Direction::Read);
+    let lease = state.resources.acquire_async(request).await.map_err(|e| {
+        ApiError::internal(
+            format!("restore from repository {}: no task slot", row.settings.name),
+            e,
+        )
+    })?;
+    tracing::info!(
+        "{who} restores VM {} point {} disk {} from repository {} on agent {} to {} there",
+        req.vm,
+        req.point,
+        req.disk,
+        row.settings.name,
+        agent.name,
+        req.target_path
+    );
+    let mut task = state.movers.hub.open_task(agent.id);
+    task.send(Instruction::Restore(RestoreTask {
+        task: task.id,
+        repository: row.settings.path.clone(),
+        password,
+        vm: req.vm.clone(),
+        point: req.point.clone(),
+        disk: req.disk,
+        target_path: req.target_path.clone(),
+        format: format.name().to_string(),
+        sector_size: req.sector_size,
+        read_rate: lease.rate_limiter().rate(),
+    }));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            ev = task.events.recv() => match ev {
+                Some(TaskEvent::Restored(s)) => {
+                    return Ok(RestoreResult {
+                        vm: s.vm,
+                        point: s.point,
+                        disk: s.disk,
+                        virtual_size: s.virtual_size,
+                        blocks: s.blocks,
+                        written_bytes: s.written_bytes,
+                        format: s.format,
+                        duration_secs: s.duration_secs,
+                    });
+                }
+                Some(TaskEvent::Failed { error, .. }) => {
+                    let status = if error.contains("already exists") {
+                        axum::http::StatusCode::CONFLICT
+                    } else if error.contains("no VM") || error.contains("no restore point") || error.contains("no disk") {
+                        axum::http::StatusCode::NOT_FOUND
+                    } else {
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY
+                    };
+                    return Err(ApiError::new(status, format!("restore on agent {}: {error}", agent.name)));
+                }
+                Some(TaskEvent::Stopped { reason }) => {
+                    return Err(ApiError::conflict(format!("restore on agent {} stopped: {reason}", agent.name)));
+                }
+                Some(_) => {}
+                None => return Err(ApiError::conflict(format!("agent {} ended the restore without an answer", agent.name))),
+            },
+            _ = tick.tick() => {
+                let rate = lease.rate_limiter().rate();
+                task.steer(|c| c.write_rate = rate);
+                if let Ok(fresh) = state.db.get_agent(agent.id).await
+                    && let Some(why) = state.movers.unavailable(&fresh, jiff::Timestamp::now())
+                {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::BAD_GATEWAY,
+                        format!("restore from repository {}: {why}", row.settings.name),
+                    ));
+                }
+            }
+        }
+    }
 }

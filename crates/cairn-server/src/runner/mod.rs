@@ -115,6 +115,8 @@ pub struct TaskProgress {
 pub struct RunnerContext {
     /// Agents: control channel, heartbeat rule, the server's own data mover identity.
     pub movers: Arc<crate::movers::Movers>,
+    /// Network throttling rules and the transfers they apply to.
+    pub throttles: crate::throttle::NetworkThrottles,
     /// The configuration database.
     pub db: ConfigDb,
     /// Task slots and rate limits.

@@ -53,6 +53,8 @@ enum End {
     Agent {
         task: HubTask,
         agent: Box<Agent>,
+        /// The agent's process when the task was given to it.
+        instance: Option<String>,
     },
     Local {
         id: u64,
@@ -104,6 +106,14 @@ impl End {
     fn agent(&self) -> Option<&Agent> {
         match self {
             End::Agent { agent, .. } => Some(agent),
+            End::Local { .. } => None,
+        }
+    }
+
+    /// The agent's process when the task was given to it.
+    fn instance(&self) -> Option<&str> {
+        match self {
+            End::Agent { instance, .. } => instance.as_deref(),
             End::Local { .. } => None,
         }
     }
@@ -197,6 +207,9 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         ))
         .await;
     }
+    // The process whose address is used: if the agent restarts after this, the task is lost with
+    // the old process (and the address may have changed).
+    let repo_instance = movers.hub.instance(repo_agent.id);
     let Some(data_addr) = repo_agent.address.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) else {
         return fail_all(format!(
             "repository agent {} reported no data channel address (IP:port) in its heartbeats",
@@ -304,6 +317,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
             let task = hub.open_task(agent.id);
             End::Agent {
                 task,
+                instance: hub.instance(agent.id),
                 agent: agent.clone(),
             }
         }
@@ -407,7 +421,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                 return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
             }
             _ = tick.tick() => {
-                if let Some(why) = lost(&db, &movers, source.agent()).await {
+                if let Some(why) = lost(&db, &movers, &source).await {
                     source.cancel(&why);
                     progress.failure = Some((None, why));
                     return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
@@ -449,6 +463,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     }));
     let mut target = End::Agent {
         task: target,
+        instance: repo_instance,
         agent: Box::new(repo_agent.clone()),
     };
 
@@ -514,7 +529,18 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                     }
                     ev @ (TaskEvent::Failed { .. } | TaskEvent::Stopped { .. }) => {
                         source_over = true;
-                        if !target_over {
+                        if target_over && !cancelled {
+                            // The point is committed (or the target failed on its own): the
+                            // source's end no longer decides the VM, but is worth a line.
+                            let why = match ev {
+                                TaskEvent::Failed { error, .. } => error,
+                                TaskEvent::Stopped { reason } => reason,
+                                _ => String::new(),
+                            };
+                            log_db(&db, tasks[0], LogLevel::Warning, &format!(
+                                "proxy {proxy_name} ended its side of the task with an error after the repository's side ended: {why}"
+                            )).await;
+                        } else if !target_over {
                             if progress.failure.is_none() && progress.stopped.is_none() {
                                 record_end(&mut progress, ev, &format!("proxy {proxy_name}"));
                             }
@@ -544,7 +570,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                 source.steer(|c| c.network_rate = network_rate);
                 if !cancelled {
                     for (end, other) in [(&source, &target), (&target, &source)] {
-                        if let Some(why) = lost(&db, &movers, end.agent()).await {
+                        if let Some(why) = lost(&db, &movers, end).await {
                             cancelled = true;
                             other.cancel(&why);
                             progress.failure = Some((None, why));
@@ -590,18 +616,9 @@ fn source_task(
     }
 }
 
-/// PLACEHOLDER until the throttle rules land: no rule applies.
-struct NetworkShare;
-impl NetworkShare {
-    fn rate(&self, _now: Timestamp) -> Option<u64> {
-        None
-    }
-    fn rule_text(&self, _now: Timestamp) -> Option<String> {
-        None
-    }
-}
-fn network_share(_shared: &Shared, _from: IpAddr, _to: IpAddr) -> Option<NetworkShare> {
-    None
+/// The network rules' share for a transfer from `from` to `to` (registered while it lives).
+fn network_share(shared: &Shared, from: IpAddr, to: IpAddr) -> Option<crate::throttle::ActiveTransfer> {
+    Some(shared.mgr.ctx.throttles.register(from, to))
 }
 
 /// The IP part of an agent's reported address (`IP` or `IP:port`).
@@ -626,8 +643,18 @@ fn outbound_ip(to: SocketAddr) -> Option<IpAddr> {
 }
 
 /// Why an agent (if the end is one) is lost now.
-async fn lost(db: &cairn_configdb::ConfigDb, movers: &crate::movers::Movers, agent: Option<&Agent>) -> Option<String> {
-    let agent = agent?;
+/// Why the agent of `end` (if it is one) has lost the task now: it stopped sending heartbeats,
+/// or it was restarted (a new process: the task died with the old one).
+async fn lost(db: &cairn_configdb::ConfigDb, movers: &crate::movers::Movers, end: &End) -> Option<String> {
+    let agent = end.agent()?;
+    if let (Some(then), Some(now)) = (end.instance(), movers.hub.instance(agent.id))
+        && then != now
+    {
+        return Some(format!(
+            "agent {} was restarted while it ran this task (a new process since the task was given to it)",
+            agent.name
+        ));
+    }
     match db.get_agent(agent.id).await {
         Ok(fresh) => movers.unavailable(&fresh, Timestamp::now()),
         Err(e) => {

@@ -33,36 +33,7 @@ pub(crate) enum VmOutcome {
     Stopped,
 }
 
-/// An error and its causes, `: `-separated (a cause already in the text is not repeated).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}
-
-/// Bytes in binary units for log lines.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub(crate) use cairn_mover::{error_chain, human_bytes};
 
 /// Backs up one VM; every task in `tasks` (one per disk of `unit`, in order) ends final.
 pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -> VmOutcome {
@@ -244,23 +215,7 @@ fn open_disks(paths: &[PathBuf], hooks: &VmHooks) -> Result<Vec<DiskInput>, VmEr
             error,
         })?;
         let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
-        let note = match (&changed, &changed_since) {
-            (Some(extents), Some(_)) => {
-                let bytes: u64 = extents.iter().map(|e| e.length).sum();
-                format!(
-                    "changed block tracking: {} is a differencing disk; its {} changed extents ({}) are read \
-                     if the previous restore point was read from its parent",
-                    path.display(),
-                    extents.len(),
-                    human_bytes(bytes)
-                )
-            }
-            _ => format!(
-                "no changed block tracking for {} (not a differencing disk): every allocated block is read \
-                 and compared with the previous restore point",
-                path.display()
-            ),
-        };
+        let note = cairn_mover::cbt_note(path, changed.as_deref(), changed_since.is_some());
         hooks.log(i, LogLevel::Info, &note);
         inputs.push(DiskInput {
             source: Box::new(image),
@@ -329,20 +284,7 @@ async fn committed(
     let first = tasks[0];
     match retained {
         Ok(Ok(report)) => {
-            let mut text = format!(
-                "retention ({keep} points): {} kept, {} removed{}",
-                report.kept,
-                report.removed.len(),
-                if report.reclaimed_bytes > 0 {
-                    format!(", {} reclaimed", human_bytes(report.reclaimed_bytes))
-                } else {
-                    String::new()
-                }
-            );
-            if let Some(note) = &report.note {
-                text.push_str("; ");
-                text.push_str(note);
-            }
+            let text = cairn_mover::retention_text(keep, "", &report);
             log_db(db, first, LogLevel::Info, &text).await;
             VmOutcome::Success { warning: false }
         }

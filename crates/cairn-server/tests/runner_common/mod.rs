@@ -149,6 +149,7 @@ impl Env {
                 std::time::Duration::from_secs(10),
                 5,
             )),
+            throttles: cairn_server::throttle::NetworkThrottles::new(self.tz.clone()),
             db: self.db.clone(),
             resources: self.resources.clone(),
             secrets: self.secrets.clone(),

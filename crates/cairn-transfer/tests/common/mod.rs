@@ -2,8 +2,6 @@
 //! arrived, deterministic random blocks, and a TCP proxy that cuts connections.
 #![allow(dead_code)]
 
-pub mod netns;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
