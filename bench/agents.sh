@@ -63,7 +63,8 @@ sync
 # --- server and agents -----------------------------------------------------------------------
 export HOME=$work/home CAIRN_ADMIN_PASSWORD=bench-password-123
 mkdir -p "$HOME"
-nsx srv "$bin" server --data "$work/srv" --listen 10.233.0.1:8520 --name 10.233.0.1 \
+# In the background without a subshell, so $! is the process itself (ip netns exec execs it).
+ip netns exec "$tag-srv" "$bin" server --data "$work/srv" --listen 10.233.0.1:8520 --name 10.233.0.1 \
     --default-repository "$work/default-repo" >"$work/server.log" 2>&1 &
 pids+=($!)
 url=https://10.233.0.1:8520
@@ -71,10 +72,10 @@ for _ in $(seq 100); do [[ -f $work/srv/ca.pem ]] && nsx srv curl -fsk "$url/api
 echo "$CAIRN_ADMIN_PASSWORD" | nsx srv "$bin" --server "$url" --ca-cert "$work/srv/ca.pem" login "$url" --password-stdin >/dev/null
 c() { nsx srv "$bin" "$@"; }
 token() { c agent token --roles "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'; }
-nsx prx "$bin" agent --server "$url" --token "$(token proxy)" --ca-cert "$work/srv/ca.pem" --data "$work/prx" \
+ip netns exec "$tag-prx" "$bin" agent --server "$url" --token "$(token proxy)" --ca-cert "$work/srv/ca.pem" --data "$work/prx" \
     --name prx01 >"$work/prx.log" 2>&1 &
 pids+=($!)
-nsx rep "$bin" agent --server "$url" --token "$(token repository)" --ca-cert "$work/srv/ca.pem" --data "$work/rep" \
+ip netns exec "$tag-rep" "$bin" agent --server "$url" --token "$(token repository)" --ca-cert "$work/srv/ca.pem" --data "$work/rep" \
     --name rep01 >"$work/rep.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
