@@ -680,17 +680,33 @@ fn malformed_images_give_clear_errors() {
 fn encrypted_images_are_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("enc.qcow2");
-    qemu_img(&[
-        "create",
-        "--object",
-        "secret,id=sec0,data=hunter2",
-        "-f",
-        "qcow2",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-        path_str(&img),
-        "16M",
-    ]);
+    // qemu-img times PBKDF2 to pick the LUKS iteration count; QEMU 7.2's timing sometimes reads
+    // no CPU time at all and gives up ("Unable to get accurate CPU usage"): try again then.
+    for attempt in 1.. {
+        let out = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "--object",
+                "secret,id=sec0,data=hunter2",
+                "-f",
+                "qcow2",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100",
+                path_str(&img),
+                "16M",
+            ])
+            .output()
+            .expect("running qemu-img");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 5 && stderr.contains("Unable to get accurate CPU usage"),
+            "qemu-img create of an encrypted qcow2 failed: {stderr}"
+        );
+        let _ = std::fs::remove_file(&img);
+    }
     let (msg, e) = err_text(Image::open(&img));
     assert!(matches!(e, DiskError::Unsupported { .. }), "{e:?}");
     assert!(msg.contains("encrypted qcow2") && msg.contains("enc.qcow2"), "{msg}");
