@@ -381,7 +381,7 @@ fn read_json(resp: Response, method: &Method, path: &str) -> anyhow::Result<Valu
 }
 
 /// The text of an error and its sources, without repeats.
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {

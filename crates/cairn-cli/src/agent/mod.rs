@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 mod work;
 
 use crate::args::{AgentRunArgs, Global};
-use crate::client::{normalize_url, read_ca_file, usage};
+use crate::client::{error_text, normalize_url, read_ca_file, usage};
 
 const KEY_FILE: &str = "agent-key.pem";
 const CERT_FILE: &str = "agent.pem";
@@ -480,23 +480,6 @@ fn refused_certificate(text: &str) -> Option<&str> {
         .split(|c: char| !c.is_ascii_alphanumeric())
         .next()?;
     ALERTS.contains(&alert).then_some(alert)
-}
-
-/// An error and its sources, without repeats.
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let t = err.to_string();
-        if !out.contains(&t) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&t);
-        }
-        cur = err.source();
-    }
-    out
 }
 
 #[cfg(test)]

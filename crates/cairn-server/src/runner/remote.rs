@@ -751,19 +751,7 @@ async fn disk_finished(shared: &Shared, tasks: &[i64], disk: u32, stats: &PointS
         db,
         task,
         LogLevel::Info,
-        &format!(
-            "disk done on the repository agent: read {} ({} blocks) in {:.2} s; {} new blocks ({} → {}), {} zero, {} \
-             unchanged, {} duplicate",
-            human_bytes(stats.read_bytes),
-            stats.read_blocks,
-            stats.duration_secs,
-            stats.new_blocks,
-            human_bytes(stats.new_bytes),
-            human_bytes(stats.stored_bytes),
-            stats.zero_blocks,
-            stats.unchanged_blocks,
-            stats.dedup_blocks,
-        ),
+        &format!("disk done on the repository agent: {}", stats::disk_done_text(stats)),
     )
     .await;
 }

@@ -86,6 +86,24 @@ pub(crate) fn task_statistics(s: &PointStats, throttle_secs: f64, wall_secs: f64
     })
 }
 
+/// What a finished disk read and stored, for its log line: `read … ({n} blocks) in … s; {n} new
+/// blocks (… → …), {n} zero, {n} unchanged, {n} duplicate`.
+pub(crate) fn disk_done_text(stats: &PointStats) -> String {
+    use super::vm::human_bytes;
+    format!(
+        "read {} ({} blocks) in {:.2} s; {} new blocks ({} → {}), {} zero, {} unchanged, {} duplicate",
+        human_bytes(stats.read_bytes),
+        stats.read_blocks,
+        stats.duration_secs,
+        stats.new_blocks,
+        human_bytes(stats.new_bytes),
+        human_bytes(stats.stored_bytes),
+        stats.zero_blocks,
+        stats.unchanged_blocks,
+        stats.dedup_blocks,
+    )
+}
+
 /// The session document from its tasks.
 pub(crate) fn session_statistics(
     tasks: &[Task],

@@ -581,17 +581,8 @@ impl BackupHooks for VmHooks {
             .map(|s| format!("{s} {:.0}%", doc["busy"][s].as_f64().unwrap_or(0.0)))
             .collect();
         let line = format!(
-            "disk done: read {} ({} blocks) in {:.2} s; {} new blocks ({} → {}), {} zero, {} unchanged, {} \
-             duplicate; busy: {}; bottleneck: {}",
-            human_bytes(stats.read_bytes),
-            stats.read_blocks,
-            stats.duration_secs,
-            stats.new_blocks,
-            human_bytes(stats.new_bytes),
-            human_bytes(stats.stored_bytes),
-            stats.zero_blocks,
-            stats.unchanged_blocks,
-            stats.dedup_blocks,
+            "disk done: {}; busy: {}; bottleneck: {}",
+            stats::disk_done_text(stats),
             busy.join(", "),
             doc["bottleneck"].as_str().unwrap_or("")
         );
