@@ -55,10 +55,23 @@ fi
 eval "$(bash scripts/postgres-for-tests.sh)"
 log=$(mktemp)
 trap 'rm -f "$log"; eval "$CAIRN_TEST_POSTGRES_STOP"' EXIT
+
+# Disk: the build takes about 15 GB and the image tests several more (their
+# cache is /var/tmp/cairn-test-cache). Say what is free before and after, so a
+# "No space left on device" can be told from a bug.
+disk_free() {
+    echo "disk free ($1): $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 | tr -d ' ') \
+for the build, $(df -h --output=avail /var/tmp | tail -1 | tr -d ' ') in /var/tmp"
+}
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+disk_free "before the tests"
+# A one-off build (CI) gains nothing from incremental compilation's caches.
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+disk_free "after the tests"
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 
