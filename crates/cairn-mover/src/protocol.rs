@@ -48,6 +48,18 @@ pub enum Instruction {
         /// The repository's password.
         password: String,
     },
+    /// Tell what the newest restore point of a VM was read from, per disk (answered with
+    /// [`TaskEvent::PreviousPoint`]): a live backup needs its checkpoints before it makes its view.
+    PreviousPoint {
+        /// The task.
+        task: u64,
+        /// Repository folder on this data mover.
+        repository: String,
+        /// The repository's password.
+        password: String,
+        /// The VM's name in the repository.
+        vm: String,
+    },
 }
 
 impl Instruction {
@@ -59,7 +71,8 @@ impl Instruction {
             Instruction::Restore(t) => t.task,
             Instruction::ReadPlan { task, .. }
             | Instruction::Cancel { task, .. }
-            | Instruction::InitRepository { task, .. } => *task,
+            | Instruction::InitRepository { task, .. }
+            | Instruction::PreviousPoint { task, .. } => *task,
         }
     }
 }
@@ -308,6 +321,13 @@ pub enum TaskEvent {
         /// What was done (`created` / `adopted`) and what it holds.
         summary: String,
     },
+    /// (repository) The newest restore point of a VM, if it has one.
+    PreviousPoint {
+        /// Its id; `None` when the VM has no restore point in the repository.
+        point: Option<String>,
+        /// The source identity each disk was read at, `(disk position, identity)`.
+        sources: Vec<(u32, String)>,
+    },
     /// The task failed.
     Failed {
         /// Disk position, if one disk is at fault.
@@ -330,6 +350,7 @@ impl TaskEvent {
             TaskEvent::SourceFinished(_)
                 | TaskEvent::Committed { .. }
                 | TaskEvent::RepositoryReady { .. }
+                | TaskEvent::PreviousPoint { .. }
                 | TaskEvent::Restored(_)
                 | TaskEvent::Failed { .. }
                 | TaskEvent::Stopped { .. }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_disk::DiskSource;
 use cairn_disk::image::Image;
+use cairn_disk::{DiskSource, Extent};
 use cairn_transfer::{Block, PeerPolicy, Sender, SenderConfig, ServerName, TlsIdentity, TransferId, sender_tls_config};
 use tokio::sync::mpsc;
 
@@ -23,23 +23,70 @@ const READ_AHEAD: usize = 8;
 /// Window of unacknowledged blocks per transfer.
 const WINDOW: u32 = 64;
 
-/// Runs a source task to its end: opens the disks, reports [`TaskEvent::Described`], then for
-/// every [`Instruction::ReadPlan`] reads and sends those blocks; when every disk's plan has been
-/// sent and acknowledged, returns what was done. [`Instruction::Cancel`] or a cancel in the
-/// server's [`Control`](crate::protocol::Control) ends it with [`MoverError::Cancelled`].
+/// A disk the source reads, with what the target is told about it.
+pub struct SourceDisk {
+    /// The disk.
+    pub source: Box<dyn DiskSource>,
+    /// Its description ([`TaskEvent::Described`]).
+    pub description: DiskDescription,
+}
+
+impl SourceDisk {
+    /// Describes `source`: its allocation, and with changed block tracking the extents changed
+    /// since the source identity `changed_since` (a differencing disk's parent, a checkpoint).
+    pub fn new(
+        source: Box<dyn DiskSource>,
+        changed: Option<&[Extent]>,
+        changed_since: Option<String>,
+    ) -> cairn_disk::Result<SourceDisk> {
+        let allocation = source.allocation()?;
+        let sectors = source.sector_sizes();
+        let description = DiskDescription {
+            describe: source.describe(),
+            virtual_size: source.virtual_size(),
+            logical_sector: sectors.logical,
+            physical_sector: sectors.physical,
+            identity: source.identity(),
+            allocation: extents_to_pairs(&allocation),
+            changed: changed.map(extents_to_pairs),
+            changed_since: changed_since.filter(|_| changed.is_some()),
+        };
+        Ok(SourceDisk { source, description })
+    }
+}
+
+/// Runs a source task to its end: opens the task's disk images and sends them as
+/// [`send_disks`] does.
 pub async fn run_source(
     task: SourceTask,
     identity: &TlsIdentity,
-    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    instructions: mpsc::UnboundedReceiver<Instruction>,
     link: Arc<dyn TaskLink>,
 ) -> Result<SourceSummary, MoverError> {
     let paths: Vec<PathBuf> = task.disks.iter().map(PathBuf::from).collect();
     let link_for_open = link.clone();
-    let (disks, descriptions) = tokio::task::spawn_blocking(move || open_disks(&paths, link_for_open.as_ref()))
+    let disks = tokio::task::spawn_blocking(move || open_disks(&paths, link_for_open.as_ref()))
         .await
         .map_err(|e| MoverError::Panicked(e.to_string()))??;
-    link.emit(TaskEvent::Described { disks: descriptions });
-    let disks: Arc<Vec<Image>> = Arc::new(disks);
+    send_disks(task, disks, identity, instructions, link).await
+}
+
+/// Sends already opened disks (the task's `disks` are then only names): reports
+/// [`TaskEvent::Described`], then for every [`Instruction::ReadPlan`] reads and sends those
+/// blocks; when every disk's plan has been sent and acknowledged, returns what was done.
+/// [`Instruction::Cancel`] or a cancel in the server's [`Control`](crate::protocol::Control) ends
+/// it with [`MoverError::Cancelled`].
+pub async fn send_disks(
+    task: SourceTask,
+    disks: Vec<SourceDisk>,
+    identity: &TlsIdentity,
+    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    link: Arc<dyn TaskLink>,
+) -> Result<SourceSummary, MoverError> {
+    link.emit(TaskEvent::Described {
+        disks: disks.iter().map(|d| d.description.clone()).collect(),
+    });
+    let disks: Arc<Vec<SourceDisk>> = Arc::new(disks);
 
     let endpoint = &task.target;
     let transfer: TransferId = endpoint.transfer.parse().map_err(MoverError::Protocol)?;
@@ -126,7 +173,7 @@ pub async fn run_source(
                 level: Level::Info,
                 text: format!(
                     "sending {total} blocks of {} to the repository's data mover over {} stream(s)",
-                    disks[disk as usize].describe(),
+                    disks[disk as usize].source.describe(),
                     endpoint.streams
                 ),
             });
@@ -134,7 +181,9 @@ pub async fn run_source(
         // A reader thread fills a small queue; this task sends.
         let (tx, mut rx) = mpsc::channel::<Result<(u64, Bytes, bool), MoverError>>(READ_AHEAD);
         let reader_disks = disks.clone();
-        let reader = tokio::task::spawn_blocking(move || read_blocks(&reader_disks[disk as usize], &blocks, bs, tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            read_blocks(reader_disks[disk as usize].source.as_ref(), &blocks, bs, tx)
+        });
         loop {
             tokio::select! {
                 biased;
@@ -250,7 +299,7 @@ async fn until_cancel<T>(
 /// Checks and queues read plans that arrived while waiting.
 fn queue_plans(
     plans: Vec<(u32, Vec<[u64; 2]>)>,
-    disks: &[Image],
+    disks: &[SourceDisk],
     bs: u64,
     planned: &mut usize,
     pending: &mut VecDeque<(u32, Vec<u64>)>,
@@ -290,8 +339,8 @@ fn cancel_or(
 }
 
 /// The blocks of a plan, checked against the disk.
-fn plan_blocks(disks: &[Image], disk: u32, runs: &[[u64; 2]], bs: u64) -> Result<Vec<u64>, MoverError> {
-    let Some(image) = disks.get(disk as usize) else {
+fn plan_blocks(disks: &[SourceDisk], disk: u32, runs: &[[u64; 2]], bs: u64) -> Result<Vec<u64>, MoverError> {
+    let Some(image) = disks.get(disk as usize).map(|d| d.source.as_ref()) else {
         return Err(MoverError::Protocol(format!(
             "a read plan for disk {disk}, but the VM has {} disks",
             disks.len()
@@ -311,7 +360,7 @@ fn plan_blocks(disks: &[Image], disk: u32, runs: &[[u64; 2]], bs: u64) -> Result
 /// Reads `blocks` of `image` in order into `tx` (an all-zero block as an empty one); returns
 /// the bytes read and the time spent reading.
 fn read_blocks(
-    image: &Image,
+    image: &dyn DiskSource,
     blocks: &[u64],
     bs: u64,
     tx: mpsc::Sender<Result<(u64, Bytes, bool), MoverError>>,
@@ -346,39 +395,29 @@ fn read_blocks(
 }
 
 /// Opens every disk, with a differencing child's changed extents as CBT, and logs the decision.
-fn open_disks(paths: &[PathBuf], link: &dyn TaskLink) -> Result<(Vec<Image>, Vec<DiskDescription>), MoverError> {
-    let mut images = Vec::new();
-    let mut descriptions = Vec::new();
+fn open_disks(paths: &[PathBuf], link: &dyn TaskLink) -> Result<Vec<SourceDisk>, MoverError> {
+    let mut disks = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let opened = Image::open(path).and_then(|image| {
             let changed = image.changed_extents()?;
-            let allocation = image.allocation()?;
-            Ok((image, changed, allocation))
+            let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
+            let note = crate::cbt_note(path, changed.as_deref(), changed_since.is_some());
+            Ok((
+                SourceDisk::new(Box::new(image), changed.as_deref(), changed_since)?,
+                note,
+            ))
         });
-        let (image, changed, allocation) = opened.map_err(|error| MoverError::Open {
+        let (disk, note) = opened.map_err(|error| MoverError::Open {
             disk: i as u32,
             path: path.clone(),
             error,
         })?;
-        let changed_since = changed.as_ref().and_then(|_| image.parent_identity());
-        let text = crate::cbt_note(path, changed.as_deref(), changed_since.is_some());
         link.emit(TaskEvent::Log {
             disk: Some(i as u32),
             level: Level::Info,
-            text,
+            text: note,
         });
-        let sectors = image.sector_sizes();
-        descriptions.push(DiskDescription {
-            describe: image.describe(),
-            virtual_size: image.virtual_size(),
-            logical_sector: sectors.logical,
-            physical_sector: sectors.physical,
-            identity: DiskSource::identity(&image),
-            allocation: extents_to_pairs(&allocation),
-            changed: changed.as_deref().map(extents_to_pairs),
-            changed_since: changed_since.filter(|_| changed.is_some()),
-        });
-        images.push(image);
+        disks.push(disk);
     }
-    Ok((images, descriptions))
+    Ok(disks)
 }

@@ -257,6 +257,42 @@ pub fn init_repository(path: &Path, password: &str) -> Result<String, MoverError
     ))
 }
 
+/// A VM's newest restore point, as [`previous_point`] finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousPoint {
+    /// Its id; `None` when the VM has no restore point.
+    pub point: Option<String>,
+    /// The source identity each disk was read at, `(disk position, identity)`.
+    pub sources: Vec<(u32, String)>,
+}
+
+/// The newest restore point of `vm` in the repository at `path` and the source identity each of
+/// its disks was read at (a live backup's checkpoint bitmaps).
+pub fn previous_point(path: &Path, password: &str, vm: &str) -> Result<PreviousPoint, MoverError> {
+    let repo_error = |error| MoverError::Repo {
+        path: path.to_path_buf(),
+        error,
+    };
+    let repo = Repository::open(path, Some(password.as_bytes())).map_err(repo_error)?;
+    let chain = match repo.chain(vm) {
+        Ok(chain) => chain,
+        Err(cairn_repo::RepoError::NoSuchVm { .. }) => return Ok(PreviousPoint::default()),
+        Err(e) => return Err(repo_error(e)),
+    };
+    let Some(last) = chain.meta().points.last() else {
+        return Ok(PreviousPoint::default());
+    };
+    let sources = last
+        .disks
+        .iter()
+        .filter_map(|d| d.source_id.clone().map(|id| (d.disk, id)))
+        .collect();
+    Ok(PreviousPoint {
+        point: Some(last.id.to_string()),
+        sources,
+    })
+}
+
 /// Restores one disk on the repository's own data mover (the repository never leaves it): the
 /// new image is written at `task.target_path` on this host, never over an existing file, at the
 /// read rate the server's steering gives (`Control::write_rate` carries the read share here).

@@ -488,3 +488,35 @@ async fn the_start_write_rate_holds_until_the_server_answers() {
     assert!(throttled > 0.0, "the write rate was not applied");
     assert_eq!(site.restore("vm9", &point, 0), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_previous_point_names_what_each_disk_was_read_from() {
+    let site = Site::new().await;
+    let none = cairn_mover::target::previous_point(&site.repo, PASSWORD, "vm9").expect("no point yet");
+    assert_eq!(none, cairn_mover::target::PreviousPoint::default());
+
+    let size = 4 * BS;
+    let (path0, path1) = (site.path("vm9-disk0.raw"), site.path("vm9-disk1.raw"));
+    write_raw(&path0, &disk_content(size, &[0, 2], 31));
+    write_raw(&path1, &disk_content(size, &[1], 32));
+    let out = backup(&site, BackupSpec::new("vm9", &[&path0, &path1])).await;
+    let (point, _, _) = out.committed();
+    let found = cairn_mover::target::previous_point(&site.repo, PASSWORD, "vm9").expect("the point");
+    assert_eq!(found.point.as_deref(), Some(point.as_str()));
+    let sources = found.sources;
+    let stored = &site.points("vm9")[0];
+    let expected: Vec<(u32, String)> = stored
+        .disks
+        .iter()
+        .filter_map(|d| d.source_id.clone().map(|s| (d.disk, s)))
+        .collect();
+    assert_eq!(sources.len(), 2, "both raw files have an identity: {stored:?}");
+    assert_eq!(sources, expected);
+
+    // Another VM of the same repository has none; a wrong password is an error naming the folder.
+    let other = cairn_mover::target::previous_point(&site.repo, PASSWORD, "vm10").expect("other VM");
+    assert_eq!(other.point, None);
+    let err = cairn_mover::target::previous_point(&site.repo, "not the password", "vm9").expect_err("wrong password");
+    let text = cairn_mover::error_chain(&err);
+    assert!(text.contains(&site.repo.display().to_string()), "{text}");
+}

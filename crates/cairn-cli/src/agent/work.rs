@@ -178,6 +178,33 @@ impl Worker {
                     link.finish(end).await;
                 });
             }
+            Instruction::PreviousPoint {
+                repository,
+                password,
+                vm,
+                ..
+            } => {
+                let link = HttpLink::start(self.clone(), task);
+                tokio::spawn(async move {
+                    let path = PathBuf::from(repository);
+                    let end = match tokio::task::spawn_blocking(move || {
+                        cairn_mover::target::previous_point(&path, &password, &vm)
+                    })
+                    .await
+                    {
+                        Ok(Ok(found)) => TaskEvent::PreviousPoint {
+                            point: found.point,
+                            sources: found.sources,
+                        },
+                        Ok(Err(e)) => e.to_event(),
+                        Err(e) => TaskEvent::Failed {
+                            disk: None,
+                            error: format!("reading the previous restore point ended abnormally: {e}"),
+                        },
+                    };
+                    link.finish(end).await;
+                });
+            }
         }
     }
 }

@@ -82,14 +82,25 @@ pub(crate) struct LiveBackup {
 }
 
 /// The checkpoint bitmap the previous restore point of `vm` was read at, per disk position.
-fn previous_checkpoints(repo: &Repository, vm: &str, disks: usize) -> Vec<Option<String>> {
+pub(crate) fn previous_checkpoints(repo: &Repository, vm: &str, disks: usize) -> Vec<Option<String>> {
     let last = repo.chain(vm).ok().and_then(|c| c.meta().points.last().cloned());
+    let sources: Vec<(u32, String)> = last
+        .iter()
+        .flat_map(|p| p.disks.iter())
+        .filter_map(|d| d.source_id.clone().map(|id| (d.disk, id)))
+        .collect();
+    checkpoints_of(&sources, disks)
+}
+
+/// The checkpoint bitmaps among a restore point's source identities `(disk position, identity)`,
+/// per disk position.
+pub(crate) fn checkpoints_of(sources: &[(u32, String)], disks: usize) -> Vec<Option<String>> {
     (0..disks)
         .map(|i| {
-            last.as_ref()
-                .and_then(|p| p.disks.iter().find(|d| d.disk == i as u32))
-                .and_then(|d| d.source_id.as_deref())
-                .and_then(|id| id.strip_prefix(BITMAP_ID))
+            sources
+                .iter()
+                .find(|(d, _)| *d == i as u32)
+                .and_then(|(_, id)| id.strip_prefix(BITMAP_ID))
                 .map(str::to_string)
         })
         .collect()
@@ -109,11 +120,12 @@ fn policy(guest: &GuestSettings) -> ConsistencyPolicy {
     }
 }
 
-/// Makes the point-in-time view of `unit`'s VM and exports it. On error nothing of the view is
-/// left in QEMU (and the guest is not frozen or paused).
+/// Makes the point-in-time view of `unit`'s VM and exports it; `previous` names the checkpoint
+/// bitmap each disk's previous restore point was read at ([`previous_checkpoints`]). On error
+/// nothing of the view is left in QEMU (and the guest is not frozen or paused).
 pub(crate) async fn start(
     unit: &VmUnit,
-    repo: &Repository,
+    previous: Vec<Option<String>>,
     repository_id: i64,
     guest: &GuestSettings,
     work_dir: &std::path::Path,
@@ -125,7 +137,6 @@ pub(crate) async fn start(
         .map_err(|e| format!("VM {}: its QMP socket {}: {e}", unit.vm.name, qmp_path.display()))?;
     let mut lines = Vec::new();
     let prefix = format!("cairn-r{repository_id}-");
-    let previous = previous_checkpoints(repo, &unit.repo_name(), unit.disks.len());
 
     // Leftovers of a backup that ended abnormally (the server was killed) go first.
     let keep: Vec<String> = previous.iter().flatten().cloned().collect();

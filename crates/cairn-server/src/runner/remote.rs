@@ -2,7 +2,10 @@
 //!
 //! 1. The VM's task slots (a proxy and the repository) are taken for the whole VM.
 //! 2. The source — the chosen proxy agent, or the server itself when no proxy agent is online —
-//!    opens the disks and describes them ([`TaskEvent::Described`]).
+//!    opens the disks and describes them ([`TaskEvent::Described`]). A running QEMU VM is read
+//!    by the server itself (its QMP socket, view and NBD export are here): it asks the repository
+//!    agent for the previous point's checkpoints, makes the view and sends from it; the view ends
+//!    with the VM, its new checkpoints current only if the point was committed.
 //! 3. The repository agent gets the target task: it expects the transfer from that source only,
 //!    runs the engine, and announces each disk's read plan, which the server relays to the
 //!    source; the source then sends those blocks straight to the repository agent.
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cairn_configdb::{Agent, HostKind, LogLevel, SessionState};
@@ -24,6 +27,7 @@ use cairn_mover::TaskLink;
 use cairn_mover::protocol::{
     Control, DiskDescription, Instruction, Level, SourceSummary, SourceTask, TargetTask, TaskEvent, TransferEndpoint,
 };
+use cairn_mover::source::SourceDisk;
 use cairn_repo::{Method, PointStats};
 use cairn_transfer::TransferId;
 use jiff::Timestamp;
@@ -33,6 +37,7 @@ use super::session::{FORWARD_FULL_EVERY, Shared, VmUnit, log_db, set_task_state}
 use super::vm::{VmOutcome, human_bytes};
 use super::{TaskProgress, lock, stats};
 use crate::agent_hub::HubTask;
+use crate::live::backup::LiveBackup;
 
 /// How long a side gets to end after it was cancelled or the other side ended.
 const GRACE: Duration = Duration::from_secs(30);
@@ -177,15 +182,9 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     if let Some((_, problem)) = &unit.problem {
         return fail_all(problem.clone()).await;
     }
-    if unit.host.kind == HostKind::Qemu {
-        return fail_all(format!(
-            "{} is a running QEMU VM: live backup into a repository on an agent ({}) is not supported yet; \
-             use a repository of the backup server for this VM",
-            unit.repo_name(),
-            shared.repository.settings.name
-        ))
-        .await;
-    }
+    // A running QEMU VM's view and its NBD export are made on this server (its QMP socket is
+    // here), so this server reads it and sends it to the repository agent.
+    let live_vm = unit.host.kind == HostKind::Qemu;
     let movers = shared.mgr.ctx.movers.clone();
     let Some(agent_id) = shared.repository.settings.agent_id else {
         return fail_all("internal error: the repository is not on an agent".into()).await;
@@ -252,8 +251,12 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         ),
     )
     .await;
+    let request = match server_proxy(&shared) {
+        Some(id) if live_vm => shared.request.clone().with_proxies([id]),
+        _ => shared.request.clone(),
+    };
     let lease = tokio::select! {
-        lease = shared.mgr.ctx.resources.acquire_async(shared.request.clone()) => match lease {
+        lease = shared.mgr.ctx.resources.acquire_async(request) => match lease {
             Ok(l) => l,
             Err(e) => return fail_all(format!("no task slot: {e}")).await,
         },
@@ -277,6 +280,23 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         }
         if let Some(why) = movers.unavailable(agent, Timestamp::now()) {
             return fail_all(format!("proxy {proxy_name} cannot read: {why}")).await;
+        }
+    }
+
+    // A running VM: its point-in-time view, made now that the slots are taken.
+    let mut live = None;
+    let mut live_disks = None;
+    if live_vm {
+        route = ProxyRoute::Server;
+        if movers.identity().is_none() {
+            return fail_all("the backup server has no data mover certificate to send from".into()).await;
+        }
+        match start_live(&shared, &unit, &tasks, &repo_agent, &password).await {
+            Ok((view, disks)) => {
+                live = Some(view);
+                live_disks = Some(disks);
+            }
+            Err(text) => return fail_all(text).await,
         }
     }
 
@@ -344,8 +364,13 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                 transfer,
                 network_rate,
             );
+            let opened = live_disks.take();
             tokio::spawn(async move {
-                let end = match cairn_mover::source::run_source(task, &identity, ins_rx, link.clone()).await {
+                let sent = match opened {
+                    Some(disks) => cairn_mover::source::send_disks(task, disks, &identity, ins_rx, link.clone()).await,
+                    None => cairn_mover::source::run_source(task, &identity, ins_rx, link.clone()).await,
+                };
+                let end = match sent {
                     Ok(summary) => TaskEvent::SourceFinished(summary),
                     Err(e) => e.to_event(),
                 };
@@ -406,25 +431,25 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                 Some(TaskEvent::Log { disk, level: l, text }) => log_event(&db, &tasks, disk, level(l), &text).await,
                 Some(ev @ (TaskEvent::Failed { .. } | TaskEvent::Stopped { .. })) => {
                     record_end(&mut progress, ev, "the proxy");
-                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
+                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await;
                 }
                 Some(_) => {}
                 None => {
                     progress.failure = Some((None, format!("proxy {proxy_name} ended the task without a report")));
-                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
+                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await;
                 }
             },
             () = shared.stop.wait() => {
                 let reason = shared.stop.reason().map_or_else(|| "stopped".to_string(), |r| r.log_text());
                 source.cancel(&reason);
                 progress.stopped = Some(reason);
-                return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
+                return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await;
             }
             _ = tick.tick() => {
                 if let Some(why) = lost(&db, &movers, &source).await {
                     source.cancel(&why);
                     progress.failure = Some((None, why));
-                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
+                    return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await;
                 }
             }
         }
@@ -439,7 +464,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
                 unit.disks.len()
             ),
         ));
-        return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await;
+        return finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await;
     }
 
     // 4. The target.
@@ -457,7 +482,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
         full_every: (settings.method == Method::Forward).then_some(FORWARD_FULL_EVERY),
         compression: settings.compression.to_string(),
         retention: u32::try_from(settings.retention).unwrap_or(u32::MAX),
-        vm_config: None,
+        vm_config: live.as_ref().map(|l| l.vm_config.clone()),
         disks: described,
         write_rate: lease.rate_limiter().rate(),
     }));
@@ -586,7 +611,105 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     }
     drop(lease);
     drop(network);
-    finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent).await
+    finish(&shared, &unit, &tasks, progress, &proxy_name, &repo_agent, live.take()).await
+}
+
+/// The resource id of this server's own proxy.
+fn server_proxy(shared: &Shared) -> Option<cairn_resources::ProxyId> {
+    shared
+        .proxy_routes
+        .iter()
+        .find(|(_, (_, _, route))| matches!(route, ProxyRoute::Server))
+        .map(|(id, _)| cairn_resources::ProxyId::new(id.clone()))
+}
+
+/// Longest wait for the repository agent to tell a VM's previous restore point.
+const PREVIOUS_POINT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Makes a running VM's point-in-time view and opens its disks for sending. The checkpoints the
+/// previous restore point was read at come from the repository agent (the repository is there).
+/// On error nothing of the view is left.
+async fn start_live(
+    shared: &Shared,
+    unit: &VmUnit,
+    tasks: &[i64],
+    repo_agent: &Agent,
+    password: &str,
+) -> Result<(LiveBackup, Vec<SourceDisk>), String> {
+    let hub = &shared.mgr.ctx.movers.hub;
+    let mut task = hub.open_task(repo_agent.id);
+    task.send(Instruction::PreviousPoint {
+        task: task.id,
+        repository: shared.repository.settings.path.clone(),
+        password: password.to_string(),
+        vm: unit.repo_name(),
+    });
+    let answer = tokio::time::timeout(PREVIOUS_POINT_TIMEOUT, async {
+        loop {
+            match task.events.recv().await {
+                Some(TaskEvent::PreviousPoint { sources, .. }) => return Ok(sources),
+                Some(TaskEvent::Failed { error, .. }) => return Err(error),
+                Some(_) => continue,
+                None => return Err("it ended the task without an answer".to_string()),
+            }
+        }
+    })
+    .await;
+    let sources = match answer {
+        Ok(Ok(sources)) => sources,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "repository agent {} could not tell the previous restore point of {}: {e}",
+                repo_agent.name,
+                unit.repo_name()
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "repository agent {} did not tell the previous restore point of {} within {} s",
+                repo_agent.name,
+                unit.repo_name(),
+                PREVIOUS_POINT_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let previous = crate::live::backup::checkpoints_of(&sources, unit.disks.len());
+    let work_dir = unit
+        .disks
+        .first()
+        .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let mut view =
+        crate::live::backup::start(unit, previous, shared.repository.id, &shared.settings.guest, &work_dir).await?;
+    super::vm::log_lines(shared, tasks, &view.lines).await;
+    let (specs, disks) = (view.specs.clone(), unit.disks.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let notes = Mutex::new(Vec::new());
+        let inputs = crate::live::backup::open_inputs(&specs, &disks, &|disk, text| {
+            lock(&notes).push((disk, text.to_string()));
+        })?;
+        let mut opened = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let disk = SourceDisk::new(input.source, input.changed.as_deref(), input.changed_since)
+                .map_err(|e| (i, format!("describing the view of disk {}: {e}", disks[i].key)))?;
+            opened.push(disk);
+        }
+        Ok::<_, (usize, String)>((opened, notes.into_inner().unwrap_or_else(PoisonError::into_inner)))
+    })
+    .await;
+    let failure = match opened {
+        Ok(Ok((opened, notes))) => {
+            for (disk, text) in notes {
+                log_event(&shared.mgr.ctx.db, tasks, Some(disk as u32), LogLevel::Info, &text).await;
+            }
+            return Ok((view, opened));
+        }
+        Ok(Err((_, text))) => text,
+        Err(e) => format!("opening the view ended abnormally: {e}"),
+    };
+    let lines = view.finish(false).await;
+    super::vm::log_lines(shared, tasks, &lines).await;
+    Err(failure)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -771,7 +894,8 @@ fn remote_busy(stats: &PointStats, summary: Option<&SourceSummary>) -> Vec<(Stri
     ]
 }
 
-/// Records the VM's end on its tasks.
+/// Records the VM's end on its tasks, after ending a running VM's view (its new checkpoints
+/// become current only when the point was committed).
 async fn finish(
     shared: &Shared,
     unit: &VmUnit,
@@ -779,10 +903,17 @@ async fn finish(
     progress: Progress,
     proxy_name: &str,
     repo_agent: &Agent,
+    live: Option<LiveBackup>,
 ) -> VmOutcome {
     let db = &shared.mgr.ctx.db;
     for &task in tasks {
         lock(&shared.mgr.progress).remove(&task);
+    }
+    let mut fell_back = false;
+    if let Some(mut view) = live {
+        let lines = view.finish(progress.committed.is_some()).await;
+        super::vm::log_lines(shared, tasks, &lines).await;
+        fell_back = view.warning || !lines.is_empty();
     }
     if let Some(summary) = &progress.summary {
         let line = format!(
@@ -845,8 +976,13 @@ async fn finish(
         if retention_failed {
             set_task_state(db, tasks[0], SessionState::Warning).await;
         }
+        if fell_back {
+            for &task in tasks {
+                set_task_state(db, task, SessionState::Warning).await;
+            }
+        }
         return VmOutcome::Success {
-            warning: retention_failed,
+            warning: retention_failed || fell_back,
         };
     }
     if let Some(reason) = progress.stopped.filter(|_| progress.failure.is_none()) {

@@ -88,7 +88,9 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
             .first()
             .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
             .unwrap_or_else(std::env::temp_dir);
-        match crate::live::backup::start(&unit, &repo, shared.repository.id, &shared.settings.guest, &work_dir).await {
+        let previous = crate::live::backup::previous_checkpoints(&repo, &unit.repo_name(), unit.disks.len());
+        match crate::live::backup::start(&unit, previous, shared.repository.id, &shared.settings.guest, &work_dir).await
+        {
             Ok(l) => {
                 log_lines(&shared, &tasks, &l.lines).await;
                 live = Some(l);
@@ -170,7 +172,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
 }
 
 /// Writes live-backup lines to the VM's task logs (a line without a disk goes to every task).
-async fn log_lines(shared: &Shared, tasks: &[i64], lines: &[crate::live::backup::Line]) {
+pub(crate) async fn log_lines(shared: &Shared, tasks: &[i64], lines: &[crate::live::backup::Line]) {
     let db = &shared.mgr.ctx.db;
     for line in lines {
         match line.disk.and_then(|d| tasks.get(d)) {
