@@ -1,0 +1,352 @@
+//! A running QEMU VM backed up into a repository on a repository agent, with real processes: a
+//! `cairn server`, a `cairn agent` (proxy and repository roles) and a guestless
+//! `qemu-system-x86_64` under TCG whose disk is written through the block layer with `qemu-io`
+//! in its monitor. The server makes the point-in-time view (its QMP socket is on the server's
+//! host) and sends it to the agent; the agent tells the previous point's checkpoint so the
+//! incremental reads only the dirty extents. Each point restores (on the agent) equal to the
+//! same writes applied to a fresh image, each carries the VM's configuration, and nothing but
+//! one checkpoint bitmap stays in QEMU. A backup stopped mid-transfer commits nothing and keeps
+//! the previous checkpoint, so the next one still reads only what changed since the last point.
+
+mod server_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn_qemu::process::QemuProcess;
+use cairn_qemu::qmp::Qmp;
+use serde_json::Value;
+use server_common::*;
+
+/// Kills the agent when the test ends, passed or not.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_agent(srv: &Server, name: &str, roles: &str) -> Agent {
+    let token = ok_json(srv.cairn(["agent", "token", "--roles", roles, "--json"]))["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let log = srv.tmp.path().join(format!("agent-{name}.log"));
+    let mut cmd: Command = srv.cairn(["agent", "--server", &srv.url, "--name", name, "--token", &token]);
+    cmd.arg("--ca-cert")
+        .arg(&srv.ca)
+        .arg("--data")
+        .arg(srv.tmp.path().join(format!("agent-{name}")))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("agent log"));
+    Agent(cmd.spawn().expect("cannot start `cairn agent`"))
+}
+
+fn agent_state(srv: &Server, name: &str) -> Option<Value> {
+    let all = ok_json(srv.cairn(["agent", "list", "--json"]));
+    all.as_array()?.iter().find(|a| a["name"] == name).cloned()
+}
+
+/// `cairn job run NAME --wait`: (exit code, what it printed and the whole session's log).
+fn run_job(srv: &Server, job: &str) -> (i32, String) {
+    let out = srv.cairn(["job", "run", job, "--wait"]).output().expect("job run");
+    let mut text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let session = text
+        .split("session ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no session number in: {text}"));
+    text.push_str(&ok(srv.cairn(["session", "show", &session])));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A guestless VM `web01` with one 64 MiB qcow2 disk (device `vblk0`).
+struct Vm {
+    process: Option<QemuProcess>,
+    qmp_path: PathBuf,
+}
+
+impl Vm {
+    async fn start(vms: &Path, disk: &Path) -> Vm {
+        std::fs::create_dir_all(vms).unwrap();
+        let qmp_path = vms.join("web01.qmp");
+        let argv: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-name",
+            "web01",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_path.display()),
+            "-drive",
+            &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
+            "-device",
+            "virtio-blk-pci,drive=drive0,id=vblk0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = QemuProcess::spawn(&argv, &qmp_path, Duration::from_secs(60))
+            .await
+            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        Vm {
+            process: Some(process),
+            qmp_path,
+        }
+    }
+
+    async fn qmp(&self) -> Qmp {
+        Qmp::connect(&self.qmp_path, Duration::from_secs(30))
+            .await
+            .expect("QMP")
+    }
+
+    /// A guest write through the block layer.
+    async fn write(&self, what: &str) {
+        let out = self
+            .qmp()
+            .await
+            .human_monitor_command(&format!("qemu-io drive0 \"{what}\""))
+            .await
+            .expect("qemu-io through the monitor");
+        assert!(!out.to_lowercase().contains("error"), "qemu-io {what}: {out}");
+    }
+
+    /// Between backups QEMU holds nothing of cairn's but one checkpoint bitmap, and runs.
+    async fn assert_clean(&self) {
+        let qmp = self.qmp().await;
+        assert!(qmp.query_block_exports().await.unwrap().is_empty(), "exports left");
+        assert!(qmp.query_block_jobs().await.unwrap().is_empty(), "block jobs left");
+        let nodes = qmp
+            .execute("query-named-block-nodes", serde_json::json!({}))
+            .await
+            .unwrap();
+        let left: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["node-name"].as_str())
+            .filter(|n| n.starts_with("cairn"))
+            .collect();
+        assert!(left.is_empty(), "nodes left: {left:?}");
+        let disks = cairn_qemu::disks::list_disks(&qmp).await.unwrap();
+        let bitmaps: Vec<&str> = disks[0].bitmaps.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(
+            bitmaps.iter().filter(|b| b.starts_with("cairn-r")).count(),
+            1,
+            "one checkpoint bitmap: {bitmaps:?}"
+        );
+        assert!(!bitmaps.iter().any(|b| b.starts_with("cairn-tmp")), "{bitmaps:?}");
+        assert!(qmp.query_status().await.unwrap().running, "the VM runs on");
+    }
+
+    async fn quit(mut self) {
+        if let Some(mut p) = self.process.take() {
+            let qmp = self.qmp().await;
+            let _ = p.quit(Some(&qmp), Duration::from_secs(30)).await;
+        }
+    }
+}
+
+/// The guest-visible disk after `writes`: the same writes applied to a fresh qcow2.
+fn expected(dir: &Path, name: &str, writes: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "64M"],
+    );
+    for w in writes {
+        tool("qemu-io", &["-c", w, path.to_str().unwrap()]);
+    }
+    path
+}
+
+fn restore_latest(srv: &Server, to: &Path) {
+    ok(srv.cairn([
+        "restore",
+        "--repository",
+        "remote",
+        "--vm",
+        "kvm01/web01",
+        "--disk",
+        "0",
+        "--to",
+        to.to_str().expect("UTF-8 path"),
+    ]));
+}
+
+#[test]
+fn a_running_vm_is_backed_up_into_a_repository_on_an_agent() {
+    let srv = Server::start_with(Backend::Sqlite, "agent_live", &["--agent-heartbeat", "1"]);
+    srv.login_admin();
+    let _agent = spawn_agent(&srv, "rep01", "proxy,repository");
+    wait_for("agent rep01 online with its address", 60, || {
+        let a = agent_state(&srv, "rep01")?;
+        (a["state"] == "online" && a["address"].is_string()).then_some(())
+    });
+    let backups = srv.tmp.path().join("backups");
+    ok(srv.cairn([
+        "repository",
+        "add",
+        "remote",
+        "--agent",
+        "rep01",
+        "--path",
+        backups.to_str().unwrap(),
+    ]));
+
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let images = srv.tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let disk = images.join("web01.qcow2");
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"],
+    );
+    let vms = srv.tmp.path().join("vms");
+    let vm = rt.block_on(Vm::start(&vms, &disk));
+    let first = ["write -P 0x11 0 16M", "write -P 0x12 40M 4M"];
+    rt.block_on(async {
+        for w in first {
+            vm.write(w).await;
+        }
+    });
+
+    let mut add = srv.cairn(["host", "add", "qemu", "--name", "kvm01", "--json", "--qmp"]);
+    add.arg(&vms);
+    let added = ok_json(add);
+    assert_eq!(added["vms"].as_array().map(Vec::len), Some(1), "{added}");
+    ok(srv.cairn([
+        "job",
+        "create",
+        "web",
+        "--vm",
+        "kvm01/web01",
+        "--repository",
+        "remote",
+        "--consistency",
+        "crash",
+        "--retries",
+        "0",
+    ]));
+
+    // Full: the server reads its view and sends every allocated block to the agent.
+    let (code, log1) = run_job(&srv, "web");
+    assert_eq!(code, 0, "{log1}");
+    assert!(log1.contains("(this server) reads, repository agent rep01"), "{log1}");
+    assert!(log1.contains("no changed block tracking"), "{log1}");
+    assert!(log1.contains(": read 20.0 MiB in"), "the 20 MiB written: {log1}");
+    assert!(
+        log1.contains("(full) of kvm01/web01 committed to repository remote by agent rep01"),
+        "{log1}"
+    );
+    rt.block_on(vm.assert_clean());
+    let r1 = srv.tmp.path().join("r1.raw");
+    restore_latest(&srv, &r1);
+    assert_same_image(&r1, &expected(srv.tmp.path(), "e1.qcow2", &first));
+
+    // Incremental: the agent names the previous checkpoint; only the two written blocks are read.
+    let second = ["write -P 0x21 8M 64k", "write -P 0x22 50M 1M"];
+    rt.block_on(async {
+        for w in second {
+            vm.write(w).await;
+        }
+    });
+    let (code, log2) = run_job(&srv, "web");
+    assert_eq!(code, 0, "{log2}");
+    assert!(log2.contains("only its dirty extents are read"), "{log2}");
+    assert!(log2.contains("dirty extents ("), "{log2}");
+    assert!(log2.contains(": read 2.0 MiB in"), "two 1 MiB blocks: {log2}");
+    assert!(log2.contains("(incremental) of kvm01/web01 committed"), "{log2}");
+    rt.block_on(vm.assert_clean());
+    let r2 = srv.tmp.path().join("r2.raw");
+    restore_latest(&srv, &r2);
+    let all: Vec<&str> = first.iter().chain(second.iter()).copied().collect();
+    assert_same_image(&r2, &expected(srv.tmp.path(), "e2.qcow2", &all));
+
+    // A backup stopped mid-transfer (a 1 MB/s network rule makes it slow) commits nothing and
+    // keeps the previous checkpoint recording, so the next backup still reads only what changed.
+    let third = ["write -P 0x31 16M 8M"];
+    rt.block_on(async {
+        for w in third {
+            vm.write(w).await;
+        }
+    });
+    ok(srv.cairn([
+        "throttle",
+        "add",
+        "--from",
+        "127.0.0.1/32",
+        "--to",
+        "127.0.0.1/32",
+        "--limit",
+        "1MB/s",
+    ]));
+    let follower = srv
+        .cairn(["job", "run", "web", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn job run --wait");
+    wait_for("the throttled session to send", 60, || {
+        let list = ok_json(srv.cairn(["session", "list", "--job", "web", "--json"]));
+        let s = list["sessions"].get(0)?.clone();
+        (s["state"] == "running").then_some(())
+    });
+    ok(srv.cairn(["job", "stop", "web"]));
+    let out = follower.wait_with_output().expect("job run --wait");
+    let (stdout, stderr) = check_code("job run web --wait (stopped)", &out, 3);
+    assert!(stdout.contains(": stopped"), "{stdout}\n{stderr}");
+    rt.block_on(vm.assert_clean());
+    ok(srv.cairn(["throttle", "remove", "1"]));
+    let (code, log4) = run_job(&srv, "web");
+    assert_eq!(code, 0, "{log4}");
+    assert!(log4.contains("only its dirty extents are read"), "{log4}");
+    assert!(
+        log4.contains(": read 8.0 MiB in"),
+        "the 8 MiB written before the stop: {log4}"
+    );
+    rt.block_on(vm.assert_clean());
+    let r4 = srv.tmp.path().join("r4.raw");
+    restore_latest(&srv, &r4);
+    let all4: Vec<&str> = all.iter().chain(third.iter()).copied().collect();
+    assert_same_image(&r4, &expected(srv.tmp.path(), "e4.qcow2", &all4));
+
+    // The three points are in the agent's repository, which checks out.
+    let pw = format!(
+        "--password-file={}",
+        srv.data.join("secrets").join("repository-2.password").display()
+    );
+    let path = backups.to_str().unwrap();
+    let chains = ok_json(srv.cairn(["points", "--json", "--repo", path, &pw]));
+    let points = chains[0]["points"].as_array().expect("the VM's points");
+    assert_eq!(points.len(), 3, "{chains}");
+    assert_eq!(points[0]["kind"], "full", "{chains}");
+    assert_eq!(points[1]["kind"], "incremental", "{chains}");
+    assert_eq!(points[1]["stats"]["read_bytes"], 2 << 20, "{chains}");
+    assert_eq!(points[2]["stats"]["read_bytes"], 8 << 20, "{chains}");
+    // Each point carries the VM's configuration, read at its view.
+    for p in points {
+        assert!(p["vm_config"].to_string().contains("virtio-blk-pci"), "{p}");
+        let source = p["disks"][0]["source_id"].as_str().unwrap_or_default();
+        assert!(source.starts_with("qemu-bitmap:cairn-r"), "{p}");
+    }
+    let verify = ok_json(srv.cairn(["verify", "--json", "--repo", path, &pw]));
+    assert_eq!(verify["ok"], true, "{verify}");
+    rt.block_on(vm.quit());
+}
