@@ -924,6 +924,12 @@ pub enum AgentCommand {
         /// Agent name.
         name: String,
     },
+    /// Have an agent make a new key and get a new certificate at its next heartbeat (agents
+    /// also renew on their own 30 days before their certificate ends).
+    Renew {
+        /// Agent name.
+        name: String,
+    },
     /// Run the agent: enrol on first start, then send heartbeats over mutual TLS.
     Run(AgentRunArgs),
 }

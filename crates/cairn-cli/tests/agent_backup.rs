@@ -242,6 +242,74 @@ fn backups_through_agents(backend: Backend) {
     assert!(points.contains("incremental") && points.contains("full"), "{points}");
     ok(srv.cairn(["verify", "--repo", path, &pw]));
 
+    // Both agents renew their key and certificate when asked; the backup after that goes over
+    // the data channel pinned to the new certificates, and the old ones are refused.
+    let mut old = Vec::new();
+    for name in ["prx01", "rep01"] {
+        let dir = srv.tmp.path().join(format!("agent-{name}"));
+        let before = agent_state(&srv, name).unwrap();
+        old.push((
+            name,
+            before["cert_fingerprint"].clone(),
+            std::fs::read(dir.join("agent-key.pem")).unwrap(),
+            std::fs::read(dir.join("agent.pem")).unwrap(),
+        ));
+        let (out, _) = run_code(srv.cairn(["agent", "renew", name]), 0);
+        assert!(out.contains(&format!("agent {name} renews")), "{out}");
+    }
+    let listed = ok(srv.cairn(["agent", "list"]));
+    assert!(listed.contains("CERTIFICATE ENDS"), "{listed}");
+    for (name, fingerprint, key, cert) in &old {
+        let now = wait_for(&format!("agent {name} renewed and online"), 60, || {
+            let a = agent_state(&srv, name)?;
+            (a["cert_fingerprint"] != *fingerprint
+                && a["state"] == "online"
+                && a["renew_certificate"] == false
+                && a["address"].is_string())
+            .then_some(a)
+        });
+        let dir = srv.tmp.path().join(format!("agent-{name}"));
+        assert_ne!(
+            &std::fs::read(dir.join("agent-key.pem")).unwrap(),
+            key,
+            "{name}: a new key"
+        );
+        assert_ne!(
+            &std::fs::read(dir.join("agent.pem")).unwrap(),
+            cert,
+            "{name}: a new certificate"
+        );
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("agent.json")).unwrap()).unwrap();
+        assert_eq!(stored["cert_fingerprint"], now["cert_fingerprint"], "{name}");
+        for leftover in ["agent-key.next.pem", "agent.next.pem"] {
+            assert!(!dir.join(leftover).exists(), "{name}: {leftover} left behind");
+        }
+        let log = std::fs::read_to_string(srv.tmp.path().join(format!("agent-{name}.log"))).unwrap();
+        assert!(log.contains("renewed its certificate"), "{log}");
+    }
+    for (name, _, key, cert) in &old {
+        let pem = format!("{}{}", String::from_utf8_lossy(cert), String::from_utf8_lossy(key));
+        let client = reqwest::blocking::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&srv.ca).unwrap()).unwrap()])
+            .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let resp = client
+            .post(format!("{}/api/v1/agents/heartbeat", srv.url))
+            .json(&serde_json::json!({"version": "1", "max_tasks": 1, "free_bytes": 0}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403, "{name}'s old certificate");
+    }
+    data[6 << 20..(6 << 20) + 4096].fill(0x78);
+    std::fs::write(&disk0, &data).unwrap();
+    let (code, text) = run_job(&srv, "j1");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("proxy prx01 reads, repository agent rep01"), "{text}");
+    let r0r = srv.tmp.path().join("r0r.raw");
+    restore_via_server(&srv, 0, &r0r);
+    assert_same_image(&r0r, &disk0);
+
     // A network rule between the proxy and the repository agent (both 127.0.0.1 here) paces the
     // proxy's sending; the wait is reported as throttling.
     ok(srv.cairn([

@@ -8,6 +8,11 @@
 //! only by the SHA-256 fingerprint of the certificate it was issued
 //! ([`ConfigDb::find_agent_by_fingerprint`]); revoking ([`ConfigDb::revoke_agent`]) keeps the row
 //! and sets `revoked_at`, so the fingerprint can never be used again.
+//!
+//! A certificate is renewed in two steps so that a lost answer cannot lock the agent out:
+//! [`ConfigDb::stage_agent_certificate`] stores the new fingerprint beside the current one (both
+//! are accepted), and [`ConfigDb::promote_agent_certificate`], on the first request made with the
+//! new certificate, makes it current; the old one is refused from then on.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -175,6 +180,13 @@ pub struct Agent {
     pub revoked_at: Option<Timestamp>,
     /// When it enrolled.
     pub created_at: Timestamp,
+    /// A renewed certificate issued but not used yet: its fingerprint, accepted beside the
+    /// current one until the first request made with it.
+    pub next_cert_fingerprint: Option<String>,
+    /// End of that renewed certificate's validity.
+    pub next_cert_not_after: Option<Timestamp>,
+    /// When an administrator asked for a new certificate before the current one is due.
+    pub renew_requested_at: Option<Timestamp>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -191,6 +203,9 @@ struct AgentRow {
     last_seen_at: Option<i64>,
     revoked_at: Option<i64>,
     created_at: i64,
+    next_cert_fingerprint: Option<String>,
+    next_cert_not_after: Option<i64>,
+    renew_requested_at: Option<i64>,
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -209,6 +224,9 @@ impl TryFrom<AgentRow> for Agent {
             last_seen_at: from_us_opt(r.last_seen_at)?,
             revoked_at: from_us_opt(r.revoked_at)?,
             created_at: from_us(r.created_at)?,
+            next_cert_fingerprint: r.next_cert_fingerprint,
+            next_cert_not_after: from_us_opt(r.next_cert_not_after)?,
+            renew_requested_at: from_us_opt(r.renew_requested_at)?,
         })
     }
 }
@@ -242,7 +260,7 @@ impl TryFrom<EnrolmentTokenRow> for EnrolmentToken {
 macro_rules! agent_columns {
     () => {
         "id, name, roles, cert_fingerprint, cert_not_after, version, max_tasks, free_bytes, address, \
-         last_seen_at, revoked_at, created_at"
+         last_seen_at, revoked_at, created_at, next_cert_fingerprint, next_cert_not_after, renew_requested_at"
     };
 }
 macro_rules! agent_select {
@@ -271,6 +289,20 @@ fn check_counts(max_tasks: i64, free_bytes: i64) -> Result<()> {
 }
 
 impl ConfigDb {
+    /// The agent an `UPDATE … WHERE id = $1 AND revoked_at IS NULL` returned; without a row,
+    /// [`Error::Conflict`] for a revoked agent and [`Error::NotFound`] for a missing one.
+    async fn updated_unless_revoked(&self, id: i64, row: Option<AgentRow>) -> Result<Agent> {
+        match row {
+            Some(row) => row.try_into(),
+            None => {
+                let agent = self.get_agent(id).await?;
+                Err(Error::Conflict {
+                    what: format!("agent {} is revoked", agent.name),
+                })
+            }
+        }
+    }
+
     /// Stores a one-time enrolment token; [`Error::Invalid`] without roles, [`Error::Duplicate`]
     /// if the hash exists.
     pub async fn create_enrolment_token(&self, token: &NewEnrolmentToken) -> Result<EnrolmentToken> {
@@ -414,10 +446,12 @@ impl ConfigDb {
     /// it refuses), if any.
     pub async fn find_agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Agent>> {
         on_pool!(self, |pool| {
-            let row: Option<AgentRow> = sqlx::query_as(agent_select!("WHERE cert_fingerprint = $1"))
-                .bind(fingerprint)
-                .fetch_optional(pool)
-                .await?;
+            let row: Option<AgentRow> = sqlx::query_as(agent_select!(
+                "WHERE cert_fingerprint = $1 OR next_cert_fingerprint = $1"
+            ))
+            .bind(fingerprint)
+            .fetch_optional(pool)
+            .await?;
             row.map(Agent::try_from).transpose()
         })
     }
@@ -462,16 +496,7 @@ impl ConfigDb {
             .bind(to_us(now))
             .fetch_optional(pool)
             .await?;
-            match row {
-                Some(row) => row.try_into(),
-                None => {
-                    // Tell a revoked agent from a missing one.
-                    let agent = self.get_agent(id).await?;
-                    Err(Error::Conflict {
-                        what: format!("agent {} is revoked", agent.name),
-                    })
-                }
-            }
+            self.updated_unless_revoked(id, row).await
         })
     }
 
@@ -502,6 +527,65 @@ impl ConfigDb {
                 .execute(pool)
                 .await?;
             Ok(done.rows_affected())
+        })
+    }
+
+    /// Stores a renewed certificate of agent `id` (fingerprint and end of validity) beside its
+    /// current one; both are accepted until [`ConfigDb::promote_agent_certificate`]. A renewal
+    /// staged earlier and never used is replaced. [`Error::NotFound`] for an unknown agent,
+    /// [`Error::Conflict`] for a revoked one.
+    pub async fn stage_agent_certificate(&self, id: i64, fingerprint: &str, not_after: Timestamp) -> Result<Agent> {
+        on_pool!(self, |pool| {
+            let row: Option<AgentRow> = sqlx::query_as(concat!(
+                "UPDATE agents SET next_cert_fingerprint = $2, next_cert_not_after = $3 ",
+                "WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+                agent_columns!()
+            ))
+            .bind(id)
+            .bind(fingerprint)
+            .bind(to_us(not_after))
+            .fetch_optional(pool)
+            .await
+            .map_err(write_err("agent certificate"))?;
+            self.updated_unless_revoked(id, row).await
+        })
+    }
+
+    /// Makes the staged certificate with `fingerprint` agent `id`'s current one (the agent has
+    /// used it): the old fingerprint is forgotten and refused from now on, and a renewal an
+    /// administrator asked for is done. `None` when that certificate is not staged (any more).
+    pub async fn promote_agent_certificate(&self, id: i64, fingerprint: &str) -> Result<Option<Agent>> {
+        on_pool!(self, |pool| {
+            let row: Option<AgentRow> = sqlx::query_as(concat!(
+                "UPDATE agents SET cert_fingerprint = next_cert_fingerprint, cert_not_after = next_cert_not_after, ",
+                "next_cert_fingerprint = NULL, next_cert_not_after = NULL, renew_requested_at = NULL ",
+                "WHERE id = $1 AND next_cert_fingerprint = $2 AND next_cert_not_after IS NOT NULL RETURNING ",
+                agent_columns!()
+            ))
+            .bind(id)
+            .bind(fingerprint)
+            .fetch_optional(pool)
+            .await
+            .map_err(write_err("agent certificate"))?;
+            row.map(Agent::try_from).transpose()
+        })
+    }
+
+    /// Asks agent `id` to renew its certificate (and key) at its next heartbeat, from `now`.
+    /// Asking again keeps the first time. [`Error::NotFound`] for an unknown agent,
+    /// [`Error::Conflict`] for a revoked one.
+    pub async fn request_agent_renewal(&self, id: i64, now: Timestamp) -> Result<Agent> {
+        on_pool!(self, |pool| {
+            let row: Option<AgentRow> = sqlx::query_as(concat!(
+                "UPDATE agents SET renew_requested_at = COALESCE(renew_requested_at, $2) ",
+                "WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+                agent_columns!()
+            ))
+            .bind(id)
+            .bind(to_us(now))
+            .fetch_optional(pool)
+            .await?;
+            self.updated_unless_revoked(id, row).await
         })
     }
 }

@@ -277,3 +277,73 @@ async fn heartbeats_and_revocation(f: &Fixture) {
     assert_eq!(f.db.list_enrolment_tokens().await.unwrap()[0].created_by, None);
 }
 both_backends!(heartbeats_and_revocation);
+
+async fn a_renewal_is_staged_then_promoted_by_its_first_use(f: &Fixture) {
+    token(f, "h9", &[AgentRole::Proxy], SignedDuration::from_hours(1)).await;
+    let (a, _) =
+        f.db.enrol_agent("h9", Timestamp::now(), &agent("proxy09"), signer("r"))
+            .await
+            .unwrap()
+            .unwrap();
+    let old = a.cert_fingerprint.clone();
+    assert!(a.next_cert_fingerprint.is_none() && a.renew_requested_at.is_none());
+
+    // An administrator asks; asking again keeps the first time.
+    let asked_at = Timestamp::now();
+    let asked = f.db.request_agent_renewal(a.id, asked_at).await.unwrap();
+    assert!(asked.renew_requested_at.is_some());
+    let again =
+        f.db.request_agent_renewal(a.id, asked_at + SignedDuration::from_secs(60))
+            .await
+            .unwrap();
+    assert_eq!(again.renew_requested_at, asked.renew_requested_at);
+
+    // Staged: both certificates find the agent; the current one is unchanged.
+    let until = Timestamp::now() + SignedDuration::from_hours(24 * 365);
+    let first = "a".repeat(64);
+    f.db.stage_agent_certificate(a.id, &first, until).await.unwrap();
+    // An answer that never arrived: a second renewal replaces the staged certificate.
+    let new = "b".repeat(64);
+    let staged = f.db.stage_agent_certificate(a.id, &new, until).await.unwrap();
+    assert_eq!(staged.cert_fingerprint, old);
+    assert_eq!(staged.next_cert_fingerprint.as_deref(), Some(new.as_str()));
+    assert!(f.db.find_agent_by_fingerprint(&first).await.unwrap().is_none());
+    for fp in [&old, &new] {
+        let found = f.db.find_agent_by_fingerprint(fp).await.unwrap().expect("found");
+        assert_eq!(found.id, a.id, "{fp}");
+    }
+    // Promoting a certificate that is not staged does nothing.
+    assert!(f.db.promote_agent_certificate(a.id, &first).await.unwrap().is_none());
+
+    // The first use makes it current; the old one is forgotten and the request is done.
+    let promoted =
+        f.db.promote_agent_certificate(a.id, &new)
+            .await
+            .unwrap()
+            .expect("promoted");
+    assert_eq!(promoted.cert_fingerprint, new);
+    assert!(promoted.next_cert_fingerprint.is_none() && promoted.next_cert_not_after.is_none());
+    assert!(promoted.renew_requested_at.is_none());
+    assert_eq!(promoted.cert_not_after.as_second(), until.as_second());
+    assert!(f.db.find_agent_by_fingerprint(&old).await.unwrap().is_none());
+    assert!(
+        f.db.promote_agent_certificate(a.id, &new).await.unwrap().is_none(),
+        "only once"
+    );
+
+    // A revoked agent can neither stage nor be asked.
+    f.db.revoke_agent(a.id, Timestamp::now()).await.unwrap();
+    let err =
+        f.db.stage_agent_certificate(a.id, &"c".repeat(64), until)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict { what } if what.contains("proxy09")),
+        "{err}"
+    );
+    let err = f.db.request_agent_renewal(a.id, Timestamp::now()).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let err = f.db.request_agent_renewal(9999, Timestamp::now()).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+both_backends!(a_renewal_is_staged_then_promoted_by_its_first_use);

@@ -13,6 +13,10 @@
 //!   unrevoked agent ([`AgentIdentity`]): a certificate is pinned, so even another certificate
 //!   the CA signed (the server's own, a lost one re-issued) does not stand in for it, and
 //!   revoking the agent in the database refuses it at once, with no revocation list.
+//! - Renewal ([`crate::api::agents::renew_certificate`]): the agent, authenticated by its
+//!   current certificate, sends a request for a new key; the new certificate is accepted beside
+//!   the current one until the agent first uses it ([`AgentIdentity`] then makes it current and
+//!   the old one is refused).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +45,8 @@ pub fn agent_dns_name(id: i64) -> String {
 
 /// Days an agent certificate is valid.
 pub const AGENT_CERT_DAYS: i64 = 365;
+/// Days before the end of its certificate at which an agent is told to renew it.
+pub const AGENT_CERT_RENEW_DAYS: i64 = 30;
 /// Prefix of the URI name that carries the agent's id in its certificate.
 pub const AGENT_URI_PREFIX: &str = "cairn-agent:";
 
@@ -79,6 +85,12 @@ pub fn listener_config(tls: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, T
 /// SHA-256 of a DER certificate, lower-case hex: how an agent is recognised.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
+}
+
+/// The [`fingerprint`] of the first certificate in `pem`.
+pub fn pem_fingerprint(pem: &str) -> Result<String, String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    Ok(fingerprint(&der))
 }
 
 /// A certificate issued to an agent.
@@ -257,6 +269,28 @@ impl FromRequestParts<AppState> for AgentIdentity {
                 "agent {} was revoked at {at}: enrol it again with a new token",
                 agent.name
             )));
+        }
+        if agent.cert_fingerprint != fp {
+            // The first request with a renewed certificate: it becomes the agent's only one.
+            return match state.db.promote_agent_certificate(agent.id, &fp).await? {
+                Some(renewed) => {
+                    tracing::info!(
+                        "agent {} (id {}) uses its renewed certificate (SHA-256 {fp}, valid until {}); the \
+                         previous one is refused from now on",
+                        renewed.name,
+                        renewed.id,
+                        renewed.cert_not_after
+                    );
+                    Ok(AgentIdentity(renewed))
+                }
+                // Another request promoted it in the meantime.
+                None => match state.db.find_agent_by_fingerprint(&fp).await? {
+                    Some(a) if a.cert_fingerprint == fp && a.revoked_at.is_none() => Ok(AgentIdentity(a)),
+                    _ => Err(ApiError::forbidden(format!(
+                        "the client certificate (SHA-256 {fp}) belongs to no enrolled agent"
+                    ))),
+                },
+            };
         }
         Ok(AgentIdentity(agent))
     }

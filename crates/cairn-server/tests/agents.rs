@@ -337,3 +337,104 @@ async fn forged_unknown_and_refused_enrolments(backend: Backend) {
     t.stop().await;
 }
 both_backends!(forged_unknown_and_refused_enrolments);
+
+async fn a_renewed_certificate_replaces_the_old_one_at_its_first_use(backend: Backend) {
+    let t = TestServer::start(backend, "agents_renew").await;
+    let token = new_token(&t, json!(["proxy"])).await;
+    let (key, csr_pem) = csr("proxy07");
+    let (status, enrolled) = enroll(&t, &token, "proxy07", &csr_pem).await;
+    assert_eq!(status, 201, "{enrolled}");
+    let id = enrolled["agent_id"].as_i64().unwrap();
+    let old = agent_client(&t, enrolled["certificate_pem"].as_str().unwrap(), &key);
+    let heartbeat = format!("{}/api/v1/agents/heartbeat", t.base);
+    let renew = format!("{}/api/v1/agents/renew", t.base);
+
+    // A year left and nobody asked: not due.
+    let (status, seen) = send(&old, Method::POST, heartbeat.clone(), Some(&heartbeat_body())).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["renew_certificate"], false, "{seen}");
+
+    // Only an administrator asks for a renewal; the next heartbeat's answer says so.
+    let viewer = t.user("vic", "viewer").await;
+    let ask = format!("/api/v1/agents/{id}/renew");
+    let (status, _) = t.call(Method::POST, &ask, Some(&viewer), None).await;
+    assert_eq!(status, 403);
+    let (status, asked) = t.call(Method::POST, &ask, Some(&t.admin), None).await;
+    assert_eq!(status, 200, "{asked}");
+    assert!(asked["renew_requested_at"].is_string(), "{asked}");
+    let (_, seen) = send(&old, Method::POST, heartbeat.clone(), Some(&heartbeat_body())).await;
+    assert_eq!(seen["renew_certificate"], true, "{seen}");
+
+    // The renewal route needs the agent's certificate, not a user's token, and a good request.
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/agents/renew",
+            Some(&t.admin),
+            Some(&json!({"csr_pem": csr_pem})),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = send(&old, Method::POST, renew.clone(), Some(&json!({"csr_pem": "junk"}))).await;
+    assert_eq!(status, 422, "{body}");
+
+    // Renewed: a new certificate for the new key, same name and id, from the server's CA.
+    let (new_key, new_csr) = csr("proxy07");
+    let (status, renewed) = send(&old, Method::POST, renew.clone(), Some(&json!({"csr_pem": new_csr}))).await;
+    assert_eq!(status, 200, "{renewed}");
+    let new_pem = renewed["certificate_pem"].as_str().unwrap().to_owned();
+    let der = CertificateDer::from_pem_slice(new_pem.as_bytes()).unwrap();
+    assert_eq!(renewed["cert_fingerprint"].as_str().unwrap(), fingerprint(&der));
+    assert_ne!(renewed["cert_fingerprint"], enrolled["cert_fingerprint"]);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert!(cert.subject().to_string().contains("CN=proxy07"), "{}", cert.subject());
+    assert_eq!(&*cert.public_key().subject_public_key.data, new_key.public_key_raw());
+    let ca_file = std::fs::read_to_string(t.server.ca_path()).unwrap();
+    let ca_der = CertificateDer::from_pem_slice(ca_file.as_bytes()).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("signed by the server's CA");
+
+    // Until it is used, the old certificate still works (an agent that lost the answer is not
+    // locked out) and the list still pins the old one.
+    let (status, seen) = send(&old, Method::POST, heartbeat.clone(), Some(&heartbeat_body())).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["cert_fingerprint"], enrolled["cert_fingerprint"]);
+
+    // Its first use makes it the only one.
+    let new = agent_client(&t, &new_pem, &new_key);
+    let (status, seen) = send(&new, Method::POST, heartbeat.clone(), Some(&heartbeat_body())).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["cert_fingerprint"], renewed["cert_fingerprint"]);
+    assert_eq!(seen["renew_certificate"], false, "{seen}");
+    assert!(seen["renew_requested_at"].is_null(), "{seen}");
+    assert_eq!(seen["cert_not_after"], renewed["cert_not_after"]);
+    // A fresh connection with the old certificate (the old client may reuse its connection,
+    // which still authenticates it by the old certificate).
+    let old_again = agent_client(&t, enrolled["certificate_pem"].as_str().unwrap(), &key);
+    let (status, body) = send(&old_again, Method::POST, heartbeat.clone(), Some(&heartbeat_body())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("belongs to no enrolled agent"),
+        "{body}"
+    );
+    let list = t.get("/api/v1/agents").await;
+    assert_eq!(list[0]["cert_fingerprint"], renewed["cert_fingerprint"]);
+
+    // A revoked agent can neither renew nor be asked to.
+    let (status, _) = t
+        .call(Method::DELETE, &format!("/api/v1/agents/{id}"), Some(&t.admin), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, another) = csr("proxy07");
+    let (status, body) = send(&new, Method::POST, renew, Some(&json!({"csr_pem": another}))).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = t.call(Method::POST, &ask, Some(&t.admin), None).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = t
+        .call(Method::POST, "/api/v1/agents/9999/renew", Some(&t.admin), None)
+        .await;
+    assert_eq!(status, 404);
+    t.stop().await;
+}
+both_backends!(a_renewed_certificate_replaces_the_old_one_at_its_first_use);

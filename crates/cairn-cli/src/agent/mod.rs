@@ -18,6 +18,15 @@
 //! space to `POST /api/v1/agents/heartbeat`, presenting its certificate. A 401/403 answer (revoked,
 //! unknown certificate) ends the process with an error naming the cause; network failures are
 //! logged and retried. SIGTERM or SIGINT end it cleanly.
+//!
+//! Certificate renewal: when a heartbeat's answer says `renew_certificate` (the certificate ends
+//! within 30 days, or an administrator ran `cairn agent renew`) and no task is running, the agent
+//! stops taking work, makes a new key, and sends a signing request to `POST /api/v1/agents/renew`
+//! with its current certificate. The new key and certificate are written beside the current ones
+//! (`agent-key.next.pem`, `agent.next.pem`) and then renamed over them, the key first; a start
+//! that finds `agent.next.pem` finishes the renames (the server accepts both certificates until
+//! the new one is used). The agent then carries on with the new certificate as a new process
+//! instance, and the server refuses the old one from its first request with the new.
 
 use std::fs;
 use std::io::Write;
@@ -41,6 +50,12 @@ const KEY_FILE: &str = "agent-key.pem";
 const CERT_FILE: &str = "agent.pem";
 const CA_FILE: &str = "ca.pem";
 const STATE_FILE: &str = "agent.json";
+/// A renewed key, written before it replaces [`KEY_FILE`].
+const NEXT_KEY_FILE: &str = "agent-key.next.pem";
+/// A renewed certificate, written after [`NEXT_KEY_FILE`]; its presence means both are complete.
+const NEXT_CERT_FILE: &str = "agent.next.pem";
+/// How long after a failed renewal the agent tries again.
+const RENEW_RETRY: Duration = Duration::from_secs(600);
 /// How long one request to the server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,7 +120,7 @@ pub fn run(g: &Global, a: &AgentRunArgs) -> anyhow::Result<ExitCode> {
             }
             None => enrol(g, a, dir).await?,
         };
-        heartbeats(&identity, a, dir).await
+        heartbeats(identity, a, dir).await
     })
 }
 
@@ -120,8 +135,10 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making {} private", dir.display()))
 }
 
-/// The stored identity, `None` before the first enrolment. Half an identity is an error.
+/// The stored identity, `None` before the first enrolment. Half an identity is an error. A
+/// renewal interrupted after its certificate was written is finished first.
 fn load_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
+    finish_renewal(dir)?;
     let files = [STATE_FILE, KEY_FILE, CERT_FILE, CA_FILE];
     let present: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
     if present.is_empty() {
@@ -247,18 +264,99 @@ async fn enrol(g: &Global, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<Ident
     })
 }
 
-/// Heartbeats until a signal or a refusal.
-async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<ExitCode> {
-    let e = &identity.enrolment;
+/// Puts a renewed key and certificate in place when a renewal stopped after writing them (the
+/// certificate is written last, so its presence means both are complete); drops a renewed key
+/// whose certificate never came.
+fn finish_renewal(dir: &Path) -> anyhow::Result<()> {
+    let (next_key, next_cert) = (dir.join(NEXT_KEY_FILE), dir.join(NEXT_CERT_FILE));
+    if !next_cert.exists() {
+        if next_key.exists() {
+            fs::remove_file(&next_key)
+                .with_context(|| format!("removing {} of an unfinished renewal", next_key.display()))?;
+        }
+        return Ok(());
+    }
+    let rename = |from: &Path, to: &str| {
+        fs::rename(from, dir.join(to)).with_context(|| format!("renaming {} to {to}", from.display()))
+    };
+    if next_key.exists() {
+        rename(&next_key, KEY_FILE)?;
+    }
+    rename(&next_cert, CERT_FILE)?;
+    let cert_pem = fs::read_to_string(dir.join(CERT_FILE))
+        .with_context(|| format!("reading {}", dir.join(CERT_FILE).display()))?;
+    let fingerprint = cairn_server::agent_tls::pem_fingerprint(&cert_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(CERT_FILE).display()))?;
+    let state = dir.join(STATE_FILE);
+    let mut enrolment: Enrolment =
+        serde_json::from_str(&fs::read_to_string(&state).with_context(|| format!("reading {}", state.display()))?)
+            .with_context(|| format!("{} is damaged", state.display()))?;
+    enrolment.cert_fingerprint = fingerprint;
+    write_private(&state, serde_json::to_string_pretty(&enrolment)?.as_bytes())?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// The HTTPS client of the control channel: trusts only the server's CA and presents the
+/// agent's certificate.
+fn control_client(identity: &Identity) -> anyhow::Result<reqwest::Client> {
     let client_identity = reqwest::Identity::from_pem(format!("{}{}", identity.cert_pem, identity.key_pem).as_bytes())
         .context("the agent's key or certificate in the data folder is not usable")?;
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .user_agent(concat!("cairn-agent/", env!("CARGO_PKG_VERSION")))
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(identity.ca_pem.as_bytes())?)
         .identity(client_identity)
         .timeout(REQUEST_TIMEOUT)
         .build()
-        .context("setting up the mutual TLS client")?;
+        .context("setting up the mutual TLS client")
+}
+
+/// Renews the agent's key and certificate with `http` (which presents the current one) and
+/// stores them in `dir`; returns the new identity.
+async fn renew(identity: &Identity, http: &reqwest::Client, dir: &Path) -> anyhow::Result<Identity> {
+    let e = &identity.enrolment;
+    let (key_pem, csr_pem) = cairn_server::agent_tls::new_key_and_csr(&e.name)?;
+    let resp = http
+        .post(format!("{}/api/v1/agents/renew", e.server))
+        .json(&json!({ "csr_pem": csr_pem }))
+        .send()
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot reach {}: {}", e.server, error_text(&err)))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = answer["error"].as_str().unwrap_or("no explanation");
+        bail!("the server refused the renewal ({status}): {msg}");
+    }
+    let cert_pem = answer["certificate_pem"]
+        .as_str()
+        .context("the renewal answer has no certificate_pem")?;
+    let fingerprint = cairn_server::agent_tls::pem_fingerprint(cert_pem)
+        .map_err(|err| anyhow::anyhow!("the renewal answer's certificate: {err}"))?;
+    if answer["cert_fingerprint"].as_str() != Some(fingerprint.as_str()) {
+        bail!("the renewal answer's fingerprint is not that of its certificate");
+    }
+    // The key first: the certificate's presence tells a later start that both are complete.
+    write_private(&dir.join(NEXT_KEY_FILE), key_pem.as_bytes())?;
+    write_private(&dir.join(NEXT_CERT_FILE), cert_pem.as_bytes())?;
+    finish_renewal(dir)?;
+    load_identity(dir)?.with_context(|| format!("{} lost the agent's identity", dir.display()))
+}
+
+/// A new id for this agent process: the server sees a restart (and that the old tasks are gone).
+fn new_instance() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{started}", std::process::id())
+}
+
+/// Heartbeats until a signal or a refusal.
+async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<ExitCode> {
+    let mut http = control_client(&identity)?;
+    let e = identity.enrolment.clone();
     let url = format!("{}/api/v1/agents/heartbeat", e.server);
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
@@ -267,12 +365,9 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
     let mut address: Option<String> = None;
-    let mut worker: Option<Arc<work::Worker>> = None;
-    // A new id per process: the server sees a restart (and that the old tasks are gone).
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let instance = format!("{}-{started}", std::process::id());
+    let mut worker: Option<(Arc<work::Worker>, tokio::task::JoinHandle<()>)> = None;
+    let mut instance = new_instance();
+    let mut renew_after = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -306,12 +401,47 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
                     interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
+                let idle = worker.as_ref().is_none_or(|(w, _)| w.is_idle());
+                if answer["renew_certificate"] == true && idle && tokio::time::Instant::now() >= renew_after {
+                    // No task may run on the old identity: stop taking work first.
+                    if let Some((w, run)) = worker.take() {
+                        run.abort();
+                        let _ = run.await;
+                        drop(w);
+                    }
+                    eprintln!("cairn agent: {} renewing its key and certificate", e.name);
+                    match renew(&identity, &http, dir).await {
+                        Ok(renewed) => {
+                            identity = renewed;
+                            http = control_client(&identity)?;
+                            // The tasks the server may think of as running are gone.
+                            instance = new_instance();
+                            eprintln!(
+                                "cairn agent: {} renewed its certificate (SHA-256 {}); the old one is refused from \
+                                 now on",
+                                e.name, identity.enrolment.cert_fingerprint
+                            );
+                        }
+                        Err(err) => {
+                            renew_after = tokio::time::Instant::now() + RENEW_RETRY;
+                            eprintln!(
+                                "cairn agent: {} could not renew its certificate ({err:#}); it keeps the current one \
+                                 and tries again in {} minutes",
+                                e.name,
+                                RENEW_RETRY.as_secs() / 60
+                            );
+                        }
+                    }
+                    // The next heartbeat (at once) uses the new certificate and restarts the work.
+                    interval.reset_immediately();
+                    continue;
+                }
                 if worker.is_none() {
                     let roles: Vec<&str> = answer["roles"]
                         .as_array()
                         .map(|r| r.iter().filter_map(Value::as_str).collect())
                         .unwrap_or_default();
-                    let (started, advertised) = start_worker(identity, a, &http, &roles).await?;
+                    let (started, advertised) = start_worker(&identity, a, &http, &roles).await?;
                     address = Some(advertised);
                     worker = Some(started);
                     // Tell the server the data channel address at once.
@@ -347,14 +477,14 @@ async fn heartbeats(identity: &Identity, a: &AgentRunArgs, dir: &Path) -> anyhow
     }
 }
 
-/// Starts the data channel listener (repository role) and the work loop; returns the worker and
-/// the address to advertise (`IP:port` with a listener, else `IP`).
+/// Starts the data channel listener (repository role) and the work loop; returns the worker, its
+/// work loop and the address to advertise (`IP:port` with a listener, else `IP`).
 async fn start_worker(
     identity: &Identity,
     a: &AgentRunArgs,
     http: &reqwest::Client,
     roles: &[&str],
-) -> anyhow::Result<(Arc<work::Worker>, String)> {
+) -> anyhow::Result<((Arc<work::Worker>, tokio::task::JoinHandle<()>), String)> {
     let e = &identity.enrolment;
     let tls = Arc::new(
         cairn_transfer::TlsIdentity::from_pem(
@@ -380,7 +510,7 @@ async fn start_worker(
             cairn_transfer::receiver_tls_config(&tls, cairn_transfer::PeerPolicy::default())
                 .context("setting up the data channel's TLS")?,
         );
-        let r = cairn_transfer::Receiver::bind(a.listen, config)
+        let r = bind_receiver(a.listen, config)
             .await
             .with_context(|| format!("listening for data on {} (change it with --listen)", a.listen))?;
         advertised = std::net::SocketAddr::new(ip, r.local_addr().port()).to_string();
@@ -398,9 +528,29 @@ async fn start_worker(
         identity: tls,
         receiver,
         tasks: std::sync::Mutex::new(std::collections::HashMap::new()),
+        running: std::sync::atomic::AtomicUsize::new(0),
     });
-    tokio::spawn(worker.clone().run());
-    Ok((worker, advertised))
+    let run = tokio::spawn(worker.clone().run());
+    Ok(((worker, run), advertised))
+}
+
+/// Binds the data channel listener, waiting up to 5 s for the port while a listener this process
+/// just stopped (after a certificate renewal) lets go of it.
+async fn bind_receiver(
+    addr: std::net::SocketAddr,
+    config: cairn_transfer::ReceiverConfig,
+) -> Result<cairn_transfer::Receiver, cairn_transfer::Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match cairn_transfer::Receiver::bind(addr, config.clone()).await {
+            Err(cairn_transfer::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The local address used to reach the server at `url` (no packet is sent).
@@ -484,7 +634,74 @@ fn refused_certificate(text: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::refused_certificate;
+    use super::*;
+
+    /// A key and a certificate, PEM (self-signed: it stands in for one from the CA).
+    fn key_and_cert(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+
+    fn enrolment(fingerprint: &str) -> Enrolment {
+        Enrolment {
+            server: "https://backup01:8520".into(),
+            agent_id: 7,
+            name: "prx07".into(),
+            cert_fingerprint: fingerprint.into(),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_renewal_is_finished_or_dropped_at_the_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (key, cert) = key_and_cert("old");
+        write_private(&dir.join(KEY_FILE), key.as_bytes()).unwrap();
+        write_private(&dir.join(CERT_FILE), cert.as_bytes()).unwrap();
+        write_private(&dir.join(CA_FILE), cert.as_bytes()).unwrap();
+        let old_fp = cairn_server::agent_tls::pem_fingerprint(&cert).unwrap();
+        write_private(
+            &dir.join(STATE_FILE),
+            serde_json::to_string(&enrolment(&old_fp)).unwrap().as_bytes(),
+        )
+        .unwrap();
+
+        // Only the new key was written: its certificate never came, the old identity stays.
+        let (next_key, next_cert) = key_and_cert("new");
+        write_private(&dir.join(NEXT_KEY_FILE), next_key.as_bytes()).unwrap();
+        let loaded = load_identity(dir).unwrap().unwrap();
+        assert_eq!(
+            (loaded.key_pem.as_str(), loaded.cert_pem.as_str()),
+            (key.as_str(), cert.as_str())
+        );
+        assert!(!dir.join(NEXT_KEY_FILE).exists());
+
+        // Stopped after the key was renamed, before the certificate: finished at the next start.
+        write_private(&dir.join(KEY_FILE), next_key.as_bytes()).unwrap();
+        write_private(&dir.join(NEXT_CERT_FILE), next_cert.as_bytes()).unwrap();
+        let loaded = load_identity(dir).unwrap().unwrap();
+        assert_eq!(loaded.key_pem, next_key);
+        assert_eq!(loaded.cert_pem, next_cert);
+        let new_fp = cairn_server::agent_tls::pem_fingerprint(&next_cert).unwrap();
+        assert_eq!(loaded.enrolment.cert_fingerprint, new_fp);
+        assert_ne!(new_fp, old_fp);
+        assert!(!dir.join(NEXT_CERT_FILE).exists());
+
+        // Both written, neither renamed.
+        let (third_key, third_cert) = key_and_cert("third");
+        write_private(&dir.join(NEXT_KEY_FILE), third_key.as_bytes()).unwrap();
+        write_private(&dir.join(NEXT_CERT_FILE), third_cert.as_bytes()).unwrap();
+        let loaded = load_identity(dir).unwrap().unwrap();
+        assert_eq!((loaded.key_pem, loaded.cert_pem), (third_key, third_cert));
+        for f in [KEY_FILE, CERT_FILE, STATE_FILE] {
+            let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
 
     #[test]
     fn a_certificate_alert_is_a_refusal_and_a_network_error_is_not() {

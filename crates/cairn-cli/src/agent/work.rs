@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,9 +28,16 @@ pub(super) struct Worker {
     pub(super) identity: Arc<TlsIdentity>,
     pub(super) receiver: Option<Arc<Receiver>>,
     pub(super) tasks: Mutex<HashMap<u64, mpsc::UnboundedSender<Instruction>>>,
+    /// Tasks started and not yet reported to their end.
+    pub(super) running: AtomicUsize,
 }
 
 impl Worker {
+    /// Whether no task is running (the agent may then renew its certificate).
+    pub(super) fn is_idle(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && self.tasks().is_empty()
+    }
+
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Instruction>>> {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -209,6 +217,22 @@ impl Worker {
     }
 }
 
+/// Counts a task as running from its start until its last report was delivered.
+struct Running(Arc<Worker>);
+
+impl Running {
+    fn new(worker: Arc<Worker>) -> Running {
+        worker.running.fetch_add(1, Ordering::SeqCst);
+        Running(worker)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Posts a task's reports in order and keeps the server's steering.
 struct HttpLink {
     tx: mpsc::UnboundedSender<TaskEvent>,
@@ -220,7 +244,14 @@ impl HttpLink {
     fn start(worker: Arc<Worker>, task: u64) -> Arc<HttpLink> {
         let (tx, rx) = mpsc::unbounded_channel();
         let control = Arc::new(Mutex::new(Control::default()));
-        let flusher = tokio::spawn(flush(worker, task, rx, control.clone()));
+        let running = Running::new(worker.clone());
+        let flusher = tokio::spawn({
+            let control = control.clone();
+            async move {
+                let _running = running;
+                flush(worker, task, rx, control).await;
+            }
+        });
         Arc::new(HttpLink {
             tx,
             control,

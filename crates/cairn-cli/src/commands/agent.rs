@@ -1,4 +1,5 @@
-//! `cairn agent …`: enrolment tokens, the list of agents, revocation, and the agent process.
+//! `cairn agent …`: enrolment tokens, the list of agents, certificate renewal, revocation, and
+//! the agent process.
 
 use std::process::ExitCode;
 
@@ -62,6 +63,7 @@ fn manage(g: &Global, c: &AgentCommand) -> anyhow::Result<ExitCode> {
                     ">FREE",
                     "ADDRESS",
                     "LAST SEEN",
+                    "CERTIFICATE ENDS",
                 ]);
                 for agent in list(&all) {
                     let roles: Vec<&str> = agent["roles"]
@@ -77,6 +79,7 @@ fn manage(g: &Global, c: &AgentCommand) -> anyhow::Result<ExitCode> {
                         u(agent, "free_bytes").map_or("-".into(), output::bytes),
                         s_or_dash(agent, "address"),
                         agent["last_seen_at"].as_str().map_or("never".into(), output::time),
+                        certificate_end(agent),
                     ]);
                 }
                 if t.is_empty() {
@@ -95,7 +98,29 @@ fn manage(g: &Global, c: &AgentCommand) -> anyhow::Result<ExitCode> {
                 println!("revoked agent {name}: the server refuses its certificate from now on");
             }
         }
+        AgentCommand::Renew { name } => {
+            let id = id_by_name(&client, "/api/v1/agents", "agent", name)?;
+            let agent = client.post(&format!("/api/v1/agents/{id}/renew"), &json!({}))?;
+            if g.json {
+                output::json(&agent)?;
+            } else {
+                println!(
+                    "agent {name} renews its key and certificate at its next heartbeat; its current certificate is \
+                     refused once it uses the new one"
+                );
+            }
+        }
         AgentCommand::Run(run) => return crate::agent::run(g, run),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When an agent's certificate ends, and whether it is being renewed.
+fn certificate_end(agent: &Value) -> String {
+    let end = agent["cert_not_after"].as_str().map_or("-".into(), output::time);
+    if agent["renew_certificate"] == true && agent["state"] != "revoked" {
+        format!("{end} (renewing)")
+    } else {
+        end
+    }
 }

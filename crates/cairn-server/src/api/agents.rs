@@ -1,10 +1,17 @@
-//! Agents: enrolment tokens, enrolment, heartbeats, the list and revocation.
+//! Agents: enrolment tokens, enrolment, heartbeats, certificate renewal, the list and
+//! revocation.
 //!
 //! An administrator creates a one-time enrolment token; the agent sends it once with a
 //! certificate signing request and gets a client certificate from the server's CA (see
 //! [`crate::agent_tls`]). From then on agent routes authenticate the agent by that certificate
 //! only (no bearer token). An agent that has not sent a heartbeat for
 //! [`OFFLINE_AFTER_MISSED`] heartbeat intervals (default [`HEARTBEAT_INTERVAL_SECS`] s) is offline.
+//!
+//! Each heartbeat's answer says whether the agent should renew its certificate
+//! ([`renewal_due`]: less than [`AGENT_CERT_RENEW_DAYS`] days left, or an administrator asked for
+//! it with `POST /api/v1/agents/{id}/renew`). The agent then makes a new key and sends a
+//! certificate signing request to `POST /api/v1/agents/renew`, presenting its current
+//! certificate.
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +23,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
-use crate::agent_tls::{AgentCa, AgentIdentity, parse_csr};
+use crate::agent_tls::{AGENT_CERT_RENEW_DAYS, AgentCa, AgentIdentity, parse_csr};
 use crate::auth::{Caller, generate_token, looks_like_token, token_hash};
 use crate::state::AppState;
 
@@ -104,6 +111,19 @@ pub struct AgentDto {
     pub revoked_at: Option<Timestamp>,
     /// Seconds between the heartbeats the server expects from agents.
     pub heartbeat_secs: u64,
+    /// The agent should renew its certificate (and key) now: it ends within
+    /// 30 days, or an administrator asked for it.
+    pub renew_certificate: bool,
+    /// When an administrator asked for a new certificate (until the agent uses one).
+    pub renew_requested_at: Option<Timestamp>,
+}
+
+/// Whether `agent` should renew its certificate at `now`: an administrator asked for it, or it
+/// ends within [`AGENT_CERT_RENEW_DAYS`] days. A revoked agent never renews.
+pub fn renewal_due(agent: &Agent, now: Timestamp) -> bool {
+    let window = SignedDuration::from_hours(24 * AGENT_CERT_RENEW_DAYS);
+    agent.revoked_at.is_none()
+        && (agent.renew_requested_at.is_some() || agent.cert_not_after.duration_since(now) < window)
 }
 
 /// The state of `agent` at `now`, with heartbeats expected every `heartbeat`.
@@ -123,6 +143,8 @@ impl AgentDto {
     pub fn new(agent: Agent, now: Timestamp, heartbeat: std::time::Duration) -> AgentDto {
         AgentDto {
             heartbeat_secs: heartbeat.as_secs().max(1),
+            renew_certificate: renewal_due(&agent, now),
+            renew_requested_at: agent.renew_requested_at,
             state: agent_state(&agent, now, heartbeat),
             id: agent.id,
             name: agent.name,
@@ -200,6 +222,24 @@ pub struct EnrolResponse {
     /// SHA-256 of the certificate (hex), as the server pins it.
     pub cert_fingerprint: String,
     /// End of the certificate's validity.
+    pub cert_not_after: Timestamp,
+}
+
+/// `POST /api/v1/agents/renew` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RenewRequest {
+    /// PEM certificate signing request for the agent's new key; only its public key is used.
+    pub csr_pem: String,
+}
+
+/// A renewed agent certificate. The current one stays valid until the agent first uses this.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenewResponse {
+    /// The new client certificate, PEM.
+    pub certificate_pem: String,
+    /// Its SHA-256 (hex), as the server will pin it.
+    pub cert_fingerprint: String,
+    /// End of its validity.
     pub cert_not_after: Timestamp,
 }
 
@@ -447,4 +487,113 @@ pub async fn revoke_agent(
     let agent = state.db.revoke_agent(id, now).await?;
     tracing::info!("user {} revoked agent {} (id {})", caller.name, agent.name, agent.id);
     Ok(Json(AgentDto::new(agent, now, state.movers.heartbeat)))
+}
+
+/// An agent renews its certificate: it presents its current one and sends a request for a new
+/// key; the answer is a new certificate from the server's CA (same name and id). The current
+/// certificate is accepted until the first request made with the new one; from then on only the
+/// new one is.
+#[utoipa::path(post, path = "/api/v1/agents/renew", tag = "agents", request_body = RenewRequest, security(()),
+    responses((status = 200, description = "Issued; pinned once the agent uses it", body = RenewResponse),
+        (status = 401, description = "No client certificate", body = ErrorBody),
+        (status = 403, description = "The certificate belongs to no agent, or the agent is revoked", body = ErrorBody),
+        (status = 422, description = "Bad certificate signing request", body = ErrorBody)))]
+pub async fn renew_certificate(
+    AgentIdentity(agent): AgentIdentity,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RenewRequest>,
+) -> ApiResult<Json<RenewResponse>> {
+    let csr = parse_csr(&body.csr_pem).map_err(ApiError::invalid)?;
+    let data_dir = state.data_dir.clone();
+    let (name, id) = (agent.name.clone(), agent.id);
+    let cert = tokio::task::spawn_blocking(move || AgentCa::load(&data_dir).and_then(|ca| ca.sign(&csr, &name, id)))
+        .await?
+        .map_err(|e| ApiError::internal("the server's CA cannot sign (see the server log)", e))?;
+    let staged = match state
+        .db
+        .stage_agent_certificate(agent.id, &cert.fingerprint, cert.not_after)
+        .await
+    {
+        Ok(a) => a,
+        Err(cairn_configdb::Error::Conflict { what }) => return Err(ApiError::forbidden(what)),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        "agent {} (id {}) renewed its certificate: new SHA-256 {}, valid until {}; accepted once it is used",
+        staged.name,
+        staged.id,
+        cert.fingerprint,
+        cert.not_after
+    );
+    Ok(Json(RenewResponse {
+        certificate_pem: cert.pem,
+        cert_fingerprint: cert.fingerprint,
+        cert_not_after: cert.not_after,
+    }))
+}
+
+/// Asks an agent to renew its certificate and key at its next heartbeat (administrator), e.g.
+/// when its key may have been exposed. Its current certificate is refused once it uses the new.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/renew", tag = "agents", params(("id" = i64, Path, description = "Agent id")),
+    responses((status = 200, description = "Asked; the agent renews at its next heartbeat", body = AgentDto),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "The caller is not an administrator", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent is revoked", body = ErrorBody)))]
+pub async fn request_renewal(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<AgentDto>> {
+    caller.require_admin()?;
+    let now = Timestamp::now();
+    let agent = state.db.request_agent_renewal(id, now).await?;
+    tracing::info!(
+        "user {} asked agent {} (id {}) to renew its certificate",
+        caller.name,
+        agent.name,
+        agent.id
+    );
+    Ok(Json(AgentDto::new(agent, now, state.movers.heartbeat)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(ends_in_days: i64) -> Agent {
+        let now = Timestamp::now();
+        Agent {
+            id: 1,
+            name: "prx01".into(),
+            roles: vec![AgentRole::Proxy],
+            cert_fingerprint: "ab".repeat(32),
+            cert_not_after: now + SignedDuration::from_hours(24 * ends_in_days),
+            version: "1".into(),
+            max_tasks: 1,
+            free_bytes: 0,
+            address: None,
+            last_seen_at: Some(now),
+            revoked_at: None,
+            created_at: now,
+            next_cert_fingerprint: None,
+            next_cert_not_after: None,
+            renew_requested_at: None,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_in_its_last_30_days_or_when_asked() {
+        let now = Timestamp::now();
+        assert!(!renewal_due(&agent(365), now));
+        assert!(!renewal_due(&agent(31), now));
+        assert!(renewal_due(&agent(29), now));
+        assert!(renewal_due(&agent(-1), now), "an expired one too");
+        let mut asked = agent(300);
+        asked.renew_requested_at = Some(now);
+        assert!(renewal_due(&asked, now));
+        let mut revoked = agent(1);
+        revoked.revoked_at = Some(now);
+        assert!(!renewal_due(&revoked, now), "a revoked agent never renews");
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //! Areas, one module each: [`auth`] (login, tokens), [`users`], [`inventory`] (hosts, VMs),
 //! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
-//! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, revocation),
+//! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, certificate renewal, revocation),
 //! [`throttle`] (network throttling rules).
 
 pub mod agent_work;
@@ -134,6 +134,7 @@ impl Modify for BearerAuth {
         crate::live::instant::migrate,
         crate::live::instant::stop,
         agents::create_token, agents::enroll, agents::heartbeat, agents::list_agents, agents::revoke_agent,
+        agents::renew_certificate, agents::request_renewal,
         agent_work::work, agent_work::events,
         throttle::list_rules, throttle::create_rule, throttle::delete_rule,
     ),
@@ -145,7 +146,7 @@ impl Modify for BearerAuth {
         (name = "jobs", description = "Backup jobs"),
         (name = "sessions", description = "Job runs, their tasks and logs"),
         (name = "restore", description = "Restores"),
-        (name = "agents", description = "Agents (data movers): enrolment, heartbeats, revocation"),
+        (name = "agents", description = "Agents (data movers): enrolment, heartbeats, certificate renewal, revocation"),
         (name = "throttling", description = "Network throttling rules between data movers"),
         (name = "misc", description = "Health and this document"),
     )
@@ -217,6 +218,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/tokens", post(agents::create_token))
         .route("/api/v1/agents/enroll", post(agents::enroll))
         .route("/api/v1/agents/heartbeat", post(agents::heartbeat))
+        .route("/api/v1/agents/renew", post(agents::renew_certificate))
+        .route("/api/v1/agents/{id}/renew", post(agents::request_renewal))
         .route("/api/v1/agents/work", post(agent_work::work))
         .route("/api/v1/agents/tasks/{task}/events", post(agent_work::events))
         .route("/api/v1/agents/{id}", delete(agents::revoke_agent))
@@ -268,6 +271,7 @@ mod tests {
                         // Agents: the enrolment token in the body, then the client certificate.
                         | ("post", "/api/v1/agents/enroll")
                         | ("post", "/api/v1/agents/heartbeat")
+                        | ("post", "/api/v1/agents/renew")
                         | ("post", "/api/v1/agents/work")
                         | ("post", "/api/v1/agents/tasks/{task}/events")
                 );
@@ -288,6 +292,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 56);
+        assert_eq!(operations, 58);
     }
 }

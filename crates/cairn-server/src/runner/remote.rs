@@ -765,16 +765,17 @@ fn outbound_ip(to: SocketAddr) -> Option<IpAddr> {
     socket.local_addr().ok().map(|a| a.ip())
 }
 
-/// Why an agent (if the end is one) is lost now.
 /// Why the agent of `end` (if it is one) has lost the task now: it stopped sending heartbeats,
-/// or it was restarted (a new process: the task died with the old one).
+/// or it was restarted (a new process: the task died with the old one; an agent that renewed its
+/// certificate counts as a new process too).
 async fn lost(db: &cairn_configdb::ConfigDb, movers: &crate::movers::Movers, end: &End) -> Option<String> {
     let agent = end.agent()?;
     if let (Some(then), Some(now)) = (end.instance(), movers.hub.instance(agent.id))
         && then != now
     {
         return Some(format!(
-            "agent {} was restarted while it ran this task (a new process since the task was given to it)",
+            "agent {} was restarted while it ran this task (a new process, or a certificate renewal, since the \
+             task was given to it)",
             agent.name
         ));
     }
