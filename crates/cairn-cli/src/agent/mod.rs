@@ -20,8 +20,8 @@
 //! logged and retried. SIGTERM or SIGINT end it cleanly.
 //!
 //! Certificate renewal: when a heartbeat's answer says `renew_certificate` (the certificate ends
-//! within 30 days, or an administrator ran `cairn agent renew`) and no task is running, the agent
-//! stops taking work, makes a new key, and sends a signing request to `POST /api/v1/agents/renew`
+//! within 30 days, or an administrator ran `cairn agent renew`) and no task is running (in the
+//! certificate's last 7 days: regardless; running tasks are cancelled), the agent stops taking work, makes a new key, and sends a signing request to `POST /api/v1/agents/renew`
 //! with its current certificate. The new key and certificate are written beside the current ones
 //! (`agent-key.next.pem`, `agent.next.pem`) and then renamed over them, the key first; a start
 //! that finds `agent.next.pem` finishes the renames (the server accepts both certificates until
@@ -54,6 +54,8 @@ const STATE_FILE: &str = "agent.json";
 const NEXT_KEY_FILE: &str = "agent-key.next.pem";
 /// A renewed certificate, written after [`NEXT_KEY_FILE`]; its presence means both are complete.
 const NEXT_CERT_FILE: &str = "agent.next.pem";
+/// Days before its certificate ends from which a due renewal no longer waits for running tasks.
+const RENEW_BUSY_DAYS: i64 = 7;
 /// How long after a failed renewal the agent tries again.
 const RENEW_RETRY: Duration = Duration::from_secs(600);
 /// How long one request to the server may take.
@@ -345,6 +347,13 @@ async fn renew(identity: &Identity, http: &reqwest::Client, dir: &Path) -> anyho
     load_identity(dir)?.with_context(|| format!("{} lost the agent's identity", dir.display()))
 }
 
+/// Whether a due renewal happens now: when no task runs, or regardless when the certificate
+/// ends within [`RENEW_BUSY_DAYS`] days (or its end is unknown), since an agent with an
+/// expired certificate could run no task at all.
+fn renew_now(idle: bool, ends_in: Option<jiff::SignedDuration>) -> bool {
+    idle || ends_in.is_none_or(|left| left < jiff::SignedDuration::from_hours(24 * RENEW_BUSY_DAYS))
+}
+
 /// A new id for this agent process: the server sees a restart (and that the old tasks are gone).
 fn new_instance() -> String {
     let started = std::time::SystemTime::now()
@@ -368,6 +377,7 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
     let mut worker: Option<(Arc<work::Worker>, tokio::task::JoinHandle<()>)> = None;
     let mut instance = new_instance();
     let mut renew_after = tokio::time::Instant::now();
+    let mut waiting_to_renew = false;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -402,9 +412,25 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
                     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
                 let idle = worker.as_ref().is_none_or(|(w, _)| w.is_idle());
-                if answer["renew_certificate"] == true && idle && tokio::time::Instant::now() >= renew_after {
-                    // No task may run on the old identity: stop taking work first.
+                let ends_in = answer["cert_not_after"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|end| end.duration_since(jiff::Timestamp::now()));
+                let due = answer["renew_certificate"] == true && tokio::time::Instant::now() >= renew_after;
+                if due && !idle && !waiting_to_renew {
+                    eprintln!(
+                        "cairn agent: {} has a certificate renewal due; it renews once its running tasks end",
+                        e.name
+                    );
+                }
+                waiting_to_renew = due && !idle;
+                if due && renew_now(idle, ends_in) {
+                    // No task may run on the old identity: stop taking work first (running tasks, if
+                    // the certificate is about to end, are failed and retried by their jobs).
                     if let Some((w, run)) = worker.take() {
+                        if !idle {
+                            w.cancel_all("the agent renews its certificate, which ends within days");
+                        }
                         run.abort();
                         let _ = run.await;
                         drop(w);
@@ -653,6 +679,17 @@ mod tests {
             name: "prx07".into(),
             cert_fingerprint: fingerprint.into(),
         }
+    }
+
+    #[test]
+    fn a_due_renewal_waits_for_running_tasks_until_the_last_week() {
+        let days = |d: i64| Some(jiff::SignedDuration::from_hours(24 * d));
+        assert!(renew_now(true, days(300)), "idle: at once");
+        assert!(!renew_now(false, days(29)), "busy with weeks left: later");
+        assert!(!renew_now(false, days(8)));
+        assert!(renew_now(false, days(6)), "busy in the last week: now");
+        assert!(renew_now(false, days(-1)));
+        assert!(renew_now(false, None), "an unknown end is treated as near");
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Stops every running task, giving `reason` for their logs.
+    pub(super) fn cancel_all(&self, reason: &str) {
+        for (task, tx) in self.tasks().iter() {
+            let _ = tx.send(Instruction::Cancel {
+                task: *task,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
     /// Whether no task is running (the agent may then renew its certificate).
     pub(super) fn is_idle(&self) -> bool {
         self.running.load(Ordering::SeqCst) == 0 && self.tasks().is_empty()
