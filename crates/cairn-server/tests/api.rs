@@ -61,7 +61,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/agents/heartbeat"),
     ("post", "/api/v1/agents/work"),
     ("post", "/api/v1/agents/tasks/{task}/events"),
+    ("post", "/api/v1/agents/renew"),
     ("get", "/api/v1/agents"),
+    ("post", "/api/v1/agents/{id}/renew"),
     ("delete", "/api/v1/agents/{id}"),
     ("get", "/api/v1/throttle-rules"),
     ("post", "/api/v1/throttle-rules"),
@@ -85,6 +87,7 @@ fn is_agent_route(method: &str, path: &str) -> bool {
         (method, path),
         ("post", "/api/v1/agents/enroll")
             | ("post", "/api/v1/agents/heartbeat")
+            | ("post", "/api/v1/agents/renew")
             | ("post", "/api/v1/agents/work")
             | ("post", "/api/v1/agents/tasks/{task}/events")
     )
