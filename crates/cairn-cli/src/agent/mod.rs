@@ -21,8 +21,9 @@
 //!
 //! Certificate renewal: when a heartbeat's answer says `renew_certificate` (the certificate ends
 //! within 30 days, or an administrator ran `cairn agent renew`) and no task is running (in the
-//! certificate's last 7 days: regardless; running tasks are cancelled), the agent stops taking work, makes a new key, and sends a signing request to `POST /api/v1/agents/renew`
-//! with its current certificate. The new key and certificate are written beside the current ones
+//! certificate's last 7 days regardless: running tasks are cancelled), the agent stops taking
+//! work, makes a new key, and sends a signing request to `POST /api/v1/agents/renew` with its
+//! current certificate. The new key and certificate are written beside the current ones
 //! (`agent-key.next.pem`, `agent.next.pem`) and then renamed over them, the key first; a start
 //! that finds `agent.next.pem` finishes the renames (the server accepts both certificates until
 //! the new one is used). The agent then carries on with the new certificate as a new process
@@ -343,7 +344,7 @@ async fn renew(identity: &Identity, http: &reqwest::Client, dir: &Path) -> anyho
     // The key first: the certificate's presence tells a later start that both are complete.
     write_private(&dir.join(NEXT_KEY_FILE), key_pem.as_bytes())?;
     write_private(&dir.join(NEXT_CERT_FILE), cert_pem.as_bytes())?;
-    finish_renewal(dir)?;
+    // Loading puts them in place (as it would after a crash here).
     load_identity(dir)?.with_context(|| format!("{} lost the agent's identity", dir.display()))
 }
 

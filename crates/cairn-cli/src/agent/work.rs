@@ -28,7 +28,7 @@ pub(super) struct Worker {
     pub(super) identity: Arc<TlsIdentity>,
     pub(super) receiver: Option<Arc<Receiver>>,
     pub(super) tasks: Mutex<HashMap<u64, mpsc::UnboundedSender<Instruction>>>,
-    /// Tasks started and not yet reported to their end.
+    /// Tasks started and not yet reported to their end (every kind: each has an [`HttpLink`]).
     pub(super) running: AtomicUsize,
 }
 
@@ -45,7 +45,7 @@ impl Worker {
 
     /// Whether no task is running (the agent may then renew its certificate).
     pub(super) fn is_idle(&self) -> bool {
-        self.running.load(Ordering::SeqCst) == 0 && self.tasks().is_empty()
+        self.running.load(Ordering::SeqCst) == 0
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Instruction>>> {

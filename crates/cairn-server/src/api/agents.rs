@@ -111,8 +111,8 @@ pub struct AgentDto {
     pub revoked_at: Option<Timestamp>,
     /// Seconds between the heartbeats the server expects from agents.
     pub heartbeat_secs: u64,
-    /// The agent should renew its certificate (and key) now: it ends within
-    /// 30 days, or an administrator asked for it.
+    /// The agent should renew its certificate (and key) now: it ends within 30 days, or an
+    /// administrator asked for it.
     pub renew_certificate: bool,
     /// When an administrator asked for a new certificate (until the agent uses one).
     pub renew_requested_at: Option<Timestamp>,
@@ -262,6 +262,15 @@ pub struct Heartbeat {
     /// restarted, and the tasks it was running are gone.
     #[serde(default)]
     pub instance: Option<String>,
+}
+
+/// A database error on an agent's own request: revoked between the identity check and the
+/// update (a conflict) is 403, like a revoked agent's certificate.
+fn refused_agent(e: cairn_configdb::Error) -> ApiError {
+    match e {
+        cairn_configdb::Error::Conflict { what } => ApiError::forbidden(what),
+        e => e.into(),
+    }
 }
 
 fn check_agent_name(name: &str) -> ApiResult<()> {
@@ -443,12 +452,11 @@ pub async fn heartbeat(
         free_bytes: body.free_bytes,
         address: body.address,
     };
-    let updated = match state.db.record_heartbeat(agent.id, &status, now).await {
-        Ok(a) => a,
-        // Revoked between the identity check and the update.
-        Err(cairn_configdb::Error::Conflict { what }) => return Err(ApiError::forbidden(what)),
-        Err(e) => return Err(e.into()),
-    };
+    let updated = state
+        .db
+        .record_heartbeat(agent.id, &status, now)
+        .await
+        .map_err(refused_agent)?;
     Ok(Json(AgentDto::new(updated, now, state.movers.heartbeat)))
 }
 
@@ -509,15 +517,11 @@ pub async fn renew_certificate(
     let cert = tokio::task::spawn_blocking(move || AgentCa::load(&data_dir).and_then(|ca| ca.sign(&csr, &name, id)))
         .await?
         .map_err(|e| ApiError::internal("the server's CA cannot sign (see the server log)", e))?;
-    let staged = match state
+    let staged = state
         .db
         .stage_agent_certificate(agent.id, &cert.fingerprint, cert.not_after)
         .await
-    {
-        Ok(a) => a,
-        Err(cairn_configdb::Error::Conflict { what }) => return Err(ApiError::forbidden(what)),
-        Err(e) => return Err(e.into()),
-    };
+        .map_err(refused_agent)?;
     tracing::info!(
         "agent {} (id {}) renewed its certificate: new SHA-256 {}, valid until {}; accepted once it is used",
         staged.name,
