@@ -416,6 +416,11 @@ pub struct ServerArgs {
     /// Parallel TCP streams per data transfer between data movers (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub streams: u16,
+    /// Restore folder set on first start (repeatable; default: DATA-restore beside the data
+    /// folder): restores are written only beneath these. Change them later with `cairn settings
+    /// --restore-folder`.
+    #[arg(long = "restore-folder", value_name = "DIR")]
+    pub restore_folders: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -645,6 +650,10 @@ pub struct SettingsArgs {
     /// Process VMs and disks in parallel (off: one by one).
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub parallel_processing: Option<bool>,
+    /// Set the restore folders (repeatable; replaces the list): restores, restored VMs and
+    /// migrations are written only beneath these folders.
+    #[arg(long = "restore-folder", value_name = "DIR")]
+    pub restore_folders: Vec<PathBuf>,
 }
 
 /// Settings of a job; each is optional so `job edit` changes only what is given.

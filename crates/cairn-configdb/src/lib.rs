@@ -1,8 +1,8 @@
 //! Configuration database of the cairn backup server.
 //!
 //! The server keeps its configuration (users, API tokens, hosts and the VMs and disks discovered on
-//! them, repositories, proxies, jobs, settings) and its history (sessions, tasks, task logs) in one
-//! relational database:
+//! them, repositories, proxies, jobs, settings) and its history (sessions, tasks, task logs, the
+//! hash-chained audit log) in one relational database:
 //!
 //! - an embedded SQLite file in the server's data folder by default ([`ConfigDb::open_sqlite`] or a
 //!   `sqlite://PATH?mode=rwc` URL), opened in WAL mode with foreign keys on and a busy timeout;
@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod agents;
+mod audit;
 mod db;
 mod error;
 mod inventory;
@@ -34,6 +35,7 @@ pub use agents::{
     Agent, AgentRole, AgentStatus, EnrolRefusal, EnrolmentToken, IssuedCertificate, NewAgent, NewEnrolmentToken,
     roles_from_text, roles_to_text,
 };
+pub use audit::{AuditCheck, AuditEntry, AuditQuery, GENESIS_HASH, NewAuditEntry, entry_hash};
 pub use db::{Backend, ConfigDb};
 pub use error::{Error, Result};
 pub use inventory::{
@@ -42,7 +44,13 @@ pub use inventory::{
 pub use jobs::{Job, JobSpec, default_consistency};
 pub use sessions::{LogLevel, LogLine, NewTask, Session, SessionCursor, SessionPage, SessionQuery, SessionState, Task};
 pub use throttle::{NewThrottleRule, ThrottleRule};
-pub use users::{NewToken, Role, Token, TokenKind, User};
+pub use users::{NewToken, Role, Token, TokenKind, TokenScope, User};
 
 /// Settings key of the global parallel-processing switch (`"true"` or `"false"`; default on).
 pub const SETTING_PARALLEL_PROCESSING: &str = "parallel_processing";
+/// Settings key of the restore folders: a JSON array of absolute paths beneath which the server
+/// writes what users name (restores, restored VMs, migrations).
+pub const SETTING_RESTORE_FOLDERS: &str = "restore_folders";
+/// Settings key of whether administrators must log in with a second factor (`"true"`/`"false"`;
+/// default off).
+pub const SETTING_REQUIRE_ADMIN_TOTP: &str = "require_totp_for_administrators";

@@ -29,6 +29,16 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What a token may be used for.
+    TokenScope {
+        /// Everything its owner's role allows.
+        Full => "full",
+        /// Only setting up a second factor (an administrator who must have one and has none yet).
+        TotpSetup => "totp-setup",
+    }
+}
+
 /// A user of the server's API and web console.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -43,6 +53,14 @@ pub struct User {
     pub role: Role,
     /// When the user was created.
     pub created_at: Timestamp,
+    /// The TOTP secret (base32), set from the start of a second-factor setup.
+    #[serde(skip_serializing)]
+    pub totp_secret: Option<String>,
+    /// Whether the second factor is confirmed and asked for at every login.
+    pub totp_enabled: bool,
+    /// The last TOTP time step accepted (codes of it and earlier steps are refused).
+    #[serde(skip_serializing)]
+    pub totp_last_step: Option<i64>,
 }
 
 /// A token to create. Only a hash of the secret is stored, never the secret.
@@ -58,6 +76,8 @@ pub struct NewToken {
     pub description: String,
     /// Expiry; `None` never expires.
     pub expires_at: Option<Timestamp>,
+    /// What it may be used for.
+    pub scope: TokenScope,
 }
 
 /// A stored token.
@@ -78,6 +98,8 @@ pub struct Token {
     pub created_at: Timestamp,
     /// Expiry; `None` never expires.
     pub expires_at: Option<Timestamp>,
+    /// What it may be used for.
+    pub scope: TokenScope,
 }
 
 #[derive(sqlx::FromRow)]
@@ -87,6 +109,9 @@ struct UserRow {
     password_hash: String,
     role: String,
     created_at: i64,
+    totp_secret: Option<String>,
+    totp_enabled: bool,
+    totp_last_step: Option<i64>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -98,6 +123,9 @@ impl TryFrom<UserRow> for User {
             password_hash: r.password_hash,
             role: r.role.parse()?,
             created_at: from_us(r.created_at)?,
+            totp_secret: r.totp_secret,
+            totp_enabled: r.totp_enabled,
+            totp_last_step: r.totp_last_step,
         })
     }
 }
@@ -111,6 +139,7 @@ struct TokenRow {
     description: String,
     created_at: i64,
     expires_at: Option<i64>,
+    scope: String,
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -124,18 +153,25 @@ impl TryFrom<TokenRow> for Token {
             description: r.description,
             created_at: from_us(r.created_at)?,
             expires_at: from_us_opt(r.expires_at)?,
+            scope: r.scope.parse()?,
         })
     }
 }
 
 macro_rules! user_select {
     ($($rest:literal),+) => {
-        concat!("SELECT id, name, password_hash, role, created_at FROM users ", $($rest),+)
+        concat!(
+            "SELECT id, name, password_hash, role, created_at, totp_secret, totp_enabled, totp_last_step FROM users ",
+            $($rest),+
+        )
     };
 }
 macro_rules! token_select {
     ($($rest:literal),+) => {
-        concat!("SELECT id, user_id, kind, token_hash, description, created_at, expires_at FROM tokens ", $($rest),+)
+        concat!(
+            "SELECT id, user_id, kind, token_hash, description, created_at, expires_at, scope FROM tokens ",
+            $($rest),+
+        )
     };
 }
 
@@ -146,7 +182,7 @@ impl ConfigDb {
         on_pool!(self, |pool| {
             let row: UserRow = sqlx::query_as(concat!(
                 "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) ",
-                "RETURNING id, name, password_hash, role, created_at"
+                "RETURNING id, name, password_hash, role, created_at, totp_secret, totp_enabled, totp_last_step"
             ))
             .bind(name)
             .bind(password_hash)
@@ -232,9 +268,9 @@ impl ConfigDb {
         let now = to_us(Timestamp::now());
         on_pool!(self, |pool| {
             let row: TokenRow = sqlx::query_as(concat!(
-                "INSERT INTO tokens (user_id, kind, token_hash, description, created_at, expires_at) ",
-                "VALUES ($1, $2, $3, $4, $5, $6) ",
-                "RETURNING id, user_id, kind, token_hash, description, created_at, expires_at"
+                "INSERT INTO tokens (user_id, kind, token_hash, description, created_at, expires_at, scope) ",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ",
+                "RETURNING id, user_id, kind, token_hash, description, created_at, expires_at, scope"
             ))
             .bind(token.user_id)
             .bind(token.kind.as_str())
@@ -242,6 +278,7 @@ impl ConfigDb {
             .bind(&token.description)
             .bind(now)
             .bind(token.expires_at.map(to_us))
+            .bind(token.scope.as_str())
             .fetch_one(pool)
             .await
             .map_err(write_err(format!("token of user {}", token.user_id)))?;
@@ -293,6 +330,49 @@ impl ConfigDb {
                 .execute(pool)
                 .await?;
             one_row(done.rows_affected(), || format!("token {id}"))
+        })
+    }
+
+    /// Deletes (revokes) every token of a user, or only those of `kind`; returns how many.
+    pub async fn delete_user_tokens(&self, user_id: i64, kind: Option<TokenKind>) -> Result<u64> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query("DELETE FROM tokens WHERE user_id = $1 AND ($2 IS NULL OR kind = $2)")
+                .bind(user_id)
+                .bind(kind.map(TokenKind::as_str))
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// Sets a user's TOTP secret and whether it is in force (`None`, `false`: no second factor).
+    /// Forgets the last accepted step.
+    pub async fn set_user_totp(&self, id: i64, secret: Option<&str>, enabled: bool) -> Result<()> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE users SET totp_secret = $2, totp_enabled = $3, totp_last_step = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(secret)
+            .bind(enabled)
+            .execute(pool)
+            .await?;
+            one_row(done.rows_affected(), || format!("user {id}"))
+        })
+    }
+
+    /// Records that a TOTP code of time step `step` was used by the user, unless a code of this
+    /// step or a later one was used before: `false` then (the code is a replay).
+    pub async fn accept_totp_step(&self, id: i64, step: i64) -> Result<bool> {
+        on_pool!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
+            )
+            .bind(id)
+            .bind(step)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

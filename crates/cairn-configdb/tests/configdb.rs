@@ -185,6 +185,7 @@ async fn unique_names_are_duplicates(f: &Fixture) {
         token_hash: "h1".into(),
         description: "".into(),
         expires_at: None,
+        scope: cairn_configdb::TokenScope::Full,
     };
     db.create_token(&token).await.expect("token");
     assert!(dup(db.create_token(&token).await.map(|_| ())));
@@ -272,6 +273,7 @@ async fn foreign_keys_and_cascades(f: &Fixture) {
         token_hash: "bob".into(),
         description: "".into(),
         expires_at: None,
+        scope: cairn_configdb::TokenScope::Full,
     };
     db.create_token(&token).await.expect("token");
     db.delete_user(user.id).await.expect("delete user");
@@ -435,6 +437,7 @@ async fn tokens_by_hash_and_expiry(f: &Fixture) {
             token_hash: hash.into(),
             description: hash.into(),
             expires_at,
+            scope: cairn_configdb::TokenScope::Full,
         };
         db.create_token(&token).await.expect("token");
     }

@@ -164,16 +164,14 @@ pub struct RawWriter {
 impl RawWriter {
     /// Creates `path` (which must not exist) with `size` bytes, all holes.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io(path, "create"))?;
-        file.set_len(size).map_err(io(path, "set length"))?;
-        Ok(RawWriter {
-            path: path.to_path_buf(),
-            file,
-        })
+        crate::writer::create_at(path, |out| Self::create_in(out, size))
+    }
+
+    /// Makes the empty file `out` a raw image of `size` bytes, all holes.
+    pub fn create_in(out: crate::writer::NewFile, size: u64) -> Result<Self> {
+        let crate::writer::NewFile { file, path } = out;
+        file.set_len(size).map_err(io(&path, "set length"))?;
+        Ok(RawWriter { path, file })
     }
 
     /// Writes `data` at `offset` unless it is all zeros.

@@ -5,10 +5,53 @@
 //! complete and durable in [`DiskWriter::finish`]. Until `finish` returns,
 //! the file is not a valid image.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::layer::Format;
-use crate::{DiskError, Result, qcow2, raw, vhd, vhdx};
+use crate::{DiskError, Result, io_error, qcow2, raw, vhd, vhdx};
+
+/// Mode of the image files cairn creates: readable and writable by the owner
+/// only, since they hold a guest's data.
+pub const NEW_FILE_MODE: u32 = 0o600;
+
+/// An empty file a writer fills, open for reading and writing, with the path
+/// that messages name. The caller created it: by [`NewFile::create`], or
+/// beneath a confined folder (so that no symlink or `..` of a user-named
+/// path is followed).
+#[derive(Debug)]
+pub struct NewFile {
+    /// The open, empty file.
+    pub file: File,
+    /// Its path, for messages.
+    pub path: PathBuf,
+}
+
+impl NewFile {
+    /// Creates `path`, which must not exist, with mode [`NEW_FILE_MODE`].
+    pub fn create(path: &Path) -> Result<NewFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(NEW_FILE_MODE)
+            .open(path)
+            .map_err(io_error(path, "create"))?;
+        Ok(NewFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Creates `path` as a [`NewFile`] and hands it to `fill`; removes the file
+/// again when `fill` fails (so an invalid option leaves nothing behind).
+pub(crate) fn create_at<W>(path: &Path, fill: impl FnOnce(NewFile) -> Result<W>) -> Result<W> {
+    fill(NewFile::create(path)?).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
 
 /// Writes given to a [`DiskWriter`] start at multiples of this many bytes and
 /// are multiples of it long, except a last write that ends at the disk's end.
@@ -46,9 +89,17 @@ impl Default for WriteOptions {
     }
 }
 
-/// Creates a new image of `format` at `path` (which must not exist) holding a
-/// disk of `size` bytes, all zero until written.
+/// Creates a new image of `format` at `path` (which must not exist, mode
+/// [`NEW_FILE_MODE`]) holding a disk of `size` bytes, all zero until written.
 pub fn create(format: Format, path: &Path, size: u64, opts: &WriteOptions) -> Result<Box<dyn DiskWriter>> {
+    create_at(path, |out| create_in(format, out, size, opts))
+}
+
+/// Writes a new image of `format` into the empty file `out`, holding a disk
+/// of `size` bytes, all zero until written. On an error the caller removes
+/// the file.
+pub fn create_in(format: Format, out: NewFile, size: u64, opts: &WriteOptions) -> Result<Box<dyn DiskWriter>> {
+    let path = out.path.as_path();
     if ![512, 4096].contains(&opts.logical_sector) || ![512, 4096].contains(&opts.physical_sector) {
         return Err(DiskError::format(
             path,
@@ -60,9 +111,9 @@ pub fn create(format: Format, path: &Path, size: u64, opts: &WriteOptions) -> Re
         ));
     }
     Ok(match format {
-        Format::Raw => Box::new(raw::RawWriter::create(path, size)?),
-        Format::Qcow2 => Box::new(qcow2::Qcow2Writer::create(path, size, opts)?),
-        Format::Vhdx => Box::new(vhdx::VhdxWriter::create(path, size, opts)?),
-        Format::Vhd => Box::new(vhd::VhdWriter::create(path, size, opts)?),
+        Format::Raw => Box::new(raw::RawWriter::create_in(out, size)?),
+        Format::Qcow2 => Box::new(qcow2::Qcow2Writer::create_in(out, size, opts)?),
+        Format::Vhdx => Box::new(vhdx::VhdxWriter::create_in(out, size, opts)?),
+        Format::Vhd => Box::new(vhd::VhdWriter::create_in(out, size, opts)?),
     })
 }

@@ -29,7 +29,7 @@ mod stages;
 
 pub use backup::{BackupHooks, BackupOptions, BackupResult, DiskInput, backup, backup_with_hooks};
 pub use point_disk::PointDisk;
-pub use restore::{RestoreHooks, RestoreStats, RestoreTarget, restore, restore_with_hooks};
+pub use restore::{RestoreHooks, RestoreOutput, RestoreStats, RestoreTarget, restore, restore_with_hooks};
 pub use stages::Progress;
 
 /// Errors of the data path.

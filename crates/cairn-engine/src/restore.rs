@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use cairn_disk::writer::NewFile;
 use cairn_disk::{Format, WriteOptions, writer};
 use cairn_format::record::RecordDecoder;
 use cairn_repo::{RepoError, Repository};
@@ -62,6 +63,30 @@ impl Default for RestoreTarget {
             format: Format::Raw,
             logical_sector: None,
             block_size: None,
+        }
+    }
+}
+
+/// The file a restore writes.
+pub enum RestoreOutput<'a> {
+    /// A new file at this path: it must not exist; it is created with mode
+    /// 0600 and removed again when the restore fails.
+    Path(&'a Path),
+    /// An empty file the caller created (for example beneath a confined
+    /// folder); `remove` takes it away again when the restore fails.
+    File {
+        /// The open file and its name for messages.
+        file: NewFile,
+        /// Removes the file (called at most once, only on failure).
+        remove: Box<dyn FnOnce() + Send + 'a>,
+    },
+}
+
+impl std::fmt::Debug for RestoreOutput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreOutput::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            RestoreOutput::File { file, .. } => f.debug_struct("File").field("path", &file.path).finish(),
         }
     }
 }
@@ -113,17 +138,69 @@ pub fn restore(
     target: &RestoreTarget,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RestoreStats> {
-    restore_with_hooks(repo, vm, point, disk, to, target, &ProgressOnly(progress))
+    restore_with_hooks(
+        repo,
+        vm,
+        point,
+        disk,
+        RestoreOutput::Path(to),
+        target,
+        &ProgressOnly(progress),
+    )
 }
 
-/// Restores like [`restore`], with `hooks` told of the progress, pacing the
-/// repository reads and able to stop the restore.
+/// Restores like [`restore`] into `out`, with `hooks` told of the progress,
+/// pacing the repository reads and able to stop the restore. On failure the
+/// output file is removed.
 pub fn restore_with_hooks(
     repo: &Repository,
     vm: &str,
     point: &str,
     disk: u32,
-    to: &Path,
+    out: RestoreOutput<'_>,
+    target: &RestoreTarget,
+    hooks: &dyn RestoreHooks,
+) -> Result<RestoreStats> {
+    match out {
+        RestoreOutput::Path(to) => {
+            let mut created = false;
+            let result = restore_into(
+                repo,
+                vm,
+                point,
+                disk,
+                || {
+                    let file = NewFile::create(to)?;
+                    created = true;
+                    Ok(file)
+                },
+                target,
+                hooks,
+            );
+            if result.is_err() && created {
+                let _ = std::fs::remove_file(to);
+            }
+            result
+        }
+        RestoreOutput::File { file, remove } => {
+            let result = restore_into(repo, vm, point, disk, || Ok(file), target, hooks);
+            if result.is_err() {
+                remove();
+            }
+            result
+        }
+    }
+}
+
+/// The restore itself: reads the point, takes its output file from `open`
+/// (only once the point, its index and the disk were found) and fills it.
+/// The caller removes the file on failure.
+fn restore_into(
+    repo: &Repository,
+    vm: &str,
+    point: &str,
+    disk: u32,
+    open: impl FnOnce() -> Result<NewFile>,
     target: &RestoreTarget,
     hooks: &dyn RestoreHooks,
 ) -> Result<RestoreStats> {
@@ -146,7 +223,7 @@ pub fn restore_with_hooks(
         physical_sector: source.map_or(4096, |d| d.physical_sector).max(logical),
         block_size: target.block_size,
     };
-    let writer = writer::create(target.format, to, map.virtual_size, &options)?;
+    let writer = writer::create_in(target.format, open()?, map.virtual_size, &options)?;
     let total_bytes = map.blocks.len() as u64 * u64::from(map.block_size);
     let (next, done, written) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
@@ -199,14 +276,9 @@ pub fn restore_with_hooks(
         }
     });
     if let Some(e) = failure.into_inner().ok().flatten() {
-        drop(writer);
-        let _ = std::fs::remove_file(to);
         return Err(e);
     }
-    if let Err(e) = writer.finish() {
-        let _ = std::fs::remove_file(to);
-        return Err(e.into());
-    }
+    writer.finish()?;
     Ok(RestoreStats {
         vm: vm.to_string(),
         point: p.id,

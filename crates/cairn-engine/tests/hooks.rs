@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cairn_disk::{DiskSource, Extent};
 use cairn_engine::{
-    BackupHooks, BackupOptions, DiskInput, EngineError, Progress, RestoreHooks, backup, backup_with_hooks, restore,
-    restore_with_hooks,
+    BackupHooks, BackupOptions, DiskInput, EngineError, Progress, RestoreHooks, RestoreOutput, backup,
+    backup_with_hooks, restore, restore_with_hooks,
 };
 use cairn_repo::{Encryption, PointStats, Repository};
 
@@ -316,7 +316,16 @@ fn restore_paces_every_record_read_and_stops_on_request() {
 
     let out = dir.path().join("restored.raw");
     let hooks = RestoreRecorder::default();
-    let stats = restore_with_hooks(&repo, "vm", "latest", 0, &out, &Default::default(), &hooks).unwrap();
+    let stats = restore_with_hooks(
+        &repo,
+        "vm",
+        "latest",
+        0,
+        RestoreOutput::Path(&out),
+        &Default::default(),
+        &hooks,
+    )
+    .unwrap();
     assert_eq!(stats.blocks, 20);
     assert_eq!(
         hooks.reads.load(Ordering::SeqCst),
@@ -343,7 +352,16 @@ fn restore_paces_every_record_read_and_stops_on_request() {
         stop_after_reads: Some(3),
         ..RestoreRecorder::default()
     };
-    let err = restore_with_hooks(&repo, "vm", "latest", 0, &stopped, &Default::default(), &hooks).unwrap_err();
+    let err = restore_with_hooks(
+        &repo,
+        "vm",
+        "latest",
+        0,
+        RestoreOutput::Path(&stopped),
+        &Default::default(),
+        &hooks,
+    )
+    .unwrap_err();
     assert!(matches!(err, EngineError::RestoreStopped), "{err}");
     assert!(
         hooks.reads.load(Ordering::SeqCst) < 20,

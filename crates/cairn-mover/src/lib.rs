@@ -73,6 +73,9 @@ pub enum MoverError {
     /// A restore's target file exists (restores never overwrite).
     #[error("{0} already exists: restores never overwrite a file")]
     TargetExists(PathBuf),
+    /// A restore's target is not allowed (outside the restore folders, through a symlink…).
+    #[error("restore target refused: {0}")]
+    Confine(#[from] cairn_confine::ConfineError),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] cairn_engine::EngineError),

@@ -158,7 +158,8 @@ pub struct RestoreTask {
     pub point: String,
     /// Disk number.
     pub disk: u32,
-    /// The new image file (absolute path on this host; must not exist).
+    /// The new image file (absolute path on this host beneath one of `restore_folders`; must not
+    /// exist).
     pub target_path: String,
     /// Image format name (`raw`, `qcow2`, `vhdx`, `vhd`).
     pub format: String,
@@ -166,6 +167,10 @@ pub struct RestoreTask {
     pub sector_size: Option<u32>,
     /// Read rate share (bytes/s) at the start; later changes come in [`Control::write_rate`].
     pub read_rate: Option<u64>,
+    /// The folders the image may be written beneath (the server's restore folders setting).
+    pub restore_folders: Vec<String>,
+    /// Permission bits of the new image file.
+    pub file_mode: u32,
 }
 
 /// What a restore on a data mover did.

@@ -294,10 +294,13 @@ pub fn previous_point(path: &Path, password: &str, vm: &str) -> Result<PreviousP
 }
 
 /// Restores one disk on the repository's own data mover (the repository never leaves it): the
-/// new image is written at `task.target_path` on this host, never over an existing file, at the
-/// read rate the server's steering gives (`Control::write_rate` carries the read share here).
+/// new image is written at `task.target_path` on this host, only beneath one of the task's
+/// restore folders (never into `protect`, the repository or through a symlink; see
+/// `cairn_confine`), never over an existing file, with the task's file mode, at the read rate
+/// the server's steering gives (`Control::write_rate` carries the read share here).
 pub async fn run_restore(
     task: crate::protocol::RestoreTask,
+    protect: &[PathBuf],
     mut instructions: mpsc::UnboundedReceiver<Instruction>,
     link: Arc<dyn TaskLink>,
 ) -> Result<crate::protocol::RestoreSummary, MoverError> {
@@ -306,15 +309,19 @@ pub async fn run_restore(
         .parse()
         .map_err(|e| MoverError::Protocol(format!("format {:?}: {e}", task.format)))?;
     let target = PathBuf::from(&task.target_path);
-    if !target.is_absolute() {
-        return Err(MoverError::Protocol(format!(
-            "{} is not an absolute path",
-            target.display()
-        )));
+    let mut allowed =
+        cairn_confine::AllowedFolders::new(task.restore_folders.iter().map(PathBuf::from)).protect(&task.repository);
+    for p in protect {
+        allowed = allowed.protect(p);
     }
-    if target.symlink_metadata().is_ok() {
-        return Err(MoverError::TargetExists(target));
-    }
+    // Made before the slot's work starts: a refused path or an existing file fails at once.
+    let out = allowed.create_file(&target, task.file_mode).map_err(|e| {
+        if e.is_exists() {
+            MoverError::TargetExists(target.clone())
+        } else {
+            MoverError::Confine(e)
+        }
+    })?;
     let stop: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let pacer = Arc::new(Pacer::new(task.read_rate));
     let hooks = RestorePacing {
@@ -338,7 +345,22 @@ pub async fn run_restore(
             path: root.clone(),
             error,
         })?;
-        cairn_engine::restore_with_hooks(&repo, &vm, &point, disk, &target, &options, &hooks).map_err(|e| match e {
+        cairn_engine::restore_with_hooks(
+            &repo,
+            &vm,
+            &point,
+            disk,
+            {
+                let (file, path, remove) = out.into_parts();
+                cairn_engine::RestoreOutput::File {
+                    file: cairn_disk::writer::NewFile { file, path },
+                    remove: Box::new(remove),
+                }
+            },
+            &options,
+            &hooks,
+        )
+        .map_err(|e| match e {
             EngineError::Repo(error) => MoverError::Repo { path: root, error },
             other => MoverError::Engine(other),
         })

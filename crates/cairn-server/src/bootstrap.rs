@@ -70,6 +70,8 @@ pub struct Notice {
     pub secrets_dir: PathBuf,
     /// The CA certificate clients trust.
     pub ca_path: PathBuf,
+    /// The restore folders, when this start set them.
+    pub restore_folders: Option<Vec<PathBuf>>,
 }
 
 impl Notice {
@@ -97,6 +99,14 @@ impl Notice {
             out.push_str(&format!(
                 "cairn server: created a new CA; clients must trust {}\n",
                 self.ca_path.display()
+            ));
+        }
+        if let Some(folders) = &self.restore_folders {
+            let list: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+            out.push_str(&format!(
+                "  restore folders: {} (restores are written only beneath these; `cairn settings --restore-folder` \
+                 changes them)\n",
+                list.join(", ")
             ));
         }
         if let Some(repo) = &self.repository_created {
@@ -164,6 +174,7 @@ pub async fn prepare(config: &ServerConfig, admin_password: Option<&str>) -> any
     }
     let local_proxy = ensure_local_proxy(&db).await?;
     notice.repository_created = ensure_default_repository(config, &data_dir, &db, &secrets).await?;
+    notice.restore_folders = ensure_restore_folders(config, &data_dir, &db).await?;
     Ok(Prepared {
         db,
         secrets,
@@ -318,6 +329,44 @@ async fn ensure_default_repository(
     let _ = fs::remove_file(&pending);
     tracing::info!("created the default repository in {}", path.display());
     Ok(Some(repo))
+}
+
+/// Sets the restore folders when the database has none: `--restore-folder` (which must exist),
+/// else `DATA-restore` beside the data folder (created, mode 0700). Returns them when set now.
+async fn ensure_restore_folders(
+    config: &ServerConfig,
+    data_dir: &Path,
+    db: &ConfigDb,
+) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    if db.get_setting(cairn_configdb::SETTING_RESTORE_FOLDERS).await?.is_some() {
+        return Ok(None);
+    }
+    let folders: Vec<String> = if config.restore_folders.is_empty() {
+        let folder = crate::restore_folders::default_restore_folder(data_dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&folder)
+            .with_context(|| format!("creating the restore folder {}", folder.display()))?;
+        vec![folder.display().to_string()]
+    } else {
+        let mut out = Vec::new();
+        for f in &config.restore_folders {
+            out.push(
+                std::path::absolute(f)
+                    .with_context(|| format!("resolving {}", f.display()))?
+                    .display()
+                    .to_string(),
+            );
+        }
+        out
+    };
+    let folders = crate::restore_folders::validate(&folders, data_dir)
+        .map_err(|e| anyhow::anyhow!("{}", e.message.trim_start_matches("restore_folders: ")))?;
+    crate::restore_folders::store(db, &folders)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(Some(folders))
 }
 
 /// A mounted filesystem that could hold a repository.

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub agent_heartbeat: std::time::Duration,
     /// Parallel TCP streams per data transfer between data movers (default 5, 1..=64).
     pub streams: u16,
+    /// The restore folders set on first start (when the database has none yet); empty: the
+    /// default `DATA-restore` beside the data folder. Later changes go through the settings.
+    pub restore_folders: Vec<PathBuf>,
 }
 
 impl ServerConfig {
@@ -40,6 +43,7 @@ impl ServerConfig {
             extra_names: Vec::new(),
             agent_heartbeat: std::time::Duration::from_secs(crate::api::agents::HEARTBEAT_INTERVAL_SECS),
             streams: 5,
+            restore_folders: Vec::new(),
         }
     }
 }

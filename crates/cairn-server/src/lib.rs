@@ -9,8 +9,10 @@
 //!   first administrator, default repository and proxy);
 //! - [`tls`]: the server's own certificate authority and serving certificate;
 //! - [`agent_tls`]: mutual TLS with agents (client certificates, pinning by fingerprint);
-//! - [`auth`]: passwords (Argon2id), login and API tokens, roles;
+//! - [`auth`]: passwords (Argon2id), login and API tokens, roles, login throttling, TOTP;
+//! - [`audit`]: the audit trail of every change (append-only, hash-chained);
 //! - [`secrets`]: repository passwords kept in the data folder;
+//! - [`restore_folders`]: the folders beneath which the server writes what users name;
 //! - [`api`]: the HTTP routes and the OpenAPI document;
 //! - [`runner`]: the job manager (sessions, one task per VM disk, resources, retries, stop);
 //! - [`scheduler`]: starts jobs on their schedules, after other jobs and after downtime;
@@ -22,11 +24,13 @@
 pub mod agent_hub;
 pub mod agent_tls;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod live;
 pub mod movers;
+pub mod restore_folders;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;

@@ -141,9 +141,11 @@ pub fn spawn(
     db: ConfigDb,
     tz: TimeZone,
     clock: Arc<dyn Clock>,
+    audit: Arc<crate::audit::Auditor>,
 ) -> tokio::task::JoinHandle<()> {
     let ended = manager.subscribe();
     let scheduler = Scheduler {
+        audit,
         manager,
         db,
         tz,
@@ -164,6 +166,8 @@ struct Memo {
 }
 
 struct Scheduler {
+    /// Records the runs it starts.
+    audit: Arc<crate::audit::Auditor>,
     manager: Arc<JobManager>,
     db: ConfigDb,
     tz: TimeZone,
@@ -346,6 +350,16 @@ impl Scheduler {
         match self.manager.run_job(job.id, trigger.clone()).await {
             Ok(session) => {
                 tracing::info!(job = %job.spec.name, session, ?trigger, "scheduler: started the job");
+                self.audit
+                    .record(cairn_configdb::NewAuditEntry {
+                        user: Some(crate::audit::SCHEDULER_USER.to_owned()),
+                        address: None,
+                        action: "job.run".into(),
+                        target: format!("job {} ({})", job.id, job.spec.name),
+                        outcome: "ok".into(),
+                        details: serde_json::json!({"session": session, "trigger": format!("{trigger:?}")}),
+                    })
+                    .await;
             }
             Err(RunError::AlreadyRunning { session, .. }) => {
                 tracing::info!(job = %job.spec.name, session, "scheduler: skipping a run: the job is still running");

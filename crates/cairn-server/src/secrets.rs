@@ -50,19 +50,9 @@ impl Secrets {
 
     /// Stores the password of repository `id` (mode 0600, replaced atomically).
     pub fn set_repository_password(&self, id: i64, password: &[u8]) -> io::Result<()> {
-        let path = self.repository_password_path(id);
-        let tmp = path.with_extension("password.tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(password)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()
+        let mut text = password.to_vec();
+        text.push(b'\n');
+        write_private(&self.repository_password_path(id), &text)
     }
 
     /// Forgets the password of repository `id` (when the repository is removed).
@@ -72,6 +62,28 @@ impl Secrets {
             _ => Ok(()),
         }
     }
+}
+
+/// Replaces `path` with `bytes` atomically and durably, mode 0600: written to `PATH.tmp`,
+/// synced, renamed over `path`, the folder synced.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// A new random password: 32 characters from a 62-letter alphabet (~190 bits).

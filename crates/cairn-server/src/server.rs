@@ -21,7 +21,8 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use cairn_resources::{ResourceScheduler, SchedulerOptions};
 
-use crate::api::repositories::{parallel_processing, register_proxy, register_repository};
+use crate::api::repositories::{register_proxy, register_repository};
+use crate::api::settings::parallel_processing;
 use crate::bootstrap::{self, ADMIN_PASSWORD_ENV};
 use crate::config::ServerConfig;
 use crate::runner::{JobManager, RunnerContext};
@@ -186,6 +187,8 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
     }
     let data_dir = std::path::absolute(&config.data_dir)?;
     let state = AppState {
+        audit: Arc::new(crate::audit::Auditor::new(db.clone(), &data_dir)),
+        logins: Arc::new(crate::auth::throttle::LoginThrottle::new()),
         db,
         jobs,
         resources,
@@ -211,7 +214,11 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
     let server = axum_server::from_tcp_rustls(listener, tls)?
         .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle.clone());
-    let serve = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    let serve = tokio::spawn(async move {
+        server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+    });
     if handle.listening().await.is_none() {
         let err = match serve.await {
             Ok(Err(e)) => anyhow::Error::from(e),
@@ -227,6 +234,7 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         state.db.clone(),
         state.time_zone.clone(),
         state.jobs.clock().clone(),
+        state.audit.clone(),
     );
 
     let url = format!("https://{addr}");

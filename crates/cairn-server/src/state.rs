@@ -31,4 +31,8 @@ pub struct AppState {
     pub movers: Arc<crate::movers::Movers>,
     /// Network throttling rules in force and the transfers sharing them.
     pub throttles: crate::throttle::NetworkThrottles,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Auditor>,
+    /// Failed-login counters and lockouts.
+    pub logins: Arc<crate::auth::throttle::LoginThrottle>,
 }

@@ -15,6 +15,10 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/login"),
     ("post", "/api/v1/auth/logout"),
     ("get", "/api/v1/auth/whoami"),
+    ("post", "/api/v1/auth/password"),
+    ("post", "/api/v1/auth/totp"),
+    ("post", "/api/v1/auth/totp/confirm"),
+    ("post", "/api/v1/auth/totp/disable"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
@@ -22,6 +26,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/users"),
     ("patch", "/api/v1/users/{id}"),
     ("delete", "/api/v1/users/{id}"),
+    ("delete", "/api/v1/users/{id}/totp"),
+    ("get", "/api/v1/audit"),
+    ("get", "/api/v1/audit/verify"),
     ("get", "/api/v1/hosts"),
     ("post", "/api/v1/hosts"),
     ("post", "/api/v1/hosts/{id}/rescan"),
@@ -281,6 +288,7 @@ async fn login_tokens_and_expiry(backend: Backend) {
         token_hash: cairn_server::auth::token_hash(&secret),
         description: "old".into(),
         expires_at: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1)),
+        scope: cairn_configdb::TokenScope::Full,
     })
     .await
     .unwrap();
@@ -811,7 +819,12 @@ async fn repositories_proxies_and_settings(backend: Backend) {
     let settings = t.get("/api/v1/settings").await;
     assert_eq!(
         settings,
-        json!({"parallel_processing": true, "time_zone": "Europe/Berlin"})
+        json!({
+            "parallel_processing": true,
+            "time_zone": "Europe/Berlin",
+            "restore_folders": [t.root.path()],
+            "require_totp_for_administrators": false,
+        })
     );
     let (status, settings) = t
         .call(

@@ -92,6 +92,10 @@ impl Fixture {
             self.env.db.clone(),
             TimeZone::UTC,
             self.clock.clone() as Arc<dyn Clock>,
+            Arc::new(cairn_server::audit::Auditor::new(
+                self.env.db.clone(),
+                self.env.dir.path(),
+            )),
         )
     }
 

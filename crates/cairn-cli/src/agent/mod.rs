@@ -549,6 +549,7 @@ async fn start_worker(
         receiver = Some(Arc::new(r));
     }
     let worker = Arc::new(work::Worker {
+        data_dir: a.data.clone().unwrap_or_default(),
         http: http.clone(),
         server: e.server.clone(),
         name: e.name.clone(),

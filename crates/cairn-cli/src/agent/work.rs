@@ -22,6 +22,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs instructions from the server.
 pub(super) struct Worker {
+    /// The agent's data folder (never written by a restore).
+    pub(super) data_dir: std::path::PathBuf,
     pub(super) http: reqwest::Client,
     pub(super) server: String,
     pub(super) name: String,
@@ -168,8 +170,9 @@ impl Worker {
                     self.name, restore.vm, restore.disk, restore.target_path
                 );
                 let worker = self.clone();
+                let protect = [self.data_dir.clone()];
                 tokio::spawn(async move {
-                    let end = match cairn_mover::target::run_restore(restore, rx, link.clone()).await {
+                    let end = match cairn_mover::target::run_restore(restore, &protect, rx, link.clone()).await {
                         Ok(summary) => TaskEvent::Restored(summary),
                         Err(e) => e.to_event(),
                     };

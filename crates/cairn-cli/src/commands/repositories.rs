@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use super::login::password_from_stdin;
-use super::lookup::{b, id_by_name, list, s, s_or_dash, u, yes_no};
+use super::lookup::{arr, b, id_by_name, list, s, s_or_dash, u, yes_no};
 use crate::args::{Global, ProxyCommand, RepoEncryption, RepositoryCommand, SettingsArgs};
 use crate::client::{Client, usage};
 use crate::output::{self, Table, bytes, rate};
@@ -204,9 +204,26 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
 
 pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::from_global(g)?;
-    let settings = match a.parallel_processing {
-        Some(on) => client.patch("/api/v1/settings", &json!({"parallel_processing": on}))?,
-        None => client.get("/api/v1/settings")?,
+    let mut change = Map::new();
+    if let Some(on) = a.parallel_processing {
+        change.insert("parallel_processing".into(), json!(on));
+    }
+    if !a.restore_folders.is_empty() {
+        let mut folders = Vec::new();
+        for f in &a.restore_folders {
+            folders.push(
+                std::path::absolute(f)
+                    .map_err(|e| usage!("--restore-folder {}: {e}", f.display()))?
+                    .display()
+                    .to_string(),
+            );
+        }
+        change.insert("restore_folders".into(), json!(folders));
+    }
+    let settings = if change.is_empty() {
+        client.get("/api/v1/settings")?
+    } else {
+        client.patch("/api/v1/settings", &Value::Object(change))?
     };
     if g.json {
         output::json(&settings)?;
@@ -218,6 +235,18 @@ pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
         };
         println!("parallel processing: {on}");
         println!("time zone: {}", s_or_dash(&settings, "time_zone"));
+        let folders: Vec<&str> = arr(&settings, "restore_folders")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        println!(
+            "restore folders: {}",
+            if folders.is_empty() {
+                "none (restores are refused)".to_string()
+            } else {
+                folders.join(", ")
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

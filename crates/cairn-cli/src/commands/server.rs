@@ -15,6 +15,7 @@ pub fn run(_g: &Global, a: &ServerArgs) -> anyhow::Result<ExitCode> {
     config.extra_names = a.names.clone();
     config.agent_heartbeat = std::time::Duration::from_secs(a.agent_heartbeat);
     config.streams = a.streams;
+    config.restore_folders = a.restore_folders.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cairn-server")

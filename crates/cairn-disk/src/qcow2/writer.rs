@@ -16,7 +16,7 @@ use super::header::{MAGIC, MAX_L1_BYTES};
 use super::{COPIED, OFFSET_MASK};
 use crate::io_error as io;
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, WriteOptions};
+use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 /// Refcount width written: 2^4 = 16 bits, qemu's default.
@@ -44,6 +44,12 @@ impl Qcow2Writer {
     /// Creates `path` (which must not exist) for a disk of `size` bytes with
     /// clusters of `opts.block_size` bytes (default 64 KiB).
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
+        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+    }
+
+    /// Like [`Qcow2Writer::create`], into the empty file `out`.
+    pub fn create_in(out: NewFile, size: u64, opts: &WriteOptions) -> Result<Self> {
+        let path = out.path.as_path();
         let cs = opts.block_size.unwrap_or(64 << 10) as u64;
         if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
             return Err(DiskError::format(
@@ -68,14 +74,9 @@ impl Qcow2Writer {
                 format!("{size} bytes is not a multiple of 512 (qemu counts qcow2 sizes in sectors)"),
             ));
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io(path, "create"))?;
         Ok(Qcow2Writer {
-            path: path.to_path_buf(),
-            file,
+            path: out.path,
+            file: out.file,
             size,
             cluster_bits,
             state: Mutex::new(State {

@@ -32,7 +32,7 @@ use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, WriteOptions};
+use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 /// Creator application written into the footer: cairn.
@@ -99,6 +99,12 @@ impl VhdWriter {
     /// a logical sector size of 4096 is refused; the block size is always
     /// 2 MiB (`opts.block_size` does not apply).
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
+        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+    }
+
+    /// Like [`VhdWriter::create`], into the empty file `out`.
+    pub fn create_in(out: NewFile, size: u64, opts: &WriteOptions) -> Result<Self> {
+        let path = out.path.as_path();
         if opts.logical_sector != SECTOR as u32 {
             return Err(DiskError::format(
                 path,
@@ -111,7 +117,7 @@ impl VhdWriter {
         }
         let size = size.div_ceil(SECTOR) * SECTOR;
         let (cylinders, heads, sectors_per_track) = geometry_for(size);
-        Self::make(path, size, (cylinders, heads, sectors_per_track), None)
+        Self::make(out, size, (cylinders, heads, sectors_per_track), None)
     }
 
     /// Creates `path` as a differencing child of the VHD `parent`, as
@@ -151,10 +157,11 @@ impl VhdWriter {
             ],
         };
         let geometry = (pf.cylinders, pf.heads, pf.sectors_per_track);
-        Self::make(path, p.virtual_size(), geometry, Some(child))
+        crate::writer::create_at(path, |out| Self::make(out, p.virtual_size(), geometry, Some(child)))
     }
 
-    fn make(path: &Path, size: u64, geometry: (u16, u8, u8), mut child: Option<ChildOf>) -> Result<Self> {
+    fn make(out: NewFile, size: u64, geometry: (u16, u8, u8), mut child: Option<ChildOf>) -> Result<Self> {
+        let path = out.path.as_path();
         if size > MAX_SIZE {
             return Err(DiskError::format(
                 path,
@@ -171,11 +178,6 @@ impl VhdWriter {
                 next_free += (data.len() as u64).div_ceil(SECTOR).max(1) * SECTOR;
             }
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io(path, "create"))?;
         let footer = Footer {
             features: 2,
             version: 0x0001_0000,
@@ -199,8 +201,8 @@ impl VhdWriter {
             saved_state: 0,
         };
         Ok(VhdWriter {
-            path: path.to_path_buf(),
-            file,
+            path: out.path.clone(),
+            file: out.file,
             size,
             block_size,
             bitmap_len: bitmap_len(DEFAULT_BLOCK_SIZE),

@@ -23,7 +23,7 @@ use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, WriteOptions};
+use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 const LOG_OFFSET: u64 = MIB;
@@ -79,8 +79,13 @@ impl VhdxWriter {
     /// `size` bytes (rounded up to the logical sector), with the block size
     /// `opts.block_size` (default 32 MiB) and the sector sizes of `opts`.
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<VhdxWriter> {
+        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+    }
+
+    /// Like [`VhdxWriter::create`], into the empty file `out`.
+    pub fn create_in(out: NewFile, size: u64, opts: &WriteOptions) -> Result<VhdxWriter> {
         Self::new(
-            path,
+            out,
             size,
             opts.logical_sector,
             opts.physical_sector,
@@ -114,24 +119,27 @@ impl VhdxWriter {
             absolute_path: abs.to_string_lossy().replace('/', "\\"),
         };
         let block = opts.block_size.map(u64::from).unwrap_or(p.block_size());
-        Self::new(
-            path,
-            p.virtual_size(),
-            sectors.logical,
-            sectors.physical,
-            Some(block),
-            Some(child),
-        )
+        crate::writer::create_at(path, |out| {
+            Self::new(
+                out,
+                p.virtual_size(),
+                sectors.logical,
+                sectors.physical,
+                Some(block),
+                Some(child),
+            )
+        })
     }
 
     fn new(
-        path: &Path,
+        out: NewFile,
         size: u64,
         logical: u32,
         physical: u32,
         block_size: Option<u64>,
         child: Option<ChildOf>,
     ) -> Result<VhdxWriter> {
+        let path = out.path.as_path();
         let block_size = block_size.unwrap_or(DEFAULT_BLOCK);
         if !block_size.is_power_of_two() || !(MIB..=256 * MIB).contains(&block_size) {
             return Err(DiskError::format(
@@ -157,15 +165,9 @@ impl VhdxWriter {
         }
         let chunk_ratio = (1u64 << 23) * u64::from(logical) / block_size;
         let blocks = size.div_ceil(block_size);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io(path, "create"))?;
         let w = VhdxWriter {
-            path: path.to_path_buf(),
-            file,
+            path: out.path.clone(),
+            file: out.file,
             size,
             block_size,
             logical,

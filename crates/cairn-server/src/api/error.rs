@@ -1,8 +1,9 @@
 //! API errors: a status code and `{"error": "<message>"}`.
 //!
-//! Clients see what they did wrong (401, 403, 404, 409, 422, 400) with a message naming the
-//! object and the cause. Failures of the server itself (database, I/O) are logged in full and
-//! answered with 500 and a short message.
+//! Clients see what they did wrong (401, 403, 404, 409, 422, 429, 400) with a message naming the
+//! object and the cause, and for some a machine-readable `code` (`totp_required`,
+//! `totp_setup_required`, `login_locked`). Every answer of 500 or more is logged with its cause
+//! when it is sent (the client gets a short message without the server's internals).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -18,6 +19,10 @@ pub struct ErrorBody {
     /// What went wrong, naming the object and the cause.
     #[schema(example = "job 7 not found")]
     pub error: String,
+    /// A machine-readable reason, for the answers that have one (`totp_required`: the login
+    /// needs the second factor's code; `totp_setup_required`; `login_locked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// An error answered to an API client.
@@ -27,6 +32,12 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The message in `{"error": …}`.
     pub message: String,
+    /// The machine-readable reason in `{"code": …}`, if any.
+    pub code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
+    /// The cause of a server failure: logged, never sent.
+    detail: Option<String>,
 }
 
 impl ApiError {
@@ -35,7 +46,23 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            code: None,
+            retry_after: None,
+            detail: None,
         }
+    }
+
+    /// The same error with a machine-readable `code`.
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    /// 429: too many attempts; try again after `seconds`.
+    pub fn too_many(message: impl Into<String>, seconds: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
+        e.retry_after = Some(seconds.max(1));
+        e
     }
 
     /// 400: the request cannot be read.
@@ -68,17 +95,22 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
 
-    /// 500: the server failed. `detail` is logged; the client gets `public`.
+    /// 500: the server failed. `detail` is logged when the error is answered; the client gets
+    /// `public`.
     pub fn internal(public: impl Into<String>, detail: impl std::fmt::Display) -> ApiError {
-        let public = public.into();
-        tracing::error!("{public}: {detail}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, public)
+        let mut e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, public);
+        e.detail = Some(detail.to_string());
+        e
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.message)
+        write!(f, "{} {}", self.status.as_u16(), self.message)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +118,22 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorBody { error: self.message })).into_response()
+        if self.status.is_server_error() {
+            tracing::error!("answered {self}");
+        }
+        let message = crate::audit::ErrorMessage(self.message.clone());
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code.map(str::to_owned),
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(message);
+        response
     }
 }
 

@@ -284,14 +284,8 @@ pub async fn add_host(
             req.kind
         )));
     }
-    let path = Path::new(&req.path);
-    if !path.is_absolute() {
-        return Err(ApiError::invalid(format!(
-            "path {:?}: give an absolute path on the server's machine",
-            req.path
-        )));
-    }
-    let inv = scan(path.to_path_buf()).await?;
+    let path = crate::restore_folders::check_admin_folder("path", &req.path, &state.data_dir)?;
+    let inv = scan(path).await?;
     let location = inv.root.to_string_lossy().into_owned();
     let hosts = state.db.list_hosts().await?;
     if let Some(same) = hosts.iter().find(|h| h.location == location) {
@@ -449,7 +443,7 @@ fn unique_host_name(hosts: &[Host], base: String) -> String {
 
 /// Adds a qemu host (a VM's QMP socket or a folder of them) and discovers its VMs through QMP.
 async fn add_qemu_host(caller: Caller, state: AppState, req: AddHost) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
-    let qmp = PathBuf::from(&req.path);
+    let qmp = crate::restore_folders::check_admin_folder("path", &req.path, &state.data_dir)?;
     check_qmp_path(&qmp).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
     let qga = match req.qga.as_deref().map(str::trim) {
         None | Some("") => None,

@@ -6,12 +6,13 @@
 //! invalid values with 422 (see [`error`]).
 //!
 //! Areas, one module each: [`auth`] (login, tokens), [`users`], [`inventory`] (hosts, VMs),
-//! [`repositories`] (repositories, proxies, settings, restore points), [`jobs`], [`sessions`]
+//! [`repositories`] (repositories, proxies, restore points), [`settings`], [`jobs`], [`sessions`]
 //! (sessions, tasks, task logs), [`restore`], [`agents`] (enrolment, heartbeats, certificate renewal, revocation),
 //! [`throttle`] (network throttling rules).
 
 pub mod agent_work;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod inventory;
@@ -19,7 +20,9 @@ pub mod jobs;
 pub mod repositories;
 pub mod restore;
 pub mod sessions;
+pub mod settings;
 pub mod throttle;
+pub mod totp;
 pub mod users;
 
 use axum::Router;
@@ -116,14 +119,17 @@ impl Modify for BearerAuth {
     components(schemas(ErrorBody)),
     paths(
         health, openapi_json,
-        auth::login, auth::logout, auth::whoami, auth::create_token, auth::list_tokens, auth::delete_token,
+        auth::login, auth::logout, auth::whoami, auth::change_password,
+        auth::create_token, auth::list_tokens, auth::delete_token,
+        totp::setup, totp::confirm, totp::disable, totp::reset,
         users::list_users, users::create_user, users::update_user, users::delete_user,
+        audit::list, audit::verify,
         inventory::list_hosts, inventory::add_host, inventory::rescan_host, inventory::delete_host,
         inventory::list_vms, inventory::get_vm,
         repositories::list_repositories, repositories::create_repository, repositories::update_repository,
         repositories::delete_repository, repositories::list_points,
         repositories::list_proxies, repositories::update_proxy,
-        repositories::get_settings, repositories::update_settings,
+        settings::get_settings, settings::update_settings,
         jobs::list_jobs, jobs::create_job, jobs::get_job, jobs::update_job, jobs::delete_job,
         jobs::enable_job, jobs::disable_job, jobs::run_job, jobs::stop_job,
         sessions::list_sessions, sessions::get_session, sessions::task_log, sessions::stop_session,
@@ -141,6 +147,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "auth", description = "Login, logout and API tokens"),
         (name = "users", description = "Users and roles (administrator)"),
+        (name = "audit", description = "The audit log: who did what and when (administrator)"),
         (name = "inventory", description = "Hosts and the VMs and disks found on them"),
         (name = "repositories", description = "Repositories, restore points, proxies and settings"),
         (name = "jobs", description = "Backup jobs"),
@@ -163,6 +170,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/login", post(auth::login))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/whoami", get(auth::whoami))
+        .route("/api/v1/auth/password", post(auth::change_password))
+        .route("/api/v1/auth/totp", post(totp::setup))
+        .route("/api/v1/auth/totp/confirm", post(totp::confirm))
+        .route("/api/v1/auth/totp/disable", post(totp::disable))
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/audit/verify", get(audit::verify))
         .route("/api/v1/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/api/v1/tokens/{id}", delete(auth::delete_token))
         .route("/api/v1/users", get(users::list_users).post(users::create_user))
@@ -170,6 +183,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/users/{id}",
             patch(users::update_user).delete(users::delete_user),
         )
+        .route("/api/v1/users/{id}/totp", delete(totp::reset))
         .route("/api/v1/hosts", get(inventory::list_hosts).post(inventory::add_host))
         .route("/api/v1/hosts/{id}", delete(inventory::delete_host))
         .route("/api/v1/hosts/{id}/rescan", post(inventory::rescan_host))
@@ -188,7 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/proxies/{id}", patch(repositories::update_proxy))
         .route(
             "/api/v1/settings",
-            get(repositories::get_settings).patch(repositories::update_settings),
+            get(settings::get_settings).patch(settings::update_settings),
         )
         .route("/api/v1/jobs", get(jobs::list_jobs).post(jobs::create_job))
         .route(
@@ -235,8 +249,30 @@ pub fn router(state: AppState) -> Router {
                 "this method is not allowed on this route",
             )
         })
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::middleware,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The address of the client of a request (`0.0.0.0` when the server was not given it, e.g.
+/// in-process tests of the router).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        ))
+    }
 }
 
 /// Serde helper: tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -292,6 +328,6 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 58);
+        assert_eq!(operations, 65);
     }
 }

@@ -4,12 +4,12 @@
 //! at once: a new task maximum applies to the next task that starts (running tasks are never
 //! stopped); new read and write rate limits are re-split among the running tasks at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cairn_configdb::{NewRepository, Proxy, Repository, Role, SETTING_PARALLEL_PROCESSING};
+use cairn_configdb::{NewRepository, Proxy, Repository, Role};
 use cairn_repo::{Encryption, RepoError};
 use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits};
 use jiff::Timestamp;
@@ -161,23 +161,6 @@ pub struct ProxyDto {
 pub struct UpdateProxy {
     /// Maximum concurrent tasks (≥ 1).
     pub max_tasks: i64,
-}
-
-/// Global settings.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SettingsDto {
-    /// Whether the disks and VMs of a job are processed in parallel.
-    pub parallel_processing: bool,
-    /// Time zone of schedules that name none.
-    pub time_zone: String,
-}
-
-/// `PATCH /api/v1/settings` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct UpdateSettings {
-    /// Parallel processing on or off.
-    #[serde(default)]
-    pub parallel_processing: Option<bool>,
 }
 
 /// `GET /api/v1/repositories/{id}/points` query.
@@ -514,13 +497,15 @@ pub async fn create_repository(
             req.name
         )));
     }
-    let path = PathBuf::from(&req.path);
-    if !path.is_absolute() {
-        return Err(ApiError::invalid(format!(
-            "path {:?}: give an absolute path on the server's machine",
-            req.path
-        )));
-    }
+    let path = if req.agent.is_some() {
+        cairn_confine::normalize(Path::new(&req.path)).map_err(|e| ApiError::invalid(format!("path: {e}")))?
+    } else {
+        let path = crate::restore_folders::check_admin_folder("path", &req.path, &state.data_dir)?;
+        if path.exists() && !path.is_dir() {
+            return Err(ApiError::invalid(format!("path: {} is not a folder", path.display())));
+        }
+        path
+    };
     let encryption: Encryption = match &req.encryption {
         None => Encryption::Aes256Gcm,
         Some(text) => text.parse().map_err(ApiError::invalid)?,
@@ -828,56 +813,4 @@ pub async fn update_proxy(
         proxy.settings.max_tasks
     );
     Ok(Json(proxy_dto(&state, proxy)))
-}
-
-/// Whether parallel processing is on (stored setting; default on).
-pub async fn parallel_processing(db: &cairn_configdb::ConfigDb) -> cairn_configdb::Result<bool> {
-    Ok(db
-        .get_setting(SETTING_PARALLEL_PROCESSING)
-        .await?
-        .is_none_or(|v| v != "false"))
-}
-
-fn settings_dto(state: &AppState, parallel: bool) -> SettingsDto {
-    SettingsDto {
-        parallel_processing: parallel,
-        time_zone: state.time_zone.iana_name().unwrap_or("system").to_owned(),
-    }
-}
-
-/// Global settings.
-#[utoipa::path(get, path = "/api/v1/settings", tag = "repositories",
-    responses((status = 200, description = "OK", body = SettingsDto), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
-pub async fn get_settings(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<SettingsDto>> {
-    caller.require(Role::Viewer)?;
-    let parallel = parallel_processing(&state.db).await?;
-    Ok(Json(settings_dto(&state, parallel)))
-}
-
-/// Changes global settings (parallel processing applies to tasks that start from now on).
-#[utoipa::path(patch, path = "/api/v1/settings", tag = "repositories", request_body = UpdateSettings,
-    responses(
-        (status = 200, description = "OK", body = SettingsDto),
-        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
-    ))]
-pub async fn update_settings(
-    caller: Caller,
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<UpdateSettings>,
-) -> ApiResult<Json<SettingsDto>> {
-    caller.require_admin()?;
-    if let Some(on) = req.parallel_processing {
-        state
-            .db
-            .set_setting(SETTING_PARALLEL_PROCESSING, if on { "true" } else { "false" })
-            .await?;
-        state.resources.set_parallel_processing(on);
-        tracing::info!(
-            "{} turned parallel processing {}",
-            caller.name,
-            if on { "on" } else { "off" }
-        );
-    }
-    let parallel = parallel_processing(&state.db).await?;
-    Ok(Json(settings_dto(&state, parallel)))
 }

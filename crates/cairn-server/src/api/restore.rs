@@ -6,6 +6,7 @@
 //! slots when it ends. A restore whose client goes away stops at the next block and removes its
 //! partial image file.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use cairn_configdb::Role;
+use cairn_confine::{AllowedFolders, ConfineError, ConfinedDir, ConfinedFile};
 use cairn_disk::Format;
 use cairn_engine::{RestoreHooks, RestoreStats, RestoreTarget};
 use cairn_resources::{Direction, RateLimiter, ResourceError, TaskRequest};
@@ -25,6 +27,7 @@ use super::ApiJson;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::repositories::{open_repository, proxy_resource, register_repository, repo_error, repository_resource};
 use crate::auth::Caller;
+use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
 
 /// `POST /api/v1/restores` body.
@@ -41,8 +44,15 @@ pub struct RestoreRequest {
     /// Disk number within the VM (0 is the first).
     #[serde(default)]
     pub disk: u32,
-    /// The image file to write (absolute path on the server's machine; must not exist).
+    /// The image file to write: an absolute path beneath a restore folder (see the settings) on
+    /// the machine that holds the repository (the server, or the repository's agent). It must
+    /// not exist; no `..` and no symbolic link below the restore folder are allowed.
+    #[schema(min_length = 2, max_length = 4096)]
     pub target_path: String,
+    /// Permission bits of the new file in octal (default `0600`; at most `0777`).
+    #[serde(default)]
+    #[schema(example = "0640", pattern = "^(0o)?[0-7]{1,4}$")]
+    pub file_mode: Option<String>,
     /// Image format: raw (default), qcow2, vhdx or vhd.
     #[serde(default)]
     pub format: Option<String>,
@@ -168,34 +178,19 @@ pub async fn restore(
     {
         return Err(ApiError::invalid(format!("sector_size {sector}: use 512 or 4096")));
     }
+    let mode = restore_folders::file_mode(req.file_mode.as_deref())?;
     let target = PathBuf::from(&req.target_path);
     let row = state.db.get_repository(req.repository_id).await?;
+    let allowed = restore_folders::allowed(&state.db, &state.data_dir).await?;
     if row.settings.agent_id.is_some() {
-        return restore_on_agent(&state, &caller.name, &row, &req, format)
+        // The agent holds the write to the same folders on its machine; the text is checked here.
+        allowed.check_text(&target).map_err(confine_error)?;
+        return restore_on_agent(&state, &caller.name, &row, &req, format, allowed.roots(), mode)
             .await
             .map(Json);
     }
-    if !target.is_absolute() {
-        return Err(ApiError::invalid(format!(
-            "target_path {:?}: give an absolute path on the server's machine",
-            req.target_path
-        )));
-    }
-    if target.symlink_metadata().is_ok() {
-        return Err(ApiError::conflict(format!(
-            "{} already exists: restores never overwrite a file",
-            target.display()
-        )));
-    }
-    match target.parent() {
-        Some(dir) if dir.is_dir() => {}
-        _ => {
-            return Err(ApiError::invalid(format!(
-                "{}: its folder does not exist",
-                target.display()
-            )));
-        }
-    }
+    // Answer a path that cannot be written at once, before waiting for a task slot.
+    allowed.check_new_file(&target).map_err(confine_error)?;
     let options = RestoreTarget {
         format,
         logical_sector: req.sector_size,
@@ -208,11 +203,54 @@ pub async fn restore(
         &req.vm,
         &req.point,
         req.disk,
-        target,
+        NewRestoreFile::Beneath {
+            allowed,
+            path: target,
+            mode,
+        },
         options,
     )
     .await?;
     Ok(Json(stats.into()))
+}
+
+/// The file a restore on the server writes, created (beneath a restore folder, never over an
+/// existing file) once the restore has its task slots.
+pub(crate) enum NewRestoreFile {
+    /// `path`, beneath one of `allowed`.
+    Beneath {
+        /// Where writes may go.
+        allowed: AllowedFolders,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `name` in the folder `dir` (opened beneath an allowed folder before).
+    InFolder {
+        /// The folder.
+        dir: ConfinedDir,
+        /// The file's name in it.
+        name: OsString,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl NewRestoreFile {
+    fn create(self) -> Result<ConfinedFile, ConfineError> {
+        match self {
+            NewRestoreFile::Beneath { allowed, path, mode } => allowed.create_file(&path, mode),
+            NewRestoreFile::InFolder { dir, name, mode } => dir.create_file(&name, mode),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            NewRestoreFile::Beneath { path, .. } => path.display().to_string(),
+            NewRestoreFile::InFolder { dir, name, .. } => dir.path().join(name).display().to_string(),
+        }
+    }
 }
 
 /// Restores disk `disk` of `vm`'s point `point` to the new file `target` as a task: waits for a
@@ -226,7 +264,7 @@ pub(crate) async fn restore_disk(
     vm: &str,
     point: &str,
     disk: u32,
-    target: PathBuf,
+    target: NewRestoreFile,
     options: RestoreTarget,
 ) -> ApiResult<RestoreStats> {
     let repository = repository_resource(row.id);
@@ -262,7 +300,7 @@ pub(crate) async fn restore_disk(
     tracing::info!(
         "{who} restores VM {vm} point {point} disk {disk} from repository {} to {} (restore {number}, {})",
         row.settings.name,
-        target.display(),
+        target.describe(),
         lease.rate_limiter().rate().map_or_else(
             || "no read rate limit".to_string(),
             |r| format!("read rate share {r} bytes/s")
@@ -276,19 +314,36 @@ pub(crate) async fn restore_disk(
     };
     let (vm, point) = (vm.to_string(), point.to_string());
     tokio::task::spawn_blocking(move || {
-        let result = cairn_engine::restore_with_hooks(&repo, &vm, &point, disk, &target, &options, &hooks);
+        let (file, path, remove) = target.create().map_err(EngineFailure::Confine)?.into_parts();
+        let result = cairn_engine::restore_with_hooks(
+            &repo,
+            &vm,
+            &point,
+            disk,
+            cairn_engine::RestoreOutput::File {
+                file: cairn_disk::writer::NewFile { file, path },
+                remove: Box::new(remove),
+            },
+            &options,
+            &hooks,
+        )
+        .map_err(EngineFailure::Engine);
         // The slots are freed as soon as the data is written, even if the client is gone.
         drop(lease);
         result
     })
     .await?
     .map_err(|e| match e {
-        cairn_engine::EngineError::Repo(r) => repo_error(r),
-        other => ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!("restore failed: {other}"),
-        ),
+        EngineFailure::Confine(e) => confine_error(e),
+        EngineFailure::Engine(cairn_engine::EngineError::Repo(r)) => repo_error(r),
+        EngineFailure::Engine(other) => ApiError::internal(format!("the restore failed: {other}"), &other),
     })
+}
+
+/// Why a restore on the server failed: its file could not be made, or the engine failed.
+enum EngineFailure {
+    Confine(ConfineError),
+    Engine(cairn_engine::EngineError),
 }
 
 /// Restores one disk of a repository that lives on a repository agent: the agent reads its own
@@ -300,14 +355,10 @@ async fn restore_on_agent(
     row: &cairn_configdb::Repository,
     req: &RestoreRequest,
     format: Format,
+    restore_folders: &[PathBuf],
+    file_mode: u32,
 ) -> ApiResult<RestoreResult> {
     use cairn_mover::protocol::{Instruction, RestoreTask, TaskEvent};
-    if !req.target_path.starts_with('/') {
-        return Err(ApiError::invalid(format!(
-            "target_path {:?}: give an absolute path on the repository agent's host",
-            req.target_path
-        )));
-    }
     let agent_id = row.settings.agent_id.unwrap_or_default();
     let agent = state.db.get_agent(agent_id).await?;
     if let Some(why) = state.movers.unavailable(&agent, jiff::Timestamp::now()) {
@@ -360,6 +411,8 @@ async fn restore_on_agent(
         format: format.name().to_string(),
         sector_size: req.sector_size,
         read_rate: lease.rate_limiter().rate(),
+        restore_folders: restore_folders.iter().map(|f| f.display().to_string()).collect(),
+        file_mode,
     }));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {

@@ -109,7 +109,7 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+pub(crate) fn check_password(password: &str) -> ApiResult<()> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ApiError::invalid(format!(
             "password: at least {MIN_PASSWORD_CHARS} characters"
@@ -171,7 +171,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
-/// Changes a user's password and/or role.
+/// Changes a user's password (which revokes the user's login tokens) and/or role.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UpdateUser,
     params(("id" = i64, Path, description = "User id")),
     responses(
@@ -200,6 +200,16 @@ pub async fn update_user(
     if let Some(password) = &req.password {
         let hash = hash_password_async(password).await?;
         state.db.set_user_password_hash(id, &hash).await?;
+        // A new password ends every login made with the old one.
+        let revoked = state
+            .db
+            .delete_user_tokens(id, Some(cairn_configdb::TokenKind::Login))
+            .await?;
+        tracing::info!(
+            "{} set a new password for user {} ({revoked} login tokens revoked)",
+            caller.name,
+            user.name
+        );
     }
     if let Some(role) = role {
         state.db.set_user_role(id, role).await?;

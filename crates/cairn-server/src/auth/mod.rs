@@ -10,6 +10,13 @@
 //!
 //! Roles are ordered: viewer < restore-operator < administrator. A restore operator may read
 //! everything and restore; only an administrator may change anything or start and stop jobs.
+//!
+//! Logins are throttled ([`throttle`]) and may need a second factor ([`totp`]). A login token of
+//! scope `totp-setup` (an administrator who must have a second factor and has none yet) is good
+//! only for setting one up, `whoami` and `logout`.
+
+pub mod throttle;
+pub mod totp;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -17,7 +24,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use cairn_configdb::{ConfigDb, NewToken, Role, Token, TokenKind, User};
+use cairn_configdb::{ConfigDb, NewToken, Role, Token, TokenKind, TokenScope, User};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::error::ApiError;
@@ -103,6 +110,7 @@ pub async fn issue_token(
     kind: TokenKind,
     description: &str,
     expires_at: Option<Timestamp>,
+    scope: TokenScope,
 ) -> Result<(Token, String), ApiError> {
     let secret = generate_token();
     let token = db
@@ -112,6 +120,7 @@ pub async fn issue_token(
             token_hash: token_hash(&secret),
             description: description.to_owned(),
             expires_at,
+            scope,
         })
         .await?;
     Ok((token, secret))
@@ -142,7 +151,19 @@ pub struct Caller {
     pub role: Role,
     /// The token used for this request.
     pub token_id: i64,
+    /// Its kind.
+    pub token_kind: TokenKind,
+    /// What it may be used for.
+    pub scope: TokenScope,
 }
+
+/// The routes a `totp-setup` token may call.
+const SETUP_ROUTES: &[&str] = &[
+    "/api/v1/auth/whoami",
+    "/api/v1/auth/logout",
+    "/api/v1/auth/totp",
+    "/api/v1/auth/totp/confirm",
+];
 
 impl Caller {
     /// `Ok` when the caller's role is `need` or higher, else 403 naming the role needed.
@@ -191,11 +212,24 @@ impl FromRequestParts<AppState> for Caller {
             .find_valid_token(&token_hash(secret), Timestamp::now())
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid or expired token: log in again"))?;
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.user(&user.name);
+        }
+        if token.scope == TokenScope::TotpSetup && !SETUP_ROUTES.contains(&parts.uri.path()) {
+            return Err(ApiError::forbidden(format!(
+                "administrators must have a second factor: user {} must set one up first (POST \
+                 /api/v1/auth/totp, then /api/v1/auth/totp/confirm)",
+                user.name
+            ))
+            .with_code("totp_setup_required"));
+        }
         Ok(Caller {
             user_id: user.id,
             name: user.name,
             role: user.role,
             token_id: token.id,
+            token_kind: token.kind,
+            scope: token.scope,
         })
     }
 }
@@ -238,6 +272,8 @@ mod tests {
             name: "ann".into(),
             role: Viewer,
             token_id: 1,
+            token_kind: TokenKind::Login,
+            scope: TokenScope::Full,
         };
         let err = caller.require(RestoreOperator).unwrap_err();
         assert_eq!(err.status.as_u16(), 403);

@@ -188,7 +188,8 @@ pub struct InstantRequest {
 /// `POST /api/v1/instant-recoveries/{name}/migrate` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MigrateRequest {
-    /// Production files, one per disk (qcow2; must not exist). With one disk a single path.
+    /// Production files, one per disk (qcow2; must not exist), beneath a restore folder (see the
+    /// settings). With one disk a single path.
     pub to: Vec<String>,
 }
 
@@ -411,21 +412,19 @@ pub async fn migrate(
         )));
     }
     let targets: Vec<PathBuf> = req.to.iter().map(PathBuf::from).collect();
+    // Each target is made now, empty and 0600, beneath a restore folder (never over a file, never
+    // through a link); `qemu-img create` then writes the qcow2 into it.
+    let allowed = crate::restore_folders::allowed(&state.db, &state.data_dir).await?;
+    let mut created = Vec::new();
     for t in &targets {
-        if !t.is_absolute() {
-            return Err(ApiError::invalid(format!(
-                "to {:?}: give an absolute path",
-                t.display()
-            )));
-        }
-        if t.symlink_metadata().is_ok() {
-            return Err(ApiError::conflict(format!(
-                "{} already exists: migrations never overwrite",
-                t.display()
-            )));
-        }
-        if !t.parent().is_some_and(|p| p.is_dir()) {
-            return Err(ApiError::invalid(format!("{}: its folder does not exist", t.display())));
+        match allowed.create_file(t, cairn_confine::DEFAULT_FILE_MODE) {
+            Ok(f) => created.push(f),
+            Err(e) => {
+                for f in created {
+                    let _ = f.remove();
+                }
+                return Err(crate::restore_folders::confine_error(e));
+            }
         }
     }
     state.instant.set_state(&name, InstantState::Migrating);
@@ -444,8 +443,8 @@ pub async fn migrate(
         }
         Err(e) => {
             state.instant.set_state(&name, InstantState::Running);
-            for t in &targets {
-                let _ = std::fs::remove_file(t);
+            for f in created {
+                let _ = f.remove();
             }
             Err(ApiError::invalid(format!("migrating instant recovery {name}: {e}")))
         }

@@ -3,12 +3,14 @@
 //! with the point — beside the original under a new name, or in place of the
 //! original (stopped, its disks replaced, started again).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use cairn_configdb::{Host, HostKind, Role};
+use cairn_confine::{AllowedFolders, ConfinedDir};
 use cairn_disk::Format;
 use cairn_engine::RestoreTarget;
 use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
@@ -21,7 +23,9 @@ use super::{QMP_TIMEOUT, QemuLocation};
 use crate::api::ApiJson;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::repositories::{open_repository, repo_error};
+use crate::api::restore::NewRestoreFile;
 use crate::auth::Caller;
+use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
 
 /// How long a replaced VM may take to stop after `quit`.
@@ -46,7 +50,8 @@ pub struct VmRestoreRequest {
     /// Stop the original VM, replace its disks with the restore point's, start it again.
     #[serde(default)]
     pub replace_original: bool,
-    /// Folder for the new disk files (default: `DATA/restored/<name>`); not with `replace_original`.
+    /// Folder for the new disk files, beneath a restore folder (created if needed; default:
+    /// `<first restore folder>/<name>`); not with `replace_original`.
     #[serde(default)]
     pub folder: Option<String>,
     /// Accelerator of the started VM (default: as the original ran, e.g. `kvm` or `tcg`).
@@ -157,6 +162,45 @@ fn cairn_format(qemu: &str) -> Format {
     }
 }
 
+/// Where a restored disk goes: `written` in `dir`, then renamed to `name` (the same for a new VM).
+struct DiskTarget {
+    dir: ConfinedDir,
+    written: OsString,
+    name: OsString,
+}
+
+/// The disks of a VM being replaced: each disk file of the saved configuration must be one the
+/// VM uses now (the inventory); it is written beside the original as `FILE.cairn-restore` in the
+/// original's folder (opened without following links below it, never in the data folder).
+fn replaced_disks(config: &VmConfig, current: &[PathBuf], data_dir: &Path) -> ApiResult<Vec<DiskTarget>> {
+    let mut out = Vec::new();
+    for d in &config.disks {
+        let path = PathBuf::from(&d.file);
+        if !current.contains(&path) {
+            return Err(ApiError::conflict(format!(
+                "the VM does not use {} any more (its disks changed since the backup): restore it as a new VM \
+                 instead",
+                path.display()
+            )));
+        }
+        let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(ApiError::invalid(format!("{}: not a file path", path.display())));
+        };
+        let dir = AllowedFolders::new([folder.to_path_buf()])
+            .protect(data_dir)
+            .open_folder(folder)
+            .map_err(confine_error)?;
+        let mut written = name.to_os_string();
+        written.push(".cairn-restore");
+        out.push(DiskTarget {
+            dir,
+            written,
+            name: name.to_os_string(),
+        });
+    }
+    Ok(out)
+}
+
 /// Stops the VM behind `qmp_path` and waits until its socket is gone or refuses.
 async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
     let qmp = Qmp::connect(qmp_path, QMP_TIMEOUT)
@@ -214,7 +258,7 @@ pub async fn restore_vm(
         )));
     }
 
-    let (name, disk_paths, qmp, qga) = if req.replace_original {
+    let (name, targets, qmp, qga) = if req.replace_original {
         let vm = state
             .db
             .list_vms(Some(host.id))
@@ -223,90 +267,100 @@ pub async fn restore_vm(
             .find(|v| v.name == orig_vm)
             .ok_or_else(|| ApiError::not_found(format!("host {} has no VM named {orig_vm:?} to replace", host.name)))?;
         let qmp = PathBuf::from(&vm.external_id);
-        let paths: Vec<PathBuf> = config.disks.iter().map(|d| PathBuf::from(&d.file)).collect();
+        let current: Vec<PathBuf> = state
+            .db
+            .list_disks(vm.id)
+            .await?
+            .into_iter()
+            .map(|d| PathBuf::from(d.path))
+            .collect();
+        let targets = replaced_disks(&config, &current, &state.data_dir)?;
         let qga = location
             .agent_for(&qmp)
             .or_else(|| config.guest_agent.then(|| qmp.with_extension("qga")));
-        (vm.name, paths, qmp, qga)
+        (vm.name, targets, qmp, qga)
     } else {
         let name = vm_name(req.name.as_deref(), orig_vm, "restored")?;
+        let allowed = restore_folders::allowed(&state.db, &state.data_dir).await?;
         let folder = match &req.folder {
-            Some(f) if Path::new(f).is_absolute() => PathBuf::from(f),
-            Some(f) => return Err(ApiError::invalid(format!("folder {f:?}: give an absolute path"))),
-            None => state.data_dir.join("restored").join(&name),
+            Some(f) => PathBuf::from(f),
+            None => allowed
+                .roots()
+                .first()
+                .map(|root| root.join(&name))
+                .ok_or_else(|| ApiError::invalid("no restore folders are configured (see the settings)"))?,
         };
-        std::fs::create_dir_all(&folder)
-            .map_err(|e| ApiError::invalid(format!("creating folder {}: {e}", folder.display())))?;
-        let paths: Vec<PathBuf> = config
-            .disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let ext = match d.format.as_str() {
-                    "raw" => "raw",
-                    "vpc" => "vhd",
-                    "vhdx" => "vhdx",
-                    _ => "qcow2",
-                };
-                folder.join(format!("disk{i}.{ext}"))
-            })
-            .collect();
+        allowed.check_text(&folder).map_err(confine_error)?;
         let qmp = location.socket_folder().join(format!("{name}.qmp"));
         let qga = config.guest_agent.then(|| qmp.with_extension("qga"));
-        for p in paths.iter().chain([&qmp]).chain(qga.iter()) {
+        for p in [&qmp].into_iter().chain(qga.iter()) {
             if p.symlink_metadata().is_ok() {
                 return Err(ApiError::conflict(format!(
-                    "{} already exists: restores never overwrite (choose another name or folder)",
+                    "{} already exists: restores never overwrite (choose another name)",
                     p.display()
                 )));
             }
         }
-        (name, paths, qmp, qga)
+        let dir = allowed.create_folder(&folder).map_err(confine_error)?;
+        let mut targets = Vec::new();
+        for (i, d) in config.disks.iter().enumerate() {
+            let ext = match d.format.as_str() {
+                "raw" => "raw",
+                "vpc" => "vhd",
+                "vhdx" => "vhdx",
+                _ => "qcow2",
+            };
+            let file = OsString::from(format!("disk{i}.{ext}"));
+            if dir.contains(&file).map_err(confine_error)? {
+                return Err(ApiError::conflict(format!(
+                    "{} already exists: restores never overwrite (choose another name or folder)",
+                    dir.path().join(&file).display()
+                )));
+            }
+            targets.push(DiskTarget {
+                dir: dir.clone(),
+                written: file.clone(),
+                name: file,
+            });
+        }
+        (name, targets, qmp, qga)
     };
+    let disk_paths: Vec<PathBuf> = targets.iter().map(|t| t.dir.path().join(&t.name)).collect();
 
     if req.replace_original {
         stop_vm(&qmp).await?;
     }
-    // Disks go to `<file>.cairn-restore` first: a failed restore leaves the original disks as they were.
-    let mut written = Vec::new();
-    for (i, (disk, path)) in config.disks.iter().zip(&disk_paths).enumerate() {
-        let tmp = if req.replace_original {
-            let mut p = path.clone().into_os_string();
-            p.push(".cairn-restore");
-            let p = PathBuf::from(p);
-            let _ = std::fs::remove_file(&p);
-            p
-        } else {
-            path.clone()
-        };
+    // Disks being replaced go to `<file>.cairn-restore` first: a failed restore leaves the
+    // original disks as they were.
+    let mut written: Vec<&DiskTarget> = Vec::new();
+    for (i, (disk, t)) in config.disks.iter().zip(&targets).enumerate() {
+        if t.written != t.name && t.dir.contains(&t.written).map_err(confine_error)? {
+            t.dir.remove_file(&t.written).map_err(confine_error)?;
+        }
         let target = RestoreTarget {
             format: cairn_format(&disk.format),
             logical_sector: None,
             block_size: None,
         };
-        if let Err(e) = crate::api::restore::restore_disk(
-            &state,
-            &caller.name,
-            &row,
-            &req.vm,
-            &point_id,
-            i as u32,
-            tmp.clone(),
-            target,
-        )
-        .await
+        let file = NewRestoreFile::InFolder {
+            dir: t.dir.clone(),
+            name: t.written.clone(),
+            mode: cairn_confine::DEFAULT_FILE_MODE,
+        };
+        if let Err(e) =
+            crate::api::restore::restore_disk(&state, &caller.name, &row, &req.vm, &point_id, i as u32, file, target)
+                .await
         {
             for w in &written {
-                let _ = std::fs::remove_file(w);
+                let _ = w.dir.remove_file(&w.written);
             }
             return Err(e);
         }
-        written.push(tmp);
+        written.push(t);
     }
-    if req.replace_original {
-        for (tmp, path) in written.iter().zip(&disk_paths) {
-            std::fs::rename(tmp, path)
-                .map_err(|e| ApiError::internal(format!("replacing {} with the restored disk", path.display()), e))?;
+    for t in &targets {
+        if t.written != t.name {
+            t.dir.rename(&t.written, &t.name).map_err(confine_error)?;
         }
     }
 

@@ -75,13 +75,16 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// The configuration of a test server: data in `root/data`, the default repository in
-/// `root/default-repository` (never on another volume of the machine), a free port on 127.0.0.1.
+/// `root/default-repository` (never on another volume of the machine), `root` as the restore
+/// folder, a free port on 127.0.0.1.
 pub fn config(root: &Path, database_url: Option<String>) -> ServerConfig {
     let mut config = ServerConfig::new(root.join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.database_url = database_url;
     config.default_repository = Some(root.join("default-repository"));
     config.time_zone = Some("Europe/Berlin".into());
+    // Restores may go anywhere in the test's own folder (never into its data folder).
+    config.restore_folders = vec![root.to_path_buf()];
     config
 }
 

@@ -1,0 +1,35 @@
+-- Second factor (TOTP, RFC 6238) per user: the shared secret (base32), whether it is confirmed
+-- and in force, and the last time step accepted (a code is never accepted twice).
+ALTER TABLE users ADD COLUMN totp_secret TEXT;
+ALTER TABLE users ADD COLUMN totp_enabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+
+-- A token's scope: 'full', or 'totp-setup' for the login token of an administrator who must set
+-- up a second factor before doing anything else.
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'full' CHECK (scope IN ('full', 'totp-setup'));
+
+-- The audit log: who did what and when. Append-only: the triggers refuse updates and deletes,
+-- and each entry carries the BLAKE3 hash of the previous entry's hash and its own fields, so an
+-- edited or removed entry breaks the chain. Ids are assigned without gaps by the writer.
+CREATE TABLE audit_log (
+    id         INTEGER PRIMARY KEY NOT NULL,
+    at         INTEGER NOT NULL,
+    user_name  TEXT,
+    address    TEXT,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    details    TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_user ON audit_log (user_name);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
