@@ -606,10 +606,12 @@ pub async fn disable_job(
 pub async fn run_job(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
     caller.require_admin()?;
     let job = state.db.get_job(id).await?;
+    audit.target(format!("job {id} ({})", job.spec.name));
     let session_id = state
         .jobs
         .run_job(
@@ -634,10 +636,12 @@ pub async fn run_job(
 pub async fn stop_job(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
     caller.require_admin()?;
     let job = state.db.get_job(id).await?;
+    audit.target(format!("job {id} ({})", job.spec.name));
     let session_id = state
         .jobs
         .running_session_of(id)

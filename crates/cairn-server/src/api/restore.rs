@@ -166,8 +166,12 @@ impl RestoreHooks for LeaseHooks {
 pub async fn restore(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreResult>> {
+    audit.target(format!("VM {} point {} disk {}", req.vm, req.point, req.disk));
+    audit.detail("repository_id", req.repository_id);
+    audit.detail("target_path", req.target_path.clone());
     caller.require(Role::RestoreOperator)?;
     let format = match req.format.as_deref() {
         None | Some("") => Format::Raw,

@@ -160,8 +160,10 @@ pub async fn list_users(caller: Caller, State(state): State<AppState>) -> ApiRes
 pub async fn create_user(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserDto>)> {
+    audit.target(format!("user {}", req.name));
     caller.require_admin()?;
     check_name(&req.name)?;
     check_password(&req.password)?;
@@ -183,11 +185,17 @@ pub async fn create_user(
 pub async fn update_user(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<UserDto>> {
     caller.require_admin()?;
     let user = state.db.get_user(id).await?;
+    audit.target(format!("user {}", user.name));
+    audit.detail("password_changed", req.password.is_some());
+    if let Some(role) = &req.role {
+        audit.detail("role", serde_json::to_value(role).unwrap_or_default());
+    }
     if let Some(password) = &req.password {
         check_password(password)?;
     }
@@ -229,10 +237,12 @@ pub async fn update_user(
 pub async fn delete_user(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let user = state.db.get_user(id).await?;
+    audit.target(format!("user {}", user.name));
     keep_an_administrator(&state, &user, "cannot delete").await?;
     state.db.delete_user(id).await?;
     tracing::info!("{} deleted user {}", caller.name, user.name);

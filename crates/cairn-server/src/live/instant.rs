@@ -393,9 +393,12 @@ async fn wait_job(
 pub async fn migrate(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<MigrateRequest>,
 ) -> ApiResult<Json<InstantInfo>> {
+    audit.target(format!("instant recovery {name}"));
+    audit.detail("to", req.to.clone());
     caller.require(Role::RestoreOperator)?;
     let info = find(&state, &name)?;
     if info.state != InstantState::Running {

@@ -235,14 +235,30 @@ async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
 pub async fn restore_vm(
     caller: Caller,
     State(state): State<AppState>,
+    audit: crate::audit::AuditSlot,
     ApiJson(req): ApiJson<VmRestoreRequest>,
 ) -> ApiResult<Json<VmRestoreResult>> {
+    audit.target(format!("VM {} point {}", req.vm, req.point));
+    audit.detail("replace_original", req.replace_original);
+    if let Some(folder) = &req.folder {
+        audit.detail("folder", folder.clone());
+    }
+    if let Some(host) = &req.to_host {
+        audit.detail("to_host", host.clone());
+    }
     caller.require(Role::RestoreOperator)?;
     let started = std::time::Instant::now();
     if req.replace_original && (req.name.is_some() || req.folder.is_some()) {
         return Err(ApiError::invalid(
             "replace_original: a replaced VM keeps its name and disk files (leave out name and folder)",
         ));
+    }
+    // A folder that cannot be written is refused before anything is looked up.
+    if let Some(folder) = &req.folder {
+        restore_folders::allowed(&state.db, &state.data_dir)
+            .await?
+            .check_text(Path::new(folder))
+            .map_err(confine_error)?;
     }
     let row = state.db.get_repository(req.repository_id).await?;
     let (_repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;

@@ -110,6 +110,8 @@ pub struct TestServer {
     pub admin: String,
     /// Holds data folder, repositories and images.
     pub root: tempfile::TempDir,
+    /// The PostgreSQL database of the server (`None`: SQLite in the data folder).
+    pub database_url: Option<String>,
 }
 
 impl TestServer {
@@ -118,7 +120,7 @@ impl TestServer {
         let root = tempfile::tempdir().expect("temporary folder");
         let url = database_url(backend, test).await;
         let server = start_with(
-            config(root.path(), url),
+            config(root.path(), url.clone()),
             StartOptions {
                 admin_password: Some(ADMIN_PASSWORD.into()),
             },
@@ -133,6 +135,7 @@ impl TestServer {
             base,
             admin: String::new(),
             root,
+            database_url: url,
         };
         t.admin = t.login("admin", ADMIN_PASSWORD).await;
         t
