@@ -67,6 +67,14 @@ pub enum Command {
     Logout,
     /// Show who the stored login or CAIRN_TOKEN belongs to.
     Whoami,
+    /// Change your own password (every other login of yours ends).
+    Password(PasswordArgs),
+    /// Set up or remove your second factor (TOTP).
+    #[command(subcommand)]
+    Totp(crate::commands::totp::TotpCommand),
+    /// Read the audit log and check that it is intact (administrator).
+    #[command(subcommand)]
+    Audit(crate::commands::audit::AuditCommand),
     /// Manage the server's users (administrator).
     #[command(subcommand)]
     User(UserCommand),
@@ -434,6 +442,19 @@ pub struct LoginArgs {
     /// terminal).
     #[arg(long)]
     pub password_stdin: bool,
+    /// The current code of the authenticator app, when the user has a second factor (else it is
+    /// asked for on the terminal when needed).
+    #[arg(long, value_name = "CODE")]
+    pub totp_code: Option<String>,
+}
+
+/// `cairn password`.
+#[derive(Args, Debug)]
+pub struct PasswordArgs {
+    /// Read the current password and then the new one from two lines of standard input (else
+    /// they are asked for on the terminal).
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 /// A role of a user.
@@ -486,6 +507,11 @@ pub enum UserCommand {
     },
     /// Delete a user.
     Remove {
+        /// User name.
+        name: String,
+    },
+    /// Remove a user's second factor (a lost phone); the user's logins end.
+    ResetTotp {
         /// User name.
         name: String,
     },
@@ -654,6 +680,9 @@ pub struct SettingsArgs {
     /// migrations are written only beneath these folders.
     #[arg(long = "restore-folder", value_name = "DIR")]
     pub restore_folders: Vec<PathBuf>,
+    /// Require administrators to log in with a second factor (TOTP).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub require_totp_for_admins: Option<bool>,
 }
 
 /// Settings of a job; each is optional so `job edit` changes only what is given.

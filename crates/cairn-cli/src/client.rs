@@ -53,9 +53,16 @@ pub struct ApiError {
     pub status: u16,
     /// What to tell the user (the server's message, with advice for 401 and 403).
     pub message: String,
+    /// The server's machine-readable reason (`totp_required`…), when it gave one.
+    pub code: Option<String>,
 }
 
 impl ApiError {
+    /// The machine-readable reason of `e` if it is an error answer of the server.
+    pub fn code_of(e: &anyhow::Error) -> Option<&str> {
+        e.downcast_ref::<ApiError>().and_then(|a| a.code.as_deref())
+    }
+
     /// A login or role problem: exit code 2 rather than 1.
     pub fn is_auth(&self) -> bool {
         self.status == 401 || self.status == 403
@@ -305,8 +312,12 @@ impl Client {
             return read_json(resp, &method, path);
         }
         let text = resp.text().unwrap_or_default();
-        let server_message = serde_json::from_str::<Value>(&text)
-            .ok()
+        let parsed = serde_json::from_str::<Value>(&text).ok();
+        let code = parsed
+            .as_ref()
+            .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string));
+        let server_message = parsed
+            .as_ref()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| {
                 let t = text.trim();
@@ -319,6 +330,10 @@ impl Client {
         let message = match status.as_u16() {
             401 if path == "/api/v1/auth/login" => server_message,
             401 => format!("not logged in — run `cairn login URL` ({server_message})"),
+            403 if code.as_deref() == Some("totp_setup_required") => format!(
+                "administrators of this server must use a second factor: run `cairn login` again to set it up \
+                 ({server_message})"
+            ),
             403 => {
                 let role = self.role().unwrap_or_else(|| "(unknown)".to_string());
                 format!(
@@ -331,6 +346,7 @@ impl Client {
         Err(ApiError {
             status: status.as_u16(),
             message,
+            code,
         }
         .into())
     }

@@ -267,6 +267,18 @@ fn live_vm_backup_restore_and_instant_recovery() {
         let listed = ok_json(srv.cairn(["instant-recovery", "list", "--json"]));
         assert!(listed[0]["written_bytes"].as_u64().unwrap_or(0) >= 2 << 20, "{listed}");
         let target = srv.tmp.path().join("web01-prod.qcow2");
+        // Production files go only beneath the restore folders, never into the data folder.
+        for escape in [
+            std::path::PathBuf::from("/etc/cairn-test-prod.qcow2"),
+            srv.data.join("secrets/prod.qcow2"),
+            srv.tmp.path().join("no/../web01-prod.qcow2"),
+        ] {
+            let mut c = srv.cairn(["instant-recovery", "migrate", "web01-ir", "--to"]);
+            c.arg(&escape);
+            let out = c.output().expect("cairn instant-recovery migrate");
+            assert_eq!(out.status.code(), Some(1), "{}: {out:?}", escape.display());
+            assert!(!escape.exists(), "{}", escape.display());
+        }
         ok({
             let mut c = srv.cairn(["instant-recovery", "migrate", "web01-ir", "--to"]);
             c.arg(&target);

@@ -492,3 +492,126 @@ fn exit_codes_of_failed_and_stopped_sessions(backend: Backend) {
     let repos = ok_json(srv.cairn(["repository", "list", "--json"]));
     assert_eq!(arr(&repos, "repositories").len(), 1);
 }
+
+/// The current TOTP code of `secret`, `offset` seconds from now.
+fn totp_code(secret: &str, offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    cairn_server::auth::totp::code_at(secret, (now + offset) as u64).unwrap()
+}
+
+/// The value after `label` on a line of `text` (`  secret: ABC` → `ABC`).
+fn printed(text: &str, label: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+}
+
+both_backends!(second_factor_passwords_audit_and_restore_folders);
+fn second_factor_passwords_audit_and_restore_folders(backend: Backend) {
+    let srv = Server::start(backend, "security");
+    srv.login_admin();
+    let out = with_stdin(
+        srv.cairn(["user", "add", "bob", "--role", "restore-operator", "--password-stdin"]),
+        "bob-password\n",
+    );
+    check_code("user add", &out, 0);
+    let bob = srv.tmp.path().join("bob-client");
+    check_code("bob logs in", &srv.login_as(&bob, "bob", "bob-password"), 0);
+
+    // Bob sets up a second factor without a terminal: setup, then confirm.
+    let setup = ok_json(srv.cairn_as(&bob, ["totp", "setup", "--json"]));
+    let secret = str_of(&setup, "secret").to_string();
+    let (_, err) = run_code(srv.cairn_as(&bob, ["totp", "confirm", "000000"]), 1);
+    assert!(err.contains("the code is wrong"), "{err}");
+    ok(srv.cairn_as(&bob, ["totp", "confirm", &totp_code(&secret, -30)]));
+    let out = srv.login_as(&bob, "bob", "bob-password");
+    let (_, err) = check_code("login without a code and without a terminal", &out, 2);
+    assert!(err.contains("--totp-code"), "{err}");
+    let mut c = srv.cairn_as(
+        &bob,
+        ["login", &srv.url, "--user", "bob", "--password-stdin", "--ca-cert"],
+    );
+    c.arg(&srv.ca).arg("--totp-code").arg(totp_code(&secret, 0));
+    check_code("login with the code", &with_stdin(c, "bob-password\n"), 0);
+
+    // Bob's own password: every other login ends, the stored one is replaced.
+    let other = srv.tmp.path().join("bob-other");
+    let mut c = srv.cairn_as(
+        &other,
+        ["login", &srv.url, "--user", "bob", "--password-stdin", "--ca-cert"],
+    );
+    c.arg(&srv.ca).arg("--totp-code").arg(totp_code(&secret, 30));
+    check_code("a second login of bob", &with_stdin(c, "bob-password\n"), 0);
+    let out = with_stdin(
+        srv.cairn_as(&bob, ["password", "--password-stdin"]),
+        "bob-password\nbob-new-password\n",
+    );
+    check_code("cairn password", &out, 0);
+    ok(srv.cairn_as(&bob, ["whoami"]));
+    let (_, err) = run_code(srv.cairn_as(&other, ["whoami"]), 2);
+    assert!(err.contains("not logged in"), "{err}");
+    ok(srv.cairn(["user", "reset-totp", "bob"]));
+    let (_, err) = run_code(srv.cairn_as(&bob, ["whoami"]), 2);
+    assert!(err.contains("not logged in"), "the reset ends bob's logins: {err}");
+    check_code(
+        "login without a second factor",
+        &srv.login_as(&bob, "bob", "bob-new-password"),
+        0,
+    );
+
+    // Restores go only beneath the restore folders.
+    let vms = srv.tmp.path().join("vms");
+    make_image(&vms.join("app/disk0.raw"), "raw", 2 * MIB, &[(0x61, 0, MIB)]);
+    let mut c = srv.cairn(["host", "add", "image-folder", "--path"]);
+    c.arg(&vms);
+    ok(c);
+    ok(srv.cairn(["job", "create", "nightly", "--vm", "app", "--repository", "default"]));
+    ok(srv.cairn(["job", "run", "nightly", "--wait"]));
+    let mut c = srv.cairn_as(&bob, ["restore", "--repository", "default", "--vm", "app", "--to"]);
+    c.arg("/etc/cron.d/cairn-cli-test");
+    let (_, err) = run_code(c, 1);
+    assert!(err.contains("is not beneath an allowed folder"), "{err}");
+    assert!(!Path::new("/etc/cron.d/cairn-cli-test").exists());
+    let only = srv.tmp.path().join("restores");
+    std::fs::create_dir(&only).unwrap();
+    let mut c = srv.cairn(["settings", "--restore-folder"]);
+    c.arg(&only);
+    let shown = ok(c);
+    assert!(
+        shown.contains(&format!("restore folders: {}", only.display())),
+        "{shown}"
+    );
+    let restored = only.join("app.raw");
+    let mut c = srv.cairn_as(&bob, ["restore", "--repository", "default", "--vm", "app", "--to"]);
+    c.arg(&restored);
+    ok(c);
+    assert_eq!(
+        std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_same_image(&restored, &vms.join("app/disk0.raw"));
+
+    // Administrators must have a second factor: a login without one can only set it up.
+    ok(srv.cairn(["settings", "--require-totp-for-admins", "on"]));
+    let out = srv.login_as(&srv.config, "admin", ADMIN_PASSWORD);
+    let (_, err) = check_code("admin login that needs a set-up", &out, 0);
+    let secret = printed(&err, "secret:");
+    let (_, err) = run_code(srv.cairn(["job", "list"]), 2);
+    assert!(err.contains("must use a second factor"), "{err}");
+    ok(srv.cairn(["totp", "confirm", &totp_code(&secret, 0)]));
+    ok(srv.cairn(["job", "list"]));
+
+    // Everything above is in the audit log, which is intact.
+    let entries = ok_json(srv.cairn(["audit", "list", "--json", "--user", "bob", "--limit", "1000"]));
+    let actions: Vec<&str> = arr(&entries, "audit").iter().map(|e| str_of(e, "action")).collect();
+    for wanted in ["login", "totp.setup", "totp.enable", "password.change", "restore.disk"] {
+        assert!(actions.contains(&wanted), "{wanted} missing: {actions:?}");
+    }
+    let text = ok(srv.cairn(["audit", "list", "--limit", "5"]));
+    assert!(text.contains("ACTION") && text.contains("admin"), "{text}");
+    let text = ok(srv.cairn(["audit", "verify"]));
+    assert!(text.contains("audit log intact"), "{text}");
+}

@@ -33,6 +33,8 @@ impl Server {
             .arg(data)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--restore-folder")
+            .arg(data.parent().expect("the data folder is in the test's folder"))
             .args(extra)
             .env("CAIRN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("CAIRN_PASSWORD")

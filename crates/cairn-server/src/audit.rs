@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use cairn_configdb::{AuditCheck, ConfigDb, NewAuditEntry};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::state::AppState;
 
@@ -44,7 +44,7 @@ pub struct Auditor {
 }
 
 /// What [`Auditor::verify`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditReport {
     /// Entries checked.
     pub entries: u64,

@@ -1,6 +1,7 @@
 //! One module per command; [`run`] dispatches.
 
 mod agent;
+pub(crate) mod audit;
 mod backup;
 mod disk;
 mod hosts;
@@ -17,6 +18,7 @@ mod retain;
 mod server;
 mod sessions;
 mod throttle;
+pub(crate) mod totp;
 mod users;
 mod verify;
 
@@ -54,6 +56,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(a) => login::login(g, a),
         Command::Logout => login::logout(g),
         Command::Whoami => login::whoami(g),
+        Command::Password(a) => login::change_password(g, a),
+        Command::Totp(c) => totp::run(g, c),
+        Command::Audit(c) => audit::run(g, c),
         Command::User(c) => users::users(g, c),
         Command::Token(c) => users::tokens(g, c),
         Command::Host(c) => hosts::hosts(g, c),
@@ -84,6 +89,9 @@ pub fn is_remote(command: &Command) -> bool {
         Command::Login(_)
         | Command::Logout
         | Command::Whoami
+        | Command::Password(_)
+        | Command::Totp(_)
+        | Command::Audit(_)
         | Command::User(_)
         | Command::Token(_)
         | Command::Host(_)

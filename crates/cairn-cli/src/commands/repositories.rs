@@ -208,6 +208,9 @@ pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
     if let Some(on) = a.parallel_processing {
         change.insert("parallel_processing".into(), json!(on));
     }
+    if let Some(on) = a.require_totp_for_admins {
+        change.insert("require_totp_for_administrators".into(), json!(on));
+    }
     if !a.restore_folders.is_empty() {
         let mut folders = Vec::new();
         for f in &a.restore_folders {
@@ -235,6 +238,14 @@ pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
         };
         println!("parallel processing: {on}");
         println!("time zone: {}", s_or_dash(&settings, "time_zone"));
+        println!(
+            "second factor required of administrators: {}",
+            if b(&settings, "require_totp_for_administrators") {
+                "yes"
+            } else {
+                "no"
+            }
+        );
         let folders: Vec<&str> = arr(&settings, "restore_folders")
             .iter()
             .filter_map(|f| f.as_str())

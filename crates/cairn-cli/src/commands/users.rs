@@ -86,6 +86,15 @@ pub fn users(g: &Global, c: &UserCommand) -> anyhow::Result<ExitCode> {
                 println!("removed user {name}");
             }
         }
+        UserCommand::ResetTotp { name } => {
+            let id = id_by_name(&client, "/api/v1/users", "user", name)?;
+            client.delete(&format!("/api/v1/users/{id}/totp"))?;
+            if g.json {
+                output::json(&json!({"totp_reset": name, "id": id}))?;
+            } else {
+                println!("removed the second factor of user {name}; their logins have ended");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

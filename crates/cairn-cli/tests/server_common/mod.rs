@@ -138,6 +138,9 @@ impl Server {
             .arg("--default-repository")
             .arg(&repository)
             .args(["--time-zone", "UTC"])
+            // Restores may go anywhere in the test's folder (never into the data folder).
+            .arg("--restore-folder")
+            .arg(tmp.path())
             .args(extra);
         if let Some(pg) = &pg {
             cmd.arg("--database").arg(&pg.url);
