@@ -24,6 +24,8 @@ command -v fusermount >/dev/null || need_apt+=(fuse3)
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# curl: an independent HTTP/2 client for the API's refusals (hyper's own client hides a reset).
+command -v curl >/dev/null || need_apt+=(curl)
 # Live-VM tests: qemu-system-x86_64 (guests under TCG), qemu-storage-daemon,
 # nbdinfo/nbdcopy and nbdkit (independent NBD peers), debootstrap (the Debian
 # guest image, scripts/guest-image.sh).

@@ -614,4 +614,14 @@ fn second_factor_passwords_audit_and_restore_folders(backend: Backend) {
     assert!(text.contains("ACTION") && text.contains("admin"), "{text}");
     let text = ok(srv.cairn(["audit", "verify"]));
     assert!(text.contains("audit log intact"), "{text}");
+
+    // Everything the server wrote in its data folder is its own.
+    let mut pending = vec![srv.data.clone()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{}", p.display());
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
 }

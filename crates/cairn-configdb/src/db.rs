@@ -135,6 +135,36 @@ pub(crate) fn json_from_text(text: &str) -> Result<serde_json::Value> {
     })
 }
 
+/// Creates `path` empty with mode 0600 when missing; takes group and other permissions from it
+/// and from its `-wal` and `-shm` companions when present.
+fn make_private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| {
+        Error::Database(sqlx::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("database file {}: {e}", path.display()),
+        )))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&name)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let mode = meta.permissions().mode() & 0o600;
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 impl ConfigDb {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
     ///
@@ -154,7 +184,10 @@ impl ConfigDb {
 
     /// Opens (creating if needed) the SQLite database file at `path`, e.g. in the server's data
     /// folder, and applies pending migrations. Unlike a URL, any path works.
+    /// The file (and SQLite's `-wal` and `-shm` files beside it, which take its mode) is readable
+    /// and writable by its owner only: it holds password hashes.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        make_private_file(path)?;
         Self::open_sqlite_with(SqliteConnectOptions::new().filename(path).create_if_missing(true)).await
     }
 

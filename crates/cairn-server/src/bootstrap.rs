@@ -3,8 +3,9 @@
 //!
 //! A fresh install is usable at once ("simple deployment"): the first start creates
 //!
-//! - the data folder (mode 0700) with the configuration database (`cairn.db`, SQLite) unless a
-//!   PostgreSQL URL is given;
+//! - the data folder (mode 0700; every start makes whatever is in it private: folders 0700,
+//!   files 0600) with the configuration database (`cairn.db`, SQLite) unless a PostgreSQL URL
+//!   is given;
 //! - the server's CA and serving certificate ([`crate::tls`]);
 //! - the administrator `admin`, with the password from `CAIRN_ADMIN_PASSWORD` or a generated one
 //!   that is printed once on stdout and never again (nor logged);
@@ -197,15 +198,43 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("setting the mode of {}", dir.display()))?;
     } else if !dir.is_dir() {
         bail!("the data folder {} is not a folder", dir.display());
-    } else if let Ok(meta) = fs::metadata(dir)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            "the data folder {} can be read by other users; it holds keys and repository passwords (chmod 700 it)",
-            dir.display()
-        );
+    } else {
+        let changed = make_private(dir).with_context(|| format!("making {} private", dir.display()))?;
+        if changed > 0 {
+            tracing::warn!(
+                "{changed} entries of the data folder {} could be read or written by other users: they are now \
+                 private (folders 0700, files 0600)",
+                dir.display()
+            );
+        }
     }
     std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))
+}
+
+/// Takes every permission of the group and of others from `dir` and everything beneath it (an
+/// older install, a file copied in): folders become at most 0700, files at most 0600. Symbolic
+/// links are neither followed nor changed. Returns how many entries changed.
+pub fn make_private(dir: &Path) -> std::io::Result<u64> {
+    let mut changed = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let private = if meta.is_dir() { mode & 0o700 } else { mode & 0o600 };
+        if mode != private {
+            fs::set_permissions(&path, fs::Permissions::from_mode(private))?;
+            changed += 1;
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// `postgres://user:secret@host/db` without the password, for messages.
@@ -516,6 +545,35 @@ fn default_repository_location(data_dir: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn make_private_takes_group_and_other_permissions_from_everything_beneath() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir_all(data.join("secrets/deep")).unwrap();
+        fs::write(data.join("ca.pem"), b"x").unwrap();
+        fs::write(data.join("secrets/deep/k"), b"x").unwrap();
+        fs::write(dir.path().join("outside"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), data.join("link")).unwrap();
+        for (p, m) in [
+            (data.clone(), 0o755),
+            (data.join("secrets"), 0o775),
+            (data.join("secrets/deep"), 0o711),
+            (data.join("ca.pem"), 0o644),
+            (data.join("secrets/deep/k"), 0o666),
+            (dir.path().join("outside"), 0o644),
+        ] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        }
+        assert_eq!(make_private(&data).unwrap(), 5);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("secrets/deep")), 0o700);
+        assert_eq!(mode(&data.join("ca.pem")), 0o600);
+        assert_eq!(mode(&data.join("secrets/deep/k")), 0o600);
+        assert_eq!(mode(&dir.path().join("outside")), 0o644, "links are not followed");
+        assert_eq!(make_private(&data).unwrap(), 0, "nothing left to change");
+    }
 
     fn vol(p: &str, free: u64) -> Volume {
         Volume {

@@ -8,9 +8,11 @@
 //! | file | content |
 //! |------|---------|
 //! | `ca.pem` | the CA certificate: public, clients trust it (`cairn login --ca ca.pem`) |
-//! | `ca-key.pem` | the CA private key (mode 0600) |
+//! | `ca-key.pem` | the CA private key |
 //! | `server.pem` | the serving certificate followed by the CA certificate |
-//! | `server-key.pem` | the serving key (mode 0600) |
+//! | `server-key.pem` | the serving key |
+//!
+//! Like everything in the data folder they have mode 0600 (the folder 0700).
 //!
 //! Later starts reuse them. When the existing serving certificate does not cover every name the
 //! server must answer to now (another listen address, new extra names), expires within 30 days,
@@ -359,7 +361,7 @@ fn create_ca(ca_path: &Path, ca_key_path: &Path, host: Option<&str>) -> Result<(
     })?;
     // The key first: a CA certificate without its key would be useless.
     write_atomic(ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(ca_path, cert.pem().as_bytes(), 0o644)?;
+    write_atomic(ca_path, cert.pem().as_bytes(), 0o600)?;
     tracing::info!("created the server's certificate authority {}", ca_path.display());
     Ok(())
 }
@@ -411,7 +413,7 @@ fn issue_server_cert(
     })?;
     write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
     let chain = format!("{}{}", cert.pem(), ca_pem);
-    write_atomic(cert_path, chain.as_bytes(), 0o644)?;
+    write_atomic(cert_path, chain.as_bytes(), 0o600)?;
     tracing::info!(
         "issued a serving certificate for {}",
         names.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -491,9 +493,9 @@ mod tests {
         let first = prepare(dir.path(), &names).unwrap();
         assert!(first.created_ca && first.issued_server_cert);
         for (file, mode) in [
-            (CA_CERT_FILE, 0o644),
+            (CA_CERT_FILE, 0o600),
             (CA_KEY_FILE, 0o600),
-            (SERVER_CERT_FILE, 0o644),
+            (SERVER_CERT_FILE, 0o600),
             (SERVER_KEY_FILE, 0o600),
         ] {
             let meta = fs::metadata(dir.path().join(file)).unwrap();

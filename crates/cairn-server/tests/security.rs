@@ -702,3 +702,83 @@ async fn the_audit_log_records_changes_and_shows_tampering(backend: Backend) {
     t.stop().await;
 }
 both_backends!(the_audit_log_records_changes_and_shows_tampering);
+
+async fn the_data_folder_is_private(backend: Backend) {
+    let t = TestServer::start(backend, "modes").await;
+    backed_up(&t).await;
+    let (status, _) = t.post("/api/v1/agents/tokens", json!({"roles": ["proxy"]})).await;
+    assert_eq!(status, 201);
+    let mut pending = vec![t.path("data")];
+    let mut seen = 0;
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!(
+            meta.mode() & 0o077,
+            0,
+            "{} is mode {:o}",
+            p.display(),
+            meta.mode() & 0o7777
+        );
+        seen += 1;
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen >= 8, "only {seen} entries in the data folder");
+    t.stop().await;
+}
+both_backends!(the_data_folder_is_private);
+
+async fn refusals_over_http2_are_clean_answers(backend: Backend) {
+    // curl, not reqwest: hyper's client quietly accepts a stream reset after the answer, curl
+    // reports it ("Stream error in the HTTP/2 framing layer") as users of the API saw.
+    let t = TestServer::start(backend, "http2").await;
+    let body_file = t.path("body.json");
+    std::fs::write(
+        &body_file,
+        format!("{{\"name\": \"x\", \"path\": \"{}\"}}", "a".repeat(300 << 10)),
+    )
+    .unwrap();
+    let huge_file = t.path("huge.json");
+    std::fs::write(&huge_file, "b".repeat(3 << 20)).unwrap();
+    let curl = |token: Option<&str>, body: &std::path::Path| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--http2",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "content-type: application/json", "--cacert"])
+        .arg(t.server.ca_path())
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()));
+        if let Some(token) = token {
+            c.args(["-H", &format!("authorization: Bearer {token}")]);
+        }
+        let out = c
+            .arg(format!("{}/api/v1/repositories", t.base))
+            .output()
+            .expect("curl is needed for this test (apt install curl)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for i in 0..30 {
+        let (code, out, err) = curl(None, &body_file);
+        assert_eq!(code, Some(0), "request {i}: curl failed: {err}");
+        assert!(out.ends_with("401 2"), "request {i}: {out}");
+        assert!(out.contains("no token"), "request {i}: {out}");
+    }
+    let (code, out, err) = curl(Some(&t.admin), &huge_file);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.ends_with("413 2"), "{out}");
+    t.stop().await;
+}
+both_backends!(refusals_over_http2_are_clean_answers);

@@ -31,7 +31,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,6 +90,7 @@ pub fn run(g: &Global, a: &AgentRunArgs) -> anyhow::Result<ExitCode> {
             "give the agent's data folder with --data DIR (e.g. --data /var/lib/cairn-agent)"
         ));
     };
+    crate::commands::server::private_umask();
     prepare_dir(dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,15 +128,23 @@ pub fn run(g: &Global, a: &AgentRunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Creates the data folder (0700) or makes it private.
+/// Creates the data folder (0700) or makes it and everything in it private (folders 0700,
+/// files 0600).
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating the agent's data folder {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private", dir.display()))
+    let changed =
+        cairn_server::bootstrap::make_private(dir).with_context(|| format!("making {} private", dir.display()))?;
+    if changed > 0 {
+        eprintln!(
+            "cairn agent: {changed} entries of {} could be read by other users; they are private now",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The stored identity, `None` before the first enrolment. Half an identity is an error. A
@@ -663,6 +672,7 @@ fn refused_certificate(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A key and a certificate, PEM (self-signed: it stands in for one from the CA).
     fn key_and_cert(name: &str) -> (String, String) {

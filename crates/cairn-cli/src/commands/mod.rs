@@ -15,7 +15,7 @@ mod repo;
 mod repositories;
 mod restore;
 mod retain;
-mod server;
+pub(crate) mod server;
 mod sessions;
 mod throttle;
 pub(crate) mod totp;

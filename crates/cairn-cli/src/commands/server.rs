@@ -6,7 +6,14 @@ use anyhow::Context;
 
 use crate::args::{Global, ServerArgs};
 
+/// Makes every file this process (and its children: QEMU, qemu-img) creates private unless a
+/// mode is given explicitly: the server runs as root and handles keys, passwords and guests' data.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 pub fn run(_g: &Global, a: &ServerArgs) -> anyhow::Result<ExitCode> {
+    private_umask();
     let mut config = cairn_server::ServerConfig::new(&a.data);
     config.listen = a.listen;
     config.database_url = a.database.clone();

@@ -254,7 +254,46 @@ pub fn router(state: AppState) -> Router {
             crate::audit::middleware,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(read_whole_body))
         .with_state(state)
+}
+
+/// Most bytes of an oversized body read (and dropped) before answering 413.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads every request body completely before the request is handled. A request refused before
+/// its body was read (401 without a token, 404) would otherwise end with the body half sent, which
+/// over HTTP/2 resets the stream and clients see "Stream error in the HTTP/2 framing layer"
+/// instead of the answer. Bodies over [`MAX_BODY_BYTES`] are read to the end (up to 64 MiB) and
+/// answered 413.
+async fn read_whole_body(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let (parts, mut body) = request.into_parts();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return ApiError::bad_request("the request body could not be read").into_response();
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY_BYTES {
+                kept.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
 }
 
 /// The address of the client of a request (`0.0.0.0` when the server was not given it, e.g.
