@@ -41,8 +41,11 @@ struct State {
 }
 
 impl Qcow2Writer {
-    /// Creates `path` (which must not exist) for a disk of `size` bytes with
-    /// clusters of `opts.block_size` bytes (default 64 KiB).
+    /// Creates `path` (which must not exist) for a disk of `size` bytes
+    /// rounded up to whole 512-byte sectors (QEMU counts a qcow2 image's size
+    /// in sectors and would cut a partial one off), with clusters of
+    /// `opts.block_size` bytes (default 64 KiB). The bytes past `size` read
+    /// as zeros; [`crate::writer::image_size`] tells the size written.
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
         let cs = opts.block_size.unwrap_or(64 << 10) as u64;
         if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
@@ -61,13 +64,7 @@ impl Qcow2Writer {
                 format!("{size} bytes is too large for qcow2 with {cs}-byte clusters"),
             ));
         }
-        if !size.is_multiple_of(512) {
-            return Err(DiskError::format(
-                path,
-                "size",
-                format!("{size} bytes is not a multiple of 512 (qemu counts qcow2 sizes in sectors)"),
-            ));
-        }
+        let size = size.div_ceil(512) * 512;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
