@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod repository;
+pub mod reserve;
 pub mod retention;
 pub mod session;
 pub mod verify;

@@ -42,8 +42,11 @@ impl Repository {
             }
         }
         let (config, keys) = Config::generate(encryption, password, kdf)?;
+        // The folder and everything in it are private to the owner (0700/0600):
+        // an unencrypted repository holds guest data in clear.
+        fsutil::create_private_dir(root)?;
         let chains = root.join(CHAINS_DIR);
-        std::fs::create_dir_all(&chains).map_err(io(&chains, "create directory"))?;
+        fsutil::create_private_dir(&chains)?;
         fsutil::sync_parent(&chains)?;
         // The config is written last: a folder without it is not a repository yet.
         fsutil::write_atomic(&root.join(CONFIG_FILE), &config.encode()?)?;
