@@ -157,6 +157,20 @@ pub enum RepoCommand {
         #[arg(long, default_value = "none", value_parser = clap::value_parser!(Encryption))]
         encryption: Encryption,
     },
+    /// Remove the restore points that damage made unrestorable (as `cairn verify`
+    /// finds them), so the rest of each chain works again; never removes a point
+    /// that can be restored.
+    Repair {
+        /// Repository folder.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -66,7 +66,7 @@ fn error_code(e: &anyhow::Error, remote: bool) -> u8 {
 /// The error and its causes, like `{e:#}` but without repeats: most library
 /// errors print their cause inside their own message *and* return it as
 /// `source()`, which the plain chain would then print a second time.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -243,7 +243,7 @@ fn drop_old_segments(meta: &mut ChainMeta, keep: usize, report: &mut RetainRepor
 }
 
 /// The physical files and the aliases the remaining points need.
-fn referenced(meta: &ChainMeta) -> (BTreeSet<u32>, BTreeSet<u32>) {
+pub(crate) fn referenced(meta: &ChainMeta) -> (BTreeSet<u32>, BTreeSet<u32>) {
     let mut files = BTreeSet::new();
     let mut aliases = BTreeSet::new();
     for p in &meta.points {

@@ -214,6 +214,17 @@ impl BackupSession {
         self.previous.as_ref().and(self.meta.points.last())
     }
 
+    /// Whether the previous point is the newest this chain ever had. It is
+    /// not when `cairn repo repair` removed newer points: changed extents
+    /// that a caller's own tracking reports (CBT) may then be relative to a
+    /// removed point and must not be trusted. `true` for a new chain.
+    pub fn previous_is_newest(&self) -> bool {
+        self.meta
+            .points
+            .last()
+            .is_none_or(|p| p.created_file.checked_add(1) == Some(self.meta.next_file_no))
+    }
+
     /// The previous point's index: blocks whose hash matches it need not be
     /// stored again. `None` for an active full.
     pub fn previous(&self) -> Option<&Arc<PointIndex>> {
@@ -396,6 +407,9 @@ fn new_point_id() -> Result<String> {
 /// data file's committed length. Must run under the chain's exclusive lock,
 /// and only with metadata that was read successfully (or none at all).
 pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
+    if let Some(m) = meta {
+        check_listed(dir, m)?;
+    }
     let mut keep: BTreeSet<&str> = [CHAIN_META, LOCK_FILE].into_iter().collect();
     if let Some(m) = meta {
         keep.extend(m.files.iter().map(|f| f.name.as_str()));
@@ -419,12 +433,6 @@ pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
         for f in &m.files {
             let path = dir.join(&f.name);
             let len = std::fs::metadata(&path).map_err(io(&path, "stat data file"))?.len();
-            if len < f.committed_len {
-                return Err(RepoError::Damaged {
-                    path,
-                    reason: format!("data file has {len} bytes but {} are committed", f.committed_len),
-                });
-            }
             if len > f.committed_len {
                 tracing::info!(path = %path.display(), len, committed = f.committed_len, "truncating uncommitted bytes");
                 let file = OpenOptions::new().write(true).open(&path).map_err(io(&path, "open"))?;
@@ -439,3 +447,41 @@ pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to write to a chain whose listed files are missing or shorter
+/// than committed: nothing is "repaired" behind the user's back. The error
+/// names the file, the restore points that need it, and what to do.
+fn check_listed(dir: &Path, meta: &ChainMeta) -> Result<()> {
+    const ADVICE: &str = "`cairn verify` names the restore points that are lost, `cairn repo repair` removes them";
+    for f in &meta.files {
+        let path = dir.join(&f.name);
+        let reason = match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= f.committed_len => continue,
+            Ok(m) => format!("data file has {} bytes but {} are committed", m.len(), f.committed_len),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "data file is missing".to_string(),
+            Err(e) => return Err(io(&path, "stat data file")(e)),
+        };
+        let needing: Vec<&str> = meta
+            .points
+            .iter()
+            .filter(|p| p.files.iter().any(|&no| meta.resolve_no(no).map(|r| r.0) == Some(f.no)))
+            .map(|p| p.id.as_str())
+            .collect();
+        return Err(RepoError::Damaged {
+            path,
+            reason: format!(
+                "{reason}; restore points that need it: {}; {ADVICE}",
+                if needing.is_empty() { "none".to_string() } else { needing.join(", ") }
+            ),
+        });
+    }
+    for p in &meta.points {
+        let path = dir.join(&p.index);
+        if !path.exists() {
+            return Err(RepoError::Damaged {
+                path,
+                reason: format!("index of restore point {} is missing; {ADVICE}", p.id),
+            });
+        }
+    }
+    Ok(())
+}
