@@ -153,8 +153,10 @@ pub enum RepoCommand {
     Init {
         /// Repository folder.
         path: PathBuf,
-        /// Encryption of blocks and metadata.
-        #[arg(long, default_value = "none", value_parser = clap::value_parser!(Encryption))]
+        /// Encryption of blocks and metadata: aes-256-gcm (the default; the password
+        /// comes from --password-file or CAIRN_PASSWORD, else it is asked twice on the
+        /// terminal) or none.
+        #[arg(long, default_value = "aes-256-gcm", value_parser = clap::value_parser!(Encryption))]
         encryption: Encryption,
     },
     /// Remove the restore points that damage made unrestorable (as `cairn verify`

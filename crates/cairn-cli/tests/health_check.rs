@@ -395,7 +395,7 @@ fn init_refuses_a_non_empty_folder() {
     let dir = tmp.path().join("full");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
-    let mut c = cairn(["repo", "init"]);
+    let mut c = cairn(["repo", "init", "--encryption", "none"]);
     c.arg(&dir);
     let (_, err) = fails(c, 2);
     assert!(
@@ -409,7 +409,7 @@ fn init_refuses_a_non_empty_folder() {
     let repo = tmp.path().join("repo");
     init_repo(&repo);
     let config = std::fs::read(repo.join("config")).unwrap();
-    let mut c = cairn(["repo", "init"]);
+    let mut c = cairn(["repo", "init", "--encryption", "none"]);
     c.arg(&repo);
     fails(c, 2);
     assert_eq!(std::fs::read(repo.join("config")).unwrap(), config);

@@ -26,10 +26,13 @@ pub fn run(g: &Global, c: &RepoCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn init(g: &Global, path: &Path, encryption: Encryption) -> anyhow::Result<ExitCode> {
-    let pw = super::password(g)?;
-    if encryption != Encryption::None && pw.is_none() {
-        bail!("an encrypted repository needs a password: set CAIRN_PASSWORD or use --password-file");
-    }
+    let pw = match encryption {
+        Encryption::None => None,
+        Encryption::Aes256Gcm => Some(match super::password(g)? {
+            Some(pw) => pw,
+            None => new_password_from_terminal()?,
+        }),
+    };
     let repo = Repository::init(path, encryption, pw.as_deref(), None)?;
     let out = Initialised {
         path: path.display().to_string(),
@@ -43,8 +46,37 @@ fn init(g: &Global, path: &Path, encryption: Encryption) -> anyhow::Result<ExitC
             "created repository {} at {} (encryption: {})",
             out.repository_id, out.path, encryption
         );
+        if encryption != Encryption::None && !g.quiet {
+            println!("keep the password safe: without it nothing in this repository can be read");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks for a new repository password on the terminal, without echo, twice.
+fn new_password_from_terminal() -> anyhow::Result<Vec<u8>> {
+    const HOW: &str = "set CAIRN_PASSWORD or use --password-file FILE, or run `cairn repo init` on a terminal \
+                       to be asked for it; `--encryption none` makes an unencrypted repository";
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_err()
+    {
+        bail!("a new repository is encrypted (AES-256-GCM) unless told otherwise, and no password was given: {HOW}");
+    }
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| anyhow::anyhow!("cannot read the password from the terminal ({e}): {HOW}"))
+    };
+    let pw = ask("Password for the new repository: ")?;
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    if ask("Same password again: ")? != pw {
+        bail!("the two passwords differ; nothing was created");
+    }
+    Ok(pw.into_bytes())
 }
 
 fn repair(g: &Global, path: &Path, vm: Option<&str>, dry_run: bool) -> anyhow::Result<ExitCode> {

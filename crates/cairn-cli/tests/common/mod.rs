@@ -517,7 +517,7 @@ pub struct Point {
 impl Repo {
     /// `cairn repo init ROOT` (unencrypted).
     pub fn init(root: &Path) -> Repo {
-        let mut c = cairn(["repo", "init", "-q"]);
+        let mut c = cairn(["repo", "init", "-q", "--encryption", "none"]);
         c.arg(root);
         ok(c);
         Repo {
