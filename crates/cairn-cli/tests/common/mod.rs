@@ -627,7 +627,8 @@ impl Repo {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            if name == "chain.meta" || name == "lock" {
+            // The space reserve is no leftover: every backup keeps it.
+            if name == "chain.meta" || name == "lock" || name == "reserve" {
                 continue;
             }
             if let Some(&committed) = files.get(name.as_str()) {
