@@ -281,7 +281,8 @@ pub struct RestoreArgs {
 /// execute bits only.
 pub fn parse_file_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let mode = u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal file mode such as 600 or 0640"))?;
+    let mode =
+        u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal file mode such as 600 or 0640"))?;
     if mode & 0o7000 != 0 {
         return Err(format!(
             "{s}: setuid, setgid and sticky bits are refused for a restored image (use read/write/execute bits, e.g. 640)"

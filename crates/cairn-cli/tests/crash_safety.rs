@@ -942,7 +942,11 @@ fn full_disk() {
     let left = repo.leftovers(VM);
     assert!(left.is_empty(), "leftovers after retain on a full disk: {left:?}");
     assert!(
-        repo.root.join("chains").read_dir().unwrap().all(|d| d.unwrap().path().join("reserve").exists()),
+        repo.root
+            .join("chains")
+            .read_dir()
+            .unwrap()
+            .all(|d| d.unwrap().path().join("reserve").exists()),
         "{test}: the reserve was not allocated again after retention gave space back"
     );
 

@@ -245,7 +245,9 @@ fn qemu_size(img: &Path, qfmt: &str) -> u64 {
     let q = require_tool("qemu-img", "qemu-utils");
     let out = run_tool(Command::new(q).args(["info", "--output=json", "-f", qfmt]).arg(img));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["virtual-size"].as_u64().unwrap_or_else(|| panic!("no virtual-size in {v}"))
+    v["virtual-size"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no virtual-size in {v}"))
 }
 
 #[test]
@@ -257,7 +259,11 @@ fn raw_disks_of_any_length_back_up_and_restore_to_every_format() {
     // Not whole sectors, with data up to the last byte.
     let len = 5 * MIB + 1234;
     let disk = d.join("odd.raw");
-    write_disk(&disk, len, &[(0, MIB, Fill::Random(1)), (4 * MIB, MIB + 1234, Fill::Text(2))]);
+    write_disk(
+        &disk,
+        len,
+        &[(0, MIB, Fill::Random(1)), (4 * MIB, MIB + 1234, Fill::Text(2))],
+    );
     backup(&repo, "odd", &[], &[&disk]);
 
     // Raw comes back byte for byte, at its own length.
@@ -279,7 +285,10 @@ fn raw_disks_of_any_length_back_up_and_restore_to_every_format() {
         assert!(err.contains("note:") && err.contains("rounded up"), "{format}: {err}");
         let size = qemu_size(&out, qfmt);
         if format == "vhd" {
-            assert!(size >= len.div_ceil(512) * 512 && size - len < 16 * 255 * 512 + 512, "{size}");
+            assert!(
+                size >= len.div_ceil(512) * 512 && size - len < 16 * 255 * 512 + 512,
+                "{size}"
+            );
         } else {
             assert_eq!(size, len.div_ceil(512) * 512, "{format}");
         }
@@ -287,7 +296,12 @@ fn raw_disks_of_any_length_back_up_and_restore_to_every_format() {
             run_tool(Command::new(&q).args(["check", "-f", qfmt]).arg(&out));
         }
         let back = d.join(format!("odd-{format}.raw"));
-        run_tool(Command::new(&q).args(["convert", "-f", qfmt, "-O", "raw"]).arg(&out).arg(&back));
+        run_tool(
+            Command::new(&q)
+                .args(["convert", "-f", qfmt, "-O", "raw"])
+                .arg(&out)
+                .arg(&back),
+        );
         let expected = d.join(format!("expected-{format}.raw"));
         std::fs::copy(&disk, &expected).unwrap();
         std::fs::OpenOptions::new()

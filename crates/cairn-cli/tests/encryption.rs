@@ -187,7 +187,10 @@ fn init_encrypts_by_default() {
     let mut c = cairn(["backup", "--vm", "vm1"]);
     c.arg("--repo").arg(&repo).arg(&disk);
     let (_, err) = fails(c, 2);
-    assert!(err.contains("encrypted"), "a backup without the password is refused: {err}");
+    assert!(
+        err.contains("encrypted"),
+        "a backup without the password is refused: {err}"
+    );
     backup_enc(&repo, "vm1", &[], &disk);
 
     // Unencrypted only when asked, and then private to its owner too.

@@ -103,7 +103,13 @@ fn restored_images_are_0600_unless_asked() {
         assert_eq!(mode(&out), want, "--file-mode {arg}");
         assert_same_file(&disk, &out);
     }
-    for (arg, says) in [("4755", "setuid"), ("1777", "sticky"), ("2750", "setgid"), ("rw", "octal"), ("1000", "setuid")] {
+    for (arg, says) in [
+        ("4755", "setuid"),
+        ("1777", "sticky"),
+        ("2750", "setgid"),
+        ("rw", "octal"),
+        ("1000", "setuid"),
+    ] {
         let out = tmp.path().join("refused.raw");
         let mut c = restore_cmd(&repo, "vm", "latest", 0, &out);
         c.args(["--file-mode", arg]);

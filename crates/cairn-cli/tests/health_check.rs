@@ -348,7 +348,11 @@ fn damaged_data_file_header_is_reported_and_loses_no_point() {
         assert_eq!(p["ok"], true, "{p}");
         assert_eq!(p["lost"], false, "{p}");
     }
-    for (point, disk, expected) in [(&f.ids[0], 1, &f.d1_p1), (&f.ids[2], 0, &f.d0), (&f.ids[2], 1, &f.d1_p2)] {
+    for (point, disk, expected) in [
+        (&f.ids[0], 1, &f.d1_p1),
+        (&f.ids[2], 0, &f.d0),
+        (&f.ids[2], 1, &f.d1_p2),
+    ] {
         let out = f.dir.join(format!("h-{point}-{disk}.raw"));
         restore(&f.repo, "vm", point, disk, &out);
         assert_same_file(expected, &out);
@@ -357,7 +361,10 @@ fn damaged_data_file_header_is_reported_and_loses_no_point() {
     let mut c = cairn(["repo", "repair", "--json"]);
     c.arg("--repo").arg(&f.repo);
     let r = ok_json(c);
-    assert_eq!(r["chains"][0]["headers_rewritten"], serde_json::json!(["00000001.full"]));
+    assert_eq!(
+        r["chains"][0]["headers_rewritten"],
+        serde_json::json!(["00000001.full"])
+    );
     assert!(r["chains"][0]["removed"].as_array().unwrap().is_empty());
     assert_eq!(ok_json(verify_cmd(&f.repo))["ok"], true);
 }
@@ -371,7 +378,10 @@ fn damaged_or_missing_config_is_damage_not_usage() {
     let mut c = cairn(["verify"]);
     c.arg("--repo").arg(&f.repo);
     let (_, err) = fails(c, 1);
-    assert!(err.contains("config") && err.contains("checksum") && err.contains("damaged"), "{err}");
+    assert!(
+        err.contains("config") && err.contains("checksum") && err.contains("damaged"),
+        "{err}"
+    );
 
     std::fs::remove_file(&config).unwrap();
     let mut c = cairn(["verify"]);

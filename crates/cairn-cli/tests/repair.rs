@@ -150,14 +150,17 @@ fn a_missing_increment_loses_only_the_points_that_need_it() {
     assert_eq!(intact, [c.id(0), c.id(2), c.id(3)]);
     let p1 = &report["chains"][0]["points"][1];
     assert!(
-        p1["problems"][0].as_str().unwrap().contains("00000002.inc") && p1["problems"][0].as_str().unwrap().contains("missing"),
+        p1["problems"][0].as_str().unwrap().contains("00000002.inc")
+            && p1["problems"][0].as_str().unwrap().contains("missing"),
         "{p1}"
     );
     let mut h = cairn(["verify"]);
     h.arg("--repo").arg(&c.repo);
     let (out, _) = fails(h, 1);
     assert!(
-        out.contains(&format!("restore point {} (", c.id(1))) && out.contains("LOST") && out.contains("cairn repo repair"),
+        out.contains(&format!("restore point {} (", c.id(1)))
+            && out.contains("LOST")
+            && out.contains("cairn repo repair"),
         "{out}"
     );
     // Listing and the other points' restores work; p1's restore names the file.
@@ -179,7 +182,10 @@ fn a_missing_increment_loses_only_the_points_that_need_it() {
         "{err}"
     );
     let (_, err) = fails(c.retain_cmd(2), 2);
-    assert!(err.contains("00000002.inc") && err.contains("cairn repo repair"), "{err}");
+    assert!(
+        err.contains("00000002.inc") && err.contains("cairn repo repair"),
+        "{err}"
+    );
 
     // A dry run changes nothing.
     let meta = c.chain_dir().join("chain.meta");
@@ -236,7 +242,11 @@ fn when_the_newest_point_is_removed_changed_extents_are_not_trusted() {
     assert_eq!(session(&b), "incremental");
     let notes = b["notes"].to_string();
     assert!(notes.contains("removed by a repair"), "{b}");
-    assert_eq!(stat(&b, "new_blocks"), 2, "blocks 3 and 6 are both new since the point it builds on");
+    assert_eq!(
+        stat(&b, "new_blocks"),
+        2,
+        "blocks 3 and 6 are both new since the point it builds on"
+    );
     c.restores_intact(&c.id(2));
     // From here on CBT is trusted again.
     c.change(&[1], 4);
@@ -258,7 +268,14 @@ fn forward_chain_with_synthetic_fulls_keeps_the_independent_segment() {
     }
     assert_eq!(
         sessions,
-        ["full", "incremental", "synthetic-full", "incremental", "synthetic-full", "incremental"]
+        [
+            "full",
+            "incremental",
+            "synthetic-full",
+            "incremental",
+            "synthetic-full",
+            "incremental"
+        ]
     );
     // The second segment's full file: its points are lost; the third segment
     // was cloned into its own file and needs nothing older.
@@ -341,7 +358,12 @@ fn a_short_full_file_keeps_the_point_that_rewrote_its_lost_blocks() {
     let recs = records(&full);
     assert_eq!(recs.len(), 8);
     let cut = recs[4].offset + 1000;
-    std::fs::OpenOptions::new().write(true).open(&full).unwrap().set_len(cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&full)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
 
     let report = json_with_code(verify_cmd(&c.repo), 1);
     let (lost, intact) = lost_and_ok(&report);

@@ -839,7 +839,12 @@ fn writer_handles_sizes_off_the_cluster_grid() {
     w.finish().unwrap();
     qemu_check_clean(&out);
     assert_eq!(qemu_size(&out), rounded);
-    std::fs::OpenOptions::new().write(true).open(&src).unwrap().set_len(rounded).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(rounded)
+        .unwrap();
     qemu_img(&["compare", "-f", "raw", "-F", "qcow2", path_str(&src), path_str(&out)]);
     assert_reads_like(&out, &src);
 }

@@ -227,7 +227,10 @@ pub fn backup_with_hooks(
                 input.changed = None;
             }
         }
-        if input.changed.is_some() && input.changed_since.is_none() && prev_map.is_some() && !session.previous_is_newest()
+        if input.changed.is_some()
+            && input.changed_since.is_none()
+            && prev_map.is_some()
+            && !session.previous_is_newest()
         {
             notes.push(format!(
                 "disk {no}: newer restore points were removed by a repair, so the changed extents given \

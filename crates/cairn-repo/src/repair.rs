@@ -91,7 +91,12 @@ pub struct RepairReport {
 
 /// Repairs every chain (or the chain of `vm`); with `dry_run`, only reports
 /// what a repair would do. `progress` is called with bytes of records read.
-pub fn repair(repo: &Repository, vm: Option<&str>, dry_run: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<RepairReport> {
+pub fn repair(
+    repo: &Repository,
+    vm: Option<&str>,
+    dry_run: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<RepairReport> {
     let dirs = match vm {
         Some(vm) => {
             let dir = repo.chain_dir(vm);
@@ -159,12 +164,7 @@ fn plan(
     health: &ChainHealth,
     out: &mut ChainRepair,
 ) -> Result<Plan> {
-    let lost: BTreeSet<&str> = health
-        .points
-        .iter()
-        .filter(|p| p.lost)
-        .map(|p| p.id.as_str())
-        .collect();
+    let lost: BTreeSet<&str> = health.points.iter().filter(|p| p.lost).map(|p| p.id.as_str()).collect();
     for p in &health.points {
         if p.lost {
             out.removed.push(RemovedPoint {

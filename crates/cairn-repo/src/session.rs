@@ -20,8 +20,8 @@ use cairn_format::record::padded_len;
 use crate::chain::{ChainMeta, DiskMeta, FileEntry, FullKind, Method, PointKind, PointMeta, PointStats};
 use crate::error::{RepoError, Result, io};
 use crate::fsutil::{self, TMP_SUFFIX};
-use crate::reserve;
 use crate::repository::{CHAIN_META, ChainReader, LOCK_FILE, Repository};
+use crate::reserve;
 
 /// What the caller wants from a backup.
 #[derive(Clone, Debug)]
@@ -470,7 +470,11 @@ fn check_listed(dir: &Path, meta: &ChainMeta) -> Result<()> {
             path,
             reason: format!(
                 "{reason}; restore points that need it: {}; {ADVICE}",
-                if needing.is_empty() { "none".to_string() } else { needing.join(", ") }
+                if needing.is_empty() {
+                    "none".to_string()
+                } else {
+                    needing.join(", ")
+                }
             ),
         });
     }

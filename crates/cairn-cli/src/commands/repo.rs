@@ -95,11 +95,7 @@ fn repair(g: &Global, path: &Path, vm: Option<&str>, dry_run: bool) -> anyhow::R
         .chains
         .iter()
         .all(|c| c.problems.is_empty() && c.unchecked.is_empty());
-    Ok(if settled {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if settled { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn print_repair(report: &RepairReport, path: &Path) {
@@ -109,10 +105,9 @@ fn print_repair(report: &RepairReport, path: &Path) {
         ("removed", "rewrote", "dropped", "fixed")
     };
     for c in &report.chains {
-        let name = c
-            .vm
-            .clone()
-            .unwrap_or_else(|| format!("(unreadable chain {})", c.dir.display()));
+        let name =
+            c.vm.clone()
+                .unwrap_or_else(|| format!("(unreadable chain {})", c.dir.display()));
         if nothing_to_do(c) {
             println!("VM {name}: nothing to repair ({} restore points)", c.kept);
             continue;
@@ -141,7 +136,9 @@ fn print_repair(report: &RepairReport, path: &Path) {
             println!("  {rewrite} the damaged header of {f}");
         }
         for id in &c.unchecked {
-            println!("  kept {id}: it could not be read completely for a reason other than damage; fix that and run `cairn verify`");
+            println!(
+                "  kept {id}: it could not be read completely for a reason other than damage; fix that and run `cairn verify`"
+            );
         }
         for p in &c.problems {
             println!("  {p}");

@@ -48,7 +48,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let mode = a.file_mode.unwrap_or(DEFAULT_FILE_MODE);
     if let Err(e) = std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)) {
         let _ = std::fs::remove_file(to);
-        return Err(e).with_context(|| format!("{}: setting permissions {mode:o} (the image was removed)", to.display()));
+        return Err(e)
+            .with_context(|| format!("{}: setting permissions {mode:o} (the image was removed)", to.display()));
     }
     let image_size = image_size(to, a.format, stats.virtual_size)?;
     let mut notes = Vec::new();

@@ -412,9 +412,16 @@ mod tests {
             let (len, (c, h, s)) = chs_size(size);
             let sectors = u64::from(c) * u64::from(h) * u64::from(s);
             assert!(len >= size && len % SECTOR == 0, "{size} → {len}");
-            assert!(len - size < 16 * 255 * SECTOR + SECTOR, "{size} → {len}: more than a cylinder");
+            assert!(
+                len - size < 16 * 255 * SECTOR + SECTOR,
+                "{size} → {len}: more than a cylinder"
+            );
             if len < MAX_GEOMETRY_SECTORS * SECTOR {
-                assert_eq!(sectors * SECTOR, len, "{size}: geometry {c}/{h}/{s} does not describe {len}");
+                assert_eq!(
+                    sectors * SECTOR,
+                    len,
+                    "{size}: geometry {c}/{h}/{s} does not describe {len}"
+                );
             } else {
                 assert_eq!((c, h, s), (65535, 16, 255), "{size}");
             }
