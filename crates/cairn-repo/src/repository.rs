@@ -43,8 +43,18 @@ impl Repository {
         }
         let (config, keys) = Config::generate(encryption, password, kdf)?;
         // The folder and everything in it are private to the owner (0700/0600):
-        // an unencrypted repository holds guest data in clear.
-        fsutil::create_private_dir(root)?;
+        // an unencrypted repository holds guest data in clear. An existing
+        // (empty) folder is the user's: where its mode cannot be changed (a
+        // share's root), say so and go on.
+        if root.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(fsutil::DIR_MODE);
+            if let Err(e) = std::fs::set_permissions(root, private) {
+                tracing::warn!(path = %root.display(), error = %e, "cannot make the repository folder private (0700)");
+            }
+        } else {
+            fsutil::create_private_dir(root)?;
+        }
         let chains = root.join(CHAINS_DIR);
         fsutil::create_private_dir(&chains)?;
         fsutil::sync_parent(&chains)?;
