@@ -4,7 +4,7 @@
 //! decompression, keyed hash against the index), then every restore point and
 //! disk that refers to a damaged record is named in the report.
 //!
-//! A point is *lost* (`ok: false`) exactly when a restore of one of its disks
+//! A point is *lost* (`lost: true`) exactly when a restore of one of its disks
 //! would fail: its index is unreadable, or one of its records is missing
 //! (missing or short data file) or fails its checks. Damage that no restore
 //! reads — a data file's header — is reported as a problem of the chain and
