@@ -2,8 +2,8 @@
 //!
 //! Works directly on a repository folder, the way restic or borg users work:
 //! `cairn repo init`, `cairn backup`, `cairn points`, `cairn restore`,
-//! `cairn verify`, `cairn retain`. Every command prints a human summary and
-//! takes `--json` for scripts.
+//! `cairn verify`, `cairn retain`, `cairn repo repair`. Every command prints a
+//! human summary and takes `--json` for scripts.
 //!
 //! It is also the backup server (`cairn server --data DIR`) and that server's
 //! client: `cairn login URL`, then `cairn host|vm|repository|job|session …`.
