@@ -102,7 +102,7 @@ done
 stop_server
 # The same disk straight into a repository with the CLI (same defaults: zstd:3, 1 MiB, AES-256-GCM).
 export CAIRN_PASSWORD=bench-password
-"$CAIRN" --quiet repo init "$W/direct" >/dev/null
+"$CAIRN" --quiet repo init --encryption aes-256-gcm "$W/direct" >/dev/null
 declare -A cli_wall cli_engine
 for run in full incremental unchanged; do
     disk=$D1

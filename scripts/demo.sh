@@ -21,7 +21,8 @@ else
     for i in 0 100 400; do head -c 8M /bin/* 2>/dev/null | dd of="$disk" bs=1M seek=$i conv=notrunc status=none; done
 fi
 
-echo "== cairn repo init"
+echo "== cairn repo init (encrypted with AES-256-GCM, the default; the password from CAIRN_PASSWORD)"
+export CAIRN_PASSWORD=${CAIRN_PASSWORD:-demo-password}
 "$cairn" repo init "$demo/repo"
 echo "== cairn backup (full)"
 "$cairn" backup --repo "$demo/repo" --vm web01 "$disk"

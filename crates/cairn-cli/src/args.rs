@@ -161,9 +161,25 @@ pub enum RepoCommand {
     Init {
         /// Repository folder.
         path: PathBuf,
-        /// Encryption of blocks and metadata.
-        #[arg(long, default_value = "none", value_parser = clap::value_parser!(Encryption))]
+        /// Encryption of blocks and metadata: aes-256-gcm (the default; the password
+        /// comes from --password-file or CAIRN_PASSWORD, else it is asked twice on the
+        /// terminal) or none.
+        #[arg(long, default_value = "aes-256-gcm", value_parser = clap::value_parser!(Encryption))]
         encryption: Encryption,
+    },
+    /// Remove the restore points that damage made unrestorable (as `cairn verify`
+    /// finds them), so the rest of each chain works again; never removes a point
+    /// that can be restored.
+    Repair {
+        /// Repository folder.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -263,6 +279,27 @@ pub struct RestoreArgs {
     /// VHDX block size or qcow2 cluster size (default 32M for VHDX, 64K for qcow2).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub image_block_size: Option<u32>,
+    /// Permissions of the new image, in octal (default 600: only its owner can
+    /// read the guest's data); setuid, setgid and sticky bits are refused.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode, conflicts_with = "repository")]
+    pub file_mode: Option<u32>,
+}
+
+/// Parses permission bits in octal (`640`, `0640`, `0o640`): read, write and
+/// execute bits only.
+pub fn parse_file_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode =
+        u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal file mode such as 600 or 0640"))?;
+    if mode & 0o7000 != 0 {
+        return Err(format!(
+            "{s}: setuid, setgid and sticky bits are refused for a restored image (use read/write/execute bits, e.g. 640)"
+        ));
+    }
+    if mode > 0o777 {
+        return Err(format!("{s} is not a file mode (at most 777)"));
+    }
+    Ok(mode)
 }
 
 /// `cairn restore vm …`.

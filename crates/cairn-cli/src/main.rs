@@ -2,8 +2,8 @@
 //!
 //! Works directly on a repository folder, the way restic or borg users work:
 //! `cairn repo init`, `cairn backup`, `cairn points`, `cairn restore`,
-//! `cairn verify`, `cairn retain`. Every command prints a human summary and
-//! takes `--json` for scripts.
+//! `cairn verify`, `cairn retain`, `cairn repo repair`. Every command prints a
+//! human summary and takes `--json` for scripts.
 //!
 //! It is also the backup server (`cairn server --data DIR`) and that server's
 //! client: `cairn login URL`, then `cairn host|vm|repository|job|session …`.
@@ -66,7 +66,7 @@ fn error_code(e: &anyhow::Error, remote: bool) -> u8 {
 /// The error and its causes, like `{e:#}` but without repeats: most library
 /// errors print their cause inside their own message *and* return it as
 /// `source()`, which the plain chain would then print a second time.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -40,7 +40,7 @@ fn json_output_of_every_command() {
     mixed_disk(&disk, 1);
 
     // repo init
-    let mut c = cairn(["repo", "init", "--json"]);
+    let mut c = cairn(["repo", "init", "--json", "--encryption", "none"]);
     c.arg(&repo);
     let init = ok_json(c);
     assert_eq!(init["encryption"], "none");

@@ -872,6 +872,10 @@ fn full_disk() {
         } else {
             let err = assert_enospc(&out, &repo, &ctx);
             assert_eq!(now, before, "{ctx}: a failed backup changed the points");
+            // The failed run removed what it wrote; nothing waits for the next one.
+            let left = repo.leftovers(VM);
+            assert!(left.is_empty(), "{ctx}: the failed backup left {left:?}");
+            assert!(tmp_files(&repo.root).is_empty(), "{ctx}: {:?}", tmp_files(&repo.root));
             stages.add(if err.contains("chain.meta") {
                 "failed writing the metadata"
             } else if err.contains(".idx") {
@@ -895,24 +899,56 @@ fn full_disk() {
         "{test}: no backup failed in its commit; the free space sweep missed its mark"
     );
 
-    // Retention on a disk without a free byte: merging increments into the
-    // full needs space, so it may fail, but only harmlessly.
+    // A backup on a disk without a free byte fails at its first write and
+    // leaves nothing behind (no empty data file, no index), in the same run.
     let before = repo.ids(VM);
-    assert!(before.len() >= 3, "{test}: {before:?}");
+    small(&mut rng);
     fill_up(&filler, 0);
-    let out = output(repo.retain_cmd(VM, 1));
+    let out = output(repo.backup_cmd(VM, &disk, &small_args));
+    let left = repo.leftovers(VM);
+    let tmps = tmp_files(&repo.root);
     std::fs::remove_file(&filler).unwrap();
+    assert_enospc(&out, &repo, "backup with 0 bytes free");
+    assert!(left.is_empty(), "{test}: a backup with 0 bytes free left {left:?}");
+    assert!(tmps.is_empty(), "{test}: a backup with 0 bytes free left {tmps:?}");
+    assert_eq!(repo.ids(VM), before, "{test}: a failed backup changed the points");
+
+    // Retention on a disk without a free byte: the chain's space reserve
+    // makes room for its commit, so it removes the points and gives their
+    // space back (merging increments into the full may wait for space).
+    // Dropping the two oldest points frees the second one's data file: the
+    // later backups all rewrote its two blocks.
+    assert!(before.len() >= 4, "{test}: {before:?}");
+    let keep = before.len() - 2;
+    fill_up(&filler, 0);
+    let free_before = rustix::fs::statvfs(&mnt).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
+    let out = output(repo.retain_cmd(VM, keep));
+    let free_after = rustix::fs::statvfs(&mnt).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        out.status.success(),
+        "{test}: retain --keep {keep} with 0 bytes free failed:\n{}",
+        show(&out)
+    );
+    eprintln!("{test}: retain with 0 bytes free gave back {free_before} → {free_after} bytes free");
+    assert!(
+        free_after >= free_before + MIB,
+        "{test}: retain with 0 bytes free gave too little space back ({free_before} → {free_after} bytes free)"
+    );
     let now = repo.ids(VM);
-    if out.status.success() {
-        assert_eq!(now, [before.last().unwrap().clone()], "retain --keep 1 on a full disk");
-        eprintln!("{test}: retain --keep 1 on a full disk succeeded");
-    } else {
-        let err = assert_enospc(&out, &repo, "retain --keep 1 on a full disk");
-        assert_eq!(now, before, "retain failed on a full disk but changed the points");
-        eprintln!("{test}: retain --keep 1 on a full disk says: {}", err.trim());
-    }
+    assert_eq!(now, before[2..], "retain --keep {keep} on a full disk");
     repo.verify_ok("after retain on a full disk");
     saved.check_all(&repo, VM, &now, tmp.path(), "after retain on a full disk");
+    let left = repo.leftovers(VM);
+    assert!(left.is_empty(), "leftovers after retain on a full disk: {left:?}");
+    assert!(
+        repo.root
+            .join("chains")
+            .read_dir()
+            .unwrap()
+            .all(|d| d.unwrap().path().join("reserve").exists()),
+        "{test}: the reserve was not allocated again after retention gave space back"
+    );
 
     // Room for metadata but not for merging increments into the full file:
     // retention must still drop the points and give their space back (the

@@ -169,12 +169,23 @@ fn restore_writes_every_format_that_qemu_accepts() {
         c.args(["--json", "--format", format]);
         let r = ok_json(c);
         assert_eq!(r["format"], format);
+        assert_eq!(r["file_mode"], "600", "{r}");
+        // 192 MiB is whole sectors, but no exact CHS geometry: a VHD is a
+        // little larger, so that every reader sees one size.
+        let size = r["image_size"].as_u64().unwrap();
+        if format == "vhd" {
+            assert!(size > 192 * MIB && size - 192 * MIB < 16 * 255 * 512, "{r}");
+            assert!(notes(&r)[0].contains("CHS geometry"), "{r}");
+        } else {
+            assert_eq!(size, 192 * MIB, "{r}");
+            assert!(notes(&r).is_empty(), "{r}");
+        }
         // qemu has no checker for VHD ("does not support checks"); libvhdi reads it instead.
         if format == "vhd" {
             let info = run_tool(Command::new(require_tool("vhdiinfo", "libvhdi-utils")).arg(&out));
             let text = String::from_utf8_lossy(&info.stdout).to_string();
             assert!(text.contains("Dynamic"), "{text}");
-            assert!(text.contains(&(192 * MIB).to_string()), "{text}");
+            assert!(text.contains(&format!("({size} bytes)")), "{text}");
         } else if format != "raw" {
             run_tool(Command::new(&q).args(["check", "-f", qfmt]).arg(&out));
         }
@@ -190,7 +201,7 @@ fn restore_writes_every_format_that_qemu_accepts() {
             c
         });
         assert_eq!(info["layers"][0]["format"], format, "{info}");
-        assert_eq!(info["virtual_size"], 192 * MIB, "{info}");
+        assert_eq!(info["virtual_size"], size, "{info}");
         // Sparse: the unallocated part of the disk was not written.
         assert!(
             allocated_bytes(&out) < 160 * MIB,
@@ -227,6 +238,86 @@ fn restore_writes_every_format_that_qemu_accepts() {
     let back = d.join("back.raw");
     restore(&repo, "vm4k", "latest", 0, &back);
     qemu_img_identical(&raw, &back);
+}
+
+/// The virtual size `qemu-img info` gives an image, opened plainly as `qfmt`.
+fn qemu_size(img: &Path, qfmt: &str) -> u64 {
+    let q = require_tool("qemu-img", "qemu-utils");
+    let out = run_tool(Command::new(q).args(["info", "--output=json", "-f", qfmt]).arg(img));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["virtual-size"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no virtual-size in {v}"))
+}
+
+#[test]
+fn raw_disks_of_any_length_back_up_and_restore_to_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let repo = d.join("repo");
+    init_repo(&repo);
+    // Not whole sectors, with data up to the last byte.
+    let len = 5 * MIB + 1234;
+    let disk = d.join("odd.raw");
+    write_disk(
+        &disk,
+        len,
+        &[(0, MIB, Fill::Random(1)), (4 * MIB, MIB + 1234, Fill::Text(2))],
+    );
+    backup(&repo, "odd", &[], &[&disk]);
+
+    // Raw comes back byte for byte, at its own length.
+    let out = d.join("back.raw");
+    let r = restore(&repo, "odd", "latest", 0, &out);
+    assert_eq!(r["image_size"], len, "{r}");
+    assert_same_file(&disk, &out);
+
+    // Other formats count in sectors: the size is rounded up (a VHD's to an
+    // exact CHS geometry), the note says so, and qemu-img sees that size and
+    // the disk's bytes followed by zeros.
+    let q = require_tool("qemu-img", "qemu-utils");
+    for (format, qfmt) in [("qcow2", "qcow2"), ("vhdx", "vhdx"), ("vhd", "vpc")] {
+        let out = d.join(format!("odd.{format}"));
+        let mut c = restore_cmd(&repo, "odd", "latest", 0, &out);
+        c.args(["--format", format]);
+        let o = ok(c);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("note:") && err.contains("rounded up"), "{format}: {err}");
+        let size = qemu_size(&out, qfmt);
+        if format == "vhd" {
+            assert!(
+                size >= len.div_ceil(512) * 512 && size - len < 16 * 255 * 512 + 512,
+                "{size}"
+            );
+        } else {
+            assert_eq!(size, len.div_ceil(512) * 512, "{format}");
+        }
+        if format != "vhd" {
+            run_tool(Command::new(&q).args(["check", "-f", qfmt]).arg(&out));
+        }
+        let back = d.join(format!("odd-{format}.raw"));
+        run_tool(
+            Command::new(&q)
+                .args(["convert", "-f", qfmt, "-O", "raw"])
+                .arg(&out)
+                .arg(&back),
+        );
+        let expected = d.join(format!("expected-{format}.raw"));
+        std::fs::copy(&disk, &expected).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&expected)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        assert_same_file(&expected, &back);
+        // Backed up again from that image, it restores to the same bytes.
+        let vm = format!("again-{format}");
+        backup(&repo, &vm, &[], &[&out]);
+        let again = d.join(format!("again-{format}.raw"));
+        restore(&repo, &vm, "latest", 0, &again);
+        assert_same_file(&expected, &again);
+    }
 }
 
 #[test]

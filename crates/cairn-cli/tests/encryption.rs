@@ -131,15 +131,33 @@ fn wrong_password_is_refused_by_every_command() {
     );
 }
 
+/// `cmd` run in a new session, without a controlling terminal (so a
+/// password prompt cannot reach whoever runs the tests).
+fn without_terminal(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
 #[test]
 fn init_needs_a_password() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let mut c = cairn(["repo", "init", "--encryption", "aes-256-gcm"]);
-    c.arg(&repo);
-    let (_, err) = fails(c, 2);
-    assert!(err.contains("CAIRN_PASSWORD"), "{err}");
-    assert!(!repo.exists(), "a failed init must create nothing");
+    // Encrypted is the default: without a password and a terminal, nothing is created.
+    for args in [&["repo", "init"][..], &["repo", "init", "--encryption", "aes-256-gcm"]] {
+        let mut c = cairn(args);
+        c.arg(&repo);
+        let (_, err) = fails(without_terminal(c), 2);
+        assert!(
+            err.contains("CAIRN_PASSWORD") && err.contains("--password-file") && err.contains("--encryption none"),
+            "the error must say every way out: {err}"
+        );
+        assert!(!repo.exists(), "a failed init must create nothing");
+    }
 
     let mut c = cairn(["repo", "init", "--encryption", "aes-256-gcm"]);
     c.arg(&repo);
@@ -154,6 +172,110 @@ fn init_needs_a_password() {
     c.arg(&repo);
     let (_, err) = fails(c, 2);
     assert!(err.contains("rot13"), "{err}");
+}
+
+#[test]
+fn init_encrypts_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let mut c = cairn(["repo", "init", "--json"]);
+    c.arg(&repo);
+    let v = ok_json(with_password(c, PASSWORD));
+    assert_eq!(v["encryption"], "aes-256-gcm");
+    let disk = tmp.path().join("disk.raw");
+    write_disk(&disk, 2 * MIB, &[(0, MIB, Fill::Text(5))]);
+    let mut c = cairn(["backup", "--vm", "vm1"]);
+    c.arg("--repo").arg(&repo).arg(&disk);
+    let (_, err) = fails(c, 2);
+    assert!(
+        err.contains("encrypted"),
+        "a backup without the password is refused: {err}"
+    );
+    backup_enc(&repo, "vm1", &[], &disk);
+
+    // Unencrypted only when asked, and then private to its owner too.
+    let plain = tmp.path().join("plain");
+    let mut c = cairn(["repo", "init", "--json", "--encryption", "none"]);
+    c.arg(&plain);
+    assert_eq!(ok_json(without_terminal(c))["encryption"], "none");
+}
+
+/// Runs `cairn repo init REPO` on a pseudo-terminal (util-linux `script`),
+/// typing each of `answers` only once the prompt before it was shown, so
+/// what the terminal shows after a prompt is exactly what cairn echoed.
+/// Returns the terminal's output and whether cairn succeeded.
+fn init_on_a_terminal(repo: &Path, answers: &[&str]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let script = require_tool("script", "bsdutils");
+    let bin = assert_cmd::cargo::cargo_bin("cairn");
+    let mut child = Command::new(script)
+        .arg("-qec")
+        .arg(format!("{} repo init {}", bin.display(), repo.display()))
+        .arg("/dev/null")
+        .env_remove("CAIRN_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run script");
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for (i, answer) in answers.iter().enumerate() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen.lock().unwrap().matches("assword").count() <= i {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prompt {} not shown; the terminal shows: {:?}",
+                i + 1,
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The prompt is printed just before echo is turned off: give the
+        // terminal settings a moment, as a person typing would.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    (out, status.success())
+}
+
+#[test]
+fn init_asks_for_the_password_twice_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let (out, ok) = init_on_a_terminal(&repo, &[PASSWORD, PASSWORD]);
+    assert!(ok, "init on a terminal failed: {out}");
+    assert!(
+        out.contains("Password for the new repository") && out.contains("Same password again"),
+        "{out}"
+    );
+    assert!(!out.contains(PASSWORD), "the password was echoed: {out}");
+    assert!(out.contains("aes-256-gcm"), "{out}");
+    let disk = tmp.path().join("disk.raw");
+    write_disk(&disk, 2 * MIB, &[(0, MIB, Fill::Random(6))]);
+    backup_enc(&repo, "vm1", &[], &disk);
+
+    let other = tmp.path().join("other");
+    let (out, ok) = init_on_a_terminal(&other, &[PASSWORD, "something else"]);
+    assert!(!ok, "two different passwords were accepted: {out}");
+    assert!(out.contains("differ"), "{out}");
+    assert!(!other.exists(), "a failed init must create nothing");
 }
 
 #[test]

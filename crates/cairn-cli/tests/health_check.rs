@@ -326,6 +326,77 @@ fn truncated_data_file() {
     assert!(err.contains("00000001.full") && err.contains("committed"), "{err}");
 }
 
+#[test]
+fn damaged_data_file_header_is_reported_and_loses_no_point() {
+    let f = fixture();
+    let chain = only_chain_dir(&f.repo);
+    let full = chain.join("00000001.full");
+    flip_byte(&full, 20); // the repository id: the header's CRC fails
+    // No restore reads the header, and every record checks itself: verify
+    // names the header, checks the file's records one by one, and loses no
+    // point, which is what a restore then finds.
+    let report = json_with_code(verify_cmd(&f.repo), 1);
+    let chain_h = &report["chains"][0];
+    let problem = chain_h["problems"][0].as_str().unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        problem.contains("00000001.full") && problem.contains("header damaged") && problem.contains("checksum"),
+        "{problem}"
+    );
+    assert_eq!(chain_h["records_checked"], 17, "the file's records are still checked");
+    for id in &f.ids {
+        let p = health_of(&report, id);
+        assert_eq!(p["ok"], true, "{p}");
+        assert_eq!(p["lost"], false, "{p}");
+    }
+    for (point, disk, expected) in [
+        (&f.ids[0], 1, &f.d1_p1),
+        (&f.ids[2], 0, &f.d0),
+        (&f.ids[2], 1, &f.d1_p2),
+    ] {
+        let out = f.dir.join(format!("h-{point}-{disk}.raw"));
+        restore(&f.repo, "vm", point, disk, &out);
+        assert_same_file(expected, &out);
+    }
+    // A repair writes the header again and removes nothing.
+    let mut c = cairn(["repo", "repair", "--json"]);
+    c.arg("--repo").arg(&f.repo);
+    let r = ok_json(c);
+    assert_eq!(
+        r["chains"][0]["headers_rewritten"],
+        serde_json::json!(["00000001.full"])
+    );
+    assert!(r["chains"][0]["removed"].as_array().unwrap().is_empty());
+    assert_eq!(ok_json(verify_cmd(&f.repo))["ok"], true);
+}
+
+#[test]
+fn damaged_or_missing_config_is_damage_not_usage() {
+    let f = fixture();
+    let config = f.repo.join("config");
+    let saved = std::fs::read(&config).unwrap();
+    flip_byte(&config, 40);
+    let mut c = cairn(["verify"]);
+    c.arg("--repo").arg(&f.repo);
+    let (_, err) = fails(c, 1);
+    assert!(
+        err.contains("config") && err.contains("checksum") && err.contains("damaged"),
+        "{err}"
+    );
+
+    std::fs::remove_file(&config).unwrap();
+    let mut c = cairn(["verify"]);
+    c.arg("--repo").arg(&f.repo);
+    let (_, err) = fails(c, 1);
+    assert!(err.contains("config") && err.contains("missing"), "{err}");
+    // Other commands name the damage too (and exit 2, as every error of a local command).
+    let out = f.dir.join("o.raw");
+    let (_, err) = fails(restore_cmd(&f.repo, "vm", "latest", 0, &out), 2);
+    assert!(err.contains("config") && err.contains("missing"), "{err}");
+
+    std::fs::write(&config, saved).unwrap();
+    assert_eq!(ok_json(verify_cmd(&f.repo))["ok"], true);
+}
+
 // ------------------------------------------------------------ CLI mistakes
 
 #[test]
@@ -334,7 +405,7 @@ fn init_refuses_a_non_empty_folder() {
     let dir = tmp.path().join("full");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
-    let mut c = cairn(["repo", "init"]);
+    let mut c = cairn(["repo", "init", "--encryption", "none"]);
     c.arg(&dir);
     let (_, err) = fails(c, 2);
     assert!(
@@ -348,7 +419,7 @@ fn init_refuses_a_non_empty_folder() {
     let repo = tmp.path().join("repo");
     init_repo(&repo);
     let config = std::fs::read(repo.join("config")).unwrap();
-    let mut c = cairn(["repo", "init"]);
+    let mut c = cairn(["repo", "init", "--encryption", "none"]);
     c.arg(&repo);
     fails(c, 2);
     assert_eq!(std::fs::read(repo.join("config")).unwrap(), config);

@@ -117,3 +117,20 @@ pub fn create_in(format: Format, out: NewFile, size: u64, opts: &WriteOptions) -
         Format::Vhd => Box::new(vhd::VhdWriter::create_in(out, size, opts)?),
     })
 }
+
+/// The virtual size of the image [`create`] writes for a disk of `size`
+/// bytes: raw keeps `size`; qcow2 rounds it up to whole 512-byte sectors
+/// (QEMU counts its size in sectors), VHDX to whole logical sectors, VHD to
+/// the next size its CHS geometry describes exactly (so that every reader
+/// sees one size; see `vhd::writer`). The added bytes read as zeros.
+pub fn image_size(format: Format, size: u64, opts: &WriteOptions) -> u64 {
+    match format {
+        Format::Raw => size,
+        Format::Qcow2 => size.div_ceil(512) * 512,
+        Format::Vhdx => {
+            let lss = u64::from(opts.logical_sector.max(1));
+            size.div_ceil(lss) * lss
+        }
+        Format::Vhd => vhd::format::chs_size(size).0,
+    }
+}

@@ -820,19 +820,33 @@ fn writer_handles_sizes_off_the_cluster_grid() {
         assert_eq!(img.virtual_size(), size);
         assert!(img.allocation().unwrap().is_empty());
     }
-    // Writes past the end and odd sizes are refused.
+    // Writes past the end are refused.
     let out = dir.path().join("small.qcow2");
     let w = cairn_disk::writer::create(Format::Qcow2, &out, 1 << 20, &WriteOptions::default()).unwrap();
     assert!(w.write_at(&[1u8; 65536], 1 << 20).is_err());
-    assert!(
-        cairn_disk::writer::create(
-            Format::Qcow2,
-            &dir.path().join("x.qcow2"),
-            1000,
-            &WriteOptions::default()
-        )
-        .is_err()
-    );
+    // A size that is not whole sectors (a raw source of any length) is rounded
+    // up to the next sector, which QEMU counts in: the last bytes are not cut
+    // off, and the rest of that sector reads as zeros.
+    let odd = 1_000_005u64;
+    let src = dir.path().join("odd-sector.raw");
+    let bytes = rng.bytes(odd as usize);
+    std::fs::write(&src, &bytes).unwrap();
+    let out = dir.path().join("odd-sector.qcow2");
+    let rounded = cairn_disk::writer::image_size(Format::Qcow2, odd, &WriteOptions::default());
+    assert_eq!(rounded, 1_000_448);
+    let w = cairn_disk::writer::create(Format::Qcow2, &out, odd, &WriteOptions::default()).unwrap();
+    w.write_at(&bytes, 0).unwrap();
+    w.finish().unwrap();
+    qemu_check_clean(&out);
+    assert_eq!(qemu_size(&out), rounded);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(rounded)
+        .unwrap();
+    qemu_img(&["compare", "-f", "raw", "-F", "qcow2", path_str(&src), path_str(&out)]);
+    assert_reads_like(&out, &src);
 }
 
 /// Opens bytes as one qcow2 layer and walks its whole map, reading a little

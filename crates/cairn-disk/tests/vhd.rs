@@ -32,16 +32,19 @@ fn qemu_major() -> u32 {
 }
 
 /// How qemu-img is to open `img` as VHD: `-f vpc FILE`, or, for a creator that QEMU
-/// before 10.0 sized by its CHS geometry although it is not Virtual PC or QEMU
-/// (cairn's own "crn " among them), with `force_size_calc=current_size` — the rule
-/// QEMU 10.0, Hyper-V and cairn follow (see `Footer::virtual_size`).
+/// before 10.0 sized by its CHS geometry although it is not Virtual PC or QEMU, when
+/// that geometry and the current size disagree, with `force_size_calc=current_size` —
+/// the rule QEMU 10.0, Hyper-V and cairn follow (see `Footer::virtual_size`). Files
+/// cairn writes make the two agree, so every QEMU opens them plainly.
 fn vpc_args(img: &Path) -> Vec<String> {
     let bytes = std::fs::read(img).unwrap();
     let footer = &bytes[bytes.len() - 512..];
     let creator = &footer[28..32];
+    let current = u64::from_be_bytes(footer[48..56].try_into().unwrap());
+    let chs = u64::from(u16::from_be_bytes([footer[56], footer[57]])) * u64::from(footer[58]) * u64::from(footer[59]);
     let old_rule_uses_chs = ![&b"win "[..], b"qem2", b"d2v ", b"CTXS", b"tap\0"].contains(&creator);
     let qemu_rule_uses_chs = [&b"vpc "[..], b"qemu"].contains(&creator);
-    if qemu_major() < 10 && old_rule_uses_chs && !qemu_rule_uses_chs {
+    if qemu_major() < 10 && old_rule_uses_chs && !qemu_rule_uses_chs && chs * 512 != current {
         vec![
             "--image-opts".into(),
             format!(
@@ -438,9 +441,26 @@ fn writer_output_passes_qemu_and_libvhdi_from_two_threads() {
             &src,
             size,
         );
-        let rounded = size.div_ceil(512) * 512;
+        // Whole sectors, then up to a size the CHS geometry describes exactly,
+        // so that QEMU 7.2 (geometry), QEMU 10 and Hyper-V (current size) agree.
+        let rounded = writer::image_size(Format::Vhd, size, &WriteOptions::default());
+        assert!(rounded >= size.div_ceil(512) * 512 && rounded - size < 16 * 255 * 512 + 512);
+        let footer = Vhd::open(ImageFile::open(&out).unwrap()).unwrap().footer().clone();
+        assert_eq!(footer.current_size, rounded);
+        assert_eq!(
+            u64::from(footer.cylinders) * u64::from(footer.heads) * u64::from(footer.sectors_per_track) * 512,
+            rounded,
+            "geometry × 512 is the current size"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_len(rounded)
+            .unwrap();
 
-        // qemu sees exactly the size and the same bytes. `qemu-img check` has no
+        // qemu sees exactly the size and the same bytes, with no option
+        // telling it which size field to believe. `qemu-img check` has no
         // checker for vpc (QEMU 10.0 exits 63, "This image format does not support
         // checks"); should a later QEMU have one, it must pass.
         let check = Command::new("qemu-img")
@@ -453,20 +473,15 @@ fn writer_output_passes_qemu_and_libvhdi_from_two_threads() {
             check.status.success() || (check.status.code() == Some(63) && said.contains("does not support checks")),
             "qemu-img check: {said}"
         );
-        assert_eq!(qemu_vpc_size(&out), rounded);
+        assert_eq!(vpc_args(&out)[..2], ["-f", "vpc"]);
+        assert_eq!(qemu_vpc_size(&out), rounded, "qemu-img {}", qemu_major());
         let cmp = compare_raw(&out, &src, dir.path());
         assert!(cmp.contains("identical"), "{cmp}");
         let info = Command::new("vhdiinfo").arg(&out).output().unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
         assert!(info.contains(&format!("({rounded} bytes)")), "{info}");
 
-        // libvhdi and cairn read the source bytes (zero padded to the sector).
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&src)
-            .unwrap()
-            .set_len(rounded)
-            .unwrap();
+        // libvhdi and cairn read the source bytes (zero padded to the size).
         assert_vhdimount_reads(&out, &src);
         common::assert_reads_like(&out, &src);
 

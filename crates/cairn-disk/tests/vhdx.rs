@@ -306,6 +306,41 @@ fn writer_restores_ext4_from_two_threads_512() {
 }
 
 #[test]
+fn writer_takes_disks_of_any_length() {
+    require("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    // A raw source of any length: the last write ends inside a sector. The
+    // image is that length rounded up to the logical sector; the rest of
+    // the last sector reads as zeros.
+    for (size, logical) in [(1_000_005u64, 512u32), (9 * MIB + 1000, 512), (9 * MIB + 1000, 4096)] {
+        let img = dir.path().join(format!("any-{size}-{logical}.vhdx"));
+        let mut src = shuffled_restore(&img, size, logical, Some(MIB as u32));
+        let opts = WriteOptions {
+            logical_sector: logical,
+            ..WriteOptions::default()
+        };
+        let rounded = writer::image_size(Format::Vhdx, size, &opts);
+        assert_eq!(rounded, size.div_ceil(u64::from(logical)) * u64::from(logical));
+        src.resize(rounded as usize, 0);
+        let raw = dir.path().join(format!("any-{size}-{logical}.raw"));
+        std::fs::write(&raw, &src).unwrap();
+        if logical == 512 {
+            qemu_img(&["check", path_str(&img)]);
+            let info = qemu_img(&["info", "--output=json", path_str(&img)]);
+            assert!(info.contains(&format!("\"virtual-size\": {rounded}")), "{info}");
+            qemu_img(&["compare", "-f", "vhdx", "-F", "raw", path_str(&img), path_str(&raw)]);
+        } else {
+            // QEMU opens no VHDX with 4 KiB logical sectors; libvhdi does.
+            require("vhdiinfo");
+            let info = run(Command::new("vhdiinfo").arg(&img));
+            assert!(info.contains(&format!("({rounded} bytes)")), "{info}");
+            assert_eq!(mounted_bytes(&img), src);
+        }
+        common::assert_reads_like(&img, &raw);
+    }
+}
+
+#[test]
 fn writer_4096_byte_sectors_read_by_vhdimount() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("restored-4k.vhdx");

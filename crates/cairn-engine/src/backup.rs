@@ -227,6 +227,17 @@ pub fn backup_with_hooks(
                 input.changed = None;
             }
         }
+        if input.changed.is_some()
+            && input.changed_since.is_none()
+            && prev_map.is_some()
+            && !session.previous_is_newest()
+        {
+            notes.push(format!(
+                "disk {no}: newer restore points were removed by a repair, so the changed extents given \
+                 (tracked since a removed point) are not used and every allocated block is read"
+            ));
+            input.changed = None;
+        }
         let to_read = match (&input.changed, &prev_map) {
             // With CBT, read only changed blocks; unchanged ones come from the previous point.
             (Some(changed), Some(prev)) => {

@@ -434,8 +434,11 @@ fn check_repository(repo: &Repository, model: &Model, scratch: &Path) -> Result<
         return Err(TestCaseError::fail(format!("verify reports damage: {report:#?}")));
     }
 
-    // Nothing but the listed files (no leftovers, nothing missing).
-    let mut expected: HashSet<String> = ["chain.meta".to_string(), "lock".to_string()].into();
+    // Nothing but the listed files (no leftovers, nothing missing), the lock
+    // and the space reserve every backup keeps.
+    let mut expected: HashSet<String> = ["chain.meta", "lock", cairn_repo::reserve::RESERVE_FILE]
+        .map(String::from)
+        .into();
     expected.extend(meta.files.iter().map(|f| f.name.clone()));
     expected.extend(meta.points.iter().map(|p| p.index.clone()));
     let present: HashSet<String> = std::fs::read_dir(repo.chain_dir(VM))

@@ -55,6 +55,23 @@ pub enum RepoError {
     Invalid(String),
 }
 
+impl RepoError {
+    /// Whether the error says that stored data is damaged or missing (a
+    /// checksum, a decode, a missing or short file), as opposed to a problem
+    /// that may go away (permissions, an I/O error, a lock) or a wrong request.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            RepoError::Format { source, .. } => !matches!(source, FormatError::WrongPassword),
+            RepoError::Damaged { .. } => true,
+            RepoError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 

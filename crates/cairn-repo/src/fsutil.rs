@@ -2,10 +2,14 @@
 //!
 //! The rule: a file becomes visible under its final name only after its
 //! bytes are on stable storage (write aside → fsync → rename → fsync dir).
+//!
+//! Every file and folder the repository creates is private to its owner
+//! (files 0600, folders 0700) whatever the umask: an unencrypted repository
+//! holds guest data in clear.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, FlockOperation};
@@ -22,20 +26,64 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Mode of every file the repository creates.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every folder the repository creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Opens `path` for reading and writing, creating it with [`FILE_MODE`]
+/// (set explicitly, so the umask cannot widen or narrow it). With `new`, the
+/// file must not exist; otherwise an existing file is truncated.
+pub fn create_private(path: &Path, new: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).mode(FILE_MODE);
+    if new {
+        o.create_new(true);
+    } else {
+        o.create(true).truncate(true);
+    }
+    let f = o.open(path)?;
+    f.set_permissions(Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
+}
+
+/// Creates the folder `dir` (and missing parents) with [`DIR_MODE`]; an
+/// existing `dir` gets that mode too. Parents that existed are left alone.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io(dir, "create directory"))?;
+    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).map_err(io(dir, "set permissions"))
+}
+
+/// Writes `bytes` to `path` aside, as `path` + [`TMP_SUFFIX`], and fsyncs it;
+/// returns the temporary path. On error the temporary file is removed.
+pub fn write_aside(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
+        let mut f = create_private(&tmp, false).map_err(io(&tmp, "create"))?;
         f.write_all(bytes).map_err(io(&tmp, "write"))?;
-        f.sync_all().map_err(io(&tmp, "fsync"))?;
-        drop(f);
-        rename_durable(&tmp, path)
+        f.sync_all().map_err(io(&tmp, "fsync"))
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_aside(path, bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path, "rename")(e));
+    }
+    sync_parent(path)
 }
 
 /// Renames `from` to `to` and makes the rename durable.
@@ -93,6 +141,7 @@ pub fn lock(path: &Path, exclusive: bool) -> Result<Lock> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(FILE_MODE)
         .open(path)
         .map_err(io(path, "open lock"))?;
     let op = if exclusive {

@@ -13,13 +13,17 @@
 //! Every change follows one write order: new files are written aside and
 //! fsynced, then `chain.meta` is replaced atomically. A crash at any moment
 //! leaves either the old or the new state, plus leftovers that the next writer
-//! removes ([`session`] and [`retention`] explain the details).
+//! removes ([`session`] and [`retention`] explain the details). A health
+//! check ([`verify`]) names the restore points damage has made unrestorable,
+//! and a repair ([`repair`]) removes exactly those.
 
 pub mod chain;
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod repair;
 pub mod repository;
+pub mod reserve;
 pub mod retention;
 pub mod session;
 pub mod verify;

@@ -42,8 +42,21 @@ impl Repository {
             }
         }
         let (config, keys) = Config::generate(encryption, password, kdf)?;
+        // The folder and everything in it are private to the owner (0700/0600):
+        // an unencrypted repository holds guest data in clear. An existing
+        // (empty) folder is the user's: where its mode cannot be changed (a
+        // share's root), say so and go on.
+        if root.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(fsutil::DIR_MODE);
+            if let Err(e) = std::fs::set_permissions(root, private) {
+                tracing::warn!(path = %root.display(), error = %e, "cannot make the repository folder private (0700)");
+            }
+        } else {
+            fsutil::create_private_dir(root)?;
+        }
         let chains = root.join(CHAINS_DIR);
-        std::fs::create_dir_all(&chains).map_err(io(&chains, "create directory"))?;
+        fsutil::create_private_dir(&chains)?;
         fsutil::sync_parent(&chains)?;
         // The config is written last: a folder without it is not a repository yet.
         fsutil::write_atomic(&root.join(CONFIG_FILE), &config.encode()?)?;
@@ -58,6 +71,12 @@ impl Repository {
     pub fn open(root: &Path, password: Option<&[u8]>) -> Result<Self> {
         let path = root.join(CONFIG_FILE);
         if !path.exists() {
+            if root.join(CHAINS_DIR).is_dir() {
+                return Err(RepoError::Damaged {
+                    path,
+                    reason: "missing, although the folder holds a repository's chains".into(),
+                });
+            }
             return Err(RepoError::NotARepository {
                 path: root.to_path_buf(),
             });
@@ -151,11 +170,17 @@ impl Repository {
 }
 
 /// A chain opened for reading: metadata, open data files, a shared lock.
+///
+/// A data file that cannot be opened (deleted, unreadable) does not make the
+/// chain unreadable: only reads of records inside it fail, naming the file,
+/// so the restore points that do not need it still restore.
 pub struct ChainReader {
     dir: PathBuf,
     meta: ChainMeta,
     keys: Arc<Keys>,
     files: HashMap<u32, (PathBuf, File)>,
+    /// Listed data files that could not be opened, with the cause.
+    unopened: HashMap<u32, (PathBuf, std::io::Error)>,
     _lock: Option<fsutil::Lock>,
 }
 
@@ -171,16 +196,25 @@ impl ChainReader {
     /// Opens a chain whose lock the caller already holds.
     pub(crate) fn open_unlocked(repo: &Repository, dir: &Path, meta: ChainMeta) -> Result<Self> {
         let mut files = HashMap::new();
+        let mut unopened = HashMap::new();
         for f in &meta.files {
             let path = dir.join(&f.name);
-            let file = File::open(&path).map_err(io(&path, "open data file"))?;
-            files.insert(f.no, (path, file));
+            match File::open(&path) {
+                Ok(file) => {
+                    files.insert(f.no, (path, file));
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "data file cannot be opened");
+                    unopened.insert(f.no, (path, e));
+                }
+            }
         }
         Ok(ChainReader {
             dir: dir.to_path_buf(),
             meta,
             keys: repo.keys.clone(),
             files,
+            unopened,
             _lock: None,
         })
     }
@@ -211,7 +245,14 @@ impl ChainReader {
     /// Reads and checks a point's index.
     pub fn index(&self, point: &PointMeta) -> Result<PointIndex> {
         let path = self.dir.join(&point.index);
-        PointIndex::decode(&fsutil::read(&path)?, &self.keys).map_err(fmt(&path))
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RepoError::Damaged {
+                path: path.clone(),
+                reason: format!("index of restore point {} is missing", point.id),
+            },
+            _ => io(&path, "read")(e),
+        })?;
+        PointIndex::decode(&bytes, &self.keys).map_err(fmt(&path))
     }
 
     /// Where `r`'s record is, or a damage error naming the chain.
@@ -225,10 +266,12 @@ impl ChainReader {
     /// Reads the raw bytes of `r`'s record (header and payload) into `buf`.
     pub fn read_record(&self, r: &BlockRef, buf: &mut Vec<u8>) -> Result<()> {
         let loc = self.locate(r)?;
-        let (path, file) = self.files.get(&loc.file).ok_or_else(|| RepoError::Damaged {
-            path: self.dir.join(CHAIN_META),
-            reason: format!("data file {} is not open", loc.file),
-        })?;
+        let Some((path, file)) = self.files.get(&loc.file) else {
+            return Err(self.file_error(loc.file).unwrap_or_else(|| RepoError::Damaged {
+                path: self.dir.join(CHAIN_META),
+                reason: format!("data file {} is not open", loc.file),
+            }));
+        };
         buf.resize(RECORD_HEADER_LEN + r.stored_len as usize, 0);
         fsutil::read_exact_at(file, path, buf, loc.offset)
     }
@@ -265,5 +308,25 @@ impl ChainReader {
     /// The open data file with physical number `no`.
     pub fn data_file(&self, no: u32) -> Option<(&Path, &File)> {
         self.files.get(&no).map(|(p, f)| (p.as_path(), f))
+    }
+
+    /// Why the listed data file `no` could not be opened, if it could not:
+    /// [`RepoError::Damaged`] when it is missing, else the I/O error.
+    pub fn file_error(&self, no: u32) -> Option<RepoError> {
+        let (path, e) = self.unopened.get(&no)?;
+        Some(match e.kind() {
+            std::io::ErrorKind::NotFound => RepoError::Damaged {
+                path: path.clone(),
+                reason: "data file is missing (chain.meta lists it)".into(),
+            },
+            kind => RepoError::Io {
+                path: path.clone(),
+                op: "open data file",
+                source: match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(kind, e.to_string()),
+                },
+            },
+        })
     }
 }

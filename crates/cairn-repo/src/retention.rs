@@ -30,7 +30,8 @@ use crate::chain::{Alias, ChainMeta, Method, PointKind};
 use crate::error::{RepoError, Result, fmt, io};
 use crate::fsutil;
 use crate::repository::{CHAIN_META, LOCK_FILE, Repository};
-use crate::session::{cleanup, write_meta};
+use crate::reserve;
+use crate::session::{cleanup, write_meta_or_release};
 
 /// What a retention run did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,6 +50,9 @@ pub struct RetainReport {
     pub reclaimed_bytes: u64,
     /// Why more points than asked were kept, if so.
     pub note: Option<String>,
+    /// The chain's space reserve was used to commit on a full disk and could
+    /// not be allocated again yet (the next backup does).
+    pub reserve_released: bool,
 }
 
 /// Applies "keep the newest `keep` points" to a VM's chain.
@@ -96,7 +100,7 @@ pub fn retain(repo: &Repository, vm: &str, keep: usize) -> Result<RetainReport> 
         match merge_into_full(&dir, &mut meta) {
             Ok(true) => commit_and_reclaim(repo, &dir, &before, &mut meta, &indexes, &mut report)?,
             Ok(false) => {}
-            Err(e) if is_no_space(&e) => {
+            Err(e) if reserve::is_no_space(&e) => {
                 cleanup(&dir, Some(&before))?;
                 meta = before;
                 report.note = Some(format!(
@@ -126,16 +130,24 @@ fn commit_and_reclaim(
     meta.aliases.retain(|a| live_aliases.contains(&a.no));
     if meta != old {
         meta.generation += 1;
-        write_meta(dir, meta, repo.keys())?;
+        // On a full disk the space reserve makes room for this commit.
+        report.reserve_released |= write_meta_or_release(dir, meta, repo.keys())?;
         // Committed: now remove what the new metadata no longer lists.
         cleanup(dir, Some(meta))?;
         report.files_deleted += old.files.iter().filter(|f| meta.file(f.no).is_none()).count();
     }
-    punch_dead_space(dir, meta, indexes)
-}
-
-fn is_no_space(e: &RepoError) -> bool {
-    matches!(e, RepoError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
+    punch_dead_space(dir, meta, indexes)?;
+    if report.reserve_released {
+        // Space was given back: take the reserve again before anything else
+        // (a merge) can use that space. Without room for it the next backup
+        // makes it; retention itself has committed already.
+        let len = std::fs::metadata(dir.join(CHAIN_META)).map_or(0, |m| m.len());
+        match reserve::ensure(dir, reserve::wanted(len)) {
+            Ok(()) => report.reserve_released = false,
+            Err(e) => tracing::warn!(error = %e, "cannot allocate the space reserve again yet"),
+        }
+    }
+    Ok(())
 }
 
 /// Removes the oldest points beyond `keep`; the new oldest point becomes the
@@ -231,7 +243,7 @@ fn drop_old_segments(meta: &mut ChainMeta, keep: usize, report: &mut RetainRepor
 }
 
 /// The physical files and the aliases the remaining points need.
-fn referenced(meta: &ChainMeta) -> (BTreeSet<u32>, BTreeSet<u32>) {
+pub(crate) fn referenced(meta: &ChainMeta) -> (BTreeSet<u32>, BTreeSet<u32>) {
     let mut files = BTreeSet::new();
     let mut aliases = BTreeSet::new();
     for p in &meta.points {

@@ -21,6 +21,7 @@ use crate::chain::{ChainMeta, DiskMeta, FileEntry, FullKind, Method, PointKind, 
 use crate::error::{RepoError, Result, io};
 use crate::fsutil::{self, TMP_SUFFIX};
 use crate::repository::{CHAIN_META, ChainReader, LOCK_FILE, Repository};
+use crate::reserve;
 
 /// What the caller wants from a backup.
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub struct BackupSession {
     data: File,
     data_len: u64,
     point_id: String,
+    /// The new point's index once written (removed again if the commit fails).
+    index_path: Option<PathBuf>,
     committed: bool,
     keys: Arc<Keys>,
     vm_config: Option<serde_json::Value>,
@@ -84,7 +87,9 @@ impl BackupSession {
             )));
         }
         let dir = repo.chain_dir(&plan.vm);
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        if !dir.exists() {
+            fsutil::create_private_dir(&dir)?;
+        }
         let lock = fsutil::lock(&dir.join(LOCK_FILE), true)?;
         let existing = if dir.join(CHAIN_META).exists() {
             Some(repo.read_meta(&dir)?)
@@ -152,25 +157,20 @@ impl BackupSession {
         };
         let name = data_file_name(file_no, file_kind);
         let data_path = fsutil::tmp_path(&dir.join(&name));
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&data_path)
-            .map_err(io(&data_path, "create data file"))?;
+        let mut point_id = new_point_id()?;
+        while meta.points.iter().any(|p| p.id == point_id) {
+            point_id = new_point_id()?;
+        }
         let header = DataFileHeader {
             kind: file_kind,
             repository_id: repo.config().id_bytes(),
             chain_id: hex_16(&meta.chain_id),
             file_no,
         };
-        data.write_all_at(&header.encode(), 0)
-            .map_err(io(&data_path, "write"))?;
-        let mut point_id = new_point_id()?;
-        while meta.points.iter().any(|p| p.id == point_id) {
-            point_id = new_point_id()?;
-        }
-        Ok(BackupSession {
+        let data = fsutil::create_private(&data_path, true).map_err(io(&data_path, "create data file"))?;
+        // From here on, dropping the session removes the new file (also when
+        // the header cannot be written: a full disk leaves nothing behind).
+        let session = BackupSession {
             vm_config: plan.vm_config.clone(),
             dir,
             meta,
@@ -182,10 +182,16 @@ impl BackupSession {
             data,
             data_len: DATA_HEADER_LEN,
             point_id,
+            index_path: None,
             committed: false,
             keys: repo.keys().clone(),
             _lock: lock,
-        })
+        };
+        session
+            .data
+            .write_all_at(&header.encode(), 0)
+            .map_err(io(&session.data_path, "write"))?;
+        Ok(session)
     }
 
     /// The kind of point being written.
@@ -206,6 +212,17 @@ impl BackupSession {
     /// The previous point's metadata, when this session builds on it (not for an active full).
     pub fn previous_point(&self) -> Option<&PointMeta> {
         self.previous.as_ref().and(self.meta.points.last())
+    }
+
+    /// Whether the previous point is the newest this chain ever had. It is
+    /// not when `cairn repo repair` removed newer points: changed extents
+    /// that a caller's own tracking reports (CBT) may then be relative to a
+    /// removed point and must not be trusted. `true` for a new chain.
+    pub fn previous_is_newest(&self) -> bool {
+        self.meta
+            .points
+            .last()
+            .is_none_or(|p| p.created_file.checked_add(1) == Some(self.meta.next_file_no))
     }
 
     /// The previous point's index: blocks whose hash matches it need not be
@@ -286,12 +303,11 @@ impl BackupSession {
             disks: disks.iter().map(|(m, _)| m.clone()).collect(),
         };
         let index_name = format!("{}.idx", self.point_id);
-        fsutil::write_atomic(
-            &self.dir.join(&index_name),
-            &index
-                .encode(&self.keys)
-                .map_err(crate::error::fmt(&self.dir.join(&index_name)))?,
-        )?;
+        let index_path = self.dir.join(&index_name);
+        let index_bytes = index.encode(&self.keys).map_err(crate::error::fmt(&index_path))?;
+        // Named before it exists: a failure from here to the commit removes it.
+        self.index_path = Some(index_path.clone());
+        fsutil::write_atomic(&index_path, &index_bytes)?;
 
         let point = PointMeta {
             id: self.point_id.clone(),
@@ -318,8 +334,19 @@ impl BackupSession {
         meta.next_file_no = self.file_no + 1;
         meta.generation += 1;
         meta.points.push(point.clone());
-        write_meta(&self.dir, &meta, &self.keys)?;
+        let meta_path = self.dir.join(CHAIN_META);
+        let meta_bytes = meta.encode(&self.keys, &meta_path)?;
+        // Keep room for retention to commit on a full disk (see `reserve`);
+        // a backup that cannot keep it fails here, before its commit.
+        reserve::ensure(&self.dir, reserve::wanted(meta_bytes.len() as u64))?;
+        let tmp = fsutil::write_aside(&meta_path, &meta_bytes)?;
+        if let Err(e) = std::fs::rename(&tmp, &meta_path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&meta_path, "rename")(e));
+        }
+        // The rename is the commit: from here on the new files belong to the chain.
         self.committed = true;
+        fsutil::sync_parent(&meta_path)?;
         Ok(point)
     }
 }
@@ -328,6 +355,9 @@ impl Drop for BackupSession {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.data_path);
+            if let Some(index) = &self.index_path {
+                let _ = std::fs::remove_file(index);
+            }
         }
     }
 }
@@ -336,6 +366,20 @@ impl Drop for BackupSession {
 pub(crate) fn write_meta(dir: &Path, meta: &ChainMeta, keys: &Keys) -> Result<()> {
     let path = dir.join(CHAIN_META);
     fsutil::write_atomic(&path, &meta.encode(keys, &path)?)
+}
+
+/// Replaces a chain's metadata like [`write_meta`]; when the volume is full,
+/// deletes the chain's space reserve and tries once more (retention and
+/// repair commit this way, so they work on a full disk). Returns whether the
+/// reserve was given up; the caller allocates it again once it freed space.
+pub(crate) fn write_meta_or_release(dir: &Path, meta: &ChainMeta, keys: &Keys) -> Result<bool> {
+    match write_meta(dir, meta, keys) {
+        Err(e) if reserve::is_no_space(&e) && reserve::release(dir)? > 0 => {
+            write_meta(dir, meta, keys)?;
+            Ok(true)
+        }
+        other => other.map(|()| false),
+    }
 }
 
 /// File name of data file `no`.
@@ -363,6 +407,9 @@ fn new_point_id() -> Result<String> {
 /// data file's committed length. Must run under the chain's exclusive lock,
 /// and only with metadata that was read successfully (or none at all).
 pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
+    if let Some(m) = meta {
+        check_listed(dir, m)?;
+    }
     let mut keep: BTreeSet<&str> = [CHAIN_META, LOCK_FILE].into_iter().collect();
     if let Some(m) = meta {
         keep.extend(m.files.iter().map(|f| f.name.as_str()));
@@ -386,12 +433,6 @@ pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
         for f in &m.files {
             let path = dir.join(&f.name);
             let len = std::fs::metadata(&path).map_err(io(&path, "stat data file"))?.len();
-            if len < f.committed_len {
-                return Err(RepoError::Damaged {
-                    path,
-                    reason: format!("data file has {len} bytes but {} are committed", f.committed_len),
-                });
-            }
             if len > f.committed_len {
                 tracing::info!(path = %path.display(), len, committed = f.committed_len, "truncating uncommitted bytes");
                 let file = OpenOptions::new().write(true).open(&path).map_err(io(&path, "open"))?;
@@ -402,6 +443,49 @@ pub(crate) fn cleanup(dir: &Path, meta: Option<&ChainMeta>) -> Result<()> {
     }
     if removed {
         fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Refuses to write to a chain whose listed files are missing or shorter
+/// than committed: nothing is "repaired" behind the user's back. The error
+/// names the file, the restore points that need it, and what to do.
+fn check_listed(dir: &Path, meta: &ChainMeta) -> Result<()> {
+    const ADVICE: &str = "`cairn verify` names the restore points that are lost, `cairn repo repair` removes them";
+    for f in &meta.files {
+        let path = dir.join(&f.name);
+        let reason = match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= f.committed_len => continue,
+            Ok(m) => format!("data file has {} bytes but {} are committed", m.len(), f.committed_len),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "data file is missing".to_string(),
+            Err(e) => return Err(io(&path, "stat data file")(e)),
+        };
+        let needing: Vec<&str> = meta
+            .points
+            .iter()
+            .filter(|p| p.files.iter().any(|&no| meta.resolve_no(no).map(|r| r.0) == Some(f.no)))
+            .map(|p| p.id.as_str())
+            .collect();
+        return Err(RepoError::Damaged {
+            path,
+            reason: format!(
+                "{reason}; restore points that need it: {}; {ADVICE}",
+                if needing.is_empty() {
+                    "none".to_string()
+                } else {
+                    needing.join(", ")
+                }
+            ),
+        });
+    }
+    for p in &meta.points {
+        let path = dir.join(&p.index);
+        if !path.exists() {
+            return Err(RepoError::Damaged {
+                path,
+                reason: format!("index of restore point {} is missing; {ADVICE}", p.id),
+            });
+        }
     }
     Ok(())
 }

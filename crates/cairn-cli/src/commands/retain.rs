@@ -39,6 +39,11 @@ pub fn run(g: &Global, a: &RetainArgs) -> anyhow::Result<ExitCode> {
             if let Some(n) = &r.note {
                 println!("  note: {n}");
             }
+            if r.reserve_released {
+                println!(
+                    "  note: the chain's space reserve was used to commit on a full disk; the next backup allocates it again"
+                );
+            }
         }
     }
     Ok(if broken.is_empty() {

@@ -517,7 +517,7 @@ pub struct Point {
 impl Repo {
     /// `cairn repo init ROOT` (unencrypted).
     pub fn init(root: &Path) -> Repo {
-        let mut c = cairn(["repo", "init", "-q"]);
+        let mut c = cairn(["repo", "init", "-q", "--encryption", "none"]);
         c.arg(root);
         ok(c);
         Repo {
@@ -627,7 +627,8 @@ impl Repo {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            if name == "chain.meta" || name == "lock" {
+            // The space reserve is no leftover: every backup keeps it.
+            if name == "chain.meta" || name == "lock" || name == "reserve" {
                 continue;
             }
             if let Some(&committed) = files.get(name.as_str()) {

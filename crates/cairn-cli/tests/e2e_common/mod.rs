@@ -95,7 +95,13 @@ pub fn json_with_code(cmd: Command, code: i32) -> Value {
 /// `cairn repo init` of an unencrypted repository at `repo`.
 #[track_caller]
 pub fn init_repo(repo: &Path) {
-    ok(cairn([OsStr::new("repo"), OsStr::new("init"), repo.as_os_str()]));
+    ok(cairn([
+        OsStr::new("repo"),
+        OsStr::new("init"),
+        OsStr::new("--encryption"),
+        OsStr::new("none"),
+        repo.as_os_str(),
+    ]));
 }
 
 /// `cairn backup --json --repo REPO --vm VM EXTRA... DISKS...`; returns the JSON.

@@ -41,8 +41,11 @@ struct State {
 }
 
 impl Qcow2Writer {
-    /// Creates `path` (which must not exist) for a disk of `size` bytes with
-    /// clusters of `opts.block_size` bytes (default 64 KiB).
+    /// Creates `path` (which must not exist) for a disk of `size` bytes
+    /// rounded up to whole 512-byte sectors (QEMU counts a qcow2 image's size
+    /// in sectors and would cut a partial one off), with clusters of
+    /// `opts.block_size` bytes (default 64 KiB). The bytes past `size` read
+    /// as zeros; [`crate::writer::image_size`] tells the size written.
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
         crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
     }
@@ -67,13 +70,7 @@ impl Qcow2Writer {
                 format!("{size} bytes is too large for qcow2 with {cs}-byte clusters"),
             ));
         }
-        if !size.is_multiple_of(512) {
-            return Err(DiskError::format(
-                path,
-                "size",
-                format!("{size} bytes is not a multiple of 512 (qemu counts qcow2 sizes in sectors)"),
-            ));
-        }
+        let size = size.div_ceil(512) * 512;
         Ok(Qcow2Writer {
             path: out.path,
             file: out.file,

@@ -215,6 +215,35 @@ pub fn geometry_for(size: u64) -> (u16, u8, u8) {
     ((cyl_times_heads / heads) as u16, heads as u8, spt as u8)
 }
 
+/// The size and geometry of a new VHD that holds `size` bytes and that every
+/// reader sees at the same size: `size` rounded up to whole sectors and then
+/// to the next size the spec's CHS geometry describes exactly, so that
+/// geometry × 512 equals the current size. QEMU before 10.0 takes the size of
+/// files from unknown creators from the geometry, QEMU 10 and Hyper-V from
+/// the current size, Virtual PC from the geometry: with the two equal they
+/// all agree. (qemu-img and Hyper-V round a new VHD's size up the same way.)
+/// From the largest geometry on (about 127 GiB), the geometry is 65535/16/255
+/// and every reader takes the current size, which is then `size` in sectors.
+pub fn chs_size(size: u64) -> (u64, (u16, u8, u8)) {
+    let total = size.div_ceil(SECTOR);
+    if total >= MAX_GEOMETRY_SECTORS {
+        return (total * SECTOR, (65535, 16, 255));
+    }
+    // The geometry of a size is rounded down; the first size at or above
+    // `total` whose geometry reaches `total` is exactly describable. It is
+    // at most one cylinder (16 × 255 sectors) away, and the largest geometry
+    // ends the search in any case.
+    let mut s = total;
+    loop {
+        let g = geometry_for(s * SECTOR);
+        let sectors = u64::from(g.0) * u64::from(g.1) * u64::from(g.2);
+        if sectors >= total {
+            return (sectors * SECTOR, g);
+        }
+        s += 1;
+    }
+}
+
 /// One parent locator entry of the dynamic disk header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Locator {
@@ -353,10 +382,49 @@ mod tests {
         assert_eq!(geometry_for(100_061_184), (958, 12, 17));
         // Saturates at the largest geometry.
         assert_eq!(geometry_for(MAX_SIZE), (65535, 16, 255));
+        // Sizes whose geometry describes them exactly stay as they are.
+        assert_eq!(chs_size(0).0, 0);
+        for (c, h, s) in [(1024u64, 16u64, 63u64), (65535, 16, 255), (2, 4, 17)] {
+            assert_eq!(chs_size(c * h * s * SECTOR).0, c * h * s * SECTOR);
+        }
         for size in [0u64, 512, 1 << 20, 96 << 20, 5 << 30, 127 << 30, 200 << 30] {
             let (c, h, s) = geometry_for(size);
             assert!(c as u64 * h as u64 * s as u64 * SECTOR <= size, "{size}");
             assert!(h <= 16 && s >= 1);
+        }
+    }
+
+    #[test]
+    fn chs_size_is_exact_and_close() {
+        // Sizes around every switch of the spec's algorithm, and a spread.
+        let mut sizes: Vec<u64> = vec![1, 511, 513, 1_000_005, 10_485_761, 5 << 30, (127 << 30) + 1];
+        for t in [65535 * 16 * 63u64, 1024 * 16 * 31, 1024 * 16 * 17, MAX_GEOMETRY_SECTORS] {
+            sizes.extend([(t - 1) * SECTOR, t * SECTOR, t * SECTOR + 1, (t + 1) * SECTOR]);
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            sizes.push(x % (MAX_GEOMETRY_SECTORS * SECTOR));
+        }
+        for size in sizes {
+            let (len, (c, h, s)) = chs_size(size);
+            let sectors = u64::from(c) * u64::from(h) * u64::from(s);
+            assert!(len >= size && len % SECTOR == 0, "{size} → {len}");
+            assert!(
+                len - size < 16 * 255 * SECTOR + SECTOR,
+                "{size} → {len}: more than a cylinder"
+            );
+            if len < MAX_GEOMETRY_SECTORS * SECTOR {
+                assert_eq!(
+                    sectors * SECTOR,
+                    len,
+                    "{size}: geometry {c}/{h}/{s} does not describe {len}"
+                );
+            } else {
+                assert_eq!((c, h, s), (65535, 16, 255), "{size}");
+            }
         }
     }
 

@@ -6,16 +6,18 @@
 //! first written (sector bitmap + 2 MiB of data each), then the footer.
 //!
 //! Size and geometry: the footer's current size (and original size) is the
-//! exact disk size (rounded up to 512 bytes), and the geometry is the spec's
-//! CHS algorithm applied to it (rounded down, as the spec does). The creator
-//! application is "crn " (cairn). QEMU (since 10.0; checked with 10.0.2)
-//! takes the size from the geometry only for the creators "vpc " and "qemu"
-//! and from the current size for every other creator, so it sees exactly the
-//! size written here, as Hyper-V (which always uses the current size) and
-//! libvhdi do. QEMU releases before 10.0 used an allow-list of creators and
-//! would see the geometry's size, up to about 0.2% smaller when the size is
-//! not a whole number of CHS cylinders. Virtual PC, which only knows the
-//! geometry, sees the same rounded-down size.
+//! disk size rounded up to whole sectors and then to the next size that the
+//! spec's CHS geometry describes exactly, and the geometry is that size's
+//! (see [`chs_size`]): geometry × 512 equals the current size. Readers
+//! disagree on which of the two is the size — QEMU before 10.0 (Debian 12's
+//! 7.2) takes the geometry for any creator it does not know, such as cairn's
+//! "crn "; QEMU 10 takes the current size for every creator but Virtual PC
+//! and QEMU itself; Hyper-V and libvhdi take the current size; Virtual PC
+//! the geometry — so with the two equal they all see the same size. The disk
+//! grows by less than one cylinder (at most 16 × 255 sectors, about 2 MiB) of
+//! zeros at its end, as qemu-img and Hyper-V grow a new VHD. From about
+//! 127 GiB on the geometry is the largest one and every reader takes the
+//! current size, which is then the size in whole sectors.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,7 +28,7 @@ use std::sync::Mutex;
 use super::Vhd;
 use super::format::{
     DEFAULT_BLOCK_SIZE, DynHeader, EPOCH_2000, FOOTER_LEN, Footer, HEADER_LEN, Locator, MAX_SIZE, SECTOR,
-    TYPE_DIFFERENCING, TYPE_DYNAMIC, UNALLOCATED, bitmap_len, geometry_for, platform,
+    TYPE_DIFFERENCING, TYPE_DYNAMIC, UNALLOCATED, bitmap_len, chs_size, platform,
 };
 use crate::io::ImageFile;
 use crate::io_error as io;
@@ -95,7 +97,8 @@ fn creator_version() -> u32 {
 
 impl VhdWriter {
     /// Creates `path` (which must not exist) for a dynamic disk of `size`
-    /// bytes rounded up to whole 512-byte sectors. VHD sectors are 512 bytes:
+    /// bytes rounded up as the module documentation says ([`chs_size`];
+    /// [`crate::writer::image_size`] tells the size). VHD sectors are 512 bytes:
     /// a logical sector size of 4096 is refused; the block size is always
     /// 2 MiB (`opts.block_size` does not apply).
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
@@ -115,9 +118,8 @@ impl VhdWriter {
                 ),
             ));
         }
-        let size = size.div_ceil(SECTOR) * SECTOR;
-        let (cylinders, heads, sectors_per_track) = geometry_for(size);
-        Self::make(out, size, (cylinders, heads, sectors_per_track), None)
+        let (size, geometry) = chs_size(size);
+        Self::make(out, size, geometry, None)
     }
 
     /// Creates `path` as a differencing child of the VHD `parent`, as

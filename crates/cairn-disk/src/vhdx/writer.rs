@@ -210,7 +210,9 @@ impl VhdxWriter {
 
     /// Writes `data` at guest `offset`. All-zero data is skipped (except in a
     /// differencing child); the first write into a block allocates it at the
-    /// end of the file.
+    /// end of the file. Writes are whole logical sectors, except that a
+    /// dynamic disk takes a last write ending inside the last sector (a
+    /// source whose size was not whole sectors): the rest of it reads as zeros.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         let lss = u64::from(self.logical);
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= self.size);
@@ -225,7 +227,8 @@ impl VhdxWriter {
                 ),
             ));
         };
-        if !offset.is_multiple_of(lss) || (end % lss != 0 && end != self.size) {
+        let ends_in_last_sector = self.child.is_none() && end > self.size - lss;
+        if !offset.is_multiple_of(lss) || (end % lss != 0 && !ends_in_last_sector) {
             return Err(DiskError::format(
                 &self.path,
                 "write",
