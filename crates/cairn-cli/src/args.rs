@@ -281,7 +281,7 @@ pub struct RestoreArgs {
     pub image_block_size: Option<u32>,
     /// Permissions of the new image, in octal (default 600: only its owner can
     /// read the guest's data); setuid, setgid and sticky bits are refused.
-    #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode, conflicts_with = "repository")]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_file_mode)]
     pub file_mode: Option<u32>,
 }
 

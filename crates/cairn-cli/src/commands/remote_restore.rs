@@ -137,6 +137,9 @@ pub fn restore(g: &Global, a: &RestoreArgs, repository: &str) -> anyhow::Result<
     if let Some(n) = a.sector_size {
         body.insert("sector_size".into(), Value::from(n));
     }
+    if let Some(mode) = a.file_mode {
+        body.insert("file_mode".into(), Value::from(format!("{mode:04o}")));
+    }
     let spinner = if !g.json && !g.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let sp = indicatif::ProgressBar::new_spinner();
         sp.set_message(format!(

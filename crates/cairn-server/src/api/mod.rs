@@ -108,13 +108,82 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds to every operation the answers the framework around the handlers may give, where the
+/// handler's own list lacks them: 400 (a path or query parameter, or the JSON, does not parse),
+/// 401 and 403 (a token is needed; a token good only for setting up a second factor), 404 (no
+/// object with a path parameter's id), 413, 415 and 422 (a body too large, not JSON, or not of
+/// the request's type) and 500 (a failure of the server, logged with its cause).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_params = path.contains('{');
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let open = op.security.as_ref().is_some_and(|s| {
+                    s.iter()
+                        .all(|r| serde_json::to_value(r).is_ok_and(|v| v == serde_json::json!({})))
+                });
+                let has_query = op.parameters.as_ref().is_some_and(|ps| !ps.is_empty());
+                let has_body = op.request_body.is_some();
+                let mut add = |code: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if has_path_params || has_query || has_body {
+                    add("400", "A path or query parameter, or the body's JSON, does not parse");
+                }
+                if !open {
+                    add("401", "No token, or an unknown or expired one");
+                    add(
+                        "403",
+                        "The caller's role is too low, or the token is only good for setting up a second factor",
+                    );
+                }
+                if has_path_params {
+                    add("404", "No such object");
+                }
+                if has_body {
+                    add("413", "The body is over 1 MiB");
+                    add("415", "The body is not JSON (Content-Type: application/json)");
+                    add("422", "The body is not of the request's type, or a value is invalid");
+                }
+                add("500", "The server failed (logged with its cause)");
+            }
+        }
+    }
+}
+
 /// The OpenAPI description of every route.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cairn backup server API", description = "Manage and run backups of virtual machines: \
         inventory, repositories, jobs, sessions and restores. Authenticate with `Authorization: Bearer TOKEN`; \
         errors are `{\"error\": \"…\"}` with the HTTP status."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
     components(schemas(ErrorBody)),
     paths(
