@@ -52,6 +52,21 @@ if [ "$need_qemu_system" = 1 ]; then
         "qemu-system-x86=$v" "qemu-utils=$v"
 fi
 
+# schemathesis (PyPI), which tries the server's API against its OpenAPI document
+# (crates/cairn-cli/tests/api_conformance.rs): a virtual environment of the pinned version,
+# outside the clone.
+st_version=$(cat scripts/schemathesis-version)
+st_dir="${HOME:-/root}/.cache/cairn/schemathesis-$st_version"
+if [ ! -x "$st_dir/bin/schemathesis" ]; then
+    python3 -m venv --help >/dev/null 2>&1 || {
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
+    }
+    rm -rf "$st_dir"
+    python3 -m venv "$st_dir"
+    "$st_dir/bin/pip" install -q "schemathesis==$st_version"
+fi
+
 # A throwaway PostgreSQL cluster: the configuration database's tests run against
 # it as well as against SQLite (installs Debian's postgresql when missing).
 eval "$(bash scripts/postgres-for-tests.sh)"

@@ -63,9 +63,11 @@ impl ApiError {
         e.downcast_ref::<ApiError>().and_then(|a| a.code.as_deref())
     }
 
-    /// A login or role problem: exit code 2 rather than 1.
+    /// A login or role problem: exit code 2 rather than 1. (Other refusals, such as a restore
+    /// target outside the restore folders, are failures of the command: 1.)
     pub fn is_auth(&self) -> bool {
-        self.status == 401 || self.status == 403
+        self.status == 401
+            || (self.status == 403 && matches!(self.code.as_deref(), Some("role_too_low" | "totp_setup_required")))
     }
 }
 
@@ -334,7 +336,7 @@ impl Client {
                 "administrators of this server must use a second factor: run `cairn login` again to set it up \
                  ({server_message})"
             ),
-            403 => {
+            403 if code.as_deref() == Some("role_too_low") => {
                 let role = self.role().unwrap_or_else(|| "(unknown)".to_string());
                 format!(
                     "your role {role} may not {} ({server_message})",

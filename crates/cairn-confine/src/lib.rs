@@ -203,8 +203,9 @@ impl AllowedFolders {
     }
 
     /// Checks `path`'s text alone (absolute, no `..`, beneath an allowed
-    /// folder) and returns its root and the part below it. Nothing is opened:
-    /// this is what a server can check of a path on another machine.
+    /// folder, not naming a protected folder) and returns its root and the
+    /// part below it. Nothing is opened: this is what a server can check of a
+    /// path on another machine.
     pub fn check_text(&self, path: &Path) -> Result<(PathBuf, PathBuf)> {
         let norm = normalize(path)?;
         let root = self
@@ -216,6 +217,19 @@ impl AllowedFolders {
                 path: path.to_path_buf(),
                 allowed: self.describe_roots(),
             })?;
+        // The real check is made folder by folder when opening; a path that names a protected
+        // folder in so many words is refused at once.
+        if let Some(protected) = self
+            .protected
+            .iter()
+            .find(|p| normalize(p).is_ok_and(|p| norm.starts_with(&p)))
+        {
+            return Err(ConfineError::Protected {
+                path: path.to_path_buf(),
+                folder: norm.clone(),
+                protected: protected.clone(),
+            });
+        }
         let relative = norm.strip_prefix(root).map(Path::to_path_buf).unwrap_or_default();
         Ok((root.clone(), relative))
     }

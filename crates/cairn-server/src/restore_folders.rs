@@ -62,8 +62,12 @@ pub fn validate(folders: &[String], data_dir: &Path) -> Result<Vec<PathBuf>, Api
     }
     let mut out: Vec<PathBuf> = Vec::new();
     for folder in folders {
-        let norm = cairn_confine::validate_root(Path::new(folder), &[data_dir.to_path_buf()])
-            .map_err(|e| ApiError::invalid(format!("restore_folders: {e}")))?;
+        crate::api::checks::absolute_path("restore_folders", folder)?;
+        let norm = cairn_confine::validate_root(Path::new(folder), &[data_dir.to_path_buf()]).map_err(|e| {
+            let mut error = confine_error(e);
+            error.message = format!("restore_folders: {}", error.message);
+            error
+        })?;
         if !out.contains(&norm) {
             out.push(norm);
         }
@@ -83,16 +87,32 @@ pub async fn allowed(db: &ConfigDb, data_dir: &Path) -> Result<AllowedFolders, A
     Ok(allowed)
 }
 
-/// The API error of a refused or failed confined write: an existing target is a conflict (409),
-/// a failure of the system a 500, every other refusal invalid input (422).
+/// The API error of a refused or failed confined write: a path the rules do not allow (outside
+/// the restore folders, `..`, a symbolic link, a protected or shared folder) is 403; a missing
+/// folder 404; an existing target, or a file where a folder is needed, 409; a relative path or a
+/// bad mode 422; a failure of the system 500.
 pub fn confine_error(e: ConfineError) -> ApiError {
-    if e.is_exists() {
-        ApiError::conflict(e.to_string())
-    } else if e.is_refusal() {
-        ApiError::invalid(e.to_string())
-    } else {
-        ApiError::internal("writing beneath a restore folder failed", e)
-    }
+    use axum::http::StatusCode;
+    let status = match &e {
+        ConfineError::NotAllowed { .. }
+        | ConfineError::DotDot { .. }
+        | ConfineError::Protected { .. }
+        | ConfineError::Symlink { .. }
+        | ConfineError::Writable { .. } => StatusCode::FORBIDDEN,
+        ConfineError::NoFolder { .. } => StatusCode::NOT_FOUND,
+        ConfineError::Exists { .. } | ConfineError::NotAFolder { .. } | ConfineError::IsRoot { .. } => {
+            StatusCode::CONFLICT
+        }
+        ConfineError::Io { source, .. } if source.raw_os_error() == Some(libc_enametoolong()) => StatusCode::NOT_FOUND,
+        ConfineError::NotAbsolute { .. } | ConfineError::Mode { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => return ApiError::internal("writing beneath a restore folder failed", e),
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// `ENAMETOOLONG`: a path no file can have is as good as missing.
+fn libc_enametoolong() -> i32 {
+    rustix::io::Errno::NAMETOOLONG.raw_os_error()
 }
 
 /// Checks a folder an administrator names for the server to read or keep data in (a
@@ -100,16 +120,17 @@ pub fn confine_error(e: ConfineError) -> ApiError {
 /// folder nor containing it (the data folder holds keys and passwords: a host scanning it would
 /// back them up for any restore operator to read). `what` names the field for messages.
 pub fn check_admin_folder(what: &str, path: &str, data_dir: &Path) -> Result<PathBuf, ApiError> {
-    let norm = cairn_confine::normalize(Path::new(path)).map_err(|e| ApiError::invalid(format!("{what}: {e}")))?;
+    crate::api::checks::absolute_path(what, path)?;
+    let norm = cairn_confine::normalize(Path::new(path)).map_err(|e| ApiError::forbidden(format!("{what}: {e}")))?;
     if cairn_confine::is_within(&norm, data_dir) {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::forbidden(format!(
             "{what}: {} is inside the server's data folder {}",
             norm.display(),
             data_dir.display()
         )));
     }
     if cairn_confine::is_within(data_dir, &norm) {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::forbidden(format!(
             "{what}: {} contains the server's data folder {}",
             norm.display(),
             data_dir.display()
@@ -123,7 +144,17 @@ pub fn file_mode(text: Option<&str>) -> Result<u32, ApiError> {
     let Some(text) = text else {
         return Ok(cairn_confine::DEFAULT_FILE_MODE);
     };
-    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+    // Exactly `^(0o|0)?[0-7]{1,3}$`, as the API document says.
+    let digits = text
+        .strip_prefix("0o")
+        .or_else(|| text.strip_prefix('0').filter(|d| d.len() == 3))
+        .unwrap_or(text);
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(ApiError::invalid(format!(
+            "file_mode {text:?}: give octal permission bits such as 0640 (at most 0777)"
+        )));
+    }
+    let mode = u32::from_str_radix(digits, 8)
         .map_err(|_| ApiError::invalid(format!("file_mode {text:?}: give octal permission bits such as 0640")))?;
     cairn_confine::check_mode(mode).map_err(|e| ApiError::invalid(format!("file_mode: {e}")))?;
     Ok(mode)
@@ -150,7 +181,9 @@ mod tests {
         assert_eq!(file_mode(None).unwrap(), 0o600);
         assert_eq!(file_mode(Some("0640")).unwrap(), 0o640);
         assert_eq!(file_mode(Some("644")).unwrap(), 0o644);
-        for bad in ["4755", "rw", "0o1777", "99", ""] {
+        assert_eq!(file_mode(Some("0o750")).unwrap(), 0o750);
+        assert_eq!(file_mode(Some("7")).unwrap(), 0o7);
+        for bad in ["4755", "rw", "0o1777", "99", "", "00640", "0o"] {
             assert_eq!(file_mode(Some(bad)).unwrap_err().status.as_u16(), 422, "{bad}");
         }
     }

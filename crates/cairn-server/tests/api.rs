@@ -213,7 +213,7 @@ async fn tls_trusts_only_the_servers_ca(backend: Backend) {
         assert_eq!(resp.status(), 200);
     }
     let data = t.path("data");
-    for (file, mode) in [("ca.pem", 0o644), ("ca-key.pem", 0o600), ("server-key.pem", 0o600)] {
+    for (file, mode) in [("ca.pem", 0o600), ("ca-key.pem", 0o600), ("server-key.pem", 0o600)] {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(data.join(file)).unwrap().permissions().mode() & 0o777;
         assert_eq!(m, mode, "{file}");
@@ -547,7 +547,7 @@ async fn hosts_scan_image_folders(backend: Backend) {
     let (status, body) = t.post("/api/v1/hosts", json!({"path": images})).await;
     assert_eq!(status, 409, "same folder twice: {body}");
     let (status, body) = t.post("/api/v1/hosts", json!({"path": t.path("nowhere")})).await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("nowhere"), "{body}");
     let (status, _) = t.post("/api/v1/hosts", json!({"path": "relative/dir"})).await;
     assert_eq!(status, 422);
@@ -879,7 +879,7 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
     for (extra, expect) in [
         (json!({"schedule": "dayly 22:00"}), "schedule \"dayly 22:00\""),
         (json!({"schedule": "daily 25:00"}), "schedule"),
-        (json!({"schedule": "after nosuchjob"}), "no job named \"nosuchjob\""),
+        (json!({"schedule": "after nosuchjob"}), "404 no job named \"nosuchjob\""),
         (json!({"schedule": "after nightly"}), "after itself"),
         (json!({"backup_window": "mon-fri 20:00-30:00"}), "backup window"),
         (json!({"compression": "zip"}), "compression \"zip\""),
@@ -887,14 +887,13 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
         (json!({"retention_points": 0}), "retention_points"),
         (json!({"method": "sideways"}), "method"),
         (json!({"encryption": "rot13"}), "encryption"),
-        (json!({"vm_ids": [424242]}), "VM 424242 does not exist"),
+        (json!({"vm_ids": [424242]}), "404 VM 424242 does not exist"),
         (json!({"vm_ids": []}), "vm_ids"),
-        (json!({"vm_ids": [web, web]}), "twice"),
         (
             json!({"excluded_disk_ids": [db_disk]}),
             "which the job does not back up",
         ),
-        (json!({"repository_id": 777}), "repository 777"),
+        (json!({"repository_id": 777}), "404 repository 777"),
         (json!({"consistency": "frozen"}), "consistency \"frozen\""),
         (
             json!({"consistency": "crash", "require_app_consistency": true}),
@@ -904,13 +903,32 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
             json!({"consistency": "crash", "pre_freeze_script": "sync"}),
             "pre_freeze_script",
         ),
-        (json!({"post_thaw_script": "x".repeat(5000)}), "post_thaw_script"),
+        (json!({"post_thaw_script": "x".repeat(1025)}), "post_thaw_script"),
     ] {
+        // References to what does not exist are 404, the rest 422.
+        let (want, expect) = match expect.strip_prefix("404 ") {
+            Some(rest) => (404, rest),
+            None => (422, expect),
+        };
         let (status, body) = t.post("/api/v1/jobs", job(extra.clone())).await;
-        assert_eq!(status, 422, "{extra}: {body}");
+        assert_eq!(status, want, "{extra}: {body}");
         let error = body["error"].as_str().unwrap();
         assert!(error.contains(expect), "{extra}: {error}");
     }
+    // A VM listed twice is backed up once.
+    let (status, body) = t
+        .post("/api/v1/jobs", job(json!({"name": "twice", "vm_ids": [web, web]})))
+        .await;
+    assert_eq!((status, body["vm_ids"].clone()), (201, json!([web])), "{body}");
+    let (status, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{}", body["id"]),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
     // Malformed and oversized bodies.
     let raw = |body: &'static str| {
         t.client
@@ -1138,7 +1156,7 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
     let (status, _) = t
         .call(Method::GET, "/api/v1/sessions?limit=0", Some(&t.admin), None)
         .await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 400);
     let (status, _) = t
         .call(Method::GET, "/api/v1/sessions?cursor=garbage", Some(&t.admin), None)
         .await;

@@ -84,22 +84,22 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
     std::fs::write(root.join("existing.raw"), b"old").unwrap();
 
     let refused: Vec<(String, u16, &str)> = vec![
-        ("/etc/cron.d/cairn-test".into(), 422, "not beneath an allowed folder"),
-        ("/dev/shm/cairn-test".into(), 422, "not beneath an allowed folder"),
-        (data.join("secrets/x").display().to_string(), 422, "protected folder"),
-        (data.join("cairn.db-new").display().to_string(), 422, "protected folder"),
+        ("/etc/cron.d/cairn-test".into(), 403, "not beneath an allowed folder"),
+        ("/dev/shm/cairn-test".into(), 403, "not beneath an allowed folder"),
+        (data.join("secrets/x").display().to_string(), 403, "protected folder"),
+        (data.join("cairn.db-new").display().to_string(), 403, "protected folder"),
         (
             root.join("default-repository/x.raw").display().to_string(),
-            422,
+            403,
             "protected folder",
         ),
-        (format!("{}/a/b/../x.raw", root.display()), 422, "`..`"),
-        (format!("{}/../escape.raw", root.display()), 422, "`..`"),
+        (format!("{}/a/b/../x.raw", root.display()), 403, "`..`"),
+        (format!("{}/../escape.raw", root.display()), 403, "`..`"),
         ("restored.raw".into(), 422, "absolute"),
-        (root.join("sub/link/x.raw").display().to_string(), 422, "symbolic link"),
+        (root.join("sub/link/x.raw").display().to_string(), 403, "symbolic link"),
         (root.join("victim-link").display().to_string(), 409, "already exists"),
         (root.join("existing.raw").display().to_string(), 409, "already exists"),
-        (root.join("missing/x.raw").display().to_string(), 422, "does not exist"),
+        (root.join("missing/x.raw").display().to_string(), 404, "does not exist"),
     ];
     for (target, want, says) in &refused {
         let (status, body) = t
@@ -169,7 +169,7 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
                 Some(&json!({"repository_id": repo, "vm": "images/web", "folder": folder})),
             )
             .await;
-        assert_eq!(status, 422, "{folder}: {body}");
+        assert_eq!(status, 403, "{folder}: {body}");
         assert!(!std::path::Path::new(&folder).exists(), "{folder}");
     }
 
@@ -186,13 +186,13 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
     let open = root.join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    for (folders, says) in [
-        (json!(["relative/folder"]), "absolute"),
-        (json!([root.join("nope")]), "does not exist"),
-        (json!([data.clone()]), "protected"),
-        (json!([data.join("secrets")]), "protected"),
-        (json!([open]), "writable by other users"),
-        (json!([format!("{}/sub/../sub", root.display())]), "`..`"),
+    for (folders, want, says) in [
+        (json!(["relative/folder"]), 422, "absolute"),
+        (json!([root.join("nope")]), 404, "does not exist"),
+        (json!([data.clone()]), 403, "protected"),
+        (json!([data.join("secrets")]), 403, "protected"),
+        (json!([open]), 403, "writable by other users"),
+        (json!([format!("{}/sub/../sub", root.display())]), 403, "`..`"),
     ] {
         let (status, body) = t
             .call(
@@ -202,7 +202,7 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
                 Some(&json!({ "restore_folders": folders })),
             )
             .await;
-        assert_eq!(status, 422, "{folders}: {body}");
+        assert_eq!(status, want, "{folders}: {body}");
         assert!(error_of(&body).contains(says), "{folders}: {body}");
     }
     let only = root.join("only-here");
@@ -228,7 +228,7 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
             Some(&restore(json!(root.join("sub/again.raw")), json!({}))),
         )
         .await;
-    assert_eq!(status, 422, "the old folder is not allowed any more: {body}");
+    assert_eq!(status, 403, "the old folder is not allowed any more: {body}");
     let (status, body) = t
         .call(
             Method::POST,
@@ -247,19 +247,24 @@ async fn folders_administrators_name_are_checked(backend: Backend) {
     let data = t.path("data");
     let file = t.path("a-file");
     std::fs::write(&file, b"not a folder").unwrap();
-    for (path, says) in [
-        (file.display().to_string(), "not a folder"),
+    for (path, want, says) in [
+        (file.display().to_string(), 409, "not a folder"),
         (
             data.join("repo").display().to_string(),
+            403,
             "inside the server's data folder",
         ),
-        (data.display().to_string(), "inside the server's data folder"),
-        (t.root.path().display().to_string(), "contains the server's data folder"),
-        (format!("{}/x/../repo", t.root.path().display()), "`..`"),
-        ("relative/repo".to_string(), "absolute"),
+        (data.display().to_string(), 403, "inside the server's data folder"),
+        (
+            t.root.path().display().to_string(),
+            403,
+            "contains the server's data folder",
+        ),
+        (format!("{}/x/../repo", t.root.path().display()), 403, "`..`"),
+        ("relative/repo".to_string(), 422, "absolute"),
     ] {
         let (status, body) = t.post("/api/v1/repositories", json!({"name": "r", "path": path})).await;
-        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(status, want, "{path}: {body}");
         assert!(error_of(&body).contains(says), "{path}: {body}");
     }
     assert!(!data.join("repo").exists());
@@ -267,12 +272,12 @@ async fn folders_administrators_name_are_checked(backend: Backend) {
         let (status, body) = t
             .post("/api/v1/hosts", json!({"kind": "image-folder", "path": path}))
             .await;
-        assert_eq!(status, 422, "{}: {body}", path.display());
+        assert_eq!(status, 403, "{}: {body}", path.display());
     }
     let (status, body) = t
         .post("/api/v1/hosts", json!({"kind": "qemu", "path": data.join("x.qmp")}))
         .await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 403, "{body}");
     t.stop().await;
 }
 both_backends!(folders_administrators_name_are_checked);
@@ -607,7 +612,7 @@ async fn the_audit_log_records_changes_and_shows_tampering(backend: Backend) {
             Some(&json!({"repository_id": repo, "vm": "images/web", "disk": 1, "target_path": "/etc/x"})),
         )
         .await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 403);
     let (status, _) = t.post("/api/v1/agents/tokens", json!({"roles": ["proxy"]})).await;
     assert_eq!(status, 201);
     let (status, _) = t.call(Method::GET, "/api/v1/audit", Some(&operator), None).await;
@@ -632,7 +637,7 @@ async fn the_audit_log_records_changes_and_shows_tampering(backend: Backend) {
     assert_eq!(restores[1]["outcome"], "ok");
     assert_eq!(restores[1]["details"]["target_path"], json!(target));
     assert!(
-        restores[0]["outcome"].as_str().unwrap().starts_with("failed: 422"),
+        restores[0]["outcome"].as_str().unwrap().starts_with("failed: 403"),
         "{:?}",
         restores[0]
     );

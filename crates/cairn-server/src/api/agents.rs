@@ -166,9 +166,11 @@ impl AgentDto {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateEnrolmentToken {
     /// Roles the agent enrolled with this token gets (at least one).
+    #[schema(min_items = 1)]
     pub roles: Vec<AgentRoleName>,
     /// Seconds until the token expires (default 3600, at most 30 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub expires_in_secs: Option<u64>,
 }
 
@@ -189,6 +191,7 @@ pub struct EnrolRequest {
     /// The one-time enrolment token.
     pub token: String,
     /// Unique agent name: 1–64 letters, digits, `.`, `_`, `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     /// PEM certificate signing request; only its public key is used.
     pub csr_pem: String,
@@ -365,7 +368,6 @@ pub async fn enroll(
         return Err(ApiError::unauthorized(EnrolRefusal::Unknown.to_string()));
     }
     check_agent_name(&body.name)?;
-    let csr = parse_csr(&body.csr_pem).map_err(ApiError::invalid)?;
     let data_dir = state.data_dir.clone();
     let ca = tokio::task::spawn_blocking(move || AgentCa::load(&data_dir))
         .await?
@@ -382,6 +384,8 @@ pub async fn enroll(
     let outcome = state
         .db
         .enrol_agent(&token_hash(body.token.trim()), Timestamp::now(), &new, |id| {
+            // Read only once the token was accepted: a stranger learns nothing from the CSR check.
+            let csr = parse_csr(&body.csr_pem)?;
             let cert = ca.sign(&csr, &name, id).map_err(|e| e.to_string())?;
             Ok(IssuedCertificate {
                 fingerprint: cert.fingerprint.clone(),

@@ -75,7 +75,7 @@ impl From<AuditEntry> for AuditEntryDto {
         (status = 200, description = "Entries, newest first", body = Vec<AuditEntryDto>),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
         (status = 403, description = "Needs the administrator role", body = ErrorBody),
-        (status = 422, description = "Bad limit", body = ErrorBody),
+        (status = 400, description = "A limit or id out of range", body = ErrorBody),
     ))]
 pub async fn list(
     caller: Caller,
@@ -85,7 +85,12 @@ pub async fn list(
     caller.require_admin()?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit {limit}: 1 to 1000")));
+        return Err(ApiError::bad_request(format!("limit {limit}: 1 to 1000")));
+    }
+    if let Some(before) = q.before
+        && before < 1
+    {
+        return Err(ApiError::bad_request(format!("before {before}: entry ids start at 1")));
     }
     let entries = state
         .db

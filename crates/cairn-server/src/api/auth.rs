@@ -29,7 +29,7 @@ pub struct LoginRequest {
     pub password: String,
     /// The current code of the user's authenticator app, when the user has a second factor.
     #[serde(default)]
-    #[schema(example = "123456")]
+    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
     pub code: Option<String>,
 }
 
@@ -74,11 +74,13 @@ pub struct LoginResponse {
 /// `POST /api/v1/tokens` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
-    /// What the token is for (shown in the token list).
+    /// What the token is for (shown in the token list; at most 200 characters).
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub description: String,
     /// Days until it expires (1–3650); absent or null never expires.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<i64>,
 }
 

@@ -20,7 +20,7 @@ pub struct ErrorBody {
     #[schema(example = "job 7 not found")]
     pub error: String,
     /// A machine-readable reason, for the answers that have one (`totp_required`: the login
-    /// needs the second factor's code; `totp_setup_required`; `login_locked`).
+    /// needs the second factor's code; `totp_setup_required`; `login_locked`; `role_too_low`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
 }

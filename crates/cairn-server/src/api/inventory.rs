@@ -104,19 +104,27 @@ pub struct HostWithVms {
 /// `POST /api/v1/hosts` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddHost {
-    /// Kind of source; only `image-folder` so far.
+    /// Kind of source: `image-folder` (default) or `qemu`.
     #[serde(default = "image_folder")]
-    #[schema(example = "image-folder")]
+    #[schema(example = "image-folder", pattern = "^(image-folder|qemu)$")]
     pub kind: String,
     /// The folder of disk images (absolute path on the server's machine); for a `qemu` host a
-    /// VM's QMP socket or a folder of `NAME.qmp` sockets.
+    /// VM's QMP socket or a folder of `NAME.qmp` sockets. Never inside (or around) the server's
+    /// data folder.
+    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
     pub path: String,
     /// `qemu` hosts with a single QMP socket: the VM's guest agent socket (default: the `.qga`
     /// beside the QMP socket, when it exists).
     #[serde(default)]
+    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
     pub qga: Option<String>,
-    /// Unique name; defaults to the folder's name (made unique).
+    /// Unique name (1–64 characters); defaults to the folder's name (made unique).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
 }
 
@@ -218,8 +226,11 @@ async fn scan(path: PathBuf) -> ApiResult<cairn_inventory::Inventory> {
     tokio::task::spawn_blocking(move || cairn_inventory::scan(&path))
         .await?
         .map_err(|e| match e {
+            cairn_inventory::InventoryError::BadRoot { ref reason, .. } if reason == "not a folder" => {
+                ApiError::conflict(format!("not a folder: {e}"))
+            }
             cairn_inventory::InventoryError::BadRoot { .. } => {
-                ApiError::invalid(format!("not an existing folder: {e}"))
+                ApiError::not_found(format!("not an existing folder: {e}"))
             }
             other => ApiError::invalid(format!("cannot scan the folder: {other}")),
         })
@@ -265,9 +276,11 @@ pub async fn list_hosts(caller: Caller, State(state): State<AppState>) -> ApiRes
 #[utoipa::path(post, path = "/api/v1/hosts", tag = "inventory", request_body = AddHost,
     responses(
         (status = 201, description = "Created", body = HostWithVms),
-        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
-        (status = 409, description = "Name taken or folder already added", body = ErrorBody),
-        (status = 422, description = "Not an existing folder, unknown kind", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low, or the folder is (inside) the server's data folder", body = ErrorBody),
+        (status = 404, description = "The folder or socket does not exist", body = ErrorBody),
+        (status = 409, description = "Name taken, folder already added, not a folder (or QMP socket)", body = ErrorBody),
+        (status = 422, description = "A QMP socket that does not answer as QEMU", body = ErrorBody),
     ))]
 pub async fn add_host(
     caller: Caller,
@@ -399,7 +412,11 @@ pub async fn delete_host(
 
 /// VMs of every host, or of one.
 #[utoipa::path(get, path = "/api/v1/vms", tag = "inventory", params(VmQuery),
-    responses((status = 200, description = "OK", body = Vec<VmDto>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "OK", body = Vec<VmDto>),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 404, description = "No such host", body = ErrorBody),
+    ))]
 pub async fn list_vms(
     caller: Caller,
     State(state): State<AppState>,
@@ -444,7 +461,10 @@ fn unique_host_name(hosts: &[Host], base: String) -> String {
 /// Adds a qemu host (a VM's QMP socket or a folder of them) and discovers its VMs through QMP.
 async fn add_qemu_host(caller: Caller, state: AppState, req: AddHost) -> ApiResult<(StatusCode, Json<HostWithVms>)> {
     let qmp = crate::restore_folders::check_admin_folder("path", &req.path, &state.data_dir)?;
-    check_qmp_path(&qmp).map_err(|e| ApiError::invalid(format!("path: {e}")))?;
+    if std::fs::symlink_metadata(&qmp).is_err() {
+        return Err(ApiError::not_found(format!("path: {} does not exist", qmp.display())));
+    }
+    check_qmp_path(&qmp).map_err(|e| ApiError::conflict(format!("path: {e}")))?;
     let qga = match req.qga.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(_) if qmp.is_dir() => {

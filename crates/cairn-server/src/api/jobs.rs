@@ -24,10 +24,16 @@ pub const BLOCK_SIZES: [i64; 4] = [262_144, 524_288, 1_048_576, 4_194_304];
 /// absent fields take their defaults (also on PUT, which replaces the whole job).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct JobInput {
-    /// Unique name.
-    #[schema(example = "nightly")]
+    /// Unique name (1–100 characters, not only spaces, no control characters).
+    #[schema(
+        example = "nightly",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// VMs to back up, in processing order.
+    /// VMs to back up, in processing order (a VM listed twice is backed up once).
+    #[schema(min_items = 1)]
     pub vm_ids: Vec<i64>,
     /// Disks of those VMs to leave out.
     #[serde(default)]
@@ -36,18 +42,24 @@ pub struct JobInput {
     pub repository_id: i64,
     /// Block size in bytes: 262144, 524288, 1048576 (default) or 4194304.
     #[serde(default)]
+    #[schema(schema_with = block_size_schema)]
     pub block_size: Option<i64>,
-    /// Compression: `zstd:LEVEL` (default `zstd:3`), `lz4` or `none`.
+    /// Compression: `zstd:LEVEL` (default `zstd:3`; levels 1–19), `zstd`, `lz4` or `none`; empty:
+    /// the default.
     #[serde(default)]
+    #[schema(pattern = r"^(|none|lz4|zstd|zstd:([1-9]|1[0-9]))$")]
     pub compression: Option<String>,
-    /// Encryption: null (the repository decides, default), `aes-256-gcm` or `none`.
+    /// Encryption: null or empty (the repository decides, default), `aes-256-gcm` or `none`.
     #[serde(default)]
+    #[schema(pattern = "^(|aes-256-gcm|none)$")]
     pub encryption: Option<String>,
     /// Backup method: `forever-forward` (default) or `forward`.
     #[serde(default)]
+    #[schema(pattern = "^(forever-forward|forward)$")]
     pub method: Option<String>,
-    /// Restore points to keep (≥ 1, default 14).
+    /// Restore points to keep (1–10000, default 14).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub retention_points: Option<i64>,
     /// Schedule text (`daily 22:00 mon-fri`, `every 4h`, `after JOB`, `cron "0 22 * * 1-5"`…);
     /// null runs only on demand.
@@ -61,9 +73,11 @@ pub struct JobInput {
     pub backup_window: Option<String>,
     /// Retries of a failed VM (0–100, default 3).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub retries: Option<i64>,
-    /// Seconds between retries (default 600).
+    /// Seconds between retries (0–604800, default 600).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
     pub retry_wait_seconds: Option<i64>,
     /// Whether the scheduler starts it (default true).
     #[serde(default)]
@@ -71,16 +85,19 @@ pub struct JobInput {
     /// Point-in-time view of running VMs: `online` (default: guest agent freeze, else
     /// crash-consistent with a warning), `offline` (freeze, else pause the VM) or `crash`.
     #[serde(default)]
-    #[schema(example = "online")]
+    #[schema(example = "online", pattern = "^(|online|offline|crash)$")]
     pub consistency: Option<String>,
     /// Fail a VM whose guest cannot be frozen instead of falling back (default false).
     #[serde(default)]
     pub require_app_consistency: Option<bool>,
-    /// Command run in the guest through its agent before the freeze.
+    /// Command run in the guest through its agent before the freeze (a path inside the guest;
+    /// never run on the server; at most 4096 bytes).
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub pre_freeze_script: Option<String>,
-    /// Command run in the guest after the thaw.
+    /// Command run in the guest after the thaw (as `pre_freeze_script`).
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub post_thaw_script: Option<String>,
 }
 
@@ -229,35 +246,37 @@ pub fn parse_window(text: &str) -> ApiResult<BackupWindow> {
     BackupWindow::from_str(text).map_err(|e| ApiError::invalid(format!("backup window {text:?}: {e}")))
 }
 
+fn block_size_schema() -> utoipa::openapi::Object {
+    super::checks::integer_enum(&BLOCK_SIZES, true, "Block size in bytes (null: 1048576)")
+}
+
 /// Checks `input` (for job `editing`, when editing) and turns it into a stored spec.
 pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) -> ApiResult<JobSpec> {
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "job name {:?}: use 1 to 100 characters",
-            input.name
-        )));
-    }
+    let name = super::checks::display_name("job name", &input.name, 100)?;
     if input.vm_ids.is_empty() {
         return Err(ApiError::invalid("vm_ids: a job backs up at least one VM"));
     }
-    for (i, id) in input.vm_ids.iter().enumerate() {
-        if input.vm_ids[..i].contains(id) {
-            return Err(ApiError::invalid(format!("vm_ids: VM {id} is listed twice")));
+    let mut vm_ids: Vec<i64> = Vec::with_capacity(input.vm_ids.len());
+    for id in &input.vm_ids {
+        if vm_ids.contains(id) {
+            continue;
         }
         if let Err(e) = state.db.get_vm(*id).await {
             return Err(match e {
-                cairn_configdb::Error::NotFound { .. } => ApiError::invalid(format!("vm_ids: VM {id} does not exist")),
+                cairn_configdb::Error::NotFound { .. } => {
+                    ApiError::not_found(format!("vm_ids: VM {id} does not exist"))
+                }
                 other => other.into(),
             });
         }
+        vm_ids.push(*id);
     }
     let mut excluded = input.excluded_disk_ids.clone();
     excluded.sort_unstable();
     excluded.dedup();
     for id in &excluded {
         match state.db.get_disk(*id).await {
-            Ok(disk) if input.vm_ids.contains(&disk.vm_id) => {}
+            Ok(disk) if vm_ids.contains(&disk.vm_id) => {}
             Ok(disk) => {
                 return Err(ApiError::invalid(format!(
                     "excluded_disk_ids: disk {id} belongs to VM {}, which the job does not back up",
@@ -265,7 +284,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                 )));
             }
             Err(cairn_configdb::Error::NotFound { .. }) => {
-                return Err(ApiError::invalid(format!(
+                return Err(ApiError::not_found(format!(
                     "excluded_disk_ids: disk {id} does not exist"
                 )));
             }
@@ -274,7 +293,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
     }
     if let Err(e) = state.db.get_repository(input.repository_id).await {
         return Err(match e {
-            cairn_configdb::Error::NotFound { .. } => ApiError::invalid(format!(
+            cairn_configdb::Error::NotFound { .. } => ApiError::not_found(format!(
                 "repository_id: repository {} does not exist",
                 input.repository_id
             )),
@@ -287,13 +306,19 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
             "block_size {block_size}: use 262144, 524288, 1048576 or 4194304"
         )));
     }
-    let compression = match input.compression.as_deref().map(str::trim) {
+    let compression = match input.compression.as_deref() {
         None | Some("") => cairn_format::codec::Compression::DEFAULT.to_string(),
-        Some(text) => cairn_format::codec::Compression::from_str(text)
-            .map_err(|e| ApiError::invalid(format!("compression {text:?}: {e}")))?
-            .to_string(),
+        Some(text) => {
+            let parsed = cairn_format::codec::Compression::from_str(text)
+                .map_err(|e| ApiError::invalid(format!("compression {text:?}: {e}")))?;
+            // Only the canonical spellings (`zstd:3`, not `zstd:03`), as the document says.
+            if text != "zstd" && parsed.to_string() != text {
+                return Err(ApiError::invalid(format!("compression {text:?}: write it as {parsed}")));
+            }
+            parsed.to_string()
+        }
     };
-    let encryption = match input.encryption.as_deref().map(str::trim) {
+    let encryption = match input.encryption.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
             cairn_repo::Encryption::from_str(text)
@@ -301,7 +326,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                 .to_string(),
         ),
     };
-    let method = input.method.as_deref().map_or("forever-forward", str::trim).to_owned();
+    let method = input.method.as_deref().unwrap_or("forever-forward").to_owned();
     cairn_repo::Method::from_str(&method).map_err(|e| ApiError::invalid(format!("method: {e}")))?;
     let retention_points = input.retention_points.unwrap_or(14);
     if !(1..=10_000).contains(&retention_points) {
@@ -339,7 +364,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                     }
                     Some(_) => {}
                     None => {
-                        return Err(ApiError::invalid(format!(
+                        return Err(ApiError::not_found(format!(
                             "schedule {text:?}: there is no job named {job:?}"
                         )));
                     }
@@ -352,7 +377,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
         None | Some("") => None,
         Some(text) => Some(parse_window(text)?.to_string()),
     };
-    let consistency = match input.consistency.as_deref().map(str::trim) {
+    let consistency = match input.consistency.as_deref() {
         None | Some("") => cairn_configdb::default_consistency(),
         Some(text @ ("online" | "offline" | "crash")) => text.to_string(),
         Some(text) => {
@@ -362,13 +387,13 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
         }
     };
     let script = |field: &str, value: Option<String>| -> ApiResult<Option<String>> {
-        match value.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(text) if text.len() > 4096 => Err(ApiError::invalid(format!(
-                "{field}: {} bytes, at most 4096",
-                text.len()
+        match value.as_deref() {
+            Some(text) if text.chars().count() > 1024 => Err(ApiError::invalid(format!(
+                "{field}: {} characters, at most 1024",
+                text.chars().count()
             ))),
-            Some(text) => Ok(Some(text.to_string())),
+            Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+            _ => Ok(None),
         }
     };
     let pre_freeze_script = script("pre_freeze_script", input.pre_freeze_script)?;
@@ -387,7 +412,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
     }
     Ok(JobSpec {
         name,
-        vm_ids: input.vm_ids,
+        vm_ids,
         excluded_disk_ids: excluded,
         repository_id: input.repository_id,
         block_size,
@@ -433,6 +458,7 @@ pub async fn list_jobs(caller: Caller, State(state): State<AppState>) -> ApiResu
     responses(
         (status = 201, description = "Created", body = JobDto),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 404, description = "A VM, disk, repository or `after` job it names does not exist", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 422, description = "Invalid settings (the message names the field and the problem)", body = ErrorBody),
     ))]
@@ -468,7 +494,7 @@ pub async fn get_job(
     params(("id" = i64, Path, description = "Job id")),
     responses(
         (status = 200, description = "OK", body = JobDto),
-        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody), (status = 404, description = "No such job, or a VM, disk, repository or `after` job it names does not exist", body = ErrorBody),
         (status = 409, description = "Someone else saved first (reload and apply the change again), or name taken", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ErrorBody),
     ))]

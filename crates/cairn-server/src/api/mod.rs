@@ -14,6 +14,7 @@ pub mod agent_work;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod checks;
 pub mod error;
 pub mod inventory;
 pub mod jobs;
@@ -26,7 +27,7 @@ pub mod totp;
 pub mod users;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::routing::{get, post};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -38,11 +39,58 @@ use error::{ApiError, ErrorBody};
 /// Largest accepted JSON request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// A JSON request body; malformed JSON is a 400 `{"error": …}`, a body that does not fit the
-/// type a 422, a body over [`MAX_BODY_BYTES`] a 413.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body: a JSON object (else 422); malformed JSON is a 400 `{"error": …}`, a
+/// body that does not fit the type a 422 naming the field, a body over [`MAX_BODY_BYTES`] a 413.
+/// Numbers with an integral value are integers whatever their spelling (`5`, `5.0`, `5e0`: JSON
+/// Schema counts all of them as integers).
+#[derive(Debug)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<ApiJson<T>, ApiError> {
+        let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the request body must be a JSON object"));
+        }
+        integral_numbers_as_integers(&mut value);
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::invalid(format!("the request body: {inner}"))
+            } else {
+                ApiError::invalid(format!("{path}: {inner}"))
+            }
+        })
+    }
+}
+
+/// Turns every number with an integral value that fits 64 bits (`5.0`, `-2e3`) into an integer.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                if f >= 0.0 && f < u64::MAX as f64 {
+                    *value = Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *value = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
+}
 
 /// A path parameter; a value that does not parse is a 400 `{"error": …}`.
 #[derive(Debug, FromRequestParts)]
@@ -437,5 +485,40 @@ mod tests {
             }
         }
         assert_eq!(operations, 65);
+    }
+
+    /// Every pattern the document states compiles, and the shared rules are the ones the server
+    /// checks with (`checks`).
+    #[test]
+    fn the_documents_patterns_are_the_servers_rules() {
+        fn walk(v: &serde_json::Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(p) = map.get("pattern").and_then(|p| p.as_str()) {
+                        out.push((key.unwrap_or_default().to_owned(), p.to_owned()));
+                    }
+                    for (k, child) in map {
+                        walk(child, Some(k), out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, key, out)),
+                _ => {}
+            }
+        }
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let mut patterns = Vec::new();
+        walk(&doc, None, &mut patterns);
+        assert!(patterns.len() > 20, "{patterns:?}");
+        for (field, pattern) in &patterns {
+            regex::Regex::new(pattern).unwrap_or_else(|e| panic!("{field}: {pattern}: {e}"));
+            if ["path", "target_path", "folder", "qga"].contains(&field.as_str()) {
+                assert_eq!(pattern, checks::ABSOLUTE_PATH_PATTERN, "{field}");
+            }
+            if pattern.contains(r"\x7f-\x9f") {
+                assert_eq!(pattern, checks::DISPLAY_NAME_PATTERN, "{field}");
+            }
+        }
+        assert!(patterns.iter().any(|(_, p)| p == checks::DISPLAY_NAME_PATTERN));
+        assert!(patterns.iter().any(|(_, p)| p == checks::ABSOLUTE_PATH_PATTERN));
     }
 }

@@ -93,47 +93,60 @@ pub struct RepositoryDto {
 /// `POST /api/v1/repositories` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRepository {
-    /// Unique name.
+    /// Unique name (1–64 characters, not only spaces, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// Folder (absolute path on the server's machine): absent or empty to create a repository,
-    /// or holding a cairn repository to adopt it.
+    /// Folder (absolute path on the server's machine, or the agent's): absent or empty to create
+    /// a repository, or holding a cairn repository to adopt it. Never inside the server's data
+    /// folder.
+    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
     pub path: String,
     /// `aes-256-gcm` (default) or `none`; ignored when adopting.
     #[serde(default)]
-    #[schema(example = "aes-256-gcm")]
+    #[schema(example = "aes-256-gcm", pattern = "^(aes-256-gcm|none)$")]
     pub encryption: Option<String>,
     /// Password of an encrypted repository; generated when absent (kept in the server's
     /// secrets folder). Required to adopt an existing encrypted repository.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub password: Option<String>,
-    /// Maximum concurrent tasks (default: the number of CPU cores).
+    /// Maximum concurrent tasks, 1–1024 (default: the number of CPU cores).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1024)]
     pub max_tasks: Option<i64>,
     /// Read rate limit in bytes/s; 0 or absent is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub read_limit_bytes: Option<i64>,
     /// Write rate limit in bytes/s; 0 or absent is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub write_limit_bytes: Option<i64>,
     /// Name of the repository agent that owns the folder (`path` is then on that agent's host,
     /// and only that agent writes to it). Absent: the backup server's own disks.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub agent: Option<String>,
 }
 
 /// `PATCH /api/v1/repositories/{id}` body; absent fields stay, 0 or null limits are unlimited.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateRepository {
-    /// Maximum concurrent tasks (≥ 1).
+    /// Maximum concurrent tasks (1–1024).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1024)]
     pub max_tasks: Option<i64>,
     /// Read rate limit in bytes/s; 0 or null is unlimited.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub read_limit_bytes: Option<Option<i64>>,
     /// Write rate limit in bytes/s; 0 or null is unlimited.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub write_limit_bytes: Option<Option<i64>>,
 }
 
@@ -159,7 +172,8 @@ pub struct ProxyDto {
 /// `PATCH /api/v1/proxies/{id}` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateProxy {
-    /// Maximum concurrent tasks (≥ 1).
+    /// Maximum concurrent tasks (1–1024).
+    #[schema(minimum = 1, maximum = 1024)]
     pub max_tasks: i64,
 }
 
@@ -214,7 +228,15 @@ pub(crate) fn repo_error(e: RepoError) -> ApiError {
             ApiError::not_found(e.to_string())
         }
         RepoError::Invalid(_) => ApiError::invalid(e.to_string()),
-        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        // A folder the server may not write (a read-only mount, another owner's folder): the
+        // place named is refused, the server did not fail.
+        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            ApiError::forbidden(e.to_string())
+        }
+        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+            ApiError::conflict(e.to_string())
+        }
+        other => ApiError::internal(other.to_string(), &other),
     }
 }
 
@@ -393,7 +415,7 @@ async fn agent_repository_owner(
         .await?
         .into_iter()
         .find(|a| a.name == name)
-        .ok_or_else(|| ApiError::invalid(format!("agent: there is no agent {name:?} (see `cairn agent list`)")))?;
+        .ok_or_else(|| ApiError::not_found(format!("agent: there is no agent {name:?} (see `cairn agent list`)")))?;
     if !crate::movers::has_role(&agent, cairn_configdb::AgentRole::Repository) {
         return Err(ApiError::invalid(format!(
             "agent: {name} was not enrolled with the repository role"
@@ -480,8 +502,10 @@ fn unmake_repository(path: &Path, made: &Made) {
 #[utoipa::path(post, path = "/api/v1/repositories", tag = "repositories", request_body = CreateRepository,
     responses(
         (status = 201, description = "Created", body = RepositoryDto),
-        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody), (status = 403, description = "The caller's role is too low", body = ErrorBody),
-        (status = 409, description = "Name or folder taken, folder not empty", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low; the folder is (inside or around) the server's data folder, or the server may not write it", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "Name or folder taken, folder not empty, not a folder, or the agent cannot hold repositories now", body = ErrorBody),
         (status = 422, description = "Bad value, wrong password of an existing repository", body = ErrorBody),
     ))]
 pub async fn create_repository(
@@ -490,19 +514,19 @@ pub async fn create_repository(
     ApiJson(req): ApiJson<CreateRepository>,
 ) -> ApiResult<(StatusCode, Json<RepositoryDto>)> {
     caller.require_admin()?;
-    let name = req.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "repository name {:?}: use 1 to 64 characters",
-            req.name
-        )));
+    let name = super::checks::display_name("repository name", &req.name, 64)?;
+    super::checks::absolute_path("path", &req.path)?;
+    if req.password.as_deref() == Some("") {
+        return Err(ApiError::invalid(
+            "password: give a password, or leave it out to have one generated",
+        ));
     }
     let path = if req.agent.is_some() {
-        cairn_confine::normalize(Path::new(&req.path)).map_err(|e| ApiError::invalid(format!("path: {e}")))?
+        cairn_confine::normalize(Path::new(&req.path)).map_err(|e| ApiError::forbidden(format!("path: {e}")))?
     } else {
         let path = crate::restore_folders::check_admin_folder("path", &req.path, &state.data_dir)?;
         if path.exists() && !path.is_dir() {
-            return Err(ApiError::invalid(format!("path: {} is not a folder", path.display())));
+            return Err(ApiError::conflict(format!("path: {} is not a folder", path.display())));
         }
         path
     };

@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,9 +36,9 @@ pub struct RestoreRequest {
     pub repository_id: i64,
     /// VM name as backed up.
     pub vm: String,
-    /// `latest` (default), a restore point id, or a unique prefix of one.
+    /// `latest` (default), a restore point id, or a unique prefix of one (hex digits).
     #[serde(default = "latest", deserialize_with = "string_or_number")]
-    #[schema(value_type = String, example = "latest")]
+    #[schema(value_type = String, example = "latest", pattern = "^(latest|[0-9a-f]{1,64})$")]
     pub point: String,
     /// Disk number within the VM (0 is the first).
     #[serde(default)]
@@ -47,22 +46,35 @@ pub struct RestoreRequest {
     /// The image file to write: an absolute path beneath a restore folder (see the settings) on
     /// the machine that holds the repository (the server, or the repository's agent). It must
     /// not exist; no `..` and no symbolic link below the restore folder are allowed.
-    #[schema(min_length = 2, max_length = 4096)]
+    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
     pub target_path: String,
     /// Permission bits of the new file in octal (default `0600`; at most `0777`).
     #[serde(default)]
-    #[schema(example = "0640", pattern = "^(0o)?[0-7]{1,4}$")]
+    #[schema(example = "0640", pattern = "^(0o|0)?[0-7]{1,3}$")]
     pub file_mode: Option<String>,
     /// Image format: raw (default), qcow2, vhdx or vhd.
     #[serde(default)]
+    #[schema(pattern = "^(|raw|qcow2|vhdx|vhd)$")]
     pub format: Option<String>,
     /// Logical sector size of the new image (512 or 4096; default: the source's).
     #[serde(default)]
+    #[schema(schema_with = sector_size_schema)]
     pub sector_size: Option<u32>,
 }
 
 fn latest() -> String {
     "latest".into()
+}
+
+fn sector_size_schema() -> utoipa::openapi::Object {
+    super::checks::integer_enum(&[512, 4096], true, "Logical sector size in bytes (null: the source's)")
+}
+
+/// Whether `point` selects a restore point as the document says: `latest`, or 1–64 lower-case
+/// hex digits.
+pub(crate) fn is_point_selector(point: &str) -> bool {
+    point == "latest"
+        || (!point.is_empty() && point.len() <= 64 && point.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -158,8 +170,8 @@ impl RestoreHooks for LeaseHooks {
     responses(
         (status = 200, description = "OK", body = RestoreResult),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
-        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
-        (status = 404, description = "No such repository, VM, point or disk", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher; or the target is not beneath a restore folder, goes through `..` or a symbolic link, or into the data folder", body = ErrorBody),
+        (status = 404, description = "No such repository, VM, point or disk; or the target's folder does not exist", body = ErrorBody),
         (status = 409, description = "The target file exists", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ErrorBody),
     ))]
@@ -175,8 +187,18 @@ pub async fn restore(
     caller.require(Role::RestoreOperator)?;
     let format = match req.format.as_deref() {
         None | Some("") => Format::Raw,
-        Some(text) => Format::from_str(text).map_err(ApiError::invalid)?,
+        Some(text) => Format::ALL
+            .into_iter()
+            .find(|f| f.name() == text)
+            .ok_or_else(|| ApiError::invalid(format!("format {text:?}: use raw, qcow2, vhdx or vhd")))?,
     };
+    super::checks::absolute_path("target_path", &req.target_path)?;
+    if !is_point_selector(&req.point) {
+        return Err(ApiError::invalid(format!(
+            "point {:?}: give latest, or a restore point id or its first hex digits",
+            req.point
+        )));
+    }
     if let Some(sector) = req.sector_size
         && ![512, 4096].contains(&sector)
     {

@@ -134,8 +134,10 @@ pub struct SessionsQuery {
     /// Only the sessions of this job.
     pub job: Option<i64>,
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^([0-9]{1,16}\.[0-9]{1,18})?$")]
     pub cursor: Option<String>,
 }
 
@@ -146,6 +148,7 @@ pub struct LogQuery {
     /// Only lines after this line id.
     pub after: Option<i64>,
     /// Lines at most, 1–10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
@@ -190,7 +193,9 @@ fn page_size(limit: Option<u32>, (default, max): (u32, u32), what: &str) -> ApiR
     match limit {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::invalid(format!("limit {n}: {what} pages hold 1 to {max}"))),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit {n}: {what} pages hold 1 to {max}"
+        ))),
     }
 }
 

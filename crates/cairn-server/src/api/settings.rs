@@ -37,13 +37,19 @@ pub struct UpdateSettings {
     /// The new list of restore folders (replaces the old one): absolute paths of existing
     /// folders that other users cannot write, outside the server's data folder.
     #[serde(default)]
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, value_type = Option<Vec<AbsolutePath>>)]
     pub restore_folders: Option<Vec<String>>,
     /// Require a second factor (TOTP) of administrators: one without it can, after logging in,
     /// only set one up.
     #[serde(default)]
     pub require_totp_for_administrators: Option<bool>,
 }
+
+/// An absolute path (the item schema of `restore_folders`).
+#[derive(ToSchema)]
+#[schema(pattern = r"^(/[^/\x00]{0,255})+$", max_length = 4096)]
+#[allow(dead_code)]
+pub(crate) struct AbsolutePath(String);
 
 /// Whether parallel processing is on (the default).
 pub async fn parallel_processing(db: &cairn_configdb::ConfigDb) -> cairn_configdb::Result<bool> {
@@ -92,8 +98,9 @@ pub async fn get_settings(caller: Caller, State(state): State<AppState>) -> ApiR
         (status = 200, description = "OK", body = SettingsDto),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
         (status = 403, description = "Needs the administrator role", body = ErrorBody),
-        (status = 422, description = "A restore folder is not an absolute path of an existing folder, is writable by \
-            other users, or is inside the data folder", body = ErrorBody),
+        (status = 403, description = "A restore folder is writable by other users, or is (inside) the data folder", body = ErrorBody),
+        (status = 404, description = "A restore folder does not exist", body = ErrorBody),
+        (status = 409, description = "A restore folder is not a folder", body = ErrorBody),
     ))]
 pub async fn update_settings(
     caller: Caller,

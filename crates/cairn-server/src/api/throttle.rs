@@ -61,7 +61,7 @@ pub struct CreateThrottleRule {
     #[schema(example = "10.9.0.0/16")]
     pub to: String,
     /// Bytes per second (≥ 1), shared equally by the transfers the rule applies to.
-    #[schema(example = 50_000_000)]
+    #[schema(example = 50_000_000, minimum = 1)]
     pub limit_bytes: i64,
     /// Backup-window text (`mon-fri 08:00-18:00`, optionally `tz ZONE`); absent or blank: always.
     #[serde(default)]

@@ -31,7 +31,7 @@ pub struct TotpSetup {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TotpCode {
     /// The current code of the authenticator app.
-    #[schema(example = "123456", pattern = "^[0-9 ]{6,7}$")]
+    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 

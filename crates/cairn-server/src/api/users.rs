@@ -75,9 +75,11 @@ impl From<User> for UserDto {
 /// `POST /api/v1/users` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateUser {
-    /// Login name: 1–64 letters, digits, `.`, `_`, `-`, `@`.
+    /// Login name: 1–64 ASCII letters, digits, `.`, `_`, `-`, `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// Password (at least 8 characters).
+    #[schema(min_length = 8)]
     pub password: String,
     /// Role.
     pub role: RoleName,
@@ -86,8 +88,9 @@ pub struct CreateUser {
 /// `PATCH /api/v1/users/{id}` body; absent fields stay.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateUser {
-    /// New password (at least 8 characters).
+    /// New password (at least 8 characters); the user's login tokens are revoked.
     #[serde(default)]
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     /// New role.
     #[serde(default)]
@@ -96,15 +99,15 @@ pub struct UpdateUser {
 
 fn check_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
-        && name.chars().count() <= 64
+        && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
     if ok {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "user name {name:?}: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+            "user name {name:?}: use 1 to 64 ASCII letters, digits, '.', '_', '-' or '@'"
         )))
     }
 }

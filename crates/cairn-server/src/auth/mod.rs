@@ -178,7 +178,8 @@ impl Caller {
             Err(ApiError::forbidden(format!(
                 "user {} has the {} role; this needs {needed}",
                 self.name, self.role
-            )))
+            ))
+            .with_code("role_too_low"))
         }
     }
 

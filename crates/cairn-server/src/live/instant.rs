@@ -173,6 +173,7 @@ pub struct InstantRequest {
     pub vm: String,
     /// `latest` (default), a restore point id, or a unique prefix of one.
     #[serde(default = "latest")]
+    #[schema(pattern = "^(latest|[0-9a-f]{1,64})$")]
     pub point: String,
     /// The qemu host whose socket folder gets the VM's sockets (default: the VM's own host).
     #[serde(default)]
@@ -190,6 +191,7 @@ pub struct InstantRequest {
 pub struct MigrateRequest {
     /// Production files, one per disk (qcow2; must not exist), beneath a restore folder (see the
     /// settings). With one disk a single path.
+    #[schema(min_items = 1, value_type = Vec<crate::api::settings::AbsolutePath>)]
     pub to: Vec<String>,
 }
 
@@ -209,6 +211,12 @@ pub async fn start(
     ApiJson(req): ApiJson<InstantRequest>,
 ) -> ApiResult<(axum::http::StatusCode, Json<InstantInfo>)> {
     caller.require(Role::RestoreOperator)?;
+    if !crate::api::restore::is_point_selector(&req.point) {
+        return Err(ApiError::invalid(format!(
+            "point {:?}: give latest, or a restore point id or its first hex digits",
+            req.point
+        )));
+    }
     let started = std::time::Instant::now();
     let ir = state.instant.clone();
     let row = state.db.get_repository(req.repository_id).await?;
@@ -385,8 +393,8 @@ async fn wait_job(
     responses(
         (status = 200, description = "Migrated", body = InstantInfo),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
-        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
-        (status = 404, description = "No such instant recovery", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher; or a target is not beneath a restore folder, goes through `..` or a symbolic link, or into the data folder", body = ErrorBody),
+        (status = 404, description = "No such instant recovery, or a target's folder does not exist", body = ErrorBody),
         (status = 409, description = "Already migrating or migrated, or a target exists", body = ErrorBody),
         (status = 422, description = "Invalid input", body = ErrorBody),
     ))]
@@ -414,7 +422,10 @@ pub async fn migrate(
             info.exports.len()
         )));
     }
-    let targets: Vec<PathBuf> = req.to.iter().map(PathBuf::from).collect();
+    let mut targets: Vec<PathBuf> = Vec::new();
+    for t in &req.to {
+        targets.push(crate::api::checks::absolute_path("to", t)?);
+    }
     // Each target is made now, empty and 0600, beneath a restore folder (never over a file, never
     // through a link); `qemu-img create` then writes the qcow2 into it.
     let allowed = crate::restore_folders::allowed(&state.db, &state.data_dir).await?;

@@ -40,6 +40,7 @@ pub struct VmRestoreRequest {
     pub vm: String,
     /// `latest` (default), a restore point id, or a unique prefix of one.
     #[serde(default = "latest")]
+    #[schema(pattern = "^(latest|[0-9a-f]{1,64})$")]
     pub point: String,
     /// The qemu host to restore to (by name; default: the VM's own host).
     #[serde(default)]
@@ -53,6 +54,7 @@ pub struct VmRestoreRequest {
     /// Folder for the new disk files, beneath a restore folder (created if needed; default:
     /// `<first restore folder>/<name>`); not with `replace_original`.
     #[serde(default)]
+    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
     pub folder: Option<String>,
     /// Accelerator of the started VM (default: as the original ran, e.g. `kvm` or `tcg`).
     #[serde(default)]
@@ -227,7 +229,7 @@ async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
     responses(
         (status = 200, description = "The VM is restored and started", body = VmRestoreResult),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
-        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher; or the folder is not beneath a restore folder, goes through `..` or a symbolic link, or into the data folder", body = ErrorBody),
         (status = 404, description = "No such repository, host, VM or point", body = ErrorBody),
         (status = 409, description = "A target file or socket exists", body = ErrorBody),
         (status = 422, description = "Invalid input, or the point has no VM configuration", body = ErrorBody),
@@ -253,8 +255,15 @@ pub async fn restore_vm(
             "replace_original: a replaced VM keeps its name and disk files (leave out name and folder)",
         ));
     }
+    if !crate::api::restore::is_point_selector(&req.point) {
+        return Err(ApiError::invalid(format!(
+            "point {:?}: give latest, or a restore point id or its first hex digits",
+            req.point
+        )));
+    }
     // A folder that cannot be written is refused before anything is looked up.
     if let Some(folder) = &req.folder {
+        crate::api::checks::absolute_path("folder", folder)?;
         restore_folders::allowed(&state.db, &state.data_dir)
             .await?
             .check_text(Path::new(folder))
