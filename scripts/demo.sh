@@ -75,8 +75,15 @@ echo "== cairn session list, cairn session show"
 "$cairn" session list
 session=$("$cairn" --json session list --limit 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["sessions"][0]["id"])')
 "$cairn" session show "$session"
-echo "== cairn restore through the server"
-"$cairn" restore --repository default --vm web01 --point latest --disk 0 --to "$demo/server-restored.raw"
-cmp "$disk" "$demo/server-restored.raw" && echo "restored through the server: byte-identical"
+echo "== cairn restore through the server (into its restore folder, $demo/server-restore)"
+"$cairn" restore --repository default --vm web01 --point latest --disk 0 --to "$demo/server-restore/web01.raw"
+cmp "$disk" "$demo/server-restore/web01.raw" && echo "restored through the server: byte-identical"
+echo "== a restore the server refuses: outside its restore folders"
+if "$cairn" restore --repository default --vm web01 --to "$demo/elsewhere.raw"; then
+    echo "the server wrote outside its restore folders" >&2
+    exit 1
+fi
+echo "== cairn audit list: who did what"
+"$cairn" audit list --limit 8
 kill $server_pid
 wait $server_pid 2>/dev/null || true
