@@ -97,6 +97,13 @@ if [ "$status" = 0 ] && [ "${CAIRN_FUZZ_SECONDS:-20}" != 0 ]; then
     bash scripts/fuzz-smoke.sh "${CAIRN_FUZZ_SECONDS:-20}"
 fi
 
+# The ten slowest test binaries (cargo names each before its tests and times it after).
+echo "slowest test binaries:"
+awk '/^ *Running / { name = $2; if (name == "unittests") { d = $NF; sub(/.*\//, "", d); sub(/-[0-9a-f]+\)$/, "", d); name = "unit tests of " d } }
+     /^ *Doc-tests / { name = "doc-tests " $2 }
+     /test result:/ { for (i = 1; i <= NF; i++) if ($i == "in") { t = $(i + 1); sub(/s$/, "", t); print t, name } }' "$log" |
+    sort -rn | head -n 10 | awk '{ t = $1; $1 = ""; printf "  %8.1f s %s\n", t, $0 }'
+
 # One closing line over every test binary (cargo prints one per binary).
 echo "tests: $passed passed, $failed failed"
 exit "$status"

@@ -44,9 +44,28 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(error_code(&e, remote))
         }
     }
+}
+
+/// What the user can do about an error of a library, in the CLI's own terms (libraries do not
+/// know the flags and environment variables).
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain()
+        .find_map(|cause| match cause.downcast_ref::<cairn_repo::RepoError>()? {
+            cairn_repo::RepoError::PasswordRequired { .. } => {
+                Some("give the repository's password in CAIRN_PASSWORD or with --password-file FILE")
+            }
+            cairn_repo::RepoError::NotARepository { .. } => Some("create one with `cairn repo init --repo DIR`"),
+            cairn_repo::RepoError::WrongPassword { .. } => {
+                Some("the password comes from CAIRN_PASSWORD or --password-file FILE")
+            }
+            _ => None,
+        })
 }
 
 /// Exit code of a failed command: 2 for usage and login problems (and for every error of a

@@ -245,16 +245,13 @@ pub fn init_repository(path: &Path, password: &str) -> Result<String, MoverError
         path: path.to_path_buf(),
         error,
     };
-    match Repository::open(path, Some(password.as_bytes())) {
-        Ok(_) => return Ok(format!("adopted the repository already in {}", path.display())),
-        Err(cairn_repo::RepoError::NotARepository { .. }) => {}
-        Err(e) => return Err(repo_error(e)),
-    }
-    Repository::init(path, cairn_repo::Encryption::Aes256Gcm, Some(password.as_bytes()), None).map_err(repo_error)?;
-    Ok(format!(
-        "created an encrypted repository (AES-256-GCM) in {}",
-        path.display()
-    ))
+    let made = cairn_repo::folder::create_or_adopt(path, cairn_repo::Encryption::Aes256Gcm, Some(password.as_bytes()))
+        .map_err(repo_error)?;
+    Ok(if made.created {
+        format!("created an encrypted repository (AES-256-GCM) in {}", path.display())
+    } else {
+        format!("adopted the repository already in {}", path.display())
+    })
 }
 
 /// A VM's newest restore point, as [`previous_point`] finds it.

@@ -24,7 +24,7 @@ pub enum RepoError {
         source: FormatError,
     },
     /// The folder holds no cairn repository.
-    #[error("{}: not a cairn repository (no config file; run `cairn repo init`)", path.display())]
+    #[error("{}: not a cairn repository (it has no config file)", path.display())]
     NotARepository { path: PathBuf },
     /// `init` on a folder that already holds files.
     #[error("{}: already exists and is not empty", path.display())]
@@ -33,7 +33,7 @@ pub enum RepoError {
     #[error("{}: wrong password", path.display())]
     WrongPassword { path: PathBuf },
     /// The repository is encrypted and no password was given.
-    #[error("{}: repository is encrypted: set CAIRN_PASSWORD or use --password-file", path.display())]
+    #[error("{}: the repository is encrypted and no password was given", path.display())]
     PasswordRequired { path: PathBuf },
     /// No backups exist for the VM.
     #[error("no backups of VM {vm:?} in this repository")]

@@ -20,6 +20,7 @@
 pub mod chain;
 pub mod config;
 pub mod error;
+pub mod folder;
 pub mod fsutil;
 pub mod repair;
 pub mod repository;

@@ -15,13 +15,13 @@ use crate::error::{RepoError, Result, fmt, io};
 use crate::fsutil;
 
 /// Name of the config file at the repository root.
-pub const CONFIG_FILE: &str = "config";
+pub(crate) const CONFIG_FILE: &str = "config";
 /// Folder holding one sub-folder per chain.
-pub const CHAINS_DIR: &str = "chains";
+pub(crate) const CHAINS_DIR: &str = "chains";
 /// Name of the metadata file in a chain folder.
-pub const CHAIN_META: &str = "chain.meta";
+pub(crate) const CHAIN_META: &str = "chain.meta";
 /// Name of the lock file in a chain folder.
-pub const LOCK_FILE: &str = "lock";
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// An open repository: its folder, config and unlocked keys.
 pub struct Repository {

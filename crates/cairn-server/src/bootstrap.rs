@@ -316,23 +316,19 @@ async fn ensure_default_repository(
                 p
             }
         };
-        if repo_path.join("config").exists() {
-            cairn_repo::Repository::open(&repo_path, Some(password.as_bytes())).with_context(|| {
-                format!(
-                    "{} already holds a cairn repository that this server did not make; move it away or choose \
-                     another place with --default-repository",
-                    repo_path.display()
-                )
-            })?;
-        } else {
-            cairn_repo::Repository::init(
-                &repo_path,
-                cairn_repo::Encryption::Aes256Gcm,
-                Some(password.as_bytes()),
-                None,
-            )
-            .with_context(|| format!("creating the default repository in {}", repo_path.display()))?;
-        }
+        cairn_repo::folder::create_or_adopt(&repo_path, cairn_repo::Encryption::Aes256Gcm, Some(password.as_bytes()))
+            .map_err(|e| match e {
+            cairn_repo::RepoError::WrongPassword { .. }
+            | cairn_repo::RepoError::PasswordRequired { .. }
+            | cairn_repo::RepoError::AlreadyExists { .. } => anyhow::anyhow!(
+                "{} already holds a cairn repository that this server did not make, or other files; move them \
+                     away or choose another place with --default-repository ({e})",
+                repo_path.display()
+            ),
+            other => {
+                anyhow::Error::new(other).context(format!("creating the default repository in {}", repo_path.display()))
+            }
+        })?;
         Ok(password)
     })
     .await??;

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cairn_configdb::{NewRepository, Proxy, Repository, Role};
+use cairn_repo::folder;
 use cairn_repo::{Encryption, RepoError};
 use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits};
 use jiff::Timestamp;
@@ -273,12 +274,12 @@ pub(crate) async fn open_repository(
         })
 }
 
-/// Whether the repository in `path` is encrypted (from its config file; `None` if unreadable).
+/// Whether the repository in `path` is encrypted (`None` if there is none or it is unreadable).
 fn read_encrypted(path: &Path) -> Option<bool> {
-    let config = path.join(cairn_repo::repository::CONFIG_FILE);
-    let bytes = std::fs::read(&config).ok()?;
-    let config = cairn_repo::config::Config::decode(&bytes, &config).ok()?;
-    Some(config.encryption != Encryption::None)
+    match folder::inspect(path) {
+        Ok(folder::FolderState::Repository { encrypted }) => Some(encrypted),
+        _ => None,
+    }
 }
 
 fn free_bytes(path: &Path) -> Option<u64> {
@@ -345,62 +346,41 @@ pub async fn list_repositories(caller: Caller, State(state): State<AppState>) ->
     Ok(Json(repository_dtos(&state, repos).await?))
 }
 
-/// What creating a repository did on disk.
+/// What creating a repository did on disk, with the password it was made or adopted with.
 struct Made {
-    encrypted: bool,
+    folder: folder::Made,
     password: Option<String>,
-    /// The folder existed before (so only our files are removed on failure).
-    existed: bool,
-    /// The repository was initialised (not adopted).
-    created: bool,
 }
 
 /// Initialises or adopts the repository folder (blocking).
 fn make_repository(path: &Path, encryption: Encryption, password: Option<String>) -> ApiResult<Made> {
-    let existed = path.exists();
-    if path.join(cairn_repo::repository::CONFIG_FILE).exists() {
-        let encrypted = read_encrypted(path)
-            .ok_or_else(|| ApiError::invalid(format!("{}: the repository config cannot be read", path.display())))?;
-        if encrypted && password.is_none() {
-            return Err(ApiError::invalid(format!(
-                "{} holds an encrypted cairn repository: give its password to adopt it",
-                path.display()
-            )));
-        }
-        let password = if encrypted { password } else { None };
-        cairn_repo::Repository::open(path, password.as_deref().map(str::as_bytes)).map_err(|e| match e {
+    let state = folder::inspect(path).map_err(repo_error)?;
+    if let folder::FolderState::Repository { encrypted: true } = state
+        && password.is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "{} holds an encrypted cairn repository: give its password to adopt it",
+            path.display()
+        )));
+    }
+    let password = match state {
+        folder::FolderState::Repository { encrypted } => password.filter(|_| encrypted),
+        _ if encryption == Encryption::None => None,
+        _ => Some(password.unwrap_or_else(crate::secrets::generate_password)),
+    };
+    let made =
+        folder::create_or_adopt(path, encryption, password.as_deref().map(str::as_bytes)).map_err(|e| match e {
             RepoError::WrongPassword { .. } => ApiError::invalid(format!(
                 "{}: wrong password for the existing repository",
                 path.display()
             )),
-            other => repo_error(other),
-        })?;
-        return Ok(Made {
-            encrypted,
-            password,
-            existed,
-            created: false,
-        });
-    }
-    let password = match encryption {
-        Encryption::None => None,
-        Encryption::Aes256Gcm => Some(password.unwrap_or_else(crate::secrets::generate_password)),
-    };
-    cairn_repo::Repository::init(path, encryption, password.as_deref().map(str::as_bytes), None).map_err(
-        |e| match e {
             RepoError::AlreadyExists { .. } => ApiError::conflict(format!(
                 "{} is not empty and holds no cairn repository: choose an empty or new folder",
                 path.display()
             )),
             other => repo_error(other),
-        },
-    )?;
-    Ok(Made {
-        encrypted: encryption != Encryption::None,
-        password,
-        existed,
-        created: true,
-    })
+        })?;
+    Ok(Made { folder: made, password })
 }
 
 /// The agent named `name`, if it may own a repository now.
@@ -464,10 +444,12 @@ async fn init_on_agent(
         Ok(Ok(summary)) => {
             tracing::info!("agent {}: {summary}", agent.name);
             Ok(Made {
-                encrypted: true,
+                folder: folder::Made {
+                    existed: true,
+                    created: summary.starts_with("created"),
+                    encrypted: true,
+                },
                 password: Some(password.to_string()),
-                existed: true,
-                created: summary.starts_with("created"),
             })
         }
         Ok(Err(error)) => Err(ApiError::invalid(format!(
@@ -483,18 +465,6 @@ async fn init_on_agent(
                 AGENT_INIT_TIMEOUT.as_secs()
             ),
         )),
-    }
-}
-
-/// Removes what [`make_repository`] created.
-fn unmake_repository(path: &Path, made: &Made) {
-    if !made.created {
-        return;
-    }
-    let _ = std::fs::remove_file(path.join(cairn_repo::repository::CONFIG_FILE));
-    let _ = std::fs::remove_dir_all(path.join(cairn_repo::repository::CHAINS_DIR));
-    if !made.existed {
-        let _ = std::fs::remove_dir(path);
     }
 }
 
@@ -587,7 +557,7 @@ pub async fn create_repository(
         Ok(repo) => repo,
         Err(e) => {
             if agent.is_none() {
-                unmake_repository(&path, &made);
+                folder::remove_made(&path, &made.folder);
             }
             return Err(e.into());
         }
@@ -597,7 +567,7 @@ pub async fn create_repository(
         if let Err(e) = state.secrets.set_repository_password(repo.id, password.as_bytes()) {
             let _ = state.db.delete_repository(repo.id).await;
             if agent.is_none() {
-                unmake_repository(&path, &made);
+                folder::remove_made(&path, &made.folder);
             }
             return Err(ApiError::internal(
                 format!("cannot store the password of repository {}", repo.settings.name),
@@ -616,10 +586,14 @@ pub async fn create_repository(
     tracing::info!(
         "{} {} repository {} at {} ({})",
         caller.name,
-        if made.created { "created" } else { "adopted" },
+        if made.folder.created { "created" } else { "adopted" },
         repo.settings.name,
         repo.settings.path,
-        if made.encrypted { "encrypted" } else { "not encrypted" }
+        if made.folder.encrypted {
+            "encrypted"
+        } else {
+            "not encrypted"
+        }
     );
     let mut dto = repository_dtos(&state, vec![repo]).await?.remove(0);
     dto.password_file = password_file;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_repo::Repository;
-use cairn_repo::repository::CONFIG_FILE;
 
 /// One opened repository and what it was opened from.
 struct Entry {
@@ -25,15 +24,15 @@ pub(crate) struct RepoCache {
 
 impl RepoCache {
     /// The repository with database id `id` at `path`: the cached one if it was opened from the
-    /// same path with the same password and its config file is byte for byte what it was (a
-    /// repository initialised anew in the same folder has a new config), else opened now.
+    /// same path with the same password and has the same identity (a repository initialised anew
+    /// in the same folder has another), else opened now.
     pub(crate) fn open(
         &self,
         id: i64,
         path: &str,
         password: Option<&[u8]>,
     ) -> cairn_repo::error::Result<Arc<Repository>> {
-        let config = std::fs::read(Path::new(path).join(CONFIG_FILE)).ok();
+        let config = cairn_repo::folder::identity(Path::new(path));
         {
             let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             if let (Some(e), Some(config)) = (entries.get(&id), &config)
