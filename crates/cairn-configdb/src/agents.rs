@@ -17,21 +17,11 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigDb;
-use crate::db::{from_us, from_us_opt, on_pool, text_enum, to_us};
-use crate::error::{Error, Result, write_err};
+pub use cairn_api::AgentRole;
 
-text_enum! {
-    /// What an agent may do for the server.
-    AgentRole {
-        /// Source data mover: reads VM disks.
-        Proxy => "proxy",
-        /// Target data mover: owns a repository folder and writes to it.
-        Repository => "repository",
-        /// Reaches SMB/NFS shares or object storage for others.
-        Gateway => "gateway",
-    }
-}
+use crate::ConfigDb;
+use crate::db::{from_us, from_us_opt, on_pool, to_us};
+use crate::error::{Error, Result, write_err};
 
 /// Roles as stored: comma-separated names in [`AgentRole::ALL`] order, without duplicates.
 pub fn roles_to_text(roles: &[AgentRole]) -> String {

@@ -77,40 +77,6 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Declares a closed set of names stored as text (and serialised with the same text).
-macro_rules! text_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        pub enum $name {
-            $($(#[$vm])* #[serde(rename = $text)] $variant),+
-        }
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &[$name] = &[$($name::$variant),+];
-            /// The name stored in the database and used by the API.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl std::str::FromStr for $name {
-            type Err = $crate::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err($crate::Error::Invalid { what: format!("{} {s:?}", stringify!($name)) }),
-                }
-            }
-        }
-    };
-}
-pub(crate) use text_enum;
-
 /// Microseconds since the Unix epoch, the stored form of a time.
 pub(crate) fn to_us(t: jiff::Timestamp) -> i64 {
     t.as_microsecond()

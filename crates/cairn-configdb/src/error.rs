@@ -40,6 +40,12 @@ pub enum Error {
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
+impl From<cairn_api::UnknownName> for Error {
+    fn from(e: cairn_api::UnknownName) -> Error {
+        Error::Invalid { what: e.to_string() }
+    }
+}
+
 /// Maps errors of an insert or update of `what`.
 pub(crate) fn write_err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| {

@@ -3,21 +3,11 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigDb;
-use crate::db::{from_us, on_pool, text_enum, to_us};
-use crate::error::{Error, Result, delete_err, one_row, write_err};
+pub use cairn_api::HostKind;
 
-text_enum! {
-    /// The kind of an inventory source.
-    HostKind {
-        /// A folder of disk image files; `location` is its path.
-        ImageFolder => "image-folder",
-        /// A QEMU/KVM host; `location` is its address.
-        Qemu => "qemu",
-        /// A Microsoft Hyper-V host; `location` is its address.
-        HyperV => "hyperv",
-    }
-}
+use crate::ConfigDb;
+use crate::db::{from_us, on_pool, to_us};
+use crate::error::{Error, Result, delete_err, one_row, write_err};
 
 /// An inventory source to create.
 #[derive(Debug, Clone, PartialEq, Eq)]

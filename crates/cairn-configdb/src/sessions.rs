@@ -7,46 +7,11 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use cairn_api::{LogLevel, SessionState};
+
 use crate::ConfigDb;
-use crate::db::{from_us, from_us_opt, json_from_text, on_pool, text_enum, to_us};
+use crate::db::{from_us, from_us_opt, json_from_text, on_pool, to_us};
 use crate::error::{Error, Result, one_row, write_err};
-
-text_enum! {
-    /// State of a session or a task.
-    SessionState {
-        /// Queued, waiting for resources.
-        Waiting => "waiting",
-        /// Processing.
-        Running => "running",
-        /// Ended without problems.
-        Success => "success",
-        /// Ended with warnings (e.g. a VM needed retries).
-        Warning => "warning",
-        /// Ended with errors.
-        Failed => "failed",
-        /// Stopped by a user.
-        Stopped => "stopped",
-    }
-}
-
-impl SessionState {
-    /// Whether the state is final (the run has ended).
-    pub fn is_final(self) -> bool {
-        !matches!(self, SessionState::Waiting | SessionState::Running)
-    }
-}
-
-text_enum! {
-    /// Severity of a task log line.
-    LogLevel {
-        /// Progress information.
-        Info => "info",
-        /// Something the user should look at.
-        Warning => "warning",
-        /// A failure.
-        Error => "error",
-    }
-}
 
 /// One run of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

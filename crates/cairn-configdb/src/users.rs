@@ -3,41 +3,11 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use cairn_api::{Role, TokenKind, TokenScope};
+
 use crate::ConfigDb;
-use crate::db::{from_us, from_us_opt, on_pool, text_enum, to_us};
+use crate::db::{from_us, from_us_opt, on_pool, to_us};
 use crate::error::{Error, Result, one_row, write_err};
-
-text_enum! {
-    /// What a user may do; checked on every API call.
-    Role {
-        /// Everything, including users and configuration.
-        Administrator => "administrator",
-        /// Restores and reading.
-        RestoreOperator => "restore-operator",
-        /// Reading only.
-        Viewer => "viewer",
-    }
-}
-
-text_enum! {
-    /// Where a token comes from.
-    TokenKind {
-        /// Issued by a login with a password; short-lived.
-        Login => "login",
-        /// Created by a user for scripts.
-        Api => "api",
-    }
-}
-
-text_enum! {
-    /// What a token may be used for.
-    TokenScope {
-        /// Everything its owner's role allows.
-        Full => "full",
-        /// Only setting up a second factor (an administrator who must have one and has none yet).
-        TotpSetup => "totp-setup",
-    }
-}
 
 /// A user of the server's API and web console.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

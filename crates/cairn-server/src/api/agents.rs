@@ -36,38 +36,6 @@ pub const DEFAULT_TOKEN_SECS: u64 = 3600;
 /// Longest lifetime of an enrolment token.
 pub const MAX_TOKEN_SECS: u64 = 30 * 86_400;
 
-/// What an agent may do for the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentRoleName {
-    /// Source data mover: reads VM disks.
-    Proxy,
-    /// Target data mover: owns a repository folder.
-    Repository,
-    /// Reaches shares and object storage for others.
-    Gateway,
-}
-
-impl From<AgentRoleName> for AgentRole {
-    fn from(r: AgentRoleName) -> AgentRole {
-        match r {
-            AgentRoleName::Proxy => AgentRole::Proxy,
-            AgentRoleName::Repository => AgentRole::Repository,
-            AgentRoleName::Gateway => AgentRole::Gateway,
-        }
-    }
-}
-
-impl From<AgentRole> for AgentRoleName {
-    fn from(r: AgentRole) -> AgentRoleName {
-        match r {
-            AgentRole::Proxy => AgentRoleName::Proxy,
-            AgentRole::Repository => AgentRoleName::Repository,
-            AgentRole::Gateway => AgentRoleName::Gateway,
-        }
-    }
-}
-
 /// Whether an agent answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -88,7 +56,7 @@ pub struct AgentDto {
     /// Unique name.
     pub name: String,
     /// Roles granted at enrolment.
-    pub roles: Vec<AgentRoleName>,
+    pub roles: Vec<AgentRole>,
     /// Online, offline or revoked.
     pub state: AgentState,
     /// Software version last reported.
@@ -148,7 +116,7 @@ impl AgentDto {
             state: agent_state(&agent, now, heartbeat),
             id: agent.id,
             name: agent.name,
-            roles: agent.roles.into_iter().map(AgentRoleName::from).collect(),
+            roles: agent.roles.into_iter().map(AgentRole::from).collect(),
             version: agent.version,
             max_tasks: agent.max_tasks,
             free_bytes: agent.free_bytes,
@@ -167,7 +135,7 @@ impl AgentDto {
 pub struct CreateEnrolmentToken {
     /// Roles the agent enrolled with this token gets (at least one).
     #[schema(min_items = 1)]
-    pub roles: Vec<AgentRoleName>,
+    pub roles: Vec<AgentRole>,
     /// Seconds until the token expires (default 3600, at most 30 days).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
@@ -180,7 +148,7 @@ pub struct EnrolmentTokenCreated {
     /// The one-time secret to give to `cairn agent --token`.
     pub token: String,
     /// The roles it grants.
-    pub roles: Vec<AgentRoleName>,
+    pub roles: Vec<AgentRole>,
     /// When it expires.
     pub expires_at: Timestamp,
 }
@@ -197,7 +165,7 @@ pub struct EnrolRequest {
     pub csr_pem: String,
     /// Roles wanted (default: every role of the token; more is refused).
     #[serde(default)]
-    pub roles: Option<Vec<AgentRoleName>>,
+    pub roles: Option<Vec<AgentRole>>,
     /// The agent's software version.
     pub version: String,
     /// Tasks it runs at once (≥ 1).
@@ -217,7 +185,7 @@ pub struct EnrolResponse {
     /// Agent name (the certificate's common name).
     pub name: String,
     /// Roles granted.
-    pub roles: Vec<AgentRoleName>,
+    pub roles: Vec<AgentRole>,
     /// The agent's client certificate, PEM.
     pub certificate_pem: String,
     /// The server's CA certificate, PEM: the agent trusts only this from now on.
@@ -257,7 +225,7 @@ pub struct Heartbeat {
     pub free_bytes: i64,
     /// Roles it serves now (must be among those granted).
     #[serde(default)]
-    pub roles: Option<Vec<AgentRoleName>>,
+    pub roles: Option<Vec<AgentRole>>,
     /// Address the agent can be reached at.
     #[serde(default)]
     pub address: Option<String>,
@@ -291,7 +259,7 @@ fn check_agent_name(name: &str) -> ApiResult<()> {
     }
 }
 
-fn roles(names: &[AgentRoleName]) -> Vec<AgentRole> {
+fn roles(names: &[AgentRole]) -> Vec<AgentRole> {
     let mut out: Vec<AgentRole> = Vec::new();
     for r in names {
         let r = AgentRole::from(*r);
@@ -346,7 +314,7 @@ pub async fn create_token(
         StatusCode::CREATED,
         Json(EnrolmentTokenCreated {
             token: secret,
-            roles: token.roles.into_iter().map(AgentRoleName::from).collect(),
+            roles: token.roles.into_iter().map(AgentRole::from).collect(),
             expires_at: token.expires_at,
         }),
     ))
@@ -411,7 +379,7 @@ pub async fn enroll(
         Json(EnrolResponse {
             agent_id: agent.id,
             name: agent.name,
-            roles: agent.roles.into_iter().map(AgentRoleName::from).collect(),
+            roles: agent.roles.into_iter().map(AgentRole::from).collect(),
             certificate_pem: issued.extra,
             ca_pem: ca.ca_pem,
             cert_fingerprint: agent.cert_fingerprint,

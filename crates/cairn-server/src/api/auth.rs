@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::users::RoleName;
 use super::{ApiJson, ApiPath, ClientAddr};
 use crate::audit::AuditSlot;
 use crate::auth::{Caller, LOGIN_TOKEN_LIFETIME, check_login, hash_password_async, issue_token};
@@ -51,7 +50,7 @@ pub struct UserInfo {
     /// User name.
     pub name: String,
     /// Role.
-    pub role: RoleName,
+    pub role: Role,
 }
 
 /// A login token.
@@ -228,7 +227,7 @@ pub(crate) async fn login_token(state: &AppState, user: &User, setup_only: bool)
         user: UserInfo {
             id: user.id,
             name: user.name.clone(),
-            role: user.role.into(),
+            role: user.role,
         },
         totp_setup_required: setup_only,
     })
@@ -289,7 +288,7 @@ pub async fn whoami(caller: Caller) -> Json<UserInfo> {
     Json(UserInfo {
         id: caller.user_id,
         name: caller.name,
-        role: caller.role.into(),
+        role: caller.role,
     })
 }
 

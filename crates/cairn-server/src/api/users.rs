@@ -16,38 +16,6 @@ use crate::state::AppState;
 /// Shortest accepted password.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
-/// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum RoleName {
-    /// Everything, including users and configuration.
-    Administrator,
-    /// Reading everything and restores.
-    RestoreOperator,
-    /// Reading only.
-    Viewer,
-}
-
-impl From<Role> for RoleName {
-    fn from(r: Role) -> RoleName {
-        match r {
-            Role::Administrator => RoleName::Administrator,
-            Role::RestoreOperator => RoleName::RestoreOperator,
-            Role::Viewer => RoleName::Viewer,
-        }
-    }
-}
-
-impl From<RoleName> for Role {
-    fn from(r: RoleName) -> Role {
-        match r {
-            RoleName::Administrator => Role::Administrator,
-            RoleName::RestoreOperator => Role::RestoreOperator,
-            RoleName::Viewer => Role::Viewer,
-        }
-    }
-}
-
 /// A user.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserDto {
@@ -56,7 +24,7 @@ pub struct UserDto {
     /// Login name.
     pub name: String,
     /// Role.
-    pub role: RoleName,
+    pub role: Role,
     /// When the user was created.
     pub created_at: Timestamp,
 }
@@ -66,7 +34,7 @@ impl From<User> for UserDto {
         UserDto {
             id: u.id,
             name: u.name,
-            role: u.role.into(),
+            role: u.role,
             created_at: u.created_at,
         }
     }
@@ -82,7 +50,7 @@ pub struct CreateUser {
     #[schema(min_length = 8)]
     pub password: String,
     /// Role.
-    pub role: RoleName,
+    pub role: Role,
 }
 
 /// `PATCH /api/v1/users/{id}` body; absent fields stay.
@@ -94,7 +62,7 @@ pub struct UpdateUser {
     pub password: Option<String>,
     /// New role.
     #[serde(default)]
-    pub role: Option<RoleName>,
+    pub role: Option<Role>,
 }
 
 fn check_name(name: &str) -> ApiResult<()> {

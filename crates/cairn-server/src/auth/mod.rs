@@ -126,20 +126,6 @@ pub async fn issue_token(
     Ok((token, secret))
 }
 
-/// Rank of a role: a higher rank may do everything a lower one may.
-pub fn role_rank(role: Role) -> u8 {
-    match role {
-        Role::Viewer => 0,
-        Role::RestoreOperator => 1,
-        Role::Administrator => 2,
-    }
-}
-
-/// Whether `have` may do what `need` may.
-pub fn role_at_least(have: Role, need: Role) -> bool {
-    role_rank(have) >= role_rank(need)
-}
-
 /// The authenticated user of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -168,7 +154,7 @@ const SETUP_ROUTES: &[&str] = &[
 impl Caller {
     /// `Ok` when the caller's role is `need` or higher, else 403 naming the role needed.
     pub fn require(&self, need: Role) -> Result<(), ApiError> {
-        if role_at_least(self.role, need) {
+        if self.role.at_least(need) {
             Ok(())
         } else {
             let needed = match need {
@@ -264,10 +250,10 @@ mod tests {
     #[test]
     fn role_order() {
         use Role::*;
-        assert!(role_at_least(Administrator, RestoreOperator));
-        assert!(role_at_least(RestoreOperator, Viewer));
-        assert!(!role_at_least(RestoreOperator, Administrator));
-        assert!(!role_at_least(Viewer, RestoreOperator));
+        assert!(Administrator.at_least(RestoreOperator));
+        assert!(RestoreOperator.at_least(Viewer));
+        assert!(!RestoreOperator.at_least(Administrator));
+        assert!(!Viewer.at_least(RestoreOperator));
         let caller = Caller {
             user_id: 1,
             name: "ann".into(),
