@@ -191,60 +191,11 @@ impl Header {
         Self::finish(file, raw)
     }
 
+    /// Completes the header from the fixed fields: parses the extensions,
+    /// checks the incompatible features and reads the backing file name.
     fn finish(file: &ImageFile, r: Raw) -> Result<Header> {
-        let path = file.path();
-        let bad = |field: &str, reason: String| DiskError::format(path, field, reason);
-        let cluster_size = 1u64 << r.cluster_bits;
-
-        // Header extensions: from the end of the header to the end of the
-        // first cluster (or to the backing file name, if that comes first).
-        let mut ext_end = cluster_size.min(file.len());
-        if r.backing_offset > r.header_length as u64 && r.backing_offset < ext_end {
-            ext_end = r.backing_offset;
-        }
-        let mut backing_format = None;
-        let mut data_file = None;
-        let mut feature_names = Vec::new();
-        let start = r.header_length as u64;
-        if ext_end > start {
-            let area = file.read_vec(start, ext_end - start, "header extensions")?;
-            let mut pos = 0usize;
-            loop {
-                if pos + 8 > area.len() {
-                    // Reaching the end of the area without an end marker is
-                    // tolerated only when the area is exhausted exactly.
-                    break;
-                }
-                let kind = be32(&area, pos);
-                let len = be32(&area, pos + 4) as usize;
-                if kind == EXT_END {
-                    break;
-                }
-                let field = format!("header extension {kind:#010x} at offset {}", start + pos as u64);
-                let body_end = pos + 8 + len;
-                if body_end > area.len() {
-                    return Err(bad(
-                        &field,
-                        format!("its {len} bytes reach past the end of the header area ({ext_end})"),
-                    ));
-                }
-                let body = &area[pos + 8..body_end];
-                match kind {
-                    EXT_BACKING_FORMAT => backing_format = Some(ext_string(path, &field, body)?),
-                    EXT_DATA_FILE => data_file = Some(ext_string(path, &field, body)?),
-                    EXT_FEATURE_TABLE => {
-                        for e in body.chunks_exact(48) {
-                            let name = e[2..].split(|&c| c == 0).next().unwrap_or(&[]);
-                            feature_names.push((e[0], e[1], String::from_utf8_lossy(name).into_owned()));
-                        }
-                    }
-                    _ => {}
-                }
-                pos = body_end.div_ceil(8) * 8;
-            }
-        }
-
-        let header = Header {
+        let ext = Extensions::read(file, &r)?;
+        let mut header = Header {
             version: r.version,
             cluster_bits: r.cluster_bits,
             size: r.size,
@@ -257,16 +208,24 @@ impl Header {
             refcount_order: r.refcount_order,
             compression: Compression::Zlib,
             backing: None,
-            backing_format,
-            data_file,
-            feature_names,
+            backing_format: ext.backing_format,
+            data_file: ext.data_file,
+            feature_names: ext.feature_names,
         };
-        let mut header = header;
+        header.apply_incompatible_features(file.path(), &r)?;
+        header.backing = read_backing_name(file, &r)?;
+        Ok(header)
+    }
 
+    /// Refuses unknown incompatible features and applies the known ones
+    /// that change how the image reads: the compression type and the
+    /// external data file (whose name counts only when bit 2 is set).
+    fn apply_incompatible_features(&mut self, path: &Path, r: &Raw) -> Result<()> {
+        let bad = |field: &str, reason: String| DiskError::format(path, field, reason);
         let unknown = r.incompatible & !INCOMPAT_KNOWN;
         if unknown != 0 {
             let bit = unknown.trailing_zeros();
-            let name = header
+            let name = self
                 .feature_name(0, bit as u8)
                 .map(|n| format!(" ({n:?})"))
                 .unwrap_or_default();
@@ -285,7 +244,7 @@ impl Header {
                     ),
                 ));
             }
-            header.compression = match r.compression_byte {
+            self.compression = match r.compression_byte {
                 0 => Compression::Zlib,
                 1 => Compression::Zstd,
                 t => {
@@ -301,40 +260,112 @@ impl Header {
                 format!("{} without incompatible bit 3 (must be 0, zlib)", r.compression_byte),
             ));
         }
-        if r.incompatible & INCOMPAT_DATA_FILE != 0 && header.data_file.is_none() {
+        if r.incompatible & INCOMPAT_DATA_FILE != 0 && self.data_file.is_none() {
             return Err(bad(
                 "external data file",
                 "incompatible bit 2 is set but there is no external data file name extension (0x44415441)".into(),
             ));
         }
         if r.incompatible & INCOMPAT_DATA_FILE == 0 {
-            header.data_file = None;
+            self.data_file = None;
         }
+        Ok(())
+    }
+}
 
-        if r.backing_offset != 0 && r.backing_size != 0 {
-            let field = "backing file name";
-            if r.backing_size > 1023 {
-                return Err(bad(field, format!("{} bytes is more than 1023", r.backing_size)));
+/// What the header extensions cairn reads say.
+struct Extensions {
+    backing_format: Option<String>,
+    data_file: Option<String>,
+    feature_names: Vec<(u8, u8, String)>,
+}
+
+impl Extensions {
+    /// Parses the header extensions: from the end of the header to the end
+    /// of the first cluster (or to the backing file name, if that comes first).
+    fn read(file: &ImageFile, r: &Raw) -> Result<Extensions> {
+        let path = file.path();
+        let cluster_size = 1u64 << r.cluster_bits;
+        let mut ext_end = cluster_size.min(file.len());
+        if r.backing_offset > r.header_length as u64 && r.backing_offset < ext_end {
+            ext_end = r.backing_offset;
+        }
+        let mut ext = Extensions {
+            backing_format: None,
+            data_file: None,
+            feature_names: Vec::new(),
+        };
+        let start = r.header_length as u64;
+        if ext_end <= start {
+            return Ok(ext);
+        }
+        let area = file.read_vec(start, ext_end - start, "header extensions")?;
+        let mut pos = 0usize;
+        // Reaching the end of the area without an end marker is tolerated
+        // only when the area is exhausted exactly.
+        while pos + 8 <= area.len() {
+            let kind = be32(&area, pos);
+            let len = be32(&area, pos + 4) as usize;
+            if kind == EXT_END {
+                break;
             }
-            let end = r.backing_offset.checked_add(r.backing_size as u64);
-            if r.backing_offset < r.header_length as u64 || end.is_none_or(|e| e > cluster_size) {
-                return Err(bad(
-                    field,
-                    format!(
-                        "{} bytes at offset {} are not inside the header cluster (after {} header bytes, before {cluster_size})",
-                        r.backing_size, r.backing_offset, r.header_length
-                    ),
+            let field = format!("header extension {kind:#010x} at offset {}", start + pos as u64);
+            let body_end = pos + 8 + len;
+            if body_end > area.len() {
+                return Err(DiskError::format(
+                    path,
+                    &field,
+                    format!("its {len} bytes reach past the end of the header area ({ext_end})"),
                 ));
             }
-            let name = file.read_vec(r.backing_offset, r.backing_size as u64, field)?;
-            let name = String::from_utf8(name).map_err(|_| bad(field, "is not UTF-8".into()))?;
-            if name.is_empty() || name.contains('\0') {
-                return Err(bad(field, format!("{name:?} is not a file name")));
+            let body = &area[pos + 8..body_end];
+            match kind {
+                EXT_BACKING_FORMAT => ext.backing_format = Some(ext_string(path, &field, body)?),
+                EXT_DATA_FILE => ext.data_file = Some(ext_string(path, &field, body)?),
+                EXT_FEATURE_TABLE => {
+                    for e in body.chunks_exact(48) {
+                        let name = e[2..].split(|&c| c == 0).next().unwrap_or(&[]);
+                        ext.feature_names
+                            .push((e[0], e[1], String::from_utf8_lossy(name).into_owned()));
+                    }
+                }
+                _ => {}
             }
-            header.backing = Some(name);
+            pos = body_end.div_ceil(8) * 8;
         }
-        Ok(header)
+        Ok(ext)
     }
+}
+
+/// Reads the backing file name, which must lie in the header cluster after
+/// the header (None when the header names none).
+fn read_backing_name(file: &ImageFile, r: &Raw) -> Result<Option<String>> {
+    if r.backing_offset == 0 || r.backing_size == 0 {
+        return Ok(None);
+    }
+    let path = file.path();
+    let bad = |field: &str, reason: String| DiskError::format(path, field, reason);
+    let cluster_size = 1u64 << r.cluster_bits;
+    let field = "backing file name";
+    if r.backing_size > 1023 {
+        return Err(bad(field, format!("{} bytes is more than 1023", r.backing_size)));
+    }
+    let end = r.backing_offset.checked_add(r.backing_size as u64);
+    if r.backing_offset < r.header_length as u64 || end.is_none_or(|e| e > cluster_size) {
+        return Err(bad(
+            field,
+            format!(
+                "{} bytes at offset {} are not inside the header cluster (after {} header bytes, before {cluster_size})",
+                r.backing_size, r.backing_offset, r.header_length
+            ),
+        ));
+    }
+    let name = file.read_vec(r.backing_offset, r.backing_size as u64, field)?;
+    let name = String::from_utf8(name).map_err(|_| bad(field, "is not UTF-8".into()))?;
+    if name.is_empty() || name.contains('\0') {
+        return Err(bad(field, format!("{name:?} is not a file name")));
+    }
+    Ok(Some(name))
 }
 
 /// Header fields before the extensions are parsed.

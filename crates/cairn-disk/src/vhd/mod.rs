@@ -244,13 +244,66 @@ struct Region {
     what: &'static str,
 }
 
+/// Opens the tables of a dynamic or differencing disk of `size` bytes: the
+/// dynamic disk header, the BAT, and the checks that keep the blocks it
+/// names inside the file and clear of each other.
 fn open_sparse(file: &ImageFile, footer: &Footer, size: u64) -> Result<Sparse> {
-    let path = file.path();
-    let len = file.len();
-    let meta_end = len - FOOTER_LEN as u64; // the footer at the end
-    let err = |field: &str, reason: String| DiskError::format(path, field, reason);
+    let meta_end = file.len() - FOOTER_LEN as u64; // the footer at the end
+    let header = read_dyn_header(file, footer, meta_end)?;
+    let block_size = header.block_size as u64;
+    let bm_len = bitmap_len(header.block_size);
+    let (bat, table_end) = read_bat(file, &header, footer.data_offset, size, meta_end)?;
+    // Every stored block lies inside the file, clear of the metadata and of the other blocks.
+    let hdr_at = footer.data_offset;
+    let regions = [
+        Region {
+            start: 0,
+            end: FOOTER_LEN as u64,
+            what: "the footer copy",
+        },
+        Region {
+            start: hdr_at,
+            end: hdr_at + HEADER_LEN as u64,
+            what: "the dynamic disk header",
+        },
+        Region {
+            start: header.table_offset,
+            end: table_end,
+            what: "the BAT",
+        },
+    ];
+    let blocks = Blocks {
+        path: file.path(),
+        size,
+        block_size,
+        bitmap_len: bm_len,
+        meta_end,
+    };
+    blocks.check(&bat, &regions)?;
 
-    // Dynamic disk header.
+    let differencing = footer.disk_type == TYPE_DIFFERENCING;
+    let parent = if differencing {
+        Some(parent_ref(file, &header)?)
+    } else {
+        None
+    };
+    let states = (0..bat.len()).map(|_| AtomicU8::new(UNKNOWN)).collect();
+    Ok(Sparse {
+        header,
+        differencing,
+        block_size,
+        bitmap_len: bm_len,
+        bat,
+        states,
+        bitmaps: Mutex::new(HashMap::new()),
+        parent,
+    })
+}
+
+/// Reads the dynamic disk header the footer points at, which must lie
+/// between the footer copy and the footer, and checks its block size.
+fn read_dyn_header(file: &ImageFile, footer: &Footer, meta_end: u64) -> Result<DynHeader> {
+    let err = |field: &str, reason: String| DiskError::format(file.path(), field, reason);
     let hdr_at = footer.data_offset;
     if hdr_at < FOOTER_LEN as u64 || hdr_at.checked_add(HEADER_LEN as u64).is_none_or(|e| e > meta_end) {
         return Err(err(
@@ -263,8 +316,6 @@ fn open_sparse(file: &ImageFile, footer: &Footer, size: u64) -> Result<Sparse> {
     let mut hb = [0u8; HEADER_LEN];
     file.read_exact(&mut hb, hdr_at, "dynamic disk header")?;
     let header = DynHeader::parse(&hb).map_err(|e| err("dynamic disk header", format!("at offset {hdr_at}: {e}")))?;
-
-    // Block size.
     let bs = header.block_size;
     if !bs.is_power_of_two() || !(SECTOR as u32..=MAX_BLOCK_SIZE).contains(&bs) {
         return Err(err(
@@ -272,10 +323,15 @@ fn open_sparse(file: &ImageFile, footer: &Footer, size: u64) -> Result<Sparse> {
             format!("{bs}: must be a power of two from {SECTOR} to {MAX_BLOCK_SIZE}"),
         ));
     }
-    let block_size = bs as u64;
-    let bm_len = bitmap_len(bs);
+    Ok(header)
+}
 
-    // BAT: enough entries for the disk, and inside the file.
+/// Reads the BAT entries of the blocks inside the virtual size, after
+/// checking that the table covers the disk and lies inside the file, clear
+/// of the dynamic disk header at `hdr_at`. Returns them with the table's end.
+fn read_bat(file: &ImageFile, header: &DynHeader, hdr_at: u64, size: u64, meta_end: u64) -> Result<(Vec<u32>, u64)> {
+    let err = |field: &str, reason: String| DiskError::format(file.path(), field, reason);
+    let block_size = header.block_size as u64;
     let needed = size.div_ceil(block_size);
     let entries = header.max_table_entries as u64;
     if entries < needed {
@@ -305,87 +361,72 @@ fn open_sparse(file: &ImageFile, footer: &Footer, size: u64) -> Result<Sparse> {
         ));
     }
     let raw = file.read_vec(table, needed * 4, "BAT")?;
-    let bat: Vec<u32> = raw
+    let bat = raw
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
+    Ok((bat, table_end))
+}
 
-    // Every stored block lies inside the file, clear of the metadata and of the other blocks.
-    let regions = [
-        Region {
-            start: 0,
-            end: FOOTER_LEN as u64,
-            what: "the footer copy",
-        },
-        Region {
-            start: hdr_at,
-            end: hdr_at + HEADER_LEN as u64,
-            what: "the dynamic disk header",
-        },
-        Region {
-            start: table,
-            end: table_end,
-            what: "the BAT",
-        },
-    ];
-    let mut spans: Vec<(u64, u64, usize)> = Vec::new();
-    for (i, &e) in bat.iter().enumerate() {
-        if e == UNALLOCATED {
-            continue;
-        }
-        let start = e as u64 * SECTOR;
-        let data_len = block_size.min(size - i as u64 * block_size);
-        let end = start + bm_len + data_len;
-        let field = format!("BAT entry {i}");
-        if end > meta_end {
-            return Err(err(
-                &field,
-                format!(
-                    "the block at bytes {start}..{end} reaches past the data area, which ends at {meta_end} where the footer starts (truncated?)"
-                ),
-            ));
-        }
-        if let Some(r) = regions.iter().find(|r| start < r.end && r.start < end) {
-            return Err(err(
-                &field,
-                format!(
-                    "the block at bytes {start}..{end} overlaps {} (bytes {}..{})",
-                    r.what, r.start, r.end
-                ),
-            ));
-        }
-        spans.push((start, end, i));
-    }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if w[1].0 < w[0].1 {
-            return Err(err(
-                &format!("BAT entry {}", w[1].2),
-                format!(
-                    "the block at bytes {}..{} overlaps the block of BAT entry {} (bytes {}..{})",
-                    w[1].0, w[1].1, w[0].2, w[0].0, w[0].1
-                ),
-            ));
-        }
-    }
+/// Where the stored blocks of a sparse disk may lie.
+struct Blocks<'a> {
+    path: &'a Path,
+    /// Virtual size: the last block may be shorter.
+    size: u64,
+    block_size: u64,
+    bitmap_len: u64,
+    /// Where the data area ends (the footer at the end starts).
+    meta_end: u64,
+}
 
-    let differencing = footer.disk_type == TYPE_DIFFERENCING;
-    let parent = if differencing {
-        Some(parent_ref(file, &header)?)
-    } else {
-        None
-    };
-    let states = (0..bat.len()).map(|_| AtomicU8::new(UNKNOWN)).collect();
-    Ok(Sparse {
-        header,
-        differencing,
-        block_size,
-        bitmap_len: bm_len,
-        bat,
-        states,
-        bitmaps: Mutex::new(HashMap::new()),
-        parent,
-    })
+impl Blocks<'_> {
+    /// Checks that every block `bat` stores lies inside the data area, clear
+    /// of the metadata `regions` and of the other blocks.
+    fn check(&self, bat: &[u32], regions: &[Region]) -> Result<()> {
+        let err = |field: &str, reason: String| DiskError::format(self.path, field, reason);
+        let (block_size, meta_end) = (self.block_size, self.meta_end);
+        let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, &e) in bat.iter().enumerate() {
+            if e == UNALLOCATED {
+                continue;
+            }
+            let start = e as u64 * SECTOR;
+            let data_len = block_size.min(self.size - i as u64 * block_size);
+            let end = start + self.bitmap_len + data_len;
+            let field = format!("BAT entry {i}");
+            if end > meta_end {
+                return Err(err(
+                    &field,
+                    format!(
+                        "the block at bytes {start}..{end} reaches past the data area, which ends at {meta_end} where the footer starts (truncated?)"
+                    ),
+                ));
+            }
+            if let Some(r) = regions.iter().find(|r| start < r.end && r.start < end) {
+                return Err(err(
+                    &field,
+                    format!(
+                        "the block at bytes {start}..{end} overlaps {} (bytes {}..{})",
+                        r.what, r.start, r.end
+                    ),
+                ));
+            }
+            spans.push((start, end, i));
+        }
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(err(
+                    &format!("BAT entry {}", w[1].2),
+                    format!(
+                        "the block at bytes {}..{} overlaps the block of BAT entry {} (bytes {}..{})",
+                        w[1].0, w[1].1, w[0].2, w[0].0, w[0].1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where a differencing disk's parent may be, from its locators and name.

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{HEADER_OFFSETS, Header, KIB, MIB, current_header};
+use super::header::{HEADER_OFFSETS, Header, KIB, MIB, current_header};
 use crate::io::bytes::{le32, le64};
 use crate::io::{ImageFile, ReadAt};
 use crate::{DiskError, Result};
