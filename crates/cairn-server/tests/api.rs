@@ -1188,6 +1188,10 @@ async fn first_start_prints_the_password_once(backend: Backend) {
     );
     assert!(banner.contains(&first.ca_path().display().to_string()), "{banner}");
     assert!(
+        banner.contains("(this server itself, named after the machine's host name)"),
+        "the proxy's name is explained: {banner}"
+    );
+    assert!(
         banner.contains(&root.path().join("data/secrets").display().to_string()),
         "{banner}"
     );

@@ -183,6 +183,12 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 t.print();
+                if let Some(own) = list(&all).iter().find(|p| p["agent_id"].is_null()) {
+                    println!(
+                        "{} is this backup server's own proxy: the server named it after the machine's host name",
+                        s(own, "name")
+                    );
+                }
             }
         }
         ProxyCommand::Set { name, max_tasks } => {
