@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, id_by_name, list, s, s_or_dash, u};
+use super::lookup::{arr, by_name, id_by_name, list, s, s_or_dash, u};
 use crate::args::{Global, InstantCommand, RestoreVmArgs};
-use crate::client::Client;
+use crate::client::{Client, usage};
 use crate::output::{self, Table, bytes};
 
 /// Restores and migrations answer when done: they may take long.
@@ -28,7 +28,7 @@ fn repository_id(client: &Client, name: Option<&str>) -> anyhow::Result<i64> {
         repos.iter().find(|r| s(r, "name") == "default")
     };
     pick.and_then(|r| r.get("id").and_then(Value::as_i64))
-        .ok_or_else(|| anyhow::anyhow!("the server has several repositories: name one with --repository"))
+        .ok_or_else(|| usage!("the server has several repositories: name one with --repository"))
 }
 
 /// `HOST/VM` as the repository names it, from `HOST/VM` or a VM name unique in the repository.
@@ -44,11 +44,11 @@ fn backed_up_vm(client: &Client, repository: i64, vm: &str) -> anyhow::Result<St
         .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        [] => anyhow::bail!("the repository holds no restore points of a VM named {vm:?}"),
-        _ => anyhow::bail!(
+        [] => Err(usage!("the repository holds no restore points of a VM named {vm:?}")),
+        _ => Err(usage!(
             "VM {vm:?} has restore points from several hosts ({}): name it as HOST/VM",
             names.join(", ")
-        ),
+        )),
     }
 }
 
@@ -64,6 +64,7 @@ pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
         "replace_original": a.replace_original,
     });
     if let Some(h) = &a.to_host {
+        by_name(&client, "/api/v1/hosts", "host", h)?;
         body["to_host"] = Value::from(h.as_str());
     }
     if let Some(n) = &a.name {
@@ -129,6 +130,9 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let rid = repository_id(&client, repository.as_deref())?;
             let vm = backed_up_vm(&client, rid, vm)?;
+            if let Some(h) = to_host {
+                by_name(&client, "/api/v1/hosts", "host", h)?;
+            }
             let mut body = json!({"repository_id": rid, "vm": vm, "point": point});
             for (k, v) in [("to_host", to_host), ("name", name), ("accel", accel)] {
                 if let Some(v) = v {
@@ -160,6 +164,7 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
             all
         }
         InstantCommand::Migrate { name, to } => {
+            by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?;
             let to: Vec<String> = to
                 .iter()
                 .map(|p| std::path::absolute(p).map(|p| p.display().to_string()))
