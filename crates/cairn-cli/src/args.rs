@@ -608,7 +608,7 @@ pub struct JobFlags {
     /// A disk to leave out, as VM:DISKNAME (repeatable).
     #[arg(long = "exclude-disk", value_name = "VM:DISK")]
     pub exclude_disks: Vec<String>,
-    /// Repository name.
+    /// Repository name (`job create` default: the server's default repository).
     #[arg(long, value_name = "NAME")]
     pub repository: Option<String>,
     /// Schedule, e.g. "daily 22:00", "weekly sat 03:00", "every 4h", "after JOB" (none: manual).

@@ -10,6 +10,22 @@ use crate::args::{Global, HostCommand, HostKind, VmCommand};
 use crate::client::Client;
 use crate::output::{self, Table, bytes};
 
+/// A host's location as people read it: an image folder's path; a qemu host's QMP socket or
+/// folder of sockets, with its guest agent socket (the API keeps it as JSON).
+fn location_text(host: &Value) -> String {
+    let location = s(host, "location");
+    if s(host, "kind") != "qemu" {
+        return location.to_string();
+    }
+    match serde_json::from_str::<Value>(location) {
+        Ok(l) => match l.get("qga").and_then(Value::as_str) {
+            Some(qga) => format!("QMP {} (guest agent {qga})", s(&l, "qmp")),
+            None => format!("QMP {}", s(&l, "qmp")),
+        },
+        Err(_) => location.to_string(),
+    }
+}
+
 /// Prints the VMs of a `{host, vms}` answer.
 fn print_scan(verb: &str, answer: &Value) {
     let host = answer.get("host").cloned().unwrap_or(Value::Null);
@@ -18,7 +34,7 @@ fn print_scan(verb: &str, answer: &Value) {
         "{verb} host {} ({}, {}): {} VMs",
         s(&host, "name"),
         s(&host, "kind"),
-        s(&host, "location"),
+        location_text(&host),
         vms.len()
     );
     if !vms.is_empty() {
@@ -98,7 +114,7 @@ pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
                     t.row(vec![
                         s(h, "name").to_string(),
                         s(h, "kind").to_string(),
-                        s(h, "location").to_string(),
+                        location_text(h),
                         s_or_dash(h, "vms"),
                         output::time(s(h, "created_at")),
                     ]);
