@@ -410,6 +410,10 @@ pub async fn delete_host(
             users.join(", ")
         )));
     }
+    // Its VMs keep no checkpoint bitmap of cairn's recording for nothing (logged when one cannot
+    // be reached).
+    let vms = state.db.list_vms(Some(id)).await?;
+    crate::live::checkpoints::forget_host(&host, vms).await;
     state.db.delete_host(id).await?;
     tracing::info!("{} removed host {}", caller.name, host.name);
     Ok(StatusCode::NO_CONTENT)

@@ -7,9 +7,11 @@
 //! else `NAME.qga` beside its QMP socket when it exists.
 //!
 //! Modules: [`inventory`] (discovery, rescans on a timer and after cairn starts or stops a VM),
-//! [`backup`] (the live part of a backup), [`restore_vm`] and [`instant`].
+//! [`backup`] (the live part of a backup), [`checkpoints`] (cairn's bitmaps on VMs it no longer
+//! backs up), [`restore_vm`] and [`instant`].
 
 pub(crate) mod backup;
+pub mod checkpoints;
 pub mod instant;
 pub mod inventory;
 pub mod restore_vm;
