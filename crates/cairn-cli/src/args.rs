@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod agents;
 mod live;
 
-pub use agents::{AgentArgs, AgentCommand, AgentRunArgs, ThrottleCommand, parse_duration_secs};
+pub use agents::{AgentArgs, AgentCommand, AgentRunArgs, ThrottleCommand};
 pub use live::{HostCommand, HostKind, InstantCommand, RestoreVmArgs, RestoreWhole, VmCommand};
 
 /// Image-level backup of virtual machine disks.
