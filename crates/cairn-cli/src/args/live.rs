@@ -73,7 +73,8 @@ pub enum InstantCommand {
         #[arg(long, required = true, num_args = 1..)]
         to: Vec<PathBuf>,
     },
-    /// Stop an instant recovery (quit its VM unless migrated; end its exports).
+    /// Stop an instant recovery (quit its VM and end its exports); a migrated one is only
+    /// forgotten: its VM runs on as a VM of its host (`cairn vm stop HOST/VM`).
     Stop {
         /// Instant recovery name.
         name: String,
@@ -131,5 +132,23 @@ pub enum VmCommand {
         /// Only the VMs of this host.
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
+    },
+    /// Start a VM of a qemu host that cairn started before (a restored VM, a migrated instant
+    /// recovery) with the command line it saved then (administrator).
+    Start {
+        /// The VM: HOST/VM, or its name alone when unique.
+        vm: String,
+    },
+    /// Stop a running VM of a qemu host (QMP quit; administrator).
+    Stop {
+        /// The VM: HOST/VM, or its name alone when unique.
+        vm: String,
+    },
+    /// Remove cairn's dirty bitmaps (`cairn-…`) from a running VM's disks, so they stop recording
+    /// its writes: for a VM cairn no longer backs up (administrator). Jobs that still back it up
+    /// read every block at their next backup.
+    ForgetCheckpoints {
+        /// The VM: HOST/VM, or its name alone when unique.
+        vm: String,
     },
 }

@@ -1,11 +1,11 @@
-//! `cairn host …` and `cairn vm list`.
+//! `cairn host …` and `cairn vm …`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, b, id_by_name, list, s, s_or_dash, u, vm_full_name, yes_no};
+use super::lookup::{arr, b, id_by_name, list, resolve_vm, s, s_or_dash, u, vm_full_name, yes_no};
 use crate::args::{Global, HostCommand, HostKind, VmCommand};
 use crate::client::Client;
 use crate::output::{self, Table, bytes};
@@ -167,6 +167,66 @@ pub fn vms(g: &Global, c: &VmCommand) -> anyhow::Result<ExitCode> {
                 vm_table(list(&all)).print();
             }
         }
+        VmCommand::Start { vm } | VmCommand::Stop { vm } | VmCommand::ForgetCheckpoints { vm } => {
+            let all = client.get("/api/v1/vms")?;
+            let found = resolve_vm(list(&all), vm)?;
+            let id = found
+                .get("id")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| anyhow::anyhow!("the server's VM {vm:?} has no id"))?;
+            let name = vm_full_name(found);
+            let verb = match c {
+                VmCommand::Start { .. } => "start",
+                VmCommand::Stop { .. } => "stop",
+                _ => "forget-checkpoints",
+            };
+            let answer = client.post(&format!("/api/v1/vms/{id}/{verb}"), &json!({}))?;
+            if g.json {
+                output::json(&answer)?;
+            } else {
+                print_vm_change(verb, &name, &answer);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `cairn vm start|stop|forget-checkpoints` did, for people.
+fn print_vm_change(verb: &str, name: &str, answer: &Value) {
+    match verb {
+        "start" => println!(
+            "started VM {name} (pid {}, QMP {}, serial log {})",
+            s_or_dash(answer, "pid"),
+            s(answer, "qmp"),
+            s_or_dash(answer, "serial_log")
+        ),
+        "stop" => {
+            println!("stopped VM {name}");
+            if let Some(ir) = answer.get("forgot_instant_recovery").and_then(Value::as_str) {
+                println!("(it was instant recovery {ir}, migrated to its production disks: that is forgotten too)");
+            }
+        }
+        _ => {
+            let removed = arr(answer, "removed");
+            if removed.is_empty() {
+                println!("VM {name} has no checkpoint bitmaps of cairn's");
+            } else {
+                let names: Vec<String> = removed
+                    .iter()
+                    .map(|r| format!("{} ({})", s(r, "bitmap"), s(r, "disk")))
+                    .collect();
+                println!(
+                    "removed cairn's checkpoint bitmaps from VM {name}: {}",
+                    names.join(", ")
+                );
+            }
+            let jobs: Vec<&str> = arr(answer, "jobs").iter().filter_map(Value::as_str).collect();
+            if !jobs.is_empty() {
+                println!(
+                    "jobs {} still back it up: their next backup of it reads every block",
+                    jobs.join(", ")
+                );
+            }
+        }
+    }
 }

@@ -98,6 +98,15 @@ pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
     for d in arr(&answer, "disks") {
         println!("  disk {}", d.as_str().unwrap_or("-"));
     }
+    println!("  serial log {}", s_or_dash(&answer, "serial_log"));
+    let host = a
+        .to_host
+        .clone()
+        .unwrap_or_else(|| vm.split_once('/').map_or("", |(h, _)| h).to_string());
+    println!(
+        "it is a VM of host {host}: stop or start it with `cairn vm stop|start {host}/{}`",
+        s(&answer, "name")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -176,17 +185,31 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
                 LONG,
             )?;
             if !g.json {
+                let host = s(&answer, "host");
                 println!(
-                    "instant recovery {name} now runs from {}; its exports have ended",
+                    "VM {name} now runs from its production disks ({}); the exports of the backup have ended",
                     to.join(", ")
+                );
+                println!(
+                    "it is a normal VM of host {host}: stop or start it with `cairn vm stop|start {host}/{name}` (its \
+                     command line is saved); `cairn instant-recovery stop {name}` only forgets the instant recovery"
                 );
             }
             answer
         }
         InstantCommand::Stop { name } => {
+            let ir = by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?;
             let answer = client.delete(&format!("/api/v1/instant-recoveries/{name}"))?;
             if !g.json {
-                println!("instant recovery {name} stopped");
+                if s(&ir, "state") == "migrated" {
+                    let host = s(&ir, "host");
+                    println!(
+                        "instant recovery {name} forgotten: it was migrated, so its VM runs on as VM {host}/{name} \
+                         (stop it with `cairn vm stop {host}/{name}`)"
+                    );
+                } else {
+                    println!("instant recovery {name} stopped: its VM was quit and its exports ended");
+                }
             }
             answer
         }

@@ -415,6 +415,7 @@ pub async fn delete_host(
     let vms = state.db.list_vms(Some(id)).await?;
     crate::live::checkpoints::forget_host(&host, vms).await;
     state.db.delete_host(id).await?;
+    crate::live::launch::remove_host(&state.data_dir, id);
     tracing::info!("{} removed host {}", caller.name, host.name);
     Ok(StatusCode::NO_CONTENT)
 }

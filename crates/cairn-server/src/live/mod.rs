@@ -8,13 +8,16 @@
 //!
 //! Modules: [`inventory`] (discovery, rescans on a timer and after cairn starts or stops a VM),
 //! [`backup`] (the live part of a backup), [`checkpoints`] (cairn's bitmaps on VMs it no longer
-//! backs up), [`restore_vm`] and [`instant`].
+//! backs up), [`restore_vm`], [`instant`], [`launch`] (how cairn starts a VM again) and
+//! [`vm_control`] (starting and stopping VMs, forgetting checkpoints, through the API).
 
 pub(crate) mod backup;
 pub mod checkpoints;
 pub mod instant;
 pub mod inventory;
+pub mod launch;
 pub mod restore_vm;
+pub mod vm_control;
 
 pub use inventory::{discover, rescan};
 
