@@ -7,6 +7,12 @@ use cairn_format::codec::Compression;
 use cairn_repo::{Encryption, FullKind, Method};
 use clap::{Args, Parser, Subcommand};
 
+mod agents;
+mod live;
+
+pub use agents::{AgentArgs, AgentCommand, AgentRunArgs, ThrottleCommand};
+pub use live::{HostCommand, HostKind, InstantCommand, RestoreVmArgs, RestoreWhole, VmCommand};
+
 /// Image-level backup of virtual machine disks.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about, long_about = None)]
@@ -302,81 +308,6 @@ pub fn parse_file_mode(s: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
-/// `cairn restore vm …`.
-#[derive(Subcommand, Debug)]
-pub enum RestoreWhole {
-    /// Restore a whole VM (every disk, and its configuration) to a qemu host and start it.
-    Vm(RestoreVmArgs),
-}
-
-/// `cairn restore vm VM …`.
-#[derive(Args, Debug)]
-pub struct RestoreVmArgs {
-    /// The VM as backed up (`HOST/VM`, or the VM's name alone when unique).
-    pub vm: String,
-    /// Repository of the backup server (default: the only one, or `default`).
-    #[arg(long, value_name = "NAME")]
-    pub repository: Option<String>,
-    /// Restore point: `latest`, an id or a unique id prefix.
-    #[arg(long, default_value = "latest")]
-    pub point: String,
-    /// The qemu host to restore to (default: the VM's own host).
-    #[arg(long, value_name = "HOST")]
-    pub to_host: Option<String>,
-    /// Name of the restored VM (default: VM-restored).
-    #[arg(long, conflicts_with = "replace_original")]
-    pub name: Option<String>,
-    /// Stop the original VM, replace its disks, start it again.
-    #[arg(long)]
-    pub replace_original: bool,
-    /// Folder for the new disk files (on the server's machine).
-    #[arg(long, conflicts_with = "replace_original")]
-    pub folder: Option<PathBuf>,
-    /// QEMU accelerator of the started VM (default: as the original ran), e.g. tcg.
-    #[arg(long)]
-    pub accel: Option<String>,
-}
-
-/// `cairn instant-recovery …`.
-#[derive(Subcommand, Debug)]
-pub enum InstantCommand {
-    /// Start a VM from a restore point, its disks served by the backup server over NBD.
-    Start {
-        /// The VM as backed up (`HOST/VM`, or the VM's name alone when unique).
-        vm: String,
-        /// Repository (default: the only one, or `default`).
-        #[arg(long, value_name = "NAME")]
-        repository: Option<String>,
-        /// Restore point: `latest`, an id or a unique id prefix.
-        #[arg(long, default_value = "latest")]
-        point: String,
-        /// The qemu host whose socket folder gets the VM (default: the VM's own host).
-        #[arg(long, value_name = "HOST")]
-        to_host: Option<String>,
-        /// Name of the VM (default: VM-instant).
-        #[arg(long)]
-        name: Option<String>,
-        /// QEMU accelerator (default: as the original ran), e.g. tcg.
-        #[arg(long)]
-        accel: Option<String>,
-    },
-    /// List instant recoveries.
-    List,
-    /// Move a running instant recovery onto production disk files (qcow2) while it runs.
-    Migrate {
-        /// Instant recovery name (or the backed-up VM's name when it has one recovery).
-        name: String,
-        /// New disk files, one per disk, in the VM's disk order.
-        #[arg(long, required = true, num_args = 1..)]
-        to: Vec<PathBuf>,
-    },
-    /// Stop an instant recovery (quit its VM unless migrated; end its exports).
-    Stop {
-        /// Instant recovery name.
-        name: String,
-    },
-}
-
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// Repository folder.
@@ -574,60 +505,6 @@ pub enum TokenCommand {
     },
 }
 
-/// Kinds of hosts.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostKind {
-    /// A folder of disk images: each sub-folder (or image file) is a VM.
-    ImageFolder,
-    /// Running QEMU/KVM VMs, reached through their QMP sockets.
-    Qemu,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum HostCommand {
-    /// Add a host and discover its VMs.
-    Add {
-        /// Kind of host.
-        #[arg(value_enum)]
-        kind: HostKind,
-        /// Folder of the images (image-folder hosts, on the server's machine).
-        #[arg(long, required_if_eq("kind", "image-folder"), conflicts_with = "qmp")]
-        path: Option<PathBuf>,
-        /// QMP socket of a VM, or a folder of `NAME.qmp` sockets (qemu hosts; each VM's guest
-        /// agent socket is `NAME.qga` beside it).
-        #[arg(long, required_if_eq("kind", "qemu"))]
-        qmp: Option<PathBuf>,
-        /// Guest agent socket of the VM given with --qmp (default: the `.qga` beside it).
-        #[arg(long, requires = "qmp")]
-        qga: Option<PathBuf>,
-        /// Host name (default: the folder's name).
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// List hosts.
-    List,
-    /// Discover the host's VMs again.
-    Rescan {
-        /// Host name.
-        name: String,
-    },
-    /// Remove a host.
-    Remove {
-        /// Host name.
-        name: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum VmCommand {
-    /// List VMs with their disks.
-    List {
-        /// Only the VMs of this host.
-        #[arg(long, value_name = "NAME")]
-        host: Option<String>,
-    },
-}
-
 /// Encryption of a server repository.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepoEncryption {
@@ -731,7 +608,7 @@ pub struct JobFlags {
     /// A disk to leave out, as VM:DISKNAME (repeatable).
     #[arg(long = "exclude-disk", value_name = "VM:DISK")]
     pub exclude_disks: Vec<String>,
-    /// Repository name.
+    /// Repository name (`job create` default: the server's default repository).
     #[arg(long, value_name = "NAME")]
     pub repository: Option<String>,
     /// Schedule, e.g. "daily 22:00", "weekly sat 03:00", "every 4h", "after JOB" (none: manual).
@@ -941,117 +818,4 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(45));
         assert!(parse_duration("soon").is_err());
     }
-}
-
-/// `cairn throttle …`: network throttling rules.
-#[derive(Subcommand, Debug)]
-pub enum ThrottleCommand {
-    /// Add a rule limiting the traffic between two address ranges, in both directions
-    /// (administrator). The limit is shared equally by the transfers it applies to.
-    Add {
-        /// One address range: 10.0.1.0/24, fd00::/64 or a bare address.
-        #[arg(long, value_name = "CIDR")]
-        from: String,
-        /// The other address range.
-        #[arg(long, value_name = "CIDR")]
-        to: String,
-        /// Bytes per second, e.g. 50MB/s, 100MiB, 1G.
-        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-        limit: u64,
-        /// When the rule applies (backup-window text, e.g. "mon-fri 08:00-18:00"); default always.
-        #[arg(long, value_name = "TEXT")]
-        window: Option<String>,
-    },
-    /// List the rules.
-    List,
-    /// Remove a rule (administrator).
-    Remove {
-        /// Rule id (see `cairn throttle list`).
-        id: i64,
-    },
-}
-
-/// `cairn agent …`: without a subcommand, the same as `cairn agent run`.
-#[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct AgentArgs {
-    #[command(subcommand)]
-    pub command: Option<AgentCommand>,
-    #[command(flatten)]
-    pub run: AgentRunArgs,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AgentCommand {
-    /// Create a one-time enrolment token for a new agent (administrator).
-    Token {
-        /// Roles the agent gets: proxy, repository, gateway (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true, value_parser = ["proxy", "repository", "gateway"])]
-        roles: Vec<String>,
-        /// How long the token stays valid: seconds, or a number with s, m, h or d.
-        #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
-        expires: u64,
-    },
-    /// List the server's agents with their state (online, offline, revoked).
-    List,
-    /// Revoke an agent: the server refuses its certificate from now on.
-    Revoke {
-        /// Agent name.
-        name: String,
-    },
-    /// Have an agent make a new key and get a new certificate at its next heartbeat (agents
-    /// also renew on their own 30 days before their certificate ends).
-    Renew {
-        /// Agent name.
-        name: String,
-    },
-    /// Run the agent: enrol on first start, then send heartbeats over mutual TLS.
-    Run(AgentRunArgs),
-}
-
-/// Options of the agent process (`--server` and `--ca-cert` are the global flags).
-#[derive(Args, Debug, Clone)]
-pub struct AgentRunArgs {
-    /// The agent's data folder: its key, certificate and the server's CA (created 0700).
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// One-time enrolment token from `cairn agent token` (first start only).
-    #[arg(long, env = "CAIRN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Agent name at enrolment (default: the host name).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-    /// Tasks this agent runs at once (default: the number of CPU cores).
-    #[arg(long, value_name = "N")]
-    pub max_tasks: Option<u32>,
-    /// Where a repository agent listens for data from proxies (port 0 picks a free one).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8521")]
-    pub listen: std::net::SocketAddr,
-    /// The address other machines reach this agent at (default: this host's address towards
-    /// the server).
-    #[arg(long, value_name = "IP")]
-    pub advertise: Option<std::net::IpAddr>,
-}
-
-/// `90`, `90s`, `15m`, `1h`, `7d` as seconds.
-pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let factor = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(format!("{s:?}: use a number with s, m, h or d (e.g. 1h)")),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: use a number with s, m, h or d (e.g. 1h)"))?;
-    n.checked_mul(factor)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("{s:?}: out of range"))
 }

@@ -120,9 +120,9 @@ fn backups_through_agents(backend: Backend) {
     let path = backups.to_str().unwrap();
     let (_, err) = run_code(
         srv.cairn(["repository", "add", "linux", "--agent", "nosuch", "--path", path]),
-        1,
+        2,
     );
-    assert!(err.contains("no agent \"nosuch\""), "{err}");
+    assert!(err.contains("there is no agent named \"nosuch\""), "{err}");
     let (_, err) = run_code(
         srv.cairn(["repository", "add", "linux", "--agent", "prx01", "--path", path]),
         1,

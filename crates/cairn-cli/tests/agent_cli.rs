@@ -132,8 +132,8 @@ fn enrol_heartbeat_restart_revoke(backend: Backend) {
     cmd.arg(&dir);
     let (_, err) = run_code(cmd, 1);
     assert!(err.contains("revoked"), "{err}");
-    // Revoking an unknown agent names it.
-    let (_, err) = run_code(srv.cairn(["agent", "revoke", "nosuch"]), 1);
+    // Revoking an unknown agent names it (a usage error: exit code 2).
+    let (_, err) = run_code(srv.cairn(["agent", "revoke", "nosuch"]), 2);
     assert!(err.contains("nosuch"), "{err}");
 }
 both_backends!(enrol_heartbeat_restart_revoke);

@@ -8,7 +8,7 @@
 //! - `cairn instant-recovery start` boots the first restore point from cairn's NBD export, the
 //!   guest agent answers, the guest writes into the copy-on-write scratch, and `migrate` moves
 //!   it onto a qcow2 file while it runs (the file passes `qemu-img check` and holds what the
-//!   guest wrote);
+//!   guest wrote); `instant-recovery stop` then only forgets it: the guest runs on;
 //! - `cairn restore vm --replace-original` stops the original, puts its disk back to the
 //!   restore point, and starts it again.
 
@@ -27,8 +27,8 @@ use serde_json::Value;
 use server_common::*;
 
 /// Opens the guest agent on `socket` and waits until it answers (the VM was started by cairn,
-/// so there is no process handle to watch).
-async fn agent_of(socket: &Path, what: &str) -> GuestAgent {
+/// so there is no process handle to watch); `serial` is its serial log, shown if it does not.
+async fn agent_of(socket: &Path, serial: &Path, what: &str) -> GuestAgent {
     let deadline = Instant::now() + guest::boot_timeout();
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -42,12 +42,11 @@ async fn agent_of(socket: &Path, what: &str) -> GuestAgent {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let serial = socket.with_extension("serial.log");
     panic!(
         "{what}: the guest agent on {} did not answer within {:?} ({last})\n{}",
         socket.display(),
         guest::boot_timeout(),
-        guest::serial_tail(&serial, 40)
+        guest::serial_tail(serial, 40)
     );
 }
 
@@ -167,17 +166,19 @@ fn live_vm_backup_restore_and_instant_recovery() {
             c
         });
         assert_eq!(added["vms"].as_array().map(Vec::len), Some(1), "{added}");
-        ok(srv.cairn([
+        // The README's example: no --repository, so the server's default one.
+        let created = ok(srv.cairn([
             "job",
             "create",
             "web",
             "--vm",
             "web01",
-            "--repository",
-            "default",
+            "--consistency",
+            "online",
             "--retain",
             "5",
         ]));
+        assert!(created.contains("the server's default repository default"), "{created}");
 
         // Full, online: the guest is frozen for the view.
         let run1 = session_of(&ok(srv.cairn(["job", "run", "web", "--wait", "--json"])));
@@ -187,7 +188,7 @@ fn live_vm_backup_restore_and_instant_recovery() {
         let full_read = task_read_bytes(&srv, s1);
 
         // 2 % of the disk changes; the incremental reads about that much.
-        let agent = agent_of(&qga, "original").await;
+        let agent = agent_of(&qga, &serial, "original").await;
         let mut at_second = at_first.clone();
         for i in 0..2 {
             let path = format!("/root/second-{i}.bin");
@@ -206,7 +207,7 @@ fn live_vm_backup_restore_and_instant_recovery() {
         );
 
         // Written after the second point: must not be in any restore.
-        let agent = agent_of(&qga, "original").await;
+        let agent = agent_of(&qga, &serial, "original").await;
         let late = random_file(&agent, "/root/late.bin", 1).await;
         assert!(!late.is_empty());
         drop(agent);
@@ -223,7 +224,12 @@ fn live_vm_backup_restore_and_instant_recovery() {
             "--json",
         ]));
         let rqga = std::path::PathBuf::from(restored["qga"].as_str().expect("restored VM has an agent socket"));
-        let ragent = agent_of(&rqga, "restored VM").await;
+        // Its serial log is beside its disks, not in the host's socket folder.
+        let rserial = std::path::PathBuf::from(restored["serial_log"].as_str().expect("a serial log"));
+        let rdisk = std::path::PathBuf::from(restored["disks"][0].as_str().expect("a disk"));
+        assert_eq!(rserial.parent(), rdisk.parent(), "{restored}");
+        assert!(!vms.join("web01-restored.serial.log").exists());
+        let ragent = agent_of(&rqga, &rserial, "restored VM").await;
         checksums(&ragent, &at_second).await;
         let late_there = sh(&ragent, "test -e /root/late.bin && echo yes || echo no").await;
         assert_eq!(
@@ -251,7 +257,8 @@ fn live_vm_backup_restore_and_instant_recovery() {
             "--json",
         ]));
         let iqga = std::path::PathBuf::from(ir["qga"].as_str().expect("agent socket"));
-        let iagent = agent_of(&iqga, "instant recovery").await;
+        let iserial = std::path::PathBuf::from(ir["serial_log"].as_str().expect("a serial log"));
+        let iagent = agent_of(&iqga, &iserial, "instant recovery").await;
         checksums(&iagent, &at_first).await;
         let gone = sh(&iagent, "test -e /root/second-0.bin && echo yes || echo no").await;
         assert_eq!(
@@ -279,22 +286,26 @@ fn live_vm_backup_restore_and_instant_recovery() {
             assert_eq!(out.status.code(), Some(1), "{}: {out:?}", escape.display());
             assert!(!escape.exists(), "{}", escape.display());
         }
-        ok({
+        let migrated = ok({
             let mut c = srv.cairn(["instant-recovery", "migrate", "web01-ir", "--to"]);
             c.arg(&target);
             c
         });
-        // Still running, now from the production file.
+        assert!(migrated.contains("normal VM of host kvm01"), "{migrated}");
+        // Still running, now from the production file; stopping the instant recovery only forgets
+        // it, and the guest runs on (its serial log too).
         checksums(&iagent, &written).await;
+        let forgotten = ok(srv.cairn(["instant-recovery", "stop", "web01-ir"]));
+        assert!(forgotten.contains("forgotten"), "{forgotten}");
         sh(&iagent, "sync").await;
+        assert!(iserial.exists(), "{}", iserial.display());
         let _ = iagent.shutdown().await;
         drop(iagent);
         guest::host("qemu-img", &["check", "-U", &target.display().to_string()]);
-        ok(srv.cairn(["instant-recovery", "stop", "web01-ir"]));
 
         // Replace the original with the second point.
         ok(srv.cairn(["restore", "vm", "web01", "--replace-original", "--accel", "tcg"]));
-        let agent = agent_of(&qga, "replaced original").await;
+        let agent = agent_of(&qga, &vms.join("web01/web01.serial.log"), "replaced original").await;
         checksums(&agent, &at_second).await;
         let late_there = sh(&agent, "test -e /root/late.bin && echo yes || echo no").await;
         assert_eq!(late_there.trim(), "no", "the replaced VM must be at the restore point");

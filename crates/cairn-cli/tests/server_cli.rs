@@ -247,7 +247,8 @@ fn backup_and_restore_through_the_server(backend: Backend) {
     make_image(&vms.join("app01/disk0.raw"), "raw", 2 * MIB, &[(0x44, 0, MIB)]);
     let rescanned = ok_json(srv.cairn(["host", "rescan", "lab", "--json"]));
     assert_eq!(arr(&rescanned["vms"], "vms").len(), 3);
-    let (_, err) = run_code(srv.cairn(["host", "rescan", "labs"]), 1);
+    // An unknown name is a usage error (exit code 2), with the near names.
+    let (_, err) = run_code(srv.cairn(["host", "rescan", "labs"]), 2);
     assert!(err.contains("no host named \"labs\" (did you mean lab?)"), "{err}");
 
     let (_, err) = run_code(

@@ -153,7 +153,8 @@ pub fn human_bytes(n: u64) -> String {
 
 /// The log line that says whether a disk is read with changed block tracking: a differencing
 /// child's changed extents (used if the previous point was read from its parent), or every
-/// allocated block compared with the previous point.
+/// allocated block (compared with the previous point, when there is one: the caller may not
+/// know).
 pub fn cbt_note(path: &std::path::Path, changed: Option<&[cairn_disk::Extent]>, has_parent: bool) -> String {
     match changed {
         Some(extents) if has_parent => {
@@ -167,8 +168,8 @@ pub fn cbt_note(path: &std::path::Path, changed: Option<&[cairn_disk::Extent]>, 
             )
         }
         _ => format!(
-            "no changed block tracking for {} (not a differencing disk): every allocated block is read and \
-             compared with the previous restore point",
+            "no changed block tracking for {} (not a differencing disk): every allocated block is read; a block \
+             the previous restore point (if there is one) already holds is not stored again",
             path.display()
         ),
     }

@@ -19,6 +19,9 @@ use crate::disks::{device_path, list_disks};
 use crate::qmp::Qmp;
 use crate::{Error, Result};
 
+mod identity;
+use identity::{random_mac, random_uuid};
+
 /// The guest agent's virtio-serial port name.
 pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
@@ -466,52 +469,6 @@ fn push_address(line: &mut String, address: &BTreeMap<String, String>) {
     for (k, v) in address {
         line.push_str(&format!(",{k}={}", opt(v)));
     }
-}
-
-/// `n` random bytes from the kernel (time-derived when /dev/urandom cannot be read).
-fn random_bytes(n: usize) -> Vec<u8> {
-    use std::io::Read;
-    let mut buf = vec![0u8; n];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        let mut x = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()) << 32;
-        for b in &mut buf {
-            // xorshift
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-    buf
-}
-
-/// A random locally administered MAC in QEMU's `52:54:00` range.
-fn random_mac() -> String {
-    let r = random_bytes(3);
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2])
-}
-
-/// A random version 4 UUID.
-fn random_uuid() -> String {
-    let mut r = random_bytes(16);
-    r[6] = (r[6] & 0x0f) | 0x40;
-    r[8] = (r[8] & 0x3f) | 0x80;
-    let h: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 impl VmConfig {

@@ -223,6 +223,47 @@ pub async fn bitmaps_by_node(qmp: &Qmp) -> Result<HashMap<String, Vec<BitmapInfo
         .collect())
 }
 
+/// A dirty bitmap [`remove_bitmaps`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedBitmap {
+    /// The disk's guest device ([`LiveDisk::device`]).
+    pub device: String,
+    /// The bitmap's name.
+    pub name: String,
+}
+
+/// Removes from every disk of the VM each bitmap whose name `select` accepts (a persistent one
+/// from its qcow2 image too, so it stops recording for good). Every bitmap is tried; the first
+/// failure is returned after the others were removed.
+pub async fn remove_bitmaps(qmp: &Qmp, select: impl Fn(&str) -> bool) -> Result<Vec<RemovedBitmap>> {
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    for disk in list_disks(qmp).await? {
+        for bitmap in disk.bitmaps.iter().filter(|b| select(&b.name)) {
+            match qmp.bitmap_remove(&disk.node, &bitmap.name).await {
+                Ok(()) => removed.push(RemovedBitmap {
+                    device: disk.device.clone(),
+                    name: bitmap.name.clone(),
+                }),
+                Err(e) => failed.push(format!("bitmap {} of disk {}: {e}", bitmap.name, disk.device)),
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(removed)
+    } else {
+        Err(Error::Unexpected(format!(
+            "removing dirty bitmaps (removed: {}): {}",
+            if removed.is_empty() {
+                "none".to_owned()
+            } else {
+                removed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            },
+            failed.join("; ")
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //!
 //! - [`qmp`]: async QMP client (commands with ids and timeouts, events).
 //! - [`qga`]: guest agent client (resync, fsfreeze, exec, files).
+//! - [`channel`]: the agent channel's state as QEMU reports it (socket held, agent running).
 //! - [`disks`]: the VM's disks with their format nodes and dirty bitmaps.
 //! - [`config`]: what is needed to start the VM again, read through QMP, and the
 //!   `qemu-system-x86_64` command line that does so with new disks.
@@ -36,6 +37,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod config;
 pub mod disks;
 pub mod process;

@@ -299,7 +299,15 @@ impl QemuProcess {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// The process whose id the pid file at `path` holds (QEMU's `-pidfile`), when it still runs.
+/// QEMU removes its pid file when it exits; a missing or unreadable file is `None`.
+pub fn running_pid(path: &Path) -> Option<u32> {
+    let pid = std::fs::read_to_string(path).ok()?.trim().parse::<u32>().ok()?;
+    pid_alive(pid).then_some(pid)
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name; Z (zombie) and X (dead) are gone.
         Ok(stat) => stat

@@ -46,6 +46,18 @@ pub enum QmpError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket accepted the connection but QEMU sent no greeting in time: another client
+    /// holds the monitor (QEMU serves one client per QMP socket), or QEMU hangs.
+    #[error(
+        "QMP handshake on {path}: no greeting within {timeout:?} (is another client connected to this monitor? \
+         QEMU serves one client per QMP socket)"
+    )]
+    NoGreeting {
+        /// The socket path.
+        path: PathBuf,
+        /// How long the client waited.
+        timeout: Duration,
+    },
     /// The greeting or capabilities negotiation failed.
     #[error("QMP handshake on {path}: {reason}")]
     Handshake {
@@ -128,6 +140,12 @@ impl QmpError {
             QmpError::Command { desc, .. } => Some(desc),
             _ => None,
         }
+    }
+
+    /// True when the socket answered but QEMU sent no greeting: most likely another client
+    /// holds the monitor (a backup in progress), so the VM runs but cannot be asked now.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, QmpError::NoGreeting { .. })
     }
 
     /// True when the connection is gone (closed or never came back).
@@ -283,9 +301,9 @@ impl Qmp {
         let mut reader = BufReader::new(read);
         let greeting = tokio::time::timeout(timeout, read_json_line(&mut reader))
             .await
-            .map_err(|_| QmpError::Handshake {
+            .map_err(|_| QmpError::NoGreeting {
                 path: path.to_owned(),
-                reason: format!("no greeting within {timeout:?} (is another client connected to this monitor?)"),
+                timeout,
             })?
             .map_err(|reason| QmpError::Handshake {
                 path: path.to_owned(),

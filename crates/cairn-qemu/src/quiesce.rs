@@ -231,6 +231,18 @@ async fn run_script(agent: &GuestAgent, which: &str, path: &str, timeout: Durati
     }
 }
 
+/// The VM's guest agent as the caller found it.
+#[derive(Debug, Clone)]
+pub enum Agent {
+    /// Connected (and resynchronised).
+    Ready(GuestAgent),
+    /// The VM has no guest agent channel.
+    Missing,
+    /// It has one, but it cannot be used now; the text names why (its socket is held by another
+    /// client, the agent does not run in the guest, no reply in time).
+    Unusable(String),
+}
+
 /// Takes the view's instant with the consistency `policy` asks for (see the module
 /// docs for the rules). `agent` is the VM's guest agent, if it has one.
 pub async fn snapshot(
@@ -239,6 +251,23 @@ pub async fn snapshot(
     policy: &ConsistencyPolicy,
     prepared: PreparedView,
 ) -> Result<(LiveView, ConsistencyReport)> {
+    let agent = agent.map_or(Agent::Missing, |a| Agent::Ready(a.clone()));
+    snapshot_with(qmp, &agent, policy, prepared).await
+}
+
+/// Like [`snapshot`], with the agent as the caller found it: when it is [`Agent::Unusable`], the
+/// fallback's warning (or the failure with `require_app`) names the caller's cause.
+pub async fn snapshot_with(
+    qmp: &Qmp,
+    agent: &Agent,
+    policy: &ConsistencyPolicy,
+    prepared: PreparedView,
+) -> Result<(LiveView, ConsistencyReport)> {
+    let agent = match agent {
+        Agent::Ready(a) => Ok(a),
+        Agent::Missing => Err("the VM has no guest agent".to_owned()),
+        Agent::Unusable(cause) => Err(cause.clone()),
+    };
     let mut report = ConsistencyReport::new(policy.mode);
     if policy.mode == ConsistencyMode::Crash {
         let view = prepared.commit(qmp).await?;
@@ -250,8 +279,9 @@ pub async fn snapshot(
     // The application-consistent path; `break` carries the cause of a failure before the
     // commit (and whether the pre-freeze script ran, so post-thaw undoes it).
     let (cause, pre_ran) = 'app: {
-        let Some(agent) = agent else {
-            break 'app ("the VM has no guest agent".to_owned(), false);
+        let agent = match &agent {
+            Ok(agent) => *agent,
+            Err(cause) => break 'app (cause.clone(), false),
         };
         if let Err(e) = agent.ping().await {
             break 'app (format!("the guest agent does not answer: {e}"), false);
@@ -313,7 +343,7 @@ pub async fn snapshot(
 
     let post_thaw = async |report: &mut ConsistencyReport| {
         if pre_ran
-            && let (Some(agent), Some(script)) = (agent, &policy.post_thaw)
+            && let (Ok(agent), Some(script)) = (&agent, &policy.post_thaw)
             && let Err(cause) = run_script(agent, "post-thaw", script, policy.script_timeout).await
         {
             report.warn(cause);

@@ -199,17 +199,14 @@ pub async fn prepare(qmp: &Qmp, request: &ViewRequest) -> Result<PreparedView> {
             },
             Some(since) => match disk.bitmap(since) {
                 None => Cbt::Full {
-                    reason: format!(
-                        "checkpoint bitmap {since} is missing on {} (node {})",
-                        disk.device, disk.node
-                    ),
+                    reason: missing_reason(since, &disk.device, &disk.format),
                 },
                 Some(b) if b.inconsistent => {
                     qmp.bitmap_remove(&disk.node, since).await?;
                     Cbt::Full {
                         reason: format!(
-                            "checkpoint bitmap {since} on {} is inconsistent (QEMU was not shut down cleanly); \
-                             removed it",
+                            "checkpoint bitmap {since} on {} is inconsistent: QEMU ended without saving it (killed, \
+                             or the host crashed) after loading it from the image; removed it",
                             disk.device
                         ),
                     }
@@ -678,6 +675,25 @@ fn remove_file(path: &Path) -> Result<()> {
             context: format!("removing scratch file {}", path.display()),
             source: e,
         }),
+    }
+}
+
+/// Why checkpoint bitmap `since` of a disk is gone. A persistent bitmap reaches its qcow2
+/// image only when QEMU closes the image cleanly, so after `kill -9` (or a host crash) one
+/// created since QEMU started is simply missing; a bitmap of another format never reaches an
+/// image, so any restart of QEMU loses it.
+fn missing_reason(since: &str, device: &str, format: &str) -> String {
+    if format == "qcow2" {
+        format!(
+            "checkpoint bitmap {since} is missing on {device}: QEMU most likely ended without saving its \
+             persistent bitmaps (it was killed, or the host crashed); else it was removed, or the VM runs from \
+             other images"
+        )
+    } else {
+        format!(
+            "checkpoint bitmap {since} is missing on {device}: the disk is {format}, whose bitmaps live only in \
+             QEMU's memory, and QEMU was restarted since the previous backup"
+        )
     }
 }
 

@@ -81,6 +81,7 @@ async fn commands_errors_events_and_concurrency() {
     // One client per monitor: a second connection gets no greeting.
     let second = Qmp::connect(&socket, Duration::from_millis(500)).await.unwrap_err();
     assert!(second.to_string().contains("another client"), "{second}");
+    assert!(second.is_busy(), "{second:?}");
 }
 
 #[tokio::test]

@@ -279,7 +279,10 @@ async fn checkpoint_survives_clean_restart_and_is_dropped_after_a_crash() {
         .await
         .unwrap();
     match &prepared.disks()[0].cbt {
-        Cbt::Full { reason } => assert!(reason.contains("missing"), "{reason}"),
+        Cbt::Full { reason } => assert!(
+            reason.contains("missing") && reason.contains("without saving its persistent bitmaps"),
+            "the likely cause is named: {reason}"
+        ),
         other => panic!("expected a full backup, got {other:?}"),
     }
     prepared.abort(&vm.qmp).await.unwrap();

@@ -73,6 +73,8 @@ pub struct Notice {
     pub ca_path: PathBuf,
     /// The restore folders, when this start set them.
     pub restore_folders: Option<Vec<PathBuf>>,
+    /// The default proxy (this server), when this start created it: its name.
+    pub proxy_created: Option<String>,
 }
 
 impl Notice {
@@ -100,6 +102,11 @@ impl Notice {
             out.push_str(&format!(
                 "cairn server: created a new CA; clients must trust {}\n",
                 self.ca_path.display()
+            ));
+        }
+        if let Some(proxy) = &self.proxy_created {
+            out.push_str(&format!(
+                "  default proxy:   {proxy} (this server itself, named after the machine's host name)\n"
             ));
         }
         if let Some(folders) = &self.restore_folders {
@@ -173,7 +180,8 @@ pub async fn prepare(config: &ServerConfig, admin_password: Option<&str>) -> any
         notice.admin_created = Some(FIRST_ADMIN.to_owned());
         notice.generated_admin_password = generated.then_some(password);
     }
-    let local_proxy = ensure_local_proxy(&db).await?;
+    let (local_proxy, proxy_created) = ensure_local_proxy(&db).await?;
+    notice.proxy_created = proxy_created.then(|| local_proxy.settings.name.clone());
     notice.repository_created = ensure_default_repository(config, &data_dir, &db, &secrets).await?;
     notice.restore_folders = ensure_restore_folders(config, &data_dir, &db).await?;
     Ok(Prepared {
@@ -251,11 +259,12 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// The proxy that is this server (address `None`), created when missing.
-async fn ensure_local_proxy(db: &ConfigDb) -> anyhow::Result<Proxy> {
+/// The proxy that is this server (address `None`), created when missing (then named after the
+/// machine's host name); true when it was created now.
+async fn ensure_local_proxy(db: &ConfigDb) -> anyhow::Result<(Proxy, bool)> {
     let proxies = db.list_proxies().await?;
     if let Some(local) = proxies.iter().find(|p| p.settings.address.is_none()) {
-        return Ok(local.clone());
+        return Ok((local.clone(), false));
     }
     let base = tls::host_name().unwrap_or_else(|| "server".to_owned());
     let mut name = base.clone();
@@ -272,6 +281,7 @@ async fn ensure_local_proxy(db: &ConfigDb) -> anyhow::Result<Proxy> {
         max_tasks,
     })
     .await
+    .map(|p| (p, true))
     .context("creating the default proxy")
 }
 
@@ -641,6 +651,12 @@ garbage line
         ] {
             assert!(text.contains(part), "{part} in {text}");
         }
+        notice.proxy_created = Some("backup01".into());
+        let text = notice.banner("https://h:1");
+        assert!(
+            text.contains("default proxy:   backup01 (this server itself, named after the machine's host name)"),
+            "{text}"
+        );
         notice.generated_admin_password = None;
         let text = notice.banner("https://h:1");
         assert!(text.contains(ADMIN_PASSWORD_ENV) && !text.contains("S3cret"), "{text}");

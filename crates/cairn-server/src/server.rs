@@ -59,6 +59,7 @@ pub struct RunningServer {
     handle: Handle<SocketAddr>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     scheduler: tokio::task::JoinHandle<()>,
+    rescans: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -100,6 +101,7 @@ impl RunningServer {
     /// stopped, the database is closed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.scheduler.abort();
+        self.rescans.abort();
         self.handle.graceful_shutdown(Some(GRACE));
         self.state.jobs.shutdown().await;
         let served = self.serve.await;
@@ -114,6 +116,7 @@ impl RunningServer {
         tokio::select! {
             served = &mut self.serve => {
                 self.scheduler.abort();
+                self.rescans.abort();
                 self.state.jobs.shutdown().await;
                 self.state.db.close().await;
                 served.context("the HTTPS listener task failed")?.context("serving HTTPS")?;
@@ -236,6 +239,8 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         state.jobs.clock().clone(),
         state.audit.clone(),
     );
+    // `cairn vm list` follows the qemu hosts without `cairn host rescan`.
+    let rescans = crate::live::inventory::spawn_rescans(state.db.clone());
 
     let url = format!("https://{addr}");
     let public_url = if addr.ip().is_unspecified() {
@@ -264,6 +269,7 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
         handle,
         serve,
         scheduler,
+        rescans,
     })
 }
 

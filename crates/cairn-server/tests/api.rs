@@ -35,6 +35,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("delete", "/api/v1/hosts/{id}"),
     ("get", "/api/v1/vms"),
     ("get", "/api/v1/vms/{id}"),
+    ("post", "/api/v1/vms/{id}/start"),
+    ("post", "/api/v1/vms/{id}/stop"),
+    ("post", "/api/v1/vms/{id}/forget-checkpoints"),
     ("get", "/api/v1/repositories"),
     ("post", "/api/v1/repositories"),
     ("patch", "/api/v1/repositories/{id}"),
@@ -1187,6 +1190,10 @@ async fn first_start_prints_the_password_once(backend: Backend) {
         "{banner}"
     );
     assert!(banner.contains(&first.ca_path().display().to_string()), "{banner}");
+    assert!(
+        banner.contains("(this server itself, named after the machine's host name)"),
+        "the proxy's name is explained: {banner}"
+    );
     assert!(
         banner.contains(&root.path().join("data/secrets").display().to_string()),
         "{banner}"

@@ -5,9 +5,12 @@
 //! - full, then incremental: the second backup reads only the dirty extents, and each restore
 //!   point is the disk as it was at its backup, although the VM kept writing meanwhile;
 //! - CBT survives a clean restart of QEMU (persistent bitmap), and after `kill -9` the next
-//!   backup reads everything, stores only what changed, and says why;
-//! - consistency: no guest agent → crash-consistent with a warning; `require_app_consistency`
-//!   → the VM fails and nothing is left behind; `offline` pauses and resumes the VM;
+//!   backup reads everything, stores only what changed, and warns naming the likely cause (the
+//!   bitmap is missing: QEMU never saved it); the first backup says it is the first;
+//! - consistency: a guest agent channel without an agent in the guest, or with its socket held
+//!   by another client → crash-consistent with a warning naming that cause;
+//!   `require_app_consistency` → the VM fails and nothing is left behind; `offline` pauses and
+//!   resumes the VM;
 //! - a stopped backup leaves no export, job, scratch node, temporary or new bitmap in QEMU.
 
 mod runner_common;
@@ -28,7 +31,8 @@ fn manual() -> Trigger {
     Trigger::Manual { user: "admin".into() }
 }
 
-/// A guestless VM with one qcow2 disk (`drive0`, virtio) whose QMP socket is `DIR/vms/web01.qmp`.
+/// A guestless VM with one qcow2 disk (`drive0`, virtio) whose QMP socket is `DIR/vms/web01.qmp`,
+/// and a guest agent channel on `DIR/vms/web01.qga` that no agent in the guest opens.
 struct Vm {
     process: Option<QemuProcess>,
     qmp_path: PathBuf,
@@ -55,6 +59,15 @@ impl Vm {
             &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
             "-device",
             "virtio-blk-pci,drive=drive0,id=vblk0",
+            "-chardev",
+            &format!(
+                "socket,path={},server=on,wait=off,id=qga0",
+                qmp.with_extension("qga").display()
+            ),
+            "-device",
+            "virtio-serial",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -221,7 +234,11 @@ async fn full_incremental_restart_and_crash() {
     assert_state(&env, &s1, SessionState::Success).await;
     let (read1, log1) = task_read(&env, s1.id).await;
     assert_eq!(read1, 20 * MIB, "{log1}");
-    assert!(log1.contains("no changed block tracking"), "{log1}");
+    assert!(log1.contains("[info] first backup of disk vblk0"), "{log1}");
+    assert!(
+        !log1.contains("previous restore point"),
+        "a first backup has none: {log1}"
+    );
     vm.assert_clean(1).await;
     let repo = env.open_repo(&repo_row);
     assert!(restored(&repo, "kvm01/web01", 0, dir) == expected(dir, &first));
@@ -260,14 +277,21 @@ async fn full_incremental_restart_and_crash() {
     assert_eq!(read3, MIB, "{log3}");
     vm.assert_clean(1).await;
 
-    // kill -9: the bitmap is inconsistent; everything is read, only the changed block stored.
+    // kill -9: the bitmap made since the restart never reached the image (QEMU saves persistent
+    // bitmaps when it closes it): everything is read, only the changed block stored, and the log
+    // warns naming the likely cause.
     vm.write("write -P 0x41 60M 256k").await;
     vm.restart(true).await;
     let s4 = run_once(&env, &manager, job.id).await;
     assert_state(&env, &s4, SessionState::Success).await;
     let (read4, log4) = task_read(&env, s4.id).await;
     assert!(read4 >= 20 * MIB, "a full read after a crash: {read4}\n{log4}");
-    assert!(log4.contains("no changed block tracking"), "{log4}");
+    assert!(
+        log4.contains("[warning] changed block tracking of disk vblk0 is lost")
+            && log4.contains("is missing")
+            && log4.contains("without saving its persistent bitmaps (it was killed"),
+        "{log4}"
+    );
     let tasks = env.tasks(s4.id).await;
     let new_bytes = tasks[0].statistics["new_bytes"].as_u64().unwrap_or(u64::MAX);
     assert_eq!(
@@ -292,12 +316,36 @@ async fn consistency_fallbacks_and_stop() {
     let repo_row = env.repository("r1", 2, None).await;
     let manager = env.manager(None);
 
-    // Online without a guest agent: crash-consistent, with a warning.
+    // Online with an agent channel but no agent in the guest: crash-consistent, with a warning
+    // that says so (at once: QEMU tells that the guest never opened the port).
     let online = env.job("online", vm_ids.clone(), repo_row.id, |_| {}).await;
+    let started = std::time::Instant::now();
     let s = run_once(&env, &manager, online.id).await;
     assert_state(&env, &s, SessionState::Warning).await;
     let (_, log) = task_read(&env, s.id).await;
-    assert!(log.contains("crash-consistent"), "{log}");
+    assert!(
+        log.contains("[warning] application-consistent view not possible (the guest agent does not run in the guest")
+            && log.contains("crash-consistent"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no wait for an agent that cannot answer: {:?}",
+        started.elapsed()
+    );
+    vm.assert_clean(1).await;
+
+    // The agent's socket held by another client (QEMU serves one at a time): the warning names
+    // that cause, not a missing agent.
+    let holder = tokio::net::UnixStream::connect(vm.qmp_path.with_extension("qga"))
+        .await
+        .expect("connect to the agent socket");
+    let s = run_once(&env, &manager, online.id).await;
+    assert_state(&env, &s, SessionState::Warning).await;
+    let (_, log) = task_read(&env, s.id).await;
+    assert!(log.contains("is held by another client"), "{log}");
+    assert!(!log.contains("has no guest agent"), "{log}");
+    drop(holder);
     vm.assert_clean(1).await;
 
     // Requiring application consistency: the VM fails, nothing is left, the checkpoint stays.

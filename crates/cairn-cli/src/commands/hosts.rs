@@ -1,14 +1,30 @@
-//! `cairn host …` and `cairn vm list`.
+//! `cairn host …` and `cairn vm …`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, b, id_by_name, list, s, s_or_dash, u, vm_full_name, yes_no};
+use super::lookup::{arr, b, id_by_name, list, resolve_vm, s, s_or_dash, u, vm_full_name, yes_no};
 use crate::args::{Global, HostCommand, HostKind, VmCommand};
 use crate::client::Client;
 use crate::output::{self, Table, bytes};
+
+/// A host's location as people read it: an image folder's path; a qemu host's QMP socket or
+/// folder of sockets, with its guest agent socket (the API keeps it as JSON).
+fn location_text(host: &Value) -> String {
+    let location = s(host, "location");
+    if s(host, "kind") != "qemu" {
+        return location.to_string();
+    }
+    match serde_json::from_str::<Value>(location) {
+        Ok(l) => match l.get("qga").and_then(Value::as_str) {
+            Some(qga) => format!("QMP {} (guest agent {qga})", s(&l, "qmp")),
+            None => format!("QMP {}", s(&l, "qmp")),
+        },
+        Err(_) => location.to_string(),
+    }
+}
 
 /// Prints the VMs of a `{host, vms}` answer.
 fn print_scan(verb: &str, answer: &Value) {
@@ -18,7 +34,7 @@ fn print_scan(verb: &str, answer: &Value) {
         "{verb} host {} ({}, {}): {} VMs",
         s(&host, "name"),
         s(&host, "kind"),
-        s(&host, "location"),
+        location_text(&host),
         vms.len()
     );
     if !vms.is_empty() {
@@ -98,7 +114,7 @@ pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
                     t.row(vec![
                         s(h, "name").to_string(),
                         s(h, "kind").to_string(),
-                        s(h, "location").to_string(),
+                        location_text(h),
                         s_or_dash(h, "vms"),
                         output::time(s(h, "created_at")),
                     ]);
@@ -151,6 +167,66 @@ pub fn vms(g: &Global, c: &VmCommand) -> anyhow::Result<ExitCode> {
                 vm_table(list(&all)).print();
             }
         }
+        VmCommand::Start { vm } | VmCommand::Stop { vm } | VmCommand::ForgetCheckpoints { vm } => {
+            let all = client.get("/api/v1/vms")?;
+            let found = resolve_vm(list(&all), vm)?;
+            let id = found
+                .get("id")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| anyhow::anyhow!("the server's VM {vm:?} has no id"))?;
+            let name = vm_full_name(found);
+            let verb = match c {
+                VmCommand::Start { .. } => "start",
+                VmCommand::Stop { .. } => "stop",
+                _ => "forget-checkpoints",
+            };
+            let answer = client.post(&format!("/api/v1/vms/{id}/{verb}"), &json!({}))?;
+            if g.json {
+                output::json(&answer)?;
+            } else {
+                print_vm_change(verb, &name, &answer);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `cairn vm start|stop|forget-checkpoints` did, for people.
+fn print_vm_change(verb: &str, name: &str, answer: &Value) {
+    match verb {
+        "start" => println!(
+            "started VM {name} (pid {}, QMP {}, serial log {})",
+            s_or_dash(answer, "pid"),
+            s(answer, "qmp"),
+            s_or_dash(answer, "serial_log")
+        ),
+        "stop" => {
+            println!("stopped VM {name}");
+            if let Some(ir) = answer.get("forgot_instant_recovery").and_then(Value::as_str) {
+                println!("(it was instant recovery {ir}, migrated to its production disks: that is forgotten too)");
+            }
+        }
+        _ => {
+            let removed = arr(answer, "removed");
+            if removed.is_empty() {
+                println!("VM {name} has no checkpoint bitmaps of cairn's");
+            } else {
+                let names: Vec<String> = removed
+                    .iter()
+                    .map(|r| format!("{} ({})", s(r, "bitmap"), s(r, "disk")))
+                    .collect();
+                println!(
+                    "removed cairn's checkpoint bitmaps from VM {name}: {}",
+                    names.join(", ")
+                );
+            }
+            let jobs: Vec<&str> = arr(answer, "jobs").iter().filter_map(Value::as_str).collect();
+            if !jobs.is_empty() {
+                println!(
+                    "jobs {} still back it up: their next backup of it reads every block",
+                    jobs.join(", ")
+                );
+            }
+        }
+    }
 }

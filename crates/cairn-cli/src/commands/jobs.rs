@@ -321,18 +321,26 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
             if flags.vms.is_empty() {
                 return Err(usage!("a job needs at least one --vm"));
             }
-            if flags.repository.is_none() {
-                return Err(usage!("a job needs a --repository (see `cairn repository list`)"));
-            }
             let vms = client.get("/api/v1/vms")?;
             let mut spec = Map::new();
             spec.insert("name".into(), Value::from(name.as_str()));
             spec.insert("enabled".into(), Value::from(true));
+            let default_repository = match flags.repository {
+                Some(_) => None,
+                None => {
+                    let (id, repo) = default_repository(&client)?;
+                    spec.insert("repository_id".into(), Value::from(id));
+                    Some(repo)
+                }
+            };
             apply_flags(&client, &mut spec, flags, list(&vms))?;
             let job = client.post("/api/v1/jobs", &spec)?;
             if g.json {
                 output::json(&job)?;
             } else {
+                if let Some(repo) = default_repository {
+                    println!("no --repository given: the job backs up into the server's default repository {repo}");
+                }
                 println!(
                     "created job {} ({} VMs, schedule: {}, next run: {})",
                     s(&job, "name"),
@@ -347,7 +355,7 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&all)?;
             } else if list(&all).is_empty() {
-                println!("no jobs (create one with `cairn job create NAME --vm VM --repository NAME`)");
+                println!("no jobs (create one with `cairn job create NAME --vm VM [--repository NAME]`)");
             } else {
                 let mut t = Table::new(&["NAME", "ENABLED", "SCHEDULE", "NEXT RUN", "LAST RESULT"]);
                 for j in list(&all) {
@@ -445,6 +453,16 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's default repository (id, name), for a job created without `--repository`.
+fn default_repository(client: &Client) -> anyhow::Result<(i64, String)> {
+    let all = client.get("/api/v1/repositories")?;
+    let repo = list(&all).iter().find(|r| b(r, "is_default")).ok_or_else(|| {
+        usage!("no --repository given and the server has no default repository: name one (see `cairn repository list`)")
+    })?;
+    let id = i(repo, "id").ok_or_else(|| anyhow::anyhow!("the server's default repository has no id"))?;
+    Ok((id, s(repo, "name").to_string()))
 }
 
 fn job_id(job: &Value, name: &str) -> anyhow::Result<i64> {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, id_by_name, list, s, s_or_dash, u};
+use super::lookup::{arr, by_name, id_by_name, list, s, s_or_dash, u};
 use crate::args::{Global, InstantCommand, RestoreVmArgs};
-use crate::client::Client;
+use crate::client::{Client, usage};
 use crate::output::{self, Table, bytes};
 
 /// Restores and migrations answer when done: they may take long.
@@ -28,7 +28,7 @@ fn repository_id(client: &Client, name: Option<&str>) -> anyhow::Result<i64> {
         repos.iter().find(|r| s(r, "name") == "default")
     };
     pick.and_then(|r| r.get("id").and_then(Value::as_i64))
-        .ok_or_else(|| anyhow::anyhow!("the server has several repositories: name one with --repository"))
+        .ok_or_else(|| usage!("the server has several repositories: name one with --repository"))
 }
 
 /// `HOST/VM` as the repository names it, from `HOST/VM` or a VM name unique in the repository.
@@ -44,11 +44,11 @@ fn backed_up_vm(client: &Client, repository: i64, vm: &str) -> anyhow::Result<St
         .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        [] => anyhow::bail!("the repository holds no restore points of a VM named {vm:?}"),
-        _ => anyhow::bail!(
+        [] => Err(usage!("the repository holds no restore points of a VM named {vm:?}")),
+        _ => Err(usage!(
             "VM {vm:?} has restore points from several hosts ({}): name it as HOST/VM",
             names.join(", ")
-        ),
+        )),
     }
 }
 
@@ -64,6 +64,7 @@ pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
         "replace_original": a.replace_original,
     });
     if let Some(h) = &a.to_host {
+        by_name(&client, "/api/v1/hosts", "host", h)?;
         body["to_host"] = Value::from(h.as_str());
     }
     if let Some(n) = &a.name {
@@ -97,6 +98,15 @@ pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
     for d in arr(&answer, "disks") {
         println!("  disk {}", d.as_str().unwrap_or("-"));
     }
+    println!("  serial log {}", s_or_dash(&answer, "serial_log"));
+    let host = a
+        .to_host
+        .clone()
+        .unwrap_or_else(|| vm.split_once('/').map_or("", |(h, _)| h).to_string());
+    println!(
+        "it is a VM of host {host}: stop or start it with `cairn vm stop|start {host}/{}`",
+        s(&answer, "name")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -129,6 +139,9 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let rid = repository_id(&client, repository.as_deref())?;
             let vm = backed_up_vm(&client, rid, vm)?;
+            if let Some(h) = to_host {
+                by_name(&client, "/api/v1/hosts", "host", h)?;
+            }
             let mut body = json!({"repository_id": rid, "vm": vm, "point": point});
             for (k, v) in [("to_host", to_host), ("name", name), ("accel", accel)] {
                 if let Some(v) = v {
@@ -160,6 +173,7 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
             all
         }
         InstantCommand::Migrate { name, to } => {
+            by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?;
             let to: Vec<String> = to
                 .iter()
                 .map(|p| std::path::absolute(p).map(|p| p.display().to_string()))
@@ -171,17 +185,31 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
                 LONG,
             )?;
             if !g.json {
+                let host = s(&answer, "host");
                 println!(
-                    "instant recovery {name} now runs from {}; its exports have ended",
+                    "VM {name} now runs from its production disks ({}); the exports of the backup have ended",
                     to.join(", ")
+                );
+                println!(
+                    "it is a normal VM of host {host}: stop or start it with `cairn vm stop|start {host}/{name}` (its \
+                     command line is saved); `cairn instant-recovery stop {name}` only forgets the instant recovery"
                 );
             }
             answer
         }
         InstantCommand::Stop { name } => {
+            let ir = by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?;
             let answer = client.delete(&format!("/api/v1/instant-recoveries/{name}"))?;
             if !g.json {
-                println!("instant recovery {name} stopped");
+                if s(&ir, "state") == "migrated" {
+                    let host = s(&ir, "host");
+                    println!(
+                        "instant recovery {name} forgotten: it was migrated, so its VM runs on as VM {host}/{name} \
+                         (stop it with `cairn vm stop {host}/{name}`)"
+                    );
+                } else {
+                    println!("instant recovery {name} stopped: its VM was quit and its exports ended");
+                }
             }
             answer
         }

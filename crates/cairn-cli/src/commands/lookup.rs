@@ -106,9 +106,10 @@ pub fn hint(name: &str, known: &[&str]) -> String {
     }
 }
 
-/// "there is no KIND named NAME" with the near names or the known ones.
+/// "there is no KIND named NAME" with the near names or the known ones: a usage error (exit
+/// code 2), like every name on the command line the server does not know.
 pub fn unknown(kind: &str, name: &str, known: &[&str]) -> anyhow::Error {
-    anyhow::anyhow!("there is no {kind} named {name:?}{}", hint(name, known))
+    usage!("there is no {kind} named {name:?}{}", hint(name, known))
 }
 
 /// The element of the list at `path` whose `name` is `name`.
@@ -182,7 +183,11 @@ mod tests {
         assert_eq!(resolve_vm(&vms, "b/web").unwrap()["id"], 2);
         let e = resolve_vm(&vms, "web").unwrap_err().to_string();
         assert!(e.contains("a/web") && e.contains("b/web"), "{e}");
-        let e = resolve_vm(&vms, "dbb").unwrap_err().to_string();
-        assert!(e.contains("did you mean db"), "{e}");
+        let e = resolve_vm(&vms, "dbb").unwrap_err();
+        assert!(e.to_string().contains("did you mean db"), "{e}");
+        assert!(
+            e.is::<crate::client::UsageError>(),
+            "an unknown name is a usage error (exit 2)"
+        );
     }
 }

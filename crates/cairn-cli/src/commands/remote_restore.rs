@@ -36,7 +36,7 @@ fn vm_points(client: &Client, repository_id: i64, vm: Option<&str>) -> anyhow::R
         1 => Ok(vec![matching[0].clone()]),
         0 => {
             let names: Vec<&str> = chains.iter().map(|c| s(c, "vm")).collect();
-            Err(anyhow::anyhow!(
+            Err(usage!(
                 "the repository holds no restore points of a VM named {wanted:?}{}",
                 hint(wanted, &names)
             ))
@@ -98,7 +98,7 @@ pub fn restore(g: &Global, a: &RestoreArgs, repository: &str) -> anyhow::Result<
     let chains = vm_points(&client, rid, Some(vm))?;
     let chain = chains
         .first()
-        .ok_or_else(|| anyhow::anyhow!("no restore points of VM {} in repository {repository}", vm))?;
+        .ok_or_else(|| usage!("no restore points of VM {} in repository {repository}", vm))?;
     let vm = s(chain, "vm").to_string();
     let point = if a.point == "latest" {
         Value::from("latest")
@@ -113,7 +113,7 @@ pub fn restore(g: &Global, a: &RestoreArgs, repository: &str) -> anyhow::Result<
                 .and_then(|p| p.get("id").cloned())
                 .unwrap_or_else(|| Value::from(one.as_str())),
             [] => {
-                return Err(anyhow::anyhow!(
+                return Err(usage!(
                     "VM {vm} has no restore point {:?} (see `cairn points --repository {repository} --vm {vm}`)",
                     a.point
                 ));

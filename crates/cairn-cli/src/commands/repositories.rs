@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use super::login::password_from_stdin;
-use super::lookup::{arr, b, id_by_name, list, s, s_or_dash, u, yes_no};
+use super::lookup::{arr, b, by_name, id_by_name, list, s, s_or_dash, u, yes_no};
 use crate::args::{Global, ProxyCommand, RepoEncryption, RepositoryCommand, SettingsArgs};
 use crate::client::{Client, usage};
 use crate::output::{self, Table, bytes, rate};
@@ -86,6 +86,8 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
             }
             limits(&mut body, *max_tasks, *read_limit, *write_limit);
             if let Some(agent) = agent {
+                // An unknown name is a usage error, like every name the server does not know.
+                by_name(&client, "/api/v1/agents", "agent", agent)?;
                 body.insert("agent".into(), Value::from(agent.as_str()));
             }
             let repo = client.post("/api/v1/repositories", &body)?;
@@ -183,6 +185,12 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 t.print();
+                if let Some(own) = list(&all).iter().find(|p| p["agent_id"].is_null()) {
+                    println!(
+                        "{} is this backup server's own proxy: the server named it after the machine's host name",
+                        s(own, "name")
+                    );
+                }
             }
         }
         ProxyCommand::Set { name, max_tasks } => {

@@ -82,6 +82,33 @@ fn ratio(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
 }
 
+/// How what was stored compares with what was read: `read 37.4× more than it stored new
+/// (19 unchanged, 2 zero, 0 duplicate blocks); dedup 1.00x, compression 2.10x`. Older servers
+/// sent only `dedup_ratio`, meaning read ÷ new.
+fn reduction_text(st: &Value) -> String {
+    let (read_ratio, dedup) = match f(st, "read_ratio") {
+        Some(r) => (Some(r), f(st, "dedup_ratio")),
+        None => (f(st, "dedup_ratio"), None),
+    };
+    let read = match read_ratio {
+        Some(_) if u(st, "new_bytes") == Some(0) => "stored nothing new".to_string(),
+        Some(r) if r >= 1.05 => format!("read {r:.1}× more than it stored new"),
+        Some(_) => "stored about what it read".to_string(),
+        None => "-".to_string(),
+    };
+    let blocks = match (u(st, "unchanged_blocks"), u(st, "zero_blocks"), u(st, "dedup_blocks")) {
+        (Some(unchanged), Some(zero), Some(dup)) => {
+            format!(" ({unchanged} unchanged, {zero} zero, {dup} duplicate blocks)")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{read}{blocks}; dedup {}, compression {}",
+        ratio(dedup),
+        ratio(f(st, "compression_ratio"))
+    )
+}
+
 fn bytes_of(st: &Value, key: &str) -> String {
     u(st, key).map_or_else(|| "-".into(), bytes)
 }
@@ -133,11 +160,7 @@ fn print_summary(session: &Value) {
         bytes_of(&st, "transferred_bytes"),
         bytes_of(&st, "new_bytes")
     );
-    println!(
-        "  dedup {}, compression {}",
-        ratio(f(&st, "dedup_ratio")),
-        ratio(f(&st, "compression_ratio"))
-    );
+    println!("  {}", reduction_text(&st));
     println!(
         "  busy: {}; bottleneck: {}",
         busy_text(st.get("busy")),

@@ -360,9 +360,14 @@ pub async fn rescan_host(
     caller.require_admin()?;
     let host = state.db.get_host(id).await?;
     if host.kind == HostKind::Qemu {
-        let location = QemuLocation::of(&host).map_err(ApiError::invalid)?;
-        let vms = discover(&location).await.map_err(ApiError::invalid)?;
-        return Ok(Json(sync_discovered(&state, host, &vms).await?));
+        let vms = crate::live::rescan(&state.db, &host, true)
+            .await
+            .map_err(ApiError::invalid)?;
+        let count = i64::try_from(vms.len()).unwrap_or(i64::MAX);
+        return Ok(Json(HostWithVms {
+            host: host_dto(host, count),
+            vms: vm_dtos(&state, vms).await?,
+        }));
     }
     if host.kind != HostKind::ImageFolder {
         return Err(ApiError::invalid(format!(
@@ -405,7 +410,12 @@ pub async fn delete_host(
             users.join(", ")
         )));
     }
+    // Its VMs keep no checkpoint bitmap of cairn's recording for nothing (logged when one cannot
+    // be reached).
+    let vms = state.db.list_vms(Some(id)).await?;
+    crate::live::checkpoints::forget_host(&host, vms).await;
     state.db.delete_host(id).await?;
+    crate::live::launch::remove_host(&state.data_dir, id);
     tracing::info!("{} removed host {}", caller.name, host.name);
     Ok(StatusCode::NO_CONTENT)
 }

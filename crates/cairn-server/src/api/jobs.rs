@@ -531,10 +531,26 @@ pub async fn update_job(
         job.spec.name,
         job.version
     );
+    // VMs it no longer backs up into the repository it used keep no checkpoint bitmap for it.
+    let left: Vec<i64> = if current.spec.repository_id == job.spec.repository_id {
+        current
+            .spec
+            .vm_ids
+            .iter()
+            .filter(|v| !job.spec.vm_ids.contains(v))
+            .copied()
+            .collect()
+    } else {
+        current.spec.vm_ids.clone()
+    };
+    if !left.is_empty() {
+        crate::live::checkpoints::tidy(&state.db, &left).await;
+    }
     Ok(Json(job_dto(&state, job).await?))
 }
 
-/// Deletes a job with its session history (refused while it runs).
+/// Deletes a job with its session history (refused while it runs). cairn's checkpoint bitmaps of
+/// its repository are removed from running VMs no other job backs up into it.
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
     responses(
@@ -579,6 +595,8 @@ pub async fn delete_job(
     state.db.delete_job(id).await?;
     state.jobs.notify();
     tracing::info!("{} deleted job {}", caller.name, job.spec.name);
+    // Its running VMs keep no checkpoint bitmap for a repository no job backs them up into.
+    crate::live::checkpoints::tidy(&state.db, &job.spec.vm_ids).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -243,6 +243,8 @@ impl Modify for CommonResponses {
         audit::list, audit::verify,
         inventory::list_hosts, inventory::add_host, inventory::rescan_host, inventory::delete_host,
         inventory::list_vms, inventory::get_vm,
+        crate::live::vm_control::start_vm, crate::live::vm_control::stop_vm,
+        crate::live::vm_control::forget_checkpoints,
         repositories::list_repositories, repositories::create_repository, repositories::update_repository,
         repositories::delete_repository, repositories::list_points,
         repositories::list_proxies, repositories::update_proxy,
@@ -306,6 +308,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts/{id}/rescan", post(inventory::rescan_host))
         .route("/api/v1/vms", get(inventory::list_vms))
         .route("/api/v1/vms/{id}", get(inventory::get_vm))
+        .route("/api/v1/vms/{id}/start", post(crate::live::vm_control::start_vm))
+        .route("/api/v1/vms/{id}/stop", post(crate::live::vm_control::stop_vm))
+        .route(
+            "/api/v1/vms/{id}/forget-checkpoints",
+            post(crate::live::vm_control::forget_checkpoints),
+        )
         .route(
             "/api/v1/repositories",
             get(repositories::list_repositories).post(repositories::create_repository),
@@ -484,7 +492,23 @@ mod tests {
                 assert!(op["summary"].as_str().is_some(), "{method} {path} has no summary");
             }
         }
-        assert_eq!(operations, 65);
+        assert_eq!(operations, 68);
+    }
+
+    /// Every route that may change something has an action name for the audit log (or is one
+    /// of the agents' routes that are never recorded).
+    #[test]
+    fn every_changing_route_has_an_audit_action() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys().filter(|m| *m != "get") {
+                let m = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+                assert!(
+                    crate::audit::action_name(&m, path).is_some() || crate::audit::unrecorded(&m, path),
+                    "{method} {path} has no audit action name"
+                );
+            }
+        }
     }
 
     /// Every pattern the document states compiles, and the shared rules are the ones the server

@@ -6,21 +6,22 @@
 //! started recording at its view (`qemu-bitmap:NAME` as the disk's source
 //! identity). The next backup merges that bitmap into a frozen temporary one
 //! at its own view and reads only the dirty extents; the engine checks that
-//! the previous point really was read at that checkpoint. A missing,
-//! inconsistent (QEMU was killed) or foreign bitmap means every allocated
-//! block is read and compared with the previous point by hash, so only what
-//! changed is stored, and a new checkpoint starts.
+//! the previous point really was read at that checkpoint. A missing bitmap
+//! (QEMU ended without saving it: killed, or a raw disk's VM restarted), an
+//! inconsistent or a foreign one means every allocated block is read and
+//! compared with the previous point by hash, so only what changed is stored,
+//! and a new checkpoint starts; the task log warns and names the likely cause.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_configdb::{Disk, LogLevel};
 use cairn_disk::Extent;
 use cairn_engine::DiskInput;
 use cairn_nbd::{ClientOptions, Endpoint, NbdDisk};
-use cairn_qemu::qga::GuestAgent;
+use cairn_qemu::qga::{AgentError, GuestAgent};
 use cairn_qemu::qmp::Qmp;
-use cairn_qemu::quiesce::{ConsistencyMode, ConsistencyPolicy};
+use cairn_qemu::quiesce::{Agent, ConsistencyMode, ConsistencyPolicy};
 use cairn_qemu::view::{self, Cbt, DiskRequest, LiveView, ViewRequest};
 use cairn_repo::Repository;
 
@@ -81,20 +82,41 @@ pub(crate) struct LiveBackup {
     _dir: tempfile::TempDir,
 }
 
-/// The checkpoint bitmap the previous restore point of `vm` was read at, per disk position.
-pub(crate) fn previous_checkpoints(repo: &Repository, vm: &str, disks: usize) -> Vec<Option<String>> {
+/// What a VM's previous restore point tells its next live backup.
+pub(crate) struct Previous {
+    /// Whether there is a previous restore point (else this is the VM's first backup into the
+    /// repository).
+    pub(crate) exists: bool,
+    /// The checkpoint bitmap it was read at, per disk position.
+    pub(crate) checkpoints: Vec<Option<String>>,
+}
+
+/// The previous restore point of `vm` in `repo`, for a VM of `disks` disks.
+pub(crate) fn previous_point(repo: &Repository, vm: &str, disks: usize) -> Previous {
     let last = repo.chain(vm).ok().and_then(|c| c.meta().points.last().cloned());
     let sources: Vec<(u32, String)> = last
         .iter()
         .flat_map(|p| p.disks.iter())
         .filter_map(|d| d.source_id.clone().map(|id| (d.disk, id)))
         .collect();
-    checkpoints_of(&sources, disks)
+    Previous {
+        exists: last.is_some(),
+        checkpoints: checkpoints_of(&sources, disks),
+    }
+}
+
+/// The previous restore point from its source identities `(disk position, identity)` as a
+/// repository agent tells them (none: no previous point).
+pub(crate) fn previous_of(sources: &[(u32, String)], disks: usize) -> Previous {
+    Previous {
+        exists: !sources.is_empty(),
+        checkpoints: checkpoints_of(sources, disks),
+    }
 }
 
 /// The checkpoint bitmaps among a restore point's source identities `(disk position, identity)`,
 /// per disk position.
-pub(crate) fn checkpoints_of(sources: &[(u32, String)], disks: usize) -> Vec<Option<String>> {
+fn checkpoints_of(sources: &[(u32, String)], disks: usize) -> Vec<Option<String>> {
     (0..disks)
         .map(|i| {
             sources
@@ -104,6 +126,32 @@ pub(crate) fn checkpoints_of(sources: &[(u32, String)], disks: usize) -> Vec<Opt
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// The VM's guest agent at `path`, or why it cannot be used now. QEMU tells first whether another
+/// client holds the socket or the agent does not run in the guest (waiting for a reply would only
+/// time out); otherwise the agent is asked.
+async fn open_agent(qmp: &Qmp, path: &Path) -> Agent {
+    match cairn_qemu::channel::agent_channel(qmp, path).await {
+        Ok(Some(channel)) => {
+            if let Some(problem) = channel.problem(path) {
+                return Agent::Unusable(problem);
+            }
+        }
+        // Not a chardev of this VM (a socket given with the host): only the agent can tell.
+        Ok(None) => {}
+        Err(e) => tracing::debug!("query-chardev on {}: {e}", qmp.path().display()),
+    }
+    match GuestAgent::connect(path, AGENT_TIMEOUT).await {
+        Ok(agent) => Agent::Ready(agent),
+        Err(AgentError::Timeout { .. }) => Agent::Unusable(format!(
+            "the guest agent on {} did not answer within {} s (another client may hold its socket, or the agent \
+             does not run in the guest)",
+            path.display(),
+            AGENT_TIMEOUT.as_secs()
+        )),
+        Err(e) => Agent::Unusable(format!("guest agent socket {}: {e}", path.display())),
+    }
 }
 
 fn policy(guest: &GuestSettings) -> ConsistencyPolicy {
@@ -120,12 +168,13 @@ fn policy(guest: &GuestSettings) -> ConsistencyPolicy {
     }
 }
 
-/// Makes the point-in-time view of `unit`'s VM and exports it; `previous` names the checkpoint
-/// bitmap each disk's previous restore point was read at ([`previous_checkpoints`]). On error
-/// nothing of the view is left in QEMU (and the guest is not frozen or paused).
+/// Makes the point-in-time view of `unit`'s VM and exports it; `previous` is the VM's previous
+/// restore point ([`previous_point`]: whether there is one, and the checkpoint bitmap each disk
+/// was read at). On error nothing of the view is left in QEMU (and the guest is not frozen or
+/// paused).
 pub(crate) async fn start(
     unit: &VmUnit,
-    previous: Vec<Option<String>>,
+    previous: Previous,
     repository_id: i64,
     guest: &GuestSettings,
     work_dir: &std::path::Path,
@@ -138,6 +187,8 @@ pub(crate) async fn start(
     let mut lines = Vec::new();
     let prefix = format!("cairn-r{repository_id}-");
 
+    let first_backup = !previous.exists;
+    let previous = previous.checkpoints;
     // Leftovers of a backup that ended abnormally (the server was killed) go first.
     let keep: Vec<String> = previous.iter().flatten().cloned().collect();
     match view::cleanup_leftovers(&qmp, &keep).await {
@@ -215,22 +266,17 @@ pub(crate) async fn start(
         socket: dir.path().join("nbd.sock"),
     };
     let agent = match location.agent_for(&qmp_path) {
-        Some(path) if guest.consistency != "crash" => match GuestAgent::connect(&path, AGENT_TIMEOUT).await {
-            Ok(agent) => Some(agent),
-            Err(e) => {
-                lines.push(Line::all(
-                    LogLevel::Info,
-                    format!("guest agent {}: {e}", path.display()),
-                ));
-                None
-            }
-        },
-        _ => None,
+        Some(path) if guest.consistency != "crash" => open_agent(&qmp, &path).await,
+        Some(_) => Agent::Missing,
+        None => Agent::Unusable(format!(
+            "the VM has no guest agent socket ({} beside its QMP socket, or the host's --qga)",
+            qmp_path.with_extension("qga").display()
+        )),
     };
     let prepared = view::prepare(&qmp, &request)
         .await
         .map_err(|e| format!("VM {}: preparing the point-in-time view: {e}", unit.vm.name))?;
-    let (live_view, report) = cairn_qemu::quiesce::snapshot(&qmp, agent.as_ref(), &policy(guest), prepared)
+    let (live_view, report) = cairn_qemu::quiesce::snapshot_with(&qmp, &agent, &policy(guest), prepared)
         .await
         .map_err(|e| format!("VM {}: {e}", unit.vm.name))?;
     // Pausing an `offline` job's VM when the guest cannot be frozen is what the job asks for:
@@ -255,7 +301,7 @@ pub(crate) async fn start(
         warning,
         _dir: dir,
     };
-    if let Err(e) = backup.export(unit, &requests).await {
+    if let Err(e) = backup.export(unit, &requests, first_backup).await {
         backup.finish(false).await;
         return Err(e);
     }
@@ -263,7 +309,7 @@ pub(crate) async fn start(
 }
 
 impl LiveBackup {
-    async fn export(&mut self, unit: &VmUnit, requests: &[DiskRequest]) -> Result<(), String> {
+    async fn export(&mut self, unit: &VmUnit, requests: &[DiskRequest], first_backup: bool) -> Result<(), String> {
         let Some(view) = self.view.as_mut() else {
             return Err("the view is gone".into());
         };
@@ -288,15 +334,8 @@ impl LiveBackup {
                     request.since.clone()
                 }
                 Cbt::Full { reason } => {
-                    self.lines.push(Line {
-                        disk: Some(i),
-                        level: LogLevel::Info,
-                        text: format!(
-                            "no changed block tracking for disk {} ({reason}): every allocated block is read and \
-                             compared with the previous restore point; checkpoint bitmap {} starts now",
-                            disk.key, request.next
-                        ),
-                    });
+                    self.lines
+                        .push(full_read_line(i, &disk.key, reason, request, first_backup));
                     None
                 }
             };
@@ -325,6 +364,46 @@ impl LiveBackup {
                 format!("tearing down the point-in-time view: {e}"),
             )],
         }
+    }
+}
+
+/// The log line of a disk read whole: its first backup, a previous point without a checkpoint,
+/// or changed block tracking lost (a warning naming why: QEMU killed, a raw disk restarted…).
+fn full_read_line(disk: usize, key: &str, reason: &str, request: &DiskRequest, first_backup: bool) -> Line {
+    let (level, text) = if first_backup {
+        (
+            LogLevel::Info,
+            format!(
+                "first backup of disk {key}: every allocated block is read; checkpoint bitmap {} starts now for \
+                 the changed block tracking of the next backup",
+                request.next
+            ),
+        )
+    } else if request.since.is_some() {
+        (
+            LogLevel::Warning,
+            format!(
+                "changed block tracking of disk {key} is lost ({reason}): every allocated block is read and \
+                 compared with the previous restore point, so only changed blocks are stored; checkpoint bitmap \
+                 {} starts now",
+                request.next
+            ),
+        )
+    } else {
+        (
+            LogLevel::Info,
+            format!(
+                "no changed block tracking for disk {key} (the previous restore point was not read at a checkpoint \
+                 bitmap): every allocated block is read and compared with the previous restore point; checkpoint \
+                 bitmap {} starts now",
+                request.next
+            ),
+        )
+    };
+    Line {
+        disk: Some(disk),
+        level,
+        text,
     }
 }
 

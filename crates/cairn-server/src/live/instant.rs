@@ -7,6 +7,12 @@
 //! Instant recoveries live in the server process: a restart of the server
 //! ends their exports (their VMs lose their disks), so migrate or stop them
 //! before restarting.
+//!
+//! A migrated VM is a normal VM of its host: its command line with the production disks is
+//! saved as its launch record ([`super::launch`]), so `cairn vm stop|start HOST/NAME` stops and
+//! starts it; its pid file and serial log stay in `DATA/instant/NAME/` while this run of it
+//! lasts (QEMU holds them), and are removed once it has ended. Stopping a migrated instant
+//! recovery only forgets it: its VM runs on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +25,7 @@ use cairn_configdb::Role;
 use cairn_disk::DiskSource;
 use cairn_engine::PointDisk;
 use cairn_nbd::{CowExport, NbdServer, ServerHandle};
-use cairn_qemu::config::{LaunchDisk, LaunchSpec};
+use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
 use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
 use serde::{Deserialize, Serialize};
@@ -32,6 +38,16 @@ use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::state::AppState;
+
+/// The pid file of an instant recovery's QEMU in its folder.
+const PIDFILE: &str = "qemu.pid";
+/// Its serial log.
+const SERIAL_LOG: &str = "serial.log";
+
+/// The copy-on-write scratch file of disk `i`.
+fn cow_file(i: usize) -> String {
+    format!("disk{i}.cow")
+}
 
 /// Copy-on-write granularity of the scratch file.
 const COW_CLUSTER: u32 = 64 << 10;
@@ -57,6 +73,8 @@ pub struct InstantInfo {
     pub name: String,
     /// The VM backed up (`HOST/VM`).
     pub vm: String,
+    /// The qemu host it runs on (its sockets are in that host's folder).
+    pub host: String,
     /// The restore point id.
     pub point: String,
     /// State.
@@ -73,6 +91,8 @@ pub struct InstantInfo {
     pub written_bytes: u64,
     /// Production disk files (after a migration).
     pub disks: Vec<String>,
+    /// Its serial console log (this run of it).
+    pub serial_log: Option<String>,
     /// Seconds from the request until QEMU answered.
     pub start_secs: f64,
 }
@@ -81,6 +101,12 @@ struct Recovery {
     info: InstantInfo,
     exports: Vec<(String, Arc<CowExport>)>,
     scratch: PathBuf,
+    /// The configuration it runs with (the point's, with its own UUID and MAC addresses).
+    config: VmConfig,
+    /// How it was started.
+    spec: LaunchSpec,
+    /// Its host.
+    host_id: i64,
 }
 
 /// The instant recoveries of the server, with the NBD server that serves them.
@@ -93,14 +119,119 @@ pub struct InstantRecoveries {
 
 impl InstantRecoveries {
     /// Instant recoveries whose NBD socket and scratch files are under `dir` (the socket is made
-    /// at the first start).
+    /// at the first start). Folders of earlier recoveries whose VM has ended are removed.
     pub fn new(dir: PathBuf) -> Arc<InstantRecoveries> {
-        Arc::new(InstantRecoveries {
+        let recoveries = Arc::new(InstantRecoveries {
             socket: dir.join("nbd.sock"),
             server: NbdServer::new(),
             handle: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
-        })
+        });
+        recoveries.sweep();
+        recoveries
+    }
+
+    /// Removes the folders (`DATA/instant/NAME/`) of instant recoveries the server no longer
+    /// runs whose VM has ended (a migrated VM keeps its pid file and serial log there while it
+    /// runs).
+    pub fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir()) else {
+            return;
+        };
+        let active: Vec<String> = self
+            .running
+            .lock()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_dir() || active.contains(&name) {
+                continue;
+            }
+            if cairn_qemu::process::running_pid(&path.join(PIDFILE)).is_none()
+                && let Err(e) = std::fs::remove_dir_all(&path)
+            {
+                tracing::warn!("removing {} (its VM has ended): {e}", path.display());
+            }
+        }
+    }
+
+    /// Records that `name` now runs from `targets`; returns its host.
+    fn migrated(&self, name: &str, targets: &[PathBuf]) -> Option<i64> {
+        let mut r = self.running.lock().ok()?;
+        let rec = r.get_mut(name)?;
+        rec.info.state = InstantState::Migrated;
+        rec.info.disks = targets.iter().map(|t| t.display().to_string()).collect();
+        Some(rec.host_id)
+    }
+
+    /// Saves how to start migrated `name` again: its command line with the production disks
+    /// `targets` (qcow2), its sockets, UUID and MAC addresses, its pid file and serial log beside
+    /// the first disk. Returns the record's path.
+    fn save_launch_record(
+        &self,
+        name: &str,
+        targets: &[PathBuf],
+        data_dir: &std::path::Path,
+    ) -> Result<PathBuf, String> {
+        let (config, spec, host_id) = {
+            let r = self
+                .running
+                .lock()
+                .map_err(|_| "instant recovery state: lock poisoned".to_owned())?;
+            let rec = r.get(name).ok_or_else(|| format!("instant recovery {name} is gone"))?;
+            (rec.config.clone(), rec.spec.clone(), rec.host_id)
+        };
+        let folder = targets
+            .first()
+            .and_then(|t| t.parent())
+            .ok_or_else(|| "no production disk".to_owned())?;
+        let (pid, serial) = super::launch::file_names(name);
+        let spec = LaunchSpec {
+            disks: targets
+                .iter()
+                .map(|t| LaunchDisk::File {
+                    path: t.clone(),
+                    format: "qcow2".into(),
+                })
+                .collect(),
+            pidfile: Some(folder.join(&pid)),
+            serial_log: Some(folder.join(&serial)),
+            ..spec
+        };
+        let argv = config
+            .command_line(&spec)
+            .map_err(|e| format!("building its QEMU command line: {e}"))?;
+        let record = super::launch::LaunchRecord {
+            name: name.to_owned(),
+            host_id,
+            qmp: spec.qmp.clone(),
+            qga: spec.qga.clone(),
+            argv,
+            pidfile: folder.join(pid),
+            serial_log: folder.join(serial),
+            disks: targets.to_vec(),
+            saved_at: jiff::Timestamp::now(),
+        };
+        record.save(data_dir).map_err(|e| format!("writing it: {e}"))
+    }
+
+    /// The pid file an instant recovery named `name` gave its QEMU (`DATA/instant/NAME/qemu.pid`).
+    pub fn pidfile_of(&self, name: &str) -> PathBuf {
+        self.dir().join(name).join(PIDFILE)
+    }
+
+    /// The instant recovery whose VM's QMP socket is `qmp`.
+    pub fn by_qmp(&self, qmp: &str) -> Option<InstantInfo> {
+        self.list().into_iter().find(|i| i.qmp == qmp)
+    }
+
+    /// Forgets instant recovery `name` (its VM is no longer its business).
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(name);
+        }
     }
 
     fn dir(&self) -> PathBuf {
@@ -150,8 +281,10 @@ impl InstantRecoveries {
         }
     }
 
-    /// Ends the exports and scratch files of `name` (its VM no longer reads them).
-    fn end_exports(&self, name: &str) {
+    /// Ends the exports and scratch files of `name` (its VM no longer reads them). With
+    /// `vm_ended` its whole folder goes; otherwise its pid file and serial log stay (the VM runs
+    /// on and QEMU holds them).
+    fn end_exports(&self, name: &str, vm_ended: bool) {
         if let Ok(mut r) = self.running.lock()
             && let Some(rec) = r.get_mut(name)
         {
@@ -159,7 +292,13 @@ impl InstantRecoveries {
                 self.server.remove_export(&export);
             }
             rec.info.exports.clear();
-            let _ = std::fs::remove_dir_all(&rec.scratch);
+            if vm_ended {
+                let _ = std::fs::remove_dir_all(&rec.scratch);
+            } else {
+                for i in 0..rec.config.disks.len() {
+                    let _ = std::fs::remove_file(rec.scratch.join(cow_file(i)));
+                }
+            }
         }
     }
 }
@@ -222,7 +361,9 @@ pub async fn start(
     let row = state.db.get_repository(req.repository_id).await?;
     let (repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;
     let (orig_host, orig_vm) = req.vm.split_once('/').unwrap_or(("", req.vm.as_str()));
-    let (_host, location) = qemu_host(&state, req.to_host.as_deref().unwrap_or(orig_host)).await?;
+    let (host, location) = qemu_host(&state, req.to_host.as_deref().unwrap_or(orig_host)).await?;
+    // Its own UUID and MAC addresses, the same at every start (also once migrated).
+    let config = config.with_new_identity();
     let name = vm_name(req.name.as_deref(), orig_vm, "instant")?;
     if ir.running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
         return Err(ApiError::conflict(format!(
@@ -250,7 +391,7 @@ pub async fn start(
             repo.clone(),
             req.vm.clone(),
             point_id.clone(),
-            scratch.join(format!("disk{i}.cow")),
+            scratch.join(cow_file(i)),
         );
         let export = tokio::task::spawn_blocking(move || -> Result<CowExport, String> {
             let base: Arc<dyn DiskSource> =
@@ -283,9 +424,9 @@ pub async fn start(
         qga: qga.clone(),
         accel: req.accel.clone(),
         daemonize: true,
-        pidfile: Some(scratch.join("qemu.pid")),
-        serial_log: Some(scratch.join("serial.log")),
-        new_macs: true,
+        pidfile: Some(scratch.join(PIDFILE)),
+        serial_log: Some(scratch.join(SERIAL_LOG)),
+        new_macs: false,
     };
     let cleanup = |ir: &InstantRecoveries| {
         for (export, _) in &exports {
@@ -311,6 +452,7 @@ pub async fn start(
     let info = InstantInfo {
         name: name.clone(),
         vm: req.vm.clone(),
+        host: host.name.clone(),
         point: point_id.clone(),
         state: InstantState::Running,
         qmp: qmp.display().to_string(),
@@ -319,6 +461,7 @@ pub async fn start(
         exports: exports.iter().map(|(e, _)| e.clone()).collect(),
         written_bytes: 0,
         disks: Vec::new(),
+        serial_log: spec.serial_log.as_ref().map(|p| p.display().to_string()),
         start_secs: started.elapsed().as_secs_f64(),
     };
     tracing::info!(
@@ -333,6 +476,9 @@ pub async fn start(
                 info: info.clone(),
                 exports,
                 scratch,
+                config,
+                spec,
+                host_id: host.id,
             },
         );
     }
@@ -445,14 +591,28 @@ pub async fn migrate(
     let result = run_migration(&info, &targets).await;
     match result {
         Ok(()) => {
-            state.instant.end_exports(&name);
-            if let Ok(mut r) = state.instant.running.lock()
-                && let Some(rec) = r.get_mut(&name)
-            {
-                rec.info.state = InstantState::Migrated;
-                rec.info.disks = targets.iter().map(|t| t.display().to_string()).collect();
+            state.instant.end_exports(&name, false);
+            let host_id = state.instant.migrated(&name, &targets);
+            match state.instant.save_launch_record(&name, &targets, &state.data_dir) {
+                Ok(path) => tracing::info!(
+                    "{} migrated instant recovery {name}: VM {name} runs from {}; its launch record is {}",
+                    caller.name,
+                    targets
+                        .iter()
+                        .map(|t| t.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    path.display()
+                ),
+                Err(e) => tracing::error!(
+                    "{} migrated instant recovery {name}, but its launch record could not be saved, so `cairn vm \
+                     start` cannot start it again: {e}",
+                    caller.name
+                ),
             }
-            tracing::info!("{} migrated instant recovery {name}", caller.name);
+            if let Some(host_id) = host_id {
+                super::inventory::rescan_after_change(&state.db, host_id).await;
+            }
             find(&state, &name).map(Json)
         }
         Err(e) => {
@@ -520,12 +680,13 @@ async fn run_migration(info: &InstantInfo, targets: &[PathBuf]) -> Result<(), St
     Ok(())
 }
 
-/// Stops an instant recovery: quits its VM (unless migrated, then only forgets it) and ends its
-/// exports and scratch files.
+/// Stops an instant recovery: quits its VM and ends its exports and scratch files. A migrated one
+/// is only forgotten: its VM runs on as a normal VM of its host (`POST /api/v1/vms/{id}/stop`
+/// stops it).
 #[utoipa::path(delete, path = "/api/v1/instant-recoveries/{name}", tag = "restore",
     params(("name" = String, Path, description = "Instant recovery name")),
     responses(
-        (status = 204, description = "Stopped"),
+        (status = 204, description = "Stopped (a migrated one: forgotten, its VM runs on)"),
         (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
         (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
         (status = 404, description = "No such instant recovery", body = ErrorBody),
@@ -549,10 +710,18 @@ pub async fn stop(
         }
         InstantState::Migrated => {}
     }
-    state.instant.end_exports(&name);
-    if let Ok(mut r) = state.instant.running.lock() {
-        r.remove(&name);
+    let migrated = info.state == InstantState::Migrated;
+    state.instant.end_exports(&name, !migrated);
+    state.instant.forget(&name);
+    state.instant.sweep();
+    if migrated {
+        tracing::info!(
+            "{} forgot migrated instant recovery {name}: its VM runs on as VM {name} of host {}",
+            caller.name,
+            info.host
+        );
+    } else {
+        tracing::info!("{} stopped instant recovery {name}", caller.name);
     }
-    tracing::info!("{} stopped instant recovery {name}", caller.name);
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

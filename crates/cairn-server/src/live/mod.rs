@@ -5,16 +5,26 @@
 //! A qemu host is one VM's QMP socket, or a folder of `NAME.qmp` sockets
 //! (one per VM). A VM's guest agent socket is the one given with the host,
 //! else `NAME.qga` beside its QMP socket when it exists.
+//!
+//! Modules: [`inventory`] (discovery, rescans on a timer and after cairn starts or stops a VM),
+//! [`backup`] (the live part of a backup), [`checkpoints`] (cairn's bitmaps on VMs it no longer
+//! backs up), [`restore_vm`], [`instant`], [`launch`] (how cairn starts a VM again) and
+//! [`vm_control`] (starting and stopping VMs, forgetting checkpoints, through the API).
 
 pub(crate) mod backup;
+pub mod checkpoints;
 pub mod instant;
+pub mod inventory;
+pub mod launch;
 pub mod restore_vm;
+pub mod vm_control;
+
+pub use inventory::{discover, rescan};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn_configdb::{DiscoveredDisk, DiscoveredVm, Host};
-use cairn_qemu::qmp::Qmp;
+use cairn_configdb::Host;
 use serde::{Deserialize, Serialize};
 
 /// How long discovery and control wait for a VM's QMP socket to answer.
@@ -105,61 +115,4 @@ pub fn check_qmp_path(path: &Path) -> Result<(), String> {
             path.display()
         ))
     }
-}
-
-/// One VM as its QMP socket describes it.
-async fn discover_vm(qmp_path: &Path) -> Result<DiscoveredVm, String> {
-    let qmp = Qmp::connect(qmp_path, QMP_TIMEOUT)
-        .await
-        .map_err(|e| format!("QMP socket {}: {e}", qmp_path.display()))?;
-    let stem = qmp_path
-        .file_stem()
-        .map_or_else(|| "vm".to_string(), |s| s.to_string_lossy().into_owned());
-    let name = match qmp.execute("query-name", serde_json::json!({})).await {
-        Ok(v) => v
-            .get("name")
-            .and_then(|n| n.as_str())
-            .filter(|n| !n.is_empty())
-            .map_or(stem, str::to_string),
-        Err(_) => stem,
-    };
-    let disks = cairn_qemu::disks::list_disks(&qmp)
-        .await
-        .map_err(|e| format!("VM {name} ({}): listing its disks: {e}", qmp_path.display()))?;
-    Ok(DiscoveredVm {
-        external_id: qmp_path.to_string_lossy().into_owned(),
-        name,
-        disks: disks
-            .into_iter()
-            .map(|d| DiscoveredDisk {
-                key: d.device.clone(),
-                name: d.device,
-                path: d.file.clone(),
-                format: d.format,
-                capacity_bytes: i64::try_from(d.virtual_size).unwrap_or(i64::MAX),
-            })
-            .collect(),
-    })
-}
-
-/// The VMs of a qemu host. A socket that does not answer is left out with a
-/// warning (its VM is then kept as not present); no answering socket at all
-/// is an error naming each cause.
-pub async fn discover(location: &QemuLocation) -> Result<Vec<DiscoveredVm>, String> {
-    let sockets = location.sockets()?;
-    let mut vms = Vec::new();
-    let mut problems = Vec::new();
-    for socket in &sockets {
-        match discover_vm(socket).await {
-            Ok(vm) => vms.push(vm),
-            Err(e) => {
-                tracing::warn!("{e}");
-                problems.push(e);
-            }
-        }
-    }
-    if vms.is_empty() && !location.qmp.is_dir() {
-        return Err(problems.join("; "));
-    }
-    Ok(vms)
 }

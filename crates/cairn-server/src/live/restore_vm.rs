@@ -2,10 +2,13 @@
 //! image files, then a QEMU process started with the configuration saved
 //! with the point — beside the original under a new name, or in place of the
 //! original (stopped, its disks replaced, started again).
+//!
+//! The started VM's pid file and serial log lie beside its disks (`NAME.pid`,
+//! `NAME.serial.log`, made like the disks, never in the host's socket folder), and its command
+//! line is kept as its launch record ([`super::launch`]): `cairn vm stop|start HOST/NAME`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -27,9 +30,6 @@ use crate::api::restore::NewRestoreFile;
 use crate::auth::Caller;
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
-
-/// How long a replaced VM may take to stop after `quit`.
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `POST /api/v1/restores/vm` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,6 +91,8 @@ pub struct VmRestoreResult {
     pub qga: Option<String>,
     /// QEMU's process id.
     pub pid: Option<u32>,
+    /// Its serial console log (beside its disks).
+    pub serial_log: String,
     /// Whether the original VM was replaced.
     pub replaced: bool,
     /// Seconds from the request to the started VM.
@@ -208,20 +210,7 @@ async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
     let qmp = Qmp::connect(qmp_path, QMP_TIMEOUT)
         .await
         .map_err(|e| ApiError::invalid(format!("the original VM's QMP socket {}: {e}", qmp_path.display())))?;
-    let _ = qmp.quit().await;
-    drop(qmp);
-    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        if Qmp::connect(qmp_path, Duration::from_millis(500)).await.is_err() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(ApiError::conflict(format!(
-        "the original VM ({}) did not stop within {} s",
-        qmp_path.display(),
-        STOP_TIMEOUT.as_secs()
-    )))
+    super::vm_control::quit_and_wait("being replaced", qmp_path, qmp).await
 }
 
 /// Restores a whole VM from a restore point to a qemu host and starts it.
@@ -389,6 +378,14 @@ pub async fn restore_vm(
         }
     }
 
+    // Its pid file and serial log beside its (first) disk, made like the disks.
+    let files_dir = targets
+        .first()
+        .map(|t| t.dir.clone())
+        .ok_or_else(|| ApiError::invalid("the restore point has no disks"))?;
+    let (pid_name, serial_name) = super::launch::file_names(&name);
+    let (pidfile, serial_log) =
+        super::launch::fresh_files(&files_dir, &pid_name, &serial_name).map_err(confine_error)?;
     let spec = LaunchSpec {
         name: name.clone(),
         disks: config
@@ -404,8 +401,8 @@ pub async fn restore_vm(
         qga: qga.clone(),
         accel: req.accel.clone(),
         daemonize: true,
-        pidfile: Some(qmp.with_extension("pid")),
-        serial_log: Some(qmp.with_extension("serial.log")),
+        pidfile: Some(pidfile.clone()),
+        serial_log: Some(serial_log.clone()),
         new_macs: !req.replace_original,
     };
     let argv = config
@@ -421,15 +418,25 @@ pub async fn restore_vm(
         req.vm,
         host.name
     );
-    if location.is_folder() {
-        // The new VM's socket is in the host's folder: record it in the inventory.
-        if let Ok(vms) = super::discover(&location).await {
-            let _ = state
-                .db
-                .sync_host_inventory(host.id, &vms, jiff::Timestamp::now())
-                .await;
-        }
+    let record_serial = serial_log.clone();
+    let record = super::launch::LaunchRecord {
+        name: super::launch::vm_name_of(&qmp).unwrap_or_else(|| name.clone()),
+        host_id: host.id,
+        qmp: qmp.clone(),
+        qga: qga.clone(),
+        argv,
+        pidfile,
+        serial_log,
+        disks: disk_paths.clone(),
+        saved_at: jiff::Timestamp::now(),
+    };
+    if let Err(e) = record.save(&state.data_dir) {
+        tracing::error!(
+            "VM {name} runs, but its launch record could not be saved (`cairn vm start` cannot start it again): {e}"
+        );
     }
+    // The VM's socket is in the host's folder (or is the host's socket): record it in the inventory.
+    super::inventory::rescan_after_change(&state.db, host.id).await;
     Ok(Json(VmRestoreResult {
         name,
         point: point_id,
@@ -437,6 +444,7 @@ pub async fn restore_vm(
         qmp: qmp.display().to_string(),
         qga: qga.map(|p| p.display().to_string()),
         pid,
+        serial_log: record_serial.display().to_string(),
         replaced: req.replace_original,
         duration_secs: started.elapsed().as_secs_f64(),
     }))

@@ -673,7 +673,7 @@ async fn start_live(
             ));
         }
     };
-    let previous = crate::live::backup::checkpoints_of(&sources, unit.disks.len());
+    let previous = crate::live::backup::previous_of(&sources, unit.disks.len());
     let work_dir = unit
         .disks
         .first()

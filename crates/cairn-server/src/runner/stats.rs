@@ -1,12 +1,17 @@
 //! The statistics documents of tasks and sessions (see the API contract).
 //!
 //! Task: `{read_bytes, read_blocks, transferred_bytes, new_blocks, new_bytes, zero_blocks,
-//! unchanged_blocks, dedup_blocks, dedup_ratio, compression_ratio, duration_secs,
+//! unchanged_blocks, dedup_blocks, read_ratio, dedup_ratio, compression_ratio, duration_secs,
 //! busy:{source,proxy,network,target,throttling}, bottleneck, point_id, wall_secs}`.
 //!
 //! - `transferred_bytes`: bytes written to the repository (stored records);
-//! - `dedup_ratio`: bytes read ÷ new (uncompressed) bytes stored — how much reading shrank by
-//!   skipping zero, unchanged and duplicate blocks; 1.0 when nothing new was stored;
+//! - `read_ratio`: bytes read ÷ new (uncompressed) bytes stored — how much smaller what was
+//!   stored is than what was read, by skipping zero, unchanged and duplicate blocks (a full
+//!   re-read of a disk that barely changed is mostly unchanged blocks); 1.0 when nothing new was
+//!   stored;
+//! - `dedup_ratio`: deduplication alone — (new + duplicate blocks) ÷ new blocks: the blocks that
+//!   differed from the previous point and were not zero, ÷ those stored because no identical
+//!   block was stored already; 1.0 when nothing new was stored;
 //! - `compression_ratio`: new bytes ÷ transferred bytes; 1.0 when nothing was stored;
 //! - `duration_secs`: the engine's time for the disk; `wall_secs`: the task's time as the
 //!   server saw it, from getting its task slot to its end (the difference is server overhead);
@@ -15,7 +20,8 @@
 //! - `point_id`: the restore point, once the VM's point is committed (`null` before).
 //!
 //! Session: `{tasks, tasks_success, tasks_warning, tasks_failed, tasks_stopped, read_bytes,
-//! transferred_bytes, new_bytes, dedup_ratio, compression_ratio, duration_secs, busy,
+//! transferred_bytes, new_bytes, new_blocks, dedup_blocks, unchanged_blocks, zero_blocks,
+//! read_ratio, dedup_ratio, compression_ratio, duration_secs, busy,
 //! bottleneck, attempt, trigger}` plus `error` when the session failed for a reason of its own
 //! (backup window closed, server restarted). Sums over the tasks; `busy` is the tasks' busy
 //! percentages weighted by their durations, and `bottleneck` the stage with the most busy time
@@ -76,7 +82,8 @@ pub(crate) fn task_statistics(s: &PointStats, throttle_secs: f64, wall_secs: f64
         "zero_blocks": s.zero_blocks,
         "unchanged_blocks": s.unchanged_blocks,
         "dedup_blocks": s.dedup_blocks,
-        "dedup_ratio": ratio(s.read_bytes, s.new_bytes),
+        "read_ratio": ratio(s.read_bytes, s.new_bytes),
+        "dedup_ratio": ratio(s.new_blocks + s.dedup_blocks, s.new_blocks),
         "compression_ratio": ratio(s.new_bytes, s.stored_bytes),
         "duration_secs": s.duration_secs,
         "busy": busy.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -116,6 +123,7 @@ pub(crate) fn session_statistics(
     let field = |t: &Task, name: &str| t.statistics.get(name).and_then(Value::as_u64).unwrap_or(0);
     let sum = |name: &str| tasks.iter().map(|t| field(t, name)).sum::<u64>();
     let (read, transferred, new) = (sum("read_bytes"), sum("transferred_bytes"), sum("new_bytes"));
+    let (new_blocks, dedup_blocks) = (sum("new_blocks"), sum("dedup_blocks"));
     // Busy seconds per stage, summed over the tasks.
     let mut busy_secs = [0.0f64; STAGES.len()];
     let mut total_secs = 0.0;
@@ -156,7 +164,12 @@ pub(crate) fn session_statistics(
         "read_bytes": read,
         "transferred_bytes": transferred,
         "new_bytes": new,
-        "dedup_ratio": ratio(read, new),
+        "new_blocks": new_blocks,
+        "dedup_blocks": dedup_blocks,
+        "unchanged_blocks": sum("unchanged_blocks"),
+        "zero_blocks": sum("zero_blocks"),
+        "read_ratio": ratio(read, new),
+        "dedup_ratio": ratio(new_blocks + dedup_blocks, new_blocks),
         "compression_ratio": ratio(new, transferred),
         "duration_secs": duration_secs,
         "busy": busy,
@@ -180,6 +193,8 @@ mod tests {
             read_blocks: 4,
             new_blocks: 2,
             new_bytes: 2 << 20,
+            dedup_blocks: 1,
+            unchanged_blocks: 1,
             stored_bytes: 1 << 20,
             duration_secs: duration,
             busy: ["source", "proxy", "network", "target"]
@@ -195,7 +210,8 @@ mod tests {
     #[test]
     fn task_ratios_and_throttling_bottleneck() {
         let doc = task_statistics(&stats([10.0, 20.0, 0.0, 5.0], 2.0), 1.5, 2.1, Some("abcd"));
-        assert_eq!(doc["dedup_ratio"], 2.0);
+        assert_eq!(doc["read_ratio"], 2.0, "4 MiB read, 2 MiB new");
+        assert_eq!(doc["dedup_ratio"], 1.5, "2 new blocks and 1 duplicate");
         assert_eq!(doc["compression_ratio"], 2.0);
         assert_eq!(doc["transferred_bytes"], 1 << 20);
         assert_eq!(doc["busy"]["throttling"], 75.0);
@@ -233,6 +249,9 @@ mod tests {
         assert_eq!(doc["tasks_success"], 1);
         assert_eq!(doc["tasks_failed"], 1);
         assert_eq!(doc["read_bytes"], 8 << 20);
+        assert_eq!(doc["read_ratio"], 2.0);
+        assert_eq!(doc["dedup_ratio"], 1.5);
+        assert_eq!(doc["unchanged_blocks"], 2);
         assert_eq!(doc["trigger"]["kind"], "schedule");
         let source = doc["busy"]["source"].as_f64().unwrap();
         assert!((source - 900.0 / 11.0).abs() < 1e-9, "{source}");

@@ -88,7 +88,7 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
             .first()
             .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
             .unwrap_or_else(std::env::temp_dir);
-        let previous = crate::live::backup::previous_checkpoints(&repo, &unit.repo_name(), unit.disks.len());
+        let previous = crate::live::backup::previous_point(&repo, &unit.repo_name(), unit.disks.len());
         match crate::live::backup::start(&unit, previous, shared.repository.id, &shared.settings.guest, &work_dir).await
         {
             Ok(l) => {
