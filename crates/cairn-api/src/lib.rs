@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod checks;
 pub mod names;
 
 pub use names::{AgentRole, HostKind, LogLevel, Role, SessionState, TokenKind, TokenScope, UnknownName};

@@ -10,21 +10,17 @@
 //!   Whatever else the request asks for (CA rights, other names) is ignored.
 //! - The server stores the SHA-256 [`fingerprint`] of that certificate. Agent routes accept a
 //!   request only when the presented certificate's fingerprint is that of an enrolled,
-//!   unrevoked agent ([`AgentIdentity`]): a certificate is pinned, so even another certificate
+//!   unrevoked agent ([`crate::http::extract::AgentIdentity`]): a certificate is pinned, so even another certificate
 //!   the CA signed (the server's own, a lost one re-issued) does not stand in for it, and
 //!   revoking the agent in the database refuses it at once, with no revocation list.
-//! - Renewal ([`crate::api::agents::renew_certificate`]): the agent, authenticated by its
+//! - Renewal ([`crate::http::agents::renew_certificate`]): the agent, authenticated by its
 //!   current certificate, sends a request for a new key; the new certificate is accepted beside
-//!   the current one until the agent first uses it ([`AgentIdentity`] then makes it current and
+//!   the current one until the agent first uses it (`AgentIdentity` then makes it current and
 //!   the old one is refused).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum_server::tls::TlsInfo;
-use cairn_configdb::Agent;
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -33,8 +29,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::api::error::ApiError;
-use crate::state::AppState;
 use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, TlsError, TlsMaterial};
 
 /// The DNS name in agent `id`'s certificate, which a sender of the data channel checks when it
@@ -237,61 +231,4 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
-}
-
-/// The enrolled, unrevoked agent a request comes from, recognised by the SHA-256 fingerprint of
-/// the client certificate of its TLS connection. No certificate: 401; a certificate of no agent
-/// or of a revoked one: 403 saying which.
-#[derive(Debug, Clone)]
-pub struct AgentIdentity(pub Agent);
-
-impl FromRequestParts<AppState> for AgentIdentity {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AgentIdentity, ApiError> {
-        let der = parts
-            .extensions
-            .get::<Arc<TlsInfo>>()
-            .and_then(|info| info.peer_certificates.first().cloned())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "no client certificate: agent routes need the certificate the agent got at enrolment",
-                )
-            })?;
-        let fp = fingerprint(&der);
-        let agent = state.db.find_agent_by_fingerprint(&fp).await?.ok_or_else(|| {
-            ApiError::forbidden(format!(
-                "the client certificate (SHA-256 {fp}) belongs to no enrolled agent"
-            ))
-        })?;
-        if let Some(at) = agent.revoked_at {
-            return Err(ApiError::forbidden(format!(
-                "agent {} was revoked at {at}: enrol it again with a new token",
-                agent.name
-            )));
-        }
-        if agent.cert_fingerprint != fp {
-            // The first request with a renewed certificate: it becomes the agent's only one.
-            return match state.db.promote_agent_certificate(agent.id, &fp).await? {
-                Some(renewed) => {
-                    tracing::info!(
-                        "agent {} (id {}) uses its renewed certificate (SHA-256 {fp}, valid until {}); the \
-                         previous one is refused from now on",
-                        renewed.name,
-                        renewed.id,
-                        renewed.cert_not_after
-                    );
-                    Ok(AgentIdentity(renewed))
-                }
-                // Another request promoted it in the meantime.
-                None => match state.db.find_agent_by_fingerprint(&fp).await? {
-                    Some(a) if a.cert_fingerprint == fp && a.revoked_at.is_none() => Ok(AgentIdentity(a)),
-                    _ => Err(ApiError::forbidden(format!(
-                        "the client certificate (SHA-256 {fp}) belongs to no enrolled agent"
-                    ))),
-                },
-            };
-        }
-        Ok(AgentIdentity(agent))
-    }
 }

@@ -41,7 +41,7 @@ impl ServerConfig {
             default_repository: None,
             time_zone: None,
             extra_names: Vec::new(),
-            agent_heartbeat: std::time::Duration::from_secs(crate::api::agents::HEARTBEAT_INTERVAL_SECS),
+            agent_heartbeat: std::time::Duration::from_secs(cairn_api::agent::HEARTBEAT_INTERVAL_SECS),
             streams: 5,
             restore_folders: Vec::new(),
         }

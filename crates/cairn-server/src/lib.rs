@@ -23,13 +23,16 @@
 
 pub mod agent_hub;
 pub mod agent_tls;
-pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
+pub mod error;
+pub mod http;
 pub mod live;
 pub mod movers;
+pub mod repositories;
 pub mod restore_folders;
 pub mod runner;
 pub mod scheduler;

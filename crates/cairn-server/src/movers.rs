@@ -13,8 +13,8 @@ use jiff::Timestamp;
 
 use crate::agent_hub::AgentHub;
 use crate::agent_tls::{AgentCa, new_key_and_csr, parse_csr};
-use crate::api::agents::OFFLINE_AFTER_MISSED;
 use crate::tls::{CA_CERT_FILE, TlsError, write_atomic};
+use cairn_api::agent::OFFLINE_AFTER_MISSED;
 
 /// The server's data mover certificate (a client certificate of its own CA).
 pub const MOVER_CERT_FILE: &str = "mover.pem";

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use cairn_configdb::{ConfigDb, SETTING_RESTORE_FOLDERS};
 use cairn_confine::{AllowedFolders, ConfineError};
 
-use crate::api::error::ApiError;
+use crate::error::{ServiceError, ServiceResult};
 
 /// Most restore folders an administrator may configure.
 pub const MAX_RESTORE_FOLDERS: usize = 32;
@@ -31,11 +31,11 @@ pub fn default_restore_folder(data_dir: &Path) -> PathBuf {
 }
 
 /// The configured restore folders (the stored setting; an empty list when it is unset).
-pub async fn configured(db: &ConfigDb) -> Result<Vec<PathBuf>, ApiError> {
+pub async fn configured(db: &ConfigDb) -> ServiceResult<Vec<PathBuf>> {
     match db.get_setting(SETTING_RESTORE_FOLDERS).await? {
         None => Ok(Vec::new()),
         Some(text) => serde_json::from_str::<Vec<PathBuf>>(&text).map_err(|e| {
-            ApiError::internal(
+            ServiceError::internal(
                 "the restore folders setting cannot be read (see the server log)",
                 format!("setting {SETTING_RESTORE_FOLDERS} {text:?}: {e}"),
             )
@@ -44,8 +44,8 @@ pub async fn configured(db: &ConfigDb) -> Result<Vec<PathBuf>, ApiError> {
 }
 
 /// Stores `folders` as the restore folders.
-pub async fn store(db: &ConfigDb, folders: &[PathBuf]) -> Result<(), ApiError> {
-    let text = serde_json::to_string(folders).map_err(|e| ApiError::internal("storing the restore folders", e))?;
+pub async fn store(db: &ConfigDb, folders: &[PathBuf]) -> ServiceResult<()> {
+    let text = serde_json::to_string(folders).map_err(|e| ServiceError::internal("storing the restore folders", e))?;
     db.set_setting(SETTING_RESTORE_FOLDERS, &text).await?;
     Ok(())
 }
@@ -53,16 +53,16 @@ pub async fn store(db: &ConfigDb, folders: &[PathBuf]) -> Result<(), ApiError> {
 /// Checks folders an administrator wants as restore folders: each absolute, without `..`, an
 /// existing folder that other users cannot write (unless sticky), not inside (nor equal to) the
 /// data folder. Returns them normalised, without duplicates.
-pub fn validate(folders: &[String], data_dir: &Path) -> Result<Vec<PathBuf>, ApiError> {
+pub fn validate(folders: &[String], data_dir: &Path) -> ServiceResult<Vec<PathBuf>> {
     if folders.len() > MAX_RESTORE_FOLDERS {
-        return Err(ApiError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "restore_folders: at most {MAX_RESTORE_FOLDERS} folders, not {}",
             folders.len()
         )));
     }
     let mut out: Vec<PathBuf> = Vec::new();
     for folder in folders {
-        crate::api::checks::absolute_path("restore_folders", folder)?;
+        cairn_api::checks::absolute_path("restore_folders", folder)?;
         let norm = cairn_confine::validate_root(Path::new(folder), &[data_dir.to_path_buf()]).map_err(|e| {
             let mut error = confine_error(e);
             error.message = format!("restore_folders: {}", error.message);
@@ -77,7 +77,7 @@ pub fn validate(folders: &[String], data_dir: &Path) -> Result<Vec<PathBuf>, Api
 
 /// What the server may write beneath: the configured restore folders, protecting the data
 /// folder and the folders of the server's own repositories.
-pub async fn allowed(db: &ConfigDb, data_dir: &Path) -> Result<AllowedFolders, ApiError> {
+pub async fn allowed(db: &ConfigDb, data_dir: &Path) -> ServiceResult<AllowedFolders> {
     let mut allowed = AllowedFolders::new(configured(db).await?).protect(data_dir);
     for repo in db.list_repositories().await? {
         if repo.settings.agent_id.is_none() {
@@ -91,23 +91,23 @@ pub async fn allowed(db: &ConfigDb, data_dir: &Path) -> Result<AllowedFolders, A
 /// the restore folders, `..`, a symbolic link, a protected or shared folder) is 403; a missing
 /// folder 404; an existing target, or a file where a folder is needed, 409; a relative path or a
 /// bad mode 422; a failure of the system 500.
-pub fn confine_error(e: ConfineError) -> ApiError {
-    use axum::http::StatusCode;
-    let status = match &e {
+pub fn confine_error(e: ConfineError) -> ServiceError {
+    use crate::error::ErrorKind;
+    let kind = match &e {
         ConfineError::NotAllowed { .. }
         | ConfineError::DotDot { .. }
         | ConfineError::Protected { .. }
         | ConfineError::Symlink { .. }
-        | ConfineError::Writable { .. } => StatusCode::FORBIDDEN,
-        ConfineError::NoFolder { .. } => StatusCode::NOT_FOUND,
+        | ConfineError::Writable { .. } => ErrorKind::Forbidden,
+        ConfineError::NoFolder { .. } => ErrorKind::NotFound,
         ConfineError::Exists { .. } | ConfineError::NotAFolder { .. } | ConfineError::IsRoot { .. } => {
-            StatusCode::CONFLICT
+            ErrorKind::Conflict
         }
-        ConfineError::Io { source, .. } if source.raw_os_error() == Some(libc_enametoolong()) => StatusCode::NOT_FOUND,
-        ConfineError::NotAbsolute { .. } | ConfineError::Mode { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => return ApiError::internal("writing beneath a restore folder failed", e),
+        ConfineError::Io { source, .. } if source.raw_os_error() == Some(libc_enametoolong()) => ErrorKind::NotFound,
+        ConfineError::NotAbsolute { .. } | ConfineError::Mode { .. } => ErrorKind::Invalid,
+        _ => return ServiceError::internal("writing beneath a restore folder failed", e),
     };
-    ApiError::new(status, e.to_string())
+    ServiceError::new(kind, e.to_string())
 }
 
 /// `ENAMETOOLONG`: a path no file can have is as good as missing.
@@ -119,18 +119,19 @@ fn libc_enametoolong() -> i32 {
 /// repository, an image-folder host): an absolute path without `..`, neither inside the data
 /// folder nor containing it (the data folder holds keys and passwords: a host scanning it would
 /// back them up for any restore operator to read). `what` names the field for messages.
-pub fn check_admin_folder(what: &str, path: &str, data_dir: &Path) -> Result<PathBuf, ApiError> {
-    crate::api::checks::absolute_path(what, path)?;
-    let norm = cairn_confine::normalize(Path::new(path)).map_err(|e| ApiError::forbidden(format!("{what}: {e}")))?;
+pub fn check_admin_folder(what: &str, path: &str, data_dir: &Path) -> ServiceResult<PathBuf> {
+    cairn_api::checks::absolute_path(what, path)?;
+    let norm =
+        cairn_confine::normalize(Path::new(path)).map_err(|e| ServiceError::forbidden(format!("{what}: {e}")))?;
     if cairn_confine::is_within(&norm, data_dir) {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "{what}: {} is inside the server's data folder {}",
             norm.display(),
             data_dir.display()
         )));
     }
     if cairn_confine::is_within(data_dir, &norm) {
-        return Err(ApiError::forbidden(format!(
+        return Err(ServiceError::forbidden(format!(
             "{what}: {} contains the server's data folder {}",
             norm.display(),
             data_dir.display()
@@ -140,7 +141,7 @@ pub fn check_admin_folder(what: &str, path: &str, data_dir: &Path) -> Result<Pat
 }
 
 /// Parses a requested file mode (`"0640"`, octal; `None`: 0600): permission bits only.
-pub fn file_mode(text: Option<&str>) -> Result<u32, ApiError> {
+pub fn file_mode(text: Option<&str>) -> ServiceResult<u32> {
     let Some(text) = text else {
         return Ok(cairn_confine::DEFAULT_FILE_MODE);
     };
@@ -150,13 +151,13 @@ pub fn file_mode(text: Option<&str>) -> Result<u32, ApiError> {
         .or_else(|| text.strip_prefix('0').filter(|d| d.len() == 3))
         .unwrap_or(text);
     if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        return Err(ApiError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "file_mode {text:?}: give octal permission bits such as 0640 (at most 0777)"
         )));
     }
     let mode = u32::from_str_radix(digits, 8)
-        .map_err(|_| ApiError::invalid(format!("file_mode {text:?}: give octal permission bits such as 0640")))?;
-    cairn_confine::check_mode(mode).map_err(|e| ApiError::invalid(format!("file_mode: {e}")))?;
+        .map_err(|_| ServiceError::invalid(format!("file_mode {text:?}: give octal permission bits such as 0640")))?;
+    cairn_confine::check_mode(mode).map_err(|e| ServiceError::invalid(format!("file_mode: {e}")))?;
     Ok(mode)
 }
 
@@ -184,7 +185,11 @@ mod tests {
         assert_eq!(file_mode(Some("0o750")).unwrap(), 0o750);
         assert_eq!(file_mode(Some("7")).unwrap(), 0o7);
         for bad in ["4755", "rw", "0o1777", "99", "", "00640", "0o"] {
-            assert_eq!(file_mode(Some(bad)).unwrap_err().status.as_u16(), 422, "{bad}");
+            assert_eq!(
+                file_mode(Some(bad)).unwrap_err().kind,
+                crate::error::ErrorKind::Invalid,
+                "{bad}"
+            );
         }
     }
 }

@@ -17,108 +17,22 @@
 //!   `(last_checked, now]` are the missed ones ([`cairn_schedule::Schedule::missed_in`]). A job
 //!   without the key counts from its creation.
 //!
-//! Time comes from a [`Clock`], so tests drive the scheduler with a [`ManualClock`] instead of
+//! Time comes from a [`Clock`], so tests drive the scheduler with a
+//! [`ManualClock`](crate::clock::ManualClock) instead of
 //! waiting for the wall clock. Schedules and windows without a `tz` use the server's zone.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_configdb::{ConfigDb, Job, SessionState};
-use cairn_schedule::{BackupWindow, Rule, Schedule};
+use cairn_schedule::{Rule, Schedule};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
-use crate::runner::{JobManager, RunError, SessionEnded, Trigger};
-
-/// A boxed future that sleeps.
-pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Where the scheduler (and the job manager's backup windows) get the time from.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> Timestamp;
-    /// A future that completes once [`now`](Self::now) has reached `at` (at once if it has).
-    fn sleep_until(&self, at: Timestamp) -> Sleep;
-}
-
-/// The system's clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-/// The longest single sleep of [`SystemClock`]: the wall clock may be changed (or the machine
-/// suspended) while tokio's monotonic timer sleeps, so long waits are re-checked this often.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-
-    fn sleep_until(&self, at: Timestamp) -> Sleep {
-        Box::pin(async move {
-            loop {
-                let left = at.duration_since(Timestamp::now());
-                if left <= jiff::SignedDuration::ZERO {
-                    return;
-                }
-                let left = Duration::try_from(left).unwrap_or(MAX_SLEEP).min(MAX_SLEEP);
-                tokio::time::sleep(left).await;
-            }
-        })
-    }
-}
-
-/// A clock that moves only when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock {
-    now: watch::Sender<Timestamp>,
-}
-
-impl ManualClock {
-    /// A clock standing at `start`.
-    pub fn new(start: Timestamp) -> Arc<ManualClock> {
-        Arc::new(ManualClock {
-            now: watch::Sender::new(start),
-        })
-    }
-
-    /// Sets the time (it may also go back); sleepers whose time has come wake up.
-    pub fn set(&self, t: Timestamp) {
-        self.now.send_replace(t);
-    }
-
-    /// Moves the time forward by `by`.
-    pub fn advance(&self, by: jiff::SignedDuration) {
-        self.now.send_modify(|t| *t = t.saturating_add(by).unwrap_or(*t));
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.now.borrow()
-    }
-
-    fn sleep_until(&self, at: Timestamp) -> Sleep {
-        let mut rx = self.now.subscribe();
-        Box::pin(async move {
-            // The sender lives as long as the clock; if it is gone, time never moves again.
-            if rx.wait_for(|now| *now >= at).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-    }
-}
-
-/// Parses a job's backup-window text (`always`, `never`, or `DAYS HH:MM-HH:MM … [tz ZONE]`).
-/// The same as `text.parse::<BackupWindow>()`, with the error as a message for the API.
-pub fn parse_window(text: &str) -> Result<BackupWindow, String> {
-    text.parse::<BackupWindow>()
-        .map_err(|e| format!("backup window {text:?}: {e}"))
-}
+use crate::clock::{Clock, Sleep};
+use crate::runner::{JobManager, RunError, SessionEnded, Trigger, parse_window};
 
 /// The next time `job` runs on its own schedule after `now`: `None` when it is disabled, has no
 /// schedule, runs `after` another job, or its schedule text does not parse.

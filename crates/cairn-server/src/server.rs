@@ -21,10 +21,10 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use cairn_resources::{ResourceScheduler, SchedulerOptions};
 
-use crate::api::repositories::{register_proxy, register_repository};
-use crate::api::settings::parallel_processing;
 use crate::bootstrap::{self, ADMIN_PASSWORD_ENV};
 use crate::config::ServerConfig;
+use crate::http::settings::parallel_processing;
+use crate::repositories::{register_proxy, register_repository};
 use crate::runner::{JobManager, RunnerContext};
 use crate::state::AppState;
 
@@ -211,7 +211,7 @@ pub async fn start_with(config: ServerConfig, options: StartOptions) -> anyhow::
     let tls = RustlsConfig::from_config(
         crate::agent_tls::listener_config(&prepared.tls).context("preparing mutual TLS for agents")?,
     );
-    let app = crate::api::router(state.clone());
+    let app = crate::http::router(state.clone());
     // TCP_NODELAY: without it a response written in two pieces waits for the client's delayed
     // ACK (40 ms on Linux), which dominated API latency.
     let server = axum_server::from_tcp_rustls(listener, tls)?

@@ -631,7 +631,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         assert_eq!(mode, 0o600);
     }
     let id = created["id"].as_i64().unwrap();
-    let key = cairn_server::api::repositories::repository_resource(id);
+    let key = cairn_server::repositories::repository_resource(id);
     assert_eq!(resources.repository_load(&key).unwrap().max_tasks, 3);
 
     // PATCH limits: shown in GET and applied to the resource scheduler.
@@ -723,7 +723,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
     assert!(plain.join("config").exists(), "files stay");
     assert!(
         resources
-            .repository_load(&cairn_server::api::repositories::repository_resource(plain_id))
+            .repository_load(&cairn_server::repositories::repository_resource(plain_id))
             .is_none()
     );
     let (status, adopted) = t
@@ -815,7 +815,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         )
         .await;
     assert_eq!((status, proxy["max_tasks"].as_i64()), (200, Some(5)));
-    let pkey = cairn_server::api::repositories::proxy_resource(proxy_id);
+    let pkey = cairn_server::repositories::proxy_resource(proxy_id);
     assert_eq!(resources.proxy_load(&pkey).unwrap().max_tasks, 5);
 
     // Settings.

@@ -6,8 +6,8 @@ mod runner_common;
 
 use cairn_configdb::{NewTask, SessionState, Task};
 use cairn_resources::RepositoryLimits;
+use cairn_server::clock::ManualClock;
 use cairn_server::runner::{RunError, Trigger};
-use cairn_server::scheduler::ManualClock;
 use runner_common::*;
 
 /// Runs `async fn $name(Backend)` on SQLite and on PostgreSQL.

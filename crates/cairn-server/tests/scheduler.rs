@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_configdb::{Job, Session, SessionState};
+use cairn_server::clock::{Clock, ManualClock};
 use cairn_server::runner::{JobManager, Trigger};
-use cairn_server::scheduler::{self, Clock, ManualClock};
+use cairn_server::scheduler;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use runner_common::*;

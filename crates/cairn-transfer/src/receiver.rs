@@ -25,7 +25,6 @@ pub use config::ReceiverConfig;
 pub use consumer::{BlockConsumer, ConsumerError, ReceivedBlock};
 pub use transfer::ReceiverStats;
 
-
 /// Accepts data channel connections and routes them to expected transfers.
 ///
 /// ```no_run
@@ -189,4 +188,3 @@ impl Drop for IncomingTransfer {
         );
     }
 }
-

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_server::api::agents::HEARTBEAT_INTERVAL_SECS;
+use cairn_api::agent::HEARTBEAT_INTERVAL_SECS;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

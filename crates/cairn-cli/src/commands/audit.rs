@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_server::api::audit::AuditEntryDto;
 use cairn_server::audit::AuditReport;
+use cairn_server::http::audit::AuditEntryDto;
 use clap::Subcommand;
 
 use crate::args::Global;

@@ -5,7 +5,7 @@
 //!   (hex) is stored, so a copy of the configuration database does not let anyone log in.
 //!   Login tokens last 7 days; API tokens last as long as their owner says (or forever).
 //! - Every route except `GET /api/v1/health` and `GET /api/openapi.json` reads the
-//!   `Authorization: Bearer TOKEN` header through the [`Caller`] extractor (401 when it is missing,
+//!   `Authorization: Bearer TOKEN` header through the `Caller` extractor of the HTTP layer ([`crate::http::extract`]) (401 when it is missing,
 //!   unknown or expired) and checks the role with [`Caller::require`] (403 naming the role needed).
 //!
 //! Roles are ordered: viewer < restore-operator < administrator. A restore operator may read
@@ -21,14 +21,10 @@ pub mod totp;
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use cairn_configdb::{ConfigDb, NewToken, Role, Token, TokenKind, TokenScope, User};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::error::ApiError;
-use crate::state::AppState;
+use crate::error::{ServiceError, ServiceResult};
 
 /// Prefix of every token secret.
 pub const TOKEN_PREFIX: &str = "cairn_";
@@ -68,7 +64,7 @@ fn dummy_hash() -> &'static str {
 
 /// Checks a user name and password; `None` when either is wrong. Runs the Argon2 work on a
 /// blocking thread.
-pub async fn check_login(db: &ConfigDb, name: &str, password: &str) -> Result<Option<User>, ApiError> {
+pub async fn check_login(db: &ConfigDb, name: &str, password: &str) -> ServiceResult<Option<User>> {
     let user = db.find_user_by_name(name).await?;
     let phc = user
         .as_ref()
@@ -79,11 +75,11 @@ pub async fn check_login(db: &ConfigDb, name: &str, password: &str) -> Result<Op
 }
 
 /// [`hash_password`] on a blocking thread, as an API error on failure.
-pub async fn hash_password_async(password: &str) -> Result<String, ApiError> {
+pub async fn hash_password_async(password: &str) -> ServiceResult<String> {
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await?
-        .map_err(|e| ApiError::internal("could not hash the password", e))
+        .map_err(|e| ServiceError::internal("could not hash the password", e))
 }
 
 /// A new token secret: `cairn_` + 64 hex digits from 32 random bytes.
@@ -111,7 +107,7 @@ pub async fn issue_token(
     description: &str,
     expires_at: Option<Timestamp>,
     scope: TokenScope,
-) -> Result<(Token, String), ApiError> {
+) -> ServiceResult<(Token, String)> {
     let secret = generate_token();
     let token = db
         .create_token(&NewToken {
@@ -143,17 +139,9 @@ pub struct Caller {
     pub scope: TokenScope,
 }
 
-/// The routes a `totp-setup` token may call.
-const SETUP_ROUTES: &[&str] = &[
-    "/api/v1/auth/whoami",
-    "/api/v1/auth/logout",
-    "/api/v1/auth/totp",
-    "/api/v1/auth/totp/confirm",
-];
-
 impl Caller {
     /// `Ok` when the caller's role is `need` or higher, else 403 naming the role needed.
-    pub fn require(&self, need: Role) -> Result<(), ApiError> {
+    pub fn require(&self, need: Role) -> ServiceResult<()> {
         if self.role.at_least(need) {
             Ok(())
         } else {
@@ -161,7 +149,7 @@ impl Caller {
                 Role::Administrator => "the administrator role".to_owned(),
                 other => format!("the {other} role or higher"),
             };
-            Err(ApiError::forbidden(format!(
+            Err(ServiceError::forbidden(format!(
                 "user {} has the {} role; this needs {needed}",
                 self.name, self.role
             ))
@@ -170,54 +158,8 @@ impl Caller {
     }
 
     /// Shortcut for [`Caller::require`]`(Role::Administrator)`.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> ServiceResult<()> {
         self.require(Role::Administrator)
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("no token: send `Authorization: Bearer TOKEN` (log in first)"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
-        let secret = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
-        if !looks_like_token(secret) {
-            return Err(ApiError::unauthorized("invalid token: log in again"));
-        }
-        let (token, user) = state
-            .db
-            .find_valid_token(&token_hash(secret), Timestamp::now())
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid or expired token: log in again"))?;
-        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
-            slot.user(&user.name);
-        }
-        if token.scope == TokenScope::TotpSetup && !SETUP_ROUTES.contains(&parts.uri.path()) {
-            return Err(ApiError::forbidden(format!(
-                "administrators must have a second factor: user {} must set one up first (POST \
-                 /api/v1/auth/totp, then /api/v1/auth/totp/confirm)",
-                user.name
-            ))
-            .with_code("totp_setup_required"));
-        }
-        Ok(Caller {
-            user_id: user.id,
-            name: user.name,
-            role: user.role,
-            token_id: token.id,
-            token_kind: token.kind,
-            scope: token.scope,
-        })
     }
 }
 
@@ -263,7 +205,7 @@ mod tests {
             scope: TokenScope::Full,
         };
         let err = caller.require(RestoreOperator).unwrap_err();
-        assert_eq!(err.status.as_u16(), 403);
+        assert_eq!(err.kind, crate::error::ErrorKind::Forbidden);
         assert!(err.message.contains("restore-operator"), "{}", err.message);
         assert!(caller.require(Viewer).is_ok());
     }

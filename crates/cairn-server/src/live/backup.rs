@@ -26,8 +26,8 @@ use cairn_qemu::view::{self, Cbt, DiskRequest, LiveView, ViewRequest};
 use cairn_repo::Repository;
 
 use super::{QMP_TIMEOUT, QemuLocation};
-use crate::runner::session::{GuestSettings, VmUnit};
-use crate::runner::vm::human_bytes;
+use crate::runner::settings::{GuestSettings, VmUnit};
+use cairn_mover::human_bytes;
 
 /// Prefix of a source identity that names a checkpoint bitmap.
 const BITMAP_ID: &str = "qemu-bitmap:";

@@ -8,16 +8,16 @@
 //!
 //! Modules: [`inventory`] (discovery, rescans on a timer and after cairn starts or stops a VM),
 //! [`backup`] (the live part of a backup), [`checkpoints`] (cairn's bitmaps on VMs it no longer
-//! backs up), [`restore_vm`], [`instant`], [`launch`] (how cairn starts a VM again) and
-//! [`vm_control`] (starting and stopping VMs, forgetting checkpoints, through the API).
+//! backs up), [`instant`] (the NBD exports and QEMU processes of instant recoveries) and
+//! [`launch`] (how cairn starts a VM again). Their routes (VM restores, instant recoveries,
+//! starting and stopping VMs) are in the HTTP layer: [`crate::http::restore_vm`],
+//! [`crate::http::instant`], [`crate::http::vm_control`].
 
 pub(crate) mod backup;
 pub mod checkpoints;
 pub mod instant;
 pub mod inventory;
 pub mod launch;
-pub mod restore_vm;
-pub mod vm_control;
 
 pub use inventory::{discover, rescan};
 

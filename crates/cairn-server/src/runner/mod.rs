@@ -33,9 +33,11 @@
 //! repository `repository.id`, each as decimal text. A proxy or repository the resource
 //! scheduler does not know yet is added with its limits from the database when a session starts.
 
+mod error;
 mod remote;
 mod repo_cache;
 pub(crate) mod session;
+pub(crate) mod settings;
 pub mod stats;
 mod stop;
 pub(crate) mod vm;
@@ -50,8 +52,10 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
-use crate::scheduler::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::secrets::Secrets;
+pub use error::RunError;
+pub use settings::parse_window;
 use stop::{StopReason, StopSignal};
 
 /// Why a session was started.
@@ -77,28 +81,6 @@ pub enum Trigger {
         /// The earlier session.
         session_id: i64,
     },
-}
-
-/// Errors of job-manager calls.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The job or session does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The job already has a session that has not ended.
-    #[error("job {job} is already running (session {session})")]
-    AlreadyRunning {
-        /// The job.
-        job: String,
-        /// Its running session.
-        session: i64,
-    },
-    /// The job cannot run as configured (no VMs, missing repository password…).
-    #[error("{0}")]
-    Invalid(String),
-    /// The configuration database failed.
-    #[error(transparent)]
-    Db(#[from] cairn_configdb::Error),
 }
 
 /// Live progress of a running task (kept in memory, not in the database).
@@ -185,7 +167,7 @@ impl JobManager {
     }
 
     /// A job manager whose backup windows and retry waits follow `clock` (tests pass a
-    /// [`ManualClock`](crate::scheduler::ManualClock)).
+    /// [`ManualClock`](crate::clock::ManualClock)).
     pub fn with_clock(ctx: RunnerContext, clock: Arc<dyn Clock>) -> Arc<JobManager> {
         Arc::new(JobManager {
             ctx,
@@ -222,7 +204,7 @@ impl JobManager {
                 session,
             });
         }
-        let settings = session::JobSettings::parse(&job, self.clock.now(), &self.ctx.time_zone)?;
+        let settings = settings::JobSettings::parse(&job, self.clock.now(), &self.ctx.time_zone)?;
         let session = self.ctx.db.create_session(job_id, jiff::Timestamp::now()).await?;
         let stop = Arc::new(StopSignal::default());
         let statistics = serde_json::json!({ "trigger": trigger, "attempt": 1 });

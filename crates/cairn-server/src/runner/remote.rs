@@ -33,7 +33,8 @@ use cairn_transfer::TransferId;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 
-use super::session::{FORWARD_FULL_EVERY, Shared, VmUnit, log_db, set_task_state};
+use super::session::{Shared, log_db, set_task_state};
+use super::settings::{FORWARD_FULL_EVERY, VmUnit};
 use super::vm::{VmOutcome, human_bytes};
 use super::{TaskProgress, lock, stats};
 use crate::agent_hub::HubTask;

@@ -15,7 +15,8 @@ use cairn_resources::{Lease, RateLimiter, ResourceScheduler};
 use jiff::Timestamp;
 use tokio::runtime::Handle;
 
-use super::session::{FORWARD_FULL_EVERY, Shared, VmUnit, log_db, set_task_state};
+use super::session::{Shared, log_db, set_task_state};
+use super::settings::{FORWARD_FULL_EVERY, VmUnit};
 use super::stop::StopSignal;
 use super::{TaskProgress, lock, stats};
 

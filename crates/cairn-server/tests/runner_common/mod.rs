@@ -16,9 +16,9 @@ use cairn_configdb::{
 use cairn_format::crypto::KdfParams;
 use cairn_repo::{Encryption, Repository};
 use cairn_resources::{RepositoryId, ResourceScheduler, SchedulerOptions};
-use cairn_server::api::repositories::repository_limits;
+use cairn_server::clock::Clock;
+use cairn_server::repositories::repository_limits;
 use cairn_server::runner::{JobManager, RunnerContext};
-use cairn_server::scheduler::Clock;
 use cairn_server::secrets::Secrets;
 use jiff::tz::TimeZone;
 use sqlx::{AssertSqlSafe, Connection};

@@ -57,4 +57,3 @@ impl<C: BlockConsumer> DynConsumer for C {
         Box::pin(self.consume(block))
     }
 }
-

@@ -108,7 +108,11 @@ async fn serve(shared: &RecvShared, tcp: TcpStream, peer: SocketAddr) -> Result<
     let superseded = Arc::new(Notify::new());
     let received_below = match transfer.attach(hello.stream, hello.acked_below, &superseded) {
         Ok(n) => n,
-        Err(cause) => return stream.fail(&mut writer, ErrorCode::Protocol, Error::Protocol { peer, cause }).await,
+        Err(cause) => {
+            return stream
+                .fail(&mut writer, ErrorCode::Protocol, Error::Protocol { peer, cause })
+                .await;
+        }
     };
     tracing::debug!(%peer, transfer = %hello.transfer, stream = hello.stream, received_below, "stream attached");
     writer
@@ -151,7 +155,11 @@ async fn accept_tls(
     let limits = Limits {
         max_block_len: config.max_block_len,
     };
-    Ok((FrameReader::new(r, limits, peer), FrameWriter::new(w, peer), peer_fingerprint))
+    Ok((
+        FrameReader::new(r, limits, peer),
+        FrameWriter::new(w, peer),
+        peer_fingerprint,
+    ))
 }
 
 /// Checks a HELLO against this receiver's limits.
@@ -288,7 +296,9 @@ impl Stream<'_> {
                 }
                 other => {
                     let cause = format!("sent an unexpected {} frame", other.kind_name());
-                    return self.fail(writer, ErrorCode::Protocol, Error::Protocol { peer, cause }).await;
+                    return self
+                        .fail(writer, ErrorCode::Protocol, Error::Protocol { peer, cause })
+                        .await;
                 }
             }
         }
@@ -344,7 +354,9 @@ impl Stream<'_> {
                         "sent block seq {seq}, beyond its window of {} blocks after seq {received_below}",
                         self.hello.window
                     );
-                    return self.fail(writer, ErrorCode::Protocol, Error::Protocol { peer, cause }).await;
+                    return self
+                        .fail(writer, ErrorCode::Protocol, Error::Protocol { peer, cause })
+                        .await;
                 }
             }
         }

@@ -131,7 +131,7 @@ pub async fn list_users(caller: Caller, State(state): State<AppState>) -> ApiRes
 pub async fn create_user(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserDto>)> {
     audit.target(format!("user {}", req.name));
@@ -156,7 +156,7 @@ pub async fn create_user(
 pub async fn update_user(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<UserDto>> {
@@ -208,7 +208,7 @@ pub async fn update_user(
 pub async fn delete_user(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use super::auth::{LoginResponse, login_token};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
-use crate::audit::AuditSlot;
 use crate::auth::{Caller, totp};
+use crate::http::audit_trail::AuditSlot;
 use crate::state::AppState;
 
 /// A second factor being set up: what the authenticator app needs.

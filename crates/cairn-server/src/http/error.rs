@@ -1,4 +1,5 @@
-//! API errors: a status code and `{"error": "<message>"}`.
+//! API errors: a status code and `{"error": "<message>"}`; a service's [`ServiceError`]
+//! becomes one by its kind.
 //!
 //! Clients see what they did wrong (401, 403, 404, 409, 422, 429, 400) with a message naming the
 //! object and the cause, and for some a machine-readable `code` (`totp_required`,
@@ -11,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use cairn_api::checks::Invalid;
+
+use crate::error::{ErrorKind, ServiceError};
 use crate::runner::RunError;
 
 /// The body of every error response.
@@ -121,7 +125,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!("answered {self}");
         }
-        let message = crate::audit::ErrorMessage(self.message.clone());
+        let message = crate::http::audit_trail::ErrorMessage(self.message.clone());
         let body = ErrorBody {
             error: self.message,
             code: self.code.map(str::to_owned),
@@ -137,31 +141,42 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<cairn_configdb::Error> for ApiError {
-    fn from(e: cairn_configdb::Error) -> ApiError {
-        use cairn_configdb::Error;
-        match e {
-            Error::NotFound { .. } => ApiError::not_found(e.to_string()),
-            Error::Conflict { what } => ApiError::conflict(what),
-            Error::Duplicate { .. } => ApiError::conflict(e.to_string()),
-            Error::Invalid { .. } => ApiError::invalid(e.to_string()),
-            Error::Database(_) | Error::Migration(_) => {
-                ApiError::internal("the configuration database failed (see the server log)", e)
-            }
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let status = match e.kind {
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.message,
+            code: e.code,
+            retry_after: match e.kind {
+                ErrorKind::TooMany { retry_after } => Some(retry_after),
+                _ => None,
+            },
+            detail: e.detail,
         }
     }
 }
 
-impl From<RunError> for ApiError {
-    fn from(e: RunError) -> ApiError {
-        match e {
-            RunError::NotFound(_) => ApiError::not_found(e.to_string()),
-            RunError::AlreadyRunning { .. } => ApiError::conflict(e.to_string()),
-            RunError::Invalid(_) => ApiError::invalid(e.to_string()),
-            RunError::Db(db) => db.into(),
+/// Errors the services' own error type already classifies.
+macro_rules! through_service_error {
+    ($($from:ty),*) => {$(
+        impl From<$from> for ApiError {
+            fn from(e: $from) -> ApiError {
+                ServiceError::from(e).into()
+            }
         }
-    }
+    )*};
 }
+
+through_service_error!(cairn_configdb::Error, RunError, Invalid, tokio::task::JoinError);
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
@@ -188,12 +203,6 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
         ApiError::bad_request(format!("bad query string: {}", rejection.body_text()))
-    }
-}
-
-impl From<tokio::task::JoinError> for ApiError {
-    fn from(e: tokio::task::JoinError) -> ApiError {
-        ApiError::internal("a background operation of the server failed (see the server log)", e)
     }
 }
 

@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath, ClientAddr};
-use crate::audit::AuditSlot;
 use crate::auth::{Caller, LOGIN_TOKEN_LIFETIME, check_login, hash_password_async, issue_token};
+use crate::http::audit_trail::AuditSlot;
 use crate::state::AppState;
 
 /// Longest lifetime of an API token, in days.
@@ -189,14 +189,14 @@ pub async fn login(
             ))
             .with_code("totp_required"));
         };
-        if !crate::api::totp::accept_code(&state, &user, code).await? {
+        if !crate::http::totp::accept_code(&state, &user, code).await? {
             return Err(fail("wrong or reused code"));
         }
     }
     state.logins.succeeded(&req.user, address);
     let setup_only = user.role == Role::Administrator
         && !user.totp_enabled
-        && crate::api::settings::require_admin_totp(&state.db).await?;
+        && crate::http::settings::require_admin_totp(&state.db).await?;
     if setup_only {
         audit.detail("totp_setup_required", true);
     }

@@ -24,8 +24,9 @@ use utoipa::ToSchema;
 
 use super::ApiJson;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::repositories::{open_repository, proxy_resource, register_repository, repo_error, repository_resource};
+use super::repositories::open_repository;
 use crate::auth::Caller;
+use crate::repositories::{proxy_resource, register_repository, repo_error, repository_resource};
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
 
@@ -178,7 +179,7 @@ impl RestoreHooks for LeaseHooks {
 pub async fn restore(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Json<RestoreResult>> {
     audit.target(format!("VM {} point {} disk {}", req.vm, req.point, req.disk));
@@ -360,8 +361,8 @@ pub(crate) async fn restore_disk(
     })
     .await?
     .map_err(|e| match e {
-        EngineFailure::Confine(e) => confine_error(e),
-        EngineFailure::Engine(cairn_engine::EngineError::Repo(r)) => repo_error(r),
+        EngineFailure::Confine(e) => ApiError::from(confine_error(e)),
+        EngineFailure::Engine(cairn_engine::EngineError::Repo(r)) => repo_error(r).into(),
         EngineFailure::Engine(other) => ApiError::internal(format!("the restore failed: {other}"), &other),
     })
 }

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::AgentIdentity;
 use super::{ApiJson, ApiPath};
 use crate::agent_hub::HubError;
-use crate::agent_tls::AgentIdentity;
 use crate::state::AppState;
 
 /// Longest long poll.

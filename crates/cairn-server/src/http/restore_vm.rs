@@ -5,7 +5,7 @@
 //!
 //! The started VM's pid file and serial log lie beside its disks (`NAME.pid`,
 //! `NAME.serial.log`, made like the disks, never in the host's socket folder), and its command
-//! line is kept as its launch record ([`super::launch`]): `cairn vm stop|start HOST/NAME`.
+//! line is kept as its launch record ([`crate::live::launch`]): `cairn vm stop|start HOST/NAME`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,12 +22,13 @@ use cairn_qemu::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{QMP_TIMEOUT, QemuLocation};
-use crate::api::ApiJson;
-use crate::api::error::{ApiError, ApiResult, ErrorBody};
-use crate::api::repositories::{open_repository, repo_error};
-use crate::api::restore::NewRestoreFile;
 use crate::auth::Caller;
+use crate::http::ApiJson;
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::repositories::open_repository;
+use crate::http::restore::NewRestoreFile;
+use crate::live::{QMP_TIMEOUT, QemuLocation};
+use crate::repositories::repo_error;
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
 
@@ -226,7 +227,7 @@ async fn stop_vm(qmp_path: &Path) -> ApiResult<()> {
 pub async fn restore_vm(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiJson(req): ApiJson<VmRestoreRequest>,
 ) -> ApiResult<Json<VmRestoreResult>> {
     audit.target(format!("VM {} point {}", req.vm, req.point));
@@ -244,7 +245,7 @@ pub async fn restore_vm(
             "replace_original: a replaced VM keeps its name and disk files (leave out name and folder)",
         ));
     }
-    if !crate::api::restore::is_point_selector(&req.point) {
+    if !crate::http::restore::is_point_selector(&req.point) {
         return Err(ApiError::invalid(format!(
             "point {:?}: give latest, or a restore point id or its first hex digits",
             req.point
@@ -252,7 +253,7 @@ pub async fn restore_vm(
     }
     // A folder that cannot be written is refused before anything is looked up.
     if let Some(folder) = &req.folder {
-        crate::api::checks::absolute_path("folder", folder)?;
+        cairn_api::checks::absolute_path("folder", folder)?;
         restore_folders::allowed(&state.db, &state.data_dir)
             .await?
             .check_text(Path::new(folder))
@@ -362,7 +363,7 @@ pub async fn restore_vm(
             mode: cairn_confine::DEFAULT_FILE_MODE,
         };
         if let Err(e) =
-            crate::api::restore::restore_disk(&state, &caller.name, &row, &req.vm, &point_id, i as u32, file, target)
+            crate::http::restore::restore_disk(&state, &caller.name, &row, &req.vm, &point_id, i as u32, file, target)
                 .await
         {
             for w in &written {
@@ -383,9 +384,9 @@ pub async fn restore_vm(
         .first()
         .map(|t| t.dir.clone())
         .ok_or_else(|| ApiError::invalid("the restore point has no disks"))?;
-    let (pid_name, serial_name) = super::launch::file_names(&name);
+    let (pid_name, serial_name) = crate::live::launch::file_names(&name);
     let (pidfile, serial_log) =
-        super::launch::fresh_files(&files_dir, &pid_name, &serial_name).map_err(confine_error)?;
+        crate::live::launch::fresh_files(&files_dir, &pid_name, &serial_name).map_err(confine_error)?;
     let spec = LaunchSpec {
         name: name.clone(),
         disks: config
@@ -419,8 +420,8 @@ pub async fn restore_vm(
         host.name
     );
     let record_serial = serial_log.clone();
-    let record = super::launch::LaunchRecord {
-        name: super::launch::vm_name_of(&qmp).unwrap_or_else(|| name.clone()),
+    let record = crate::live::launch::LaunchRecord {
+        name: crate::live::launch::vm_name_of(&qmp).unwrap_or_else(|| name.clone()),
         host_id: host.id,
         qmp: qmp.clone(),
         qga: qga.clone(),
@@ -436,7 +437,7 @@ pub async fn restore_vm(
         );
     }
     // The VM's socket is in the host's folder (or is the host's socket): record it in the inventory.
-    super::inventory::rescan_after_change(&state.db, host.id).await;
+    crate::live::inventory::rescan_after_change(&state.db, host.id).await;
     Ok(Json(VmRestoreResult {
         name,
         point: point_id,

@@ -22,15 +22,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::AgentIdentity;
 use super::{ApiJson, ApiPath};
-use crate::agent_tls::{AGENT_CERT_RENEW_DAYS, AgentCa, AgentIdentity, parse_csr};
+use crate::agent_tls::{AGENT_CERT_RENEW_DAYS, AgentCa, parse_csr};
 use crate::auth::{Caller, generate_token, looks_like_token, token_hash};
 use crate::state::AppState;
 
-/// Seconds between two heartbeats of an agent.
-pub const HEARTBEAT_INTERVAL_SECS: u64 = 10;
-/// Heartbeats an agent may miss before it counts as offline.
-pub const OFFLINE_AFTER_MISSED: u64 = 3;
+pub use cairn_api::agent::{HEARTBEAT_INTERVAL_SECS, OFFLINE_AFTER_MISSED};
 /// Lifetime of an enrolment token unless the request says otherwise.
 pub const DEFAULT_TOKEN_SECS: u64 = 3600;
 /// Longest lifetime of an enrolment token.

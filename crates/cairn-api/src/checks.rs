@@ -4,7 +4,13 @@
 //! the test suite), so each rule is written once here as a pattern constant beside the function
 //! that checks it, and a unit test ties the two together.
 
-use super::error::{ApiError, ApiResult};
+/// A request value that breaks its rule: the message names the field, the value and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// What the checks return.
+pub type CheckResult<T> = Result<T, Invalid>;
 
 /// A display name (jobs, repositories, hosts): no control characters and not only spaces.
 pub const DISPLAY_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
@@ -17,12 +23,12 @@ pub const MAX_PATH: usize = 4096;
 
 /// `field` as a display name of at most `max` characters (no control characters, not only
 /// spaces); returns it without surrounding spaces.
-pub fn display_name(field: &str, value: &str, max: usize) -> ApiResult<String> {
+pub fn display_name(field: &str, value: &str, max: usize) -> CheckResult<String> {
     let ok = value.chars().count() <= max && !value.chars().any(char::is_control) && !value.trim().is_empty();
     if ok {
         Ok(value.trim().to_owned())
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Invalid(format!(
             "{field} {value:?}: use 1 to {max} characters, not only spaces, without control characters"
         )))
     }
@@ -30,7 +36,7 @@ pub fn display_name(field: &str, value: &str, max: usize) -> ApiResult<String> {
 
 /// `field` as an absolute path of at most [`MAX_PATH`] characters without NUL, whose components
 /// have at most 255 characters ([`ABSOLUTE_PATH_PATTERN`]).
-pub fn absolute_path(field: &str, value: &str) -> ApiResult<std::path::PathBuf> {
+pub fn absolute_path(field: &str, value: &str) -> CheckResult<std::path::PathBuf> {
     if value.starts_with('/')
         && !value.contains('\0')
         && value.chars().count() <= MAX_PATH
@@ -38,18 +44,18 @@ pub fn absolute_path(field: &str, value: &str) -> ApiResult<std::path::PathBuf> 
     {
         Ok(std::path::PathBuf::from(value))
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Invalid(format!(
             "{field} {value:?}: give an absolute path (starting with /)"
         )))
     }
 }
 
 /// `value` of `field` within `range`.
-pub fn within(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> ApiResult<i64> {
+pub fn within(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> CheckResult<i64> {
     if range.contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Invalid(format!(
             "{field} {value}: must be between {} and {}",
             range.start(),
             range.end()

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use cairn_configdb::{NewRepository, Proxy, Repository, Role};
 use cairn_repo::folder;
 use cairn_repo::{Encryption, RepoError};
-use cairn_resources::{ProxyId, RepositoryId, RepositoryLimits};
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -20,44 +20,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath, ApiQuery, double_option};
 use crate::auth::Caller;
+use crate::repositories::{proxy_resource, register_proxy, register_repository, repo_error, repository_resource};
 use crate::state::AppState;
-
-/// The resource-scheduler id of repository `id` (its database id as text).
-pub fn repository_resource(id: i64) -> RepositoryId {
-    RepositoryId::new(id.to_string())
-}
-
-/// The resource-scheduler id of proxy `id` (its database id as text).
-pub fn proxy_resource(id: i64) -> ProxyId {
-    ProxyId::new(id.to_string())
-}
-
-/// What the resource scheduler enforces for `repo`: its task maximum, its read limit (shared by
-/// the tasks reading from it: restores) and its write limit (shared by the tasks writing to it:
-/// backups). A limit of 0 or none is unlimited.
-pub fn repository_limits(repo: &Repository) -> RepositoryLimits {
-    let rate = |limit: Option<i64>| limit.and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0);
-    RepositoryLimits {
-        max_tasks: usize::try_from(repo.settings.max_tasks).unwrap_or(1).max(1),
-        read_limit: rate(repo.settings.read_limit_bytes),
-        write_limit: rate(repo.settings.write_limit_bytes),
-    }
-}
-
-/// Tells the resource scheduler about `repo` (added or changed).
-pub fn register_repository(state_resources: &cairn_resources::ResourceScheduler, repo: &Repository) -> ApiResult<()> {
-    state_resources
-        .set_repository(repository_resource(repo.id), repository_limits(repo))
-        .map_err(|e| ApiError::invalid(format!("repository {}: {e}", repo.settings.name)))
-}
-
-/// Tells the resource scheduler about `proxy` (added or changed).
-pub fn register_proxy(state_resources: &cairn_resources::ResourceScheduler, proxy: &Proxy) -> ApiResult<()> {
-    let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
-    state_resources
-        .set_proxy(proxy_resource(proxy.id), max)
-        .map_err(|e| ApiError::invalid(format!("proxy {}: {e}", proxy.settings.name)))
-}
 
 /// A repository.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -222,56 +186,12 @@ pub struct PointDisk {
     pub blocks: u64,
 }
 
-/// A repository error as an API error.
-pub(crate) fn repo_error(e: RepoError) -> ApiError {
-    match e {
-        RepoError::NoSuchVm { .. } | RepoError::NoSuchPoint { .. } | RepoError::NoSuchDisk { .. } => {
-            ApiError::not_found(e.to_string())
-        }
-        RepoError::Invalid(_) => ApiError::invalid(e.to_string()),
-        // A folder the server may not write (a read-only mount, another owner's folder): the
-        // place named is refused, the server did not fail.
-        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            ApiError::forbidden(e.to_string())
-        }
-        RepoError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
-            ApiError::conflict(e.to_string())
-        }
-        other => ApiError::internal(other.to_string(), &other),
-    }
-}
-
-/// Opens repository `repo` with its stored password (on a blocking thread; kept open across
-/// calls by the job manager, so listing points does not derive keys every time).
+/// Opens repository `repo` with its stored password ([`crate::repositories::open`]).
 pub(crate) async fn open_repository(
     state: &AppState,
     repo: &Repository,
 ) -> ApiResult<std::sync::Arc<cairn_repo::Repository>> {
-    let password = state.secrets.repository_password(repo.id).map_err(|e| {
-        ApiError::internal(
-            format!("cannot read the password of repository {}", repo.settings.name),
-            e,
-        )
-    })?;
-    let (path, id, jobs) = (repo.settings.path.clone(), repo.id, state.jobs.clone());
-    let name = repo.settings.name.clone();
-    let secret = state.secrets.repository_password_path(repo.id);
-    tokio::task::spawn_blocking(move || jobs.open_repository(id, &path, password.as_deref()))
-        .await?
-        .map_err(|e| match e {
-            RepoError::PasswordRequired { .. } | RepoError::WrongPassword { .. } => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "repository {name}: the password in {} is missing or does not open it",
-                    secret.display()
-                ),
-            ),
-            other => {
-                let mut err = repo_error(other);
-                err.message = format!("repository {name}: {}", err.message);
-                err
-            }
-        })
+    Ok(crate::repositories::open(&state.secrets, &state.jobs, repo).await?)
 }
 
 /// Whether the repository in `path` is encrypted (`None` if there is none or it is unreadable).
@@ -378,7 +298,7 @@ fn make_repository(path: &Path, encryption: Encryption, password: Option<String>
                 "{} is not empty and holds no cairn repository: choose an empty or new folder",
                 path.display()
             )),
-            other => repo_error(other),
+            other => repo_error(other).into(),
         })?;
     Ok(Made { folder: made, password })
 }

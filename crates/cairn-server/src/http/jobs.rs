@@ -650,7 +650,7 @@ pub async fn disable_job(
 pub async fn run_job(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
     caller.require_admin()?;
@@ -680,7 +680,7 @@ pub async fn run_job(
 pub async fn stop_job(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<SessionStarted>)> {
     caller.require_admin()?;

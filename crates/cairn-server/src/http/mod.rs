@@ -13,18 +13,23 @@
 pub mod agent_work;
 pub mod agents;
 pub mod audit;
+pub mod audit_trail;
 pub mod auth;
-pub mod checks;
+pub use cairn_api::checks;
 pub mod error;
+pub mod extract;
+pub mod instant;
 pub mod inventory;
 pub mod jobs;
 pub mod repositories;
 pub mod restore;
+pub mod restore_vm;
 pub mod sessions;
 pub mod settings;
 pub mod throttle;
 pub mod totp;
 pub mod users;
+pub mod vm_control;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -243,8 +248,8 @@ impl Modify for CommonResponses {
         audit::list, audit::verify,
         inventory::list_hosts, inventory::add_host, inventory::rescan_host, inventory::delete_host,
         inventory::list_vms, inventory::get_vm,
-        crate::live::vm_control::start_vm, crate::live::vm_control::stop_vm,
-        crate::live::vm_control::forget_checkpoints,
+        vm_control::start_vm, vm_control::stop_vm,
+        vm_control::forget_checkpoints,
         repositories::list_repositories, repositories::create_repository, repositories::update_repository,
         repositories::delete_repository, repositories::list_points,
         repositories::list_proxies, repositories::update_proxy,
@@ -253,11 +258,11 @@ impl Modify for CommonResponses {
         jobs::enable_job, jobs::disable_job, jobs::run_job, jobs::stop_job,
         sessions::list_sessions, sessions::get_session, sessions::task_log, sessions::stop_session,
         restore::restore,
-        crate::live::restore_vm::restore_vm,
-        crate::live::instant::start,
-        crate::live::instant::list,
-        crate::live::instant::migrate,
-        crate::live::instant::stop,
+        restore_vm::restore_vm,
+        instant::start,
+        instant::list,
+        instant::migrate,
+        instant::stop,
         agents::create_token, agents::enroll, agents::heartbeat, agents::list_agents, agents::revoke_agent,
         agents::renew_certificate, agents::request_renewal,
         agent_work::work, agent_work::events,
@@ -308,11 +313,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts/{id}/rescan", post(inventory::rescan_host))
         .route("/api/v1/vms", get(inventory::list_vms))
         .route("/api/v1/vms/{id}", get(inventory::get_vm))
-        .route("/api/v1/vms/{id}/start", post(crate::live::vm_control::start_vm))
-        .route("/api/v1/vms/{id}/stop", post(crate::live::vm_control::stop_vm))
+        .route("/api/v1/vms/{id}/start", post(vm_control::start_vm))
+        .route("/api/v1/vms/{id}/stop", post(vm_control::stop_vm))
         .route(
             "/api/v1/vms/{id}/forget-checkpoints",
-            post(crate::live::vm_control::forget_checkpoints),
+            post(vm_control::forget_checkpoints),
         )
         .route(
             "/api/v1/repositories",
@@ -343,16 +348,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{id}/stop", post(sessions::stop_session))
         .route("/api/v1/tasks/{id}/log", get(sessions::task_log))
         .route("/api/v1/restores", post(restore::restore))
-        .route("/api/v1/restores/vm", post(crate::live::restore_vm::restore_vm))
-        .route(
-            "/api/v1/instant-recoveries",
-            get(crate::live::instant::list).post(crate::live::instant::start),
-        )
-        .route("/api/v1/instant-recoveries/{name}", delete(crate::live::instant::stop))
-        .route(
-            "/api/v1/instant-recoveries/{name}/migrate",
-            post(crate::live::instant::migrate),
-        )
+        .route("/api/v1/restores/vm", post(restore_vm::restore_vm))
+        .route("/api/v1/instant-recoveries", get(instant::list).post(instant::start))
+        .route("/api/v1/instant-recoveries/{name}", delete(instant::stop))
+        .route("/api/v1/instant-recoveries/{name}/migrate", post(instant::migrate))
         .route("/api/v1/agents", get(agents::list_agents))
         .route("/api/v1/agents/tokens", post(agents::create_token))
         .route("/api/v1/agents/enroll", post(agents::enroll))
@@ -376,7 +375,7 @@ pub fn router(state: AppState) -> Router {
         })
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::audit::middleware,
+            crate::http::audit_trail::middleware,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(read_whole_body))
@@ -504,7 +503,8 @@ mod tests {
             for method in item.as_object().unwrap().keys().filter(|m| *m != "get") {
                 let m = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
                 assert!(
-                    crate::audit::action_name(&m, path).is_some() || crate::audit::unrecorded(&m, path),
+                    crate::http::audit_trail::action_name(&m, path).is_some()
+                        || crate::http::audit_trail::unrecorded(&m, path),
                     "{method} {path} has no audit action name"
                 );
             }

@@ -15,12 +15,12 @@ use cairn_qemu::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::QMP_TIMEOUT;
-use super::instant::InstantState;
-use super::launch::{self, LaunchRecord};
-use crate::api::ApiPath;
-use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::auth::Caller;
+use crate::http::ApiPath;
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::live::QMP_TIMEOUT;
+use crate::live::instant::InstantState;
+use crate::live::launch::{self, LaunchRecord};
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
 
@@ -140,7 +140,7 @@ async fn wait_ended(label: &str, pids: &[u32]) -> ApiResult<()> {
 pub async fn start_vm(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<VmPowerResult>> {
     caller.require_admin()?;
@@ -189,7 +189,7 @@ pub async fn start_vm(
         .map_err(|e| ApiError::internal(format!("starting VM {label}"), e))?;
     let pid = process.detach();
     tracing::info!("{} started VM {label} (pid {pid})", caller.name);
-    super::inventory::rescan_after_change(&state.db, host.id).await;
+    crate::live::inventory::rescan_after_change(&state.db, host.id).await;
     Ok(Json(VmPowerResult {
         vm: label,
         running: true,
@@ -214,7 +214,7 @@ pub async fn start_vm(
 pub async fn stop_vm(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<VmPowerResult>> {
     caller.require_admin()?;
@@ -253,7 +253,7 @@ pub async fn stop_vm(
     });
     state.instant.sweep();
     tracing::info!("{} stopped VM {label}", caller.name);
-    super::inventory::rescan_after_change(&state.db, host.id).await;
+    crate::live::inventory::rescan_after_change(&state.db, host.id).await;
     Ok(Json(VmPowerResult {
         vm: label,
         running: false,
@@ -279,7 +279,7 @@ pub async fn stop_vm(
 pub async fn forget_checkpoints(
     caller: Caller,
     State(state): State<AppState>,
-    audit: crate::audit::AuditSlot,
+    audit: crate::http::audit_trail::AuditSlot,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<ForgottenCheckpoints>> {
     caller.require_admin()?;
@@ -300,13 +300,14 @@ pub async fn forget_checkpoints(
         )));
     }
     let qmp = connect_running(&label, Path::new(&vm.external_id)).await?;
-    let removed = cairn_qemu::disks::remove_bitmaps(&qmp, |name| super::checkpoints::unneeded(name, &BTreeSet::new()))
-        .await
-        .map_err(|e| ApiError::conflict(format!("VM {label}: {e}")))?;
+    let removed =
+        cairn_qemu::disks::remove_bitmaps(&qmp, |name| crate::live::checkpoints::unneeded(name, &BTreeSet::new()))
+            .await
+            .map_err(|e| ApiError::conflict(format!("VM {label}: {e}")))?;
     tracing::info!(
         "{} removed cairn's checkpoint bitmaps from VM {label}: {}",
         caller.name,
-        super::checkpoints::names(&removed)
+        crate::live::checkpoints::names(&removed)
     );
     Ok(Json(ForgottenCheckpoints {
         vm: label,

@@ -1,0 +1,365 @@
+//! The instant-recovery routes: start a VM from a restore point over NBD, list, migrate onto
+//! production disks while it runs, stop ([`crate::live::instant`] keeps them).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use cairn_configdb::Role;
+use cairn_disk::DiskSource;
+use cairn_engine::PointDisk;
+use cairn_nbd::CowExport;
+use cairn_qemu::config::{LaunchDisk, LaunchSpec};
+use cairn_qemu::process::QemuProcess;
+use cairn_qemu::qmp::Qmp;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::restore_vm::{latest, qemu_host, saved_config, vm_name};
+use super::{ApiJson, ApiPath};
+use crate::auth::Caller;
+use crate::live::QMP_TIMEOUT;
+use crate::live::instant::{
+    COW_CLUSTER, InstantInfo, InstantRecoveries, InstantState, PIDFILE, Recovery, SERIAL_LOG, cow_file, run_migration,
+};
+use crate::state::AppState;
+
+/// `POST /api/v1/instant-recoveries` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InstantRequest {
+    /// Repository holding the backup.
+    pub repository_id: i64,
+    /// VM name as backed up (`HOST/VM`).
+    pub vm: String,
+    /// `latest` (default), a restore point id, or a unique prefix of one.
+    #[serde(default = "latest")]
+    #[schema(pattern = "^(latest|[0-9a-f]{1,64})$")]
+    pub point: String,
+    /// The qemu host whose socket folder gets the VM's sockets (default: the VM's own host).
+    #[serde(default)]
+    pub to_host: Option<String>,
+    /// The VM's name (default: `<vm>-instant`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Accelerator (default: as the original ran).
+    #[serde(default)]
+    pub accel: Option<String>,
+}
+
+/// `POST /api/v1/instant-recoveries/{name}/migrate` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MigrateRequest {
+    /// Production files, one per disk (qcow2; must not exist), beneath a restore folder (see the
+    /// settings). With one disk a single path.
+    #[schema(min_items = 1, value_type = Vec<crate::http::settings::AbsolutePath>)]
+    pub to: Vec<String>,
+}
+
+/// Starts a VM from a restore point over NBD.
+#[utoipa::path(post, path = "/api/v1/instant-recoveries", tag = "restore", request_body = InstantRequest,
+    responses(
+        (status = 201, description = "The VM runs from the backup", body = InstantInfo),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
+        (status = 404, description = "No such repository, host, VM or point", body = ErrorBody),
+        (status = 409, description = "The name is in use", body = ErrorBody),
+        (status = 422, description = "Invalid input, or the point has no VM configuration", body = ErrorBody),
+    ))]
+pub async fn start(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<InstantRequest>,
+) -> ApiResult<(axum::http::StatusCode, Json<InstantInfo>)> {
+    caller.require(Role::RestoreOperator)?;
+    if !crate::http::restore::is_point_selector(&req.point) {
+        return Err(ApiError::invalid(format!(
+            "point {:?}: give latest, or a restore point id or its first hex digits",
+            req.point
+        )));
+    }
+    let started = std::time::Instant::now();
+    let ir = state.instant.clone();
+    let row = state.db.get_repository(req.repository_id).await?;
+    let (repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;
+    let (orig_host, orig_vm) = req.vm.split_once('/').unwrap_or(("", req.vm.as_str()));
+    let (host, location) = qemu_host(&state, req.to_host.as_deref().unwrap_or(orig_host)).await?;
+    // Its own UUID and MAC addresses, the same at every start (also once migrated).
+    let config = config.with_new_identity();
+    let name = vm_name(req.name.as_deref(), orig_vm, "instant")?;
+    if ir.running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
+        return Err(ApiError::conflict(format!(
+            "instant recovery {name} is already running"
+        )));
+    }
+    let qmp = location.socket_folder().join(format!("{name}.qmp"));
+    let qga = config.guest_agent.then(|| qmp.with_extension("qga"));
+    for p in [Some(&qmp), qga.as_ref()].into_iter().flatten() {
+        if p.symlink_metadata().is_ok() {
+            return Err(ApiError::conflict(format!(
+                "{} already exists (choose another name)",
+                p.display()
+            )));
+        }
+    }
+    ir.ensure_serving()?;
+    let scratch = ir.dir().join(&name);
+    std::fs::create_dir_all(&scratch).map_err(|e| ApiError::internal(format!("creating {}", scratch.display()), e))?;
+
+    // One copy-on-write export per disk over the point's disk.
+    let mut exports = Vec::new();
+    for i in 0..disk_count {
+        let (r, vm, point, path) = (
+            repo.clone(),
+            req.vm.clone(),
+            point_id.clone(),
+            scratch.join(cow_file(i)),
+        );
+        let export = tokio::task::spawn_blocking(move || -> Result<CowExport, String> {
+            let base: Arc<dyn DiskSource> =
+                Arc::new(PointDisk::open(&r, &vm, &point, i as u32).map_err(|e| e.to_string())?);
+            CowExport::create(base, &path, COW_CLUSTER).map_err(|e| e.to_string())
+        })
+        .await?
+        .map_err(|e| ApiError::invalid(format!("opening disk {i} of {} point {point_id}: {e}", req.vm)))?;
+        let export = Arc::new(export);
+        let export_name = format!("{name}-disk{i}");
+        ir.server.add_export(
+            &export_name,
+            &format!("{} point {point_id} disk {i}", req.vm),
+            export.clone(),
+        );
+        exports.push((export_name, export));
+    }
+    let spec = LaunchSpec {
+        name: name.clone(),
+        disks: exports
+            .iter()
+            .enumerate()
+            .map(|(i, (export, _))| LaunchDisk::Nbd {
+                socket: ir.socket.clone(),
+                export: export.clone(),
+                node: format!("ir-disk{i}"),
+            })
+            .collect(),
+        qmp: qmp.clone(),
+        qga: qga.clone(),
+        accel: req.accel.clone(),
+        daemonize: true,
+        pidfile: Some(scratch.join(PIDFILE)),
+        serial_log: Some(scratch.join(SERIAL_LOG)),
+        new_macs: false,
+    };
+    let cleanup = |ir: &InstantRecoveries| {
+        for (export, _) in &exports {
+            ir.server.remove_export(export);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    };
+    let argv = match config.command_line(&spec) {
+        Ok(a) => a,
+        Err(e) => {
+            cleanup(&ir);
+            return Err(ApiError::invalid(format!("building the QEMU command line: {e}")));
+        }
+    };
+    let process = match QemuProcess::spawn(&argv, &qmp, QMP_TIMEOUT).await {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup(&ir);
+            return Err(ApiError::internal(format!("starting instant recovery {name}"), e));
+        }
+    };
+    let pid = Some(process.detach());
+    let info = InstantInfo {
+        name: name.clone(),
+        vm: req.vm.clone(),
+        host: host.name.clone(),
+        point: point_id.clone(),
+        state: InstantState::Running,
+        qmp: qmp.display().to_string(),
+        qga: qga.map(|p| p.display().to_string()),
+        pid,
+        exports: exports.iter().map(|(e, _)| e.clone()).collect(),
+        written_bytes: 0,
+        disks: Vec::new(),
+        serial_log: spec.serial_log.as_ref().map(|p| p.display().to_string()),
+        start_secs: started.elapsed().as_secs_f64(),
+    };
+    tracing::info!(
+        "{} started instant recovery {name} of {} point {point_id}",
+        caller.name,
+        req.vm
+    );
+    if let Ok(mut r) = ir.running.lock() {
+        r.insert(
+            name,
+            Recovery {
+                info: info.clone(),
+                exports,
+                scratch,
+                config,
+                spec,
+                host_id: host.id,
+            },
+        );
+    }
+    Ok((axum::http::StatusCode::CREATED, Json(info)))
+}
+
+/// The instant recoveries.
+#[utoipa::path(get, path = "/api/v1/instant-recoveries", tag = "restore",
+    responses((status = 200, description = "OK", body = Vec<InstantInfo>), (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody)))]
+pub async fn list(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Vec<InstantInfo>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.instant.list()))
+}
+
+fn find(state: &AppState, name: &str) -> ApiResult<InstantInfo> {
+    state
+        .instant
+        .list()
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("there is no instant recovery named {name:?}")))
+}
+
+/// Moves an instant recovery onto production disk files while it runs (`blockdev-mirror`), then
+/// ends its NBD exports.
+#[utoipa::path(post, path = "/api/v1/instant-recoveries/{name}/migrate", tag = "restore", request_body = MigrateRequest,
+    params(("name" = String, Path, description = "Instant recovery name")),
+    responses(
+        (status = 200, description = "Migrated", body = InstantInfo),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher; or a target is not beneath a restore folder, goes through `..` or a symbolic link, or into the data folder", body = ErrorBody),
+        (status = 404, description = "No such instant recovery, or a target's folder does not exist", body = ErrorBody),
+        (status = 409, description = "Already migrating or migrated, or a target exists", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody),
+    ))]
+pub async fn migrate(
+    caller: Caller,
+    State(state): State<AppState>,
+    audit: crate::http::audit_trail::AuditSlot,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MigrateRequest>,
+) -> ApiResult<Json<InstantInfo>> {
+    audit.target(format!("instant recovery {name}"));
+    audit.detail("to", req.to.clone());
+    caller.require(Role::RestoreOperator)?;
+    let info = find(&state, &name)?;
+    if info.state != InstantState::Running {
+        return Err(ApiError::conflict(format!(
+            "instant recovery {name} is {:?}, not running",
+            info.state
+        )));
+    }
+    if req.to.len() != info.exports.len() {
+        return Err(ApiError::invalid(format!(
+            "to: {} files given for {} disks",
+            req.to.len(),
+            info.exports.len()
+        )));
+    }
+    let mut targets: Vec<PathBuf> = Vec::new();
+    for t in &req.to {
+        targets.push(cairn_api::checks::absolute_path("to", t)?);
+    }
+    // Each target is made now, empty and 0600, beneath a restore folder (never over a file, never
+    // through a link); `qemu-img create` then writes the qcow2 into it.
+    let allowed = crate::restore_folders::allowed(&state.db, &state.data_dir).await?;
+    let mut created = Vec::new();
+    for t in &targets {
+        match allowed.create_file(t, cairn_confine::DEFAULT_FILE_MODE) {
+            Ok(f) => created.push(f),
+            Err(e) => {
+                for f in created {
+                    let _ = f.remove();
+                }
+                return Err(crate::restore_folders::confine_error(e).into());
+            }
+        }
+    }
+    state.instant.set_state(&name, InstantState::Migrating);
+    let result = run_migration(&info, &targets).await;
+    match result {
+        Ok(()) => {
+            state.instant.end_exports(&name, false);
+            let host_id = state.instant.migrated(&name, &targets);
+            match state.instant.save_launch_record(&name, &targets, &state.data_dir) {
+                Ok(path) => tracing::info!(
+                    "{} migrated instant recovery {name}: VM {name} runs from {}; its launch record is {}",
+                    caller.name,
+                    targets
+                        .iter()
+                        .map(|t| t.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    path.display()
+                ),
+                Err(e) => tracing::error!(
+                    "{} migrated instant recovery {name}, but its launch record could not be saved, so `cairn vm \
+                     start` cannot start it again: {e}",
+                    caller.name
+                ),
+            }
+            if let Some(host_id) = host_id {
+                crate::live::inventory::rescan_after_change(&state.db, host_id).await;
+            }
+            find(&state, &name).map(Json)
+        }
+        Err(e) => {
+            state.instant.set_state(&name, InstantState::Running);
+            for f in created {
+                let _ = f.remove();
+            }
+            Err(ApiError::invalid(format!("migrating instant recovery {name}: {e}")))
+        }
+    }
+}
+
+/// Stops an instant recovery: quits its VM and ends its exports and scratch files. A migrated one
+/// is only forgotten: its VM runs on as a normal VM of its host (`POST /api/v1/vms/{id}/stop`
+/// stops it).
+#[utoipa::path(delete, path = "/api/v1/instant-recoveries/{name}", tag = "restore",
+    params(("name" = String, Path, description = "Instant recovery name")),
+    responses(
+        (status = 204, description = "Stopped (a migrated one: forgotten, its VM runs on)"),
+        (status = 401, description = "No token, or an unknown or expired one", body = ErrorBody),
+        (status = 403, description = "Needs the restore-operator role or higher", body = ErrorBody),
+        (status = 404, description = "No such instant recovery", body = ErrorBody),
+        (status = 409, description = "It is migrating", body = ErrorBody),
+    ))]
+pub async fn stop(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require(Role::RestoreOperator)?;
+    let info = find(&state, &name)?;
+    match info.state {
+        InstantState::Migrating => {
+            return Err(ApiError::conflict(format!("instant recovery {name} is migrating")));
+        }
+        InstantState::Running => {
+            if let Ok(qmp) = Qmp::connect(std::path::Path::new(&info.qmp), QMP_TIMEOUT).await {
+                let _ = qmp.quit().await;
+            }
+        }
+        InstantState::Migrated => {}
+    }
+    let migrated = info.state == InstantState::Migrated;
+    state.instant.end_exports(&name, !migrated);
+    state.instant.forget(&name);
+    state.instant.sweep();
+    if migrated {
+        tracing::info!(
+            "{} forgot migrated instant recovery {name}: its VM runs on as VM {name} of host {}",
+            caller.name,
+            info.host
+        );
+    } else {
+        tracing::info!("{} stopped instant recovery {name}", caller.name);
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
