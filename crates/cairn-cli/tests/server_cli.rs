@@ -79,10 +79,10 @@ fn backup_and_restore_through_the_server(backend: Backend) {
         "{text}"
     );
 
-    // An unknown VM is refused with the names close to it.
+    // An unknown VM is refused with the names close to it (a usage error: exit code 2).
     let (_, err) = run_code(
         srv.cairn(["job", "create", "x", "--vm", "web1", "--repository", "default"]),
-        1,
+        2,
     );
     assert!(err.contains("no VM named \"web1\"") && err.contains("web01"), "{err}");
 

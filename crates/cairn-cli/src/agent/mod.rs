@@ -372,6 +372,9 @@ fn new_instance() -> String {
     format!("{}-{started}", std::process::id())
 }
 
+/// The agent's work: the worker and its work loop.
+type Running = (Arc<work::Worker>, tokio::task::JoinHandle<()>);
+
 /// Heartbeats until a signal or a refusal.
 async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let mut http = control_client(&identity)?;
@@ -384,7 +387,7 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
     let mut address: Option<String> = None;
-    let mut worker: Option<(Arc<work::Worker>, tokio::task::JoinHandle<()>)> = None;
+    let mut worker: Option<Running> = None;
     let mut instance = new_instance();
     let mut renew_after = tokio::time::Instant::now();
     let mut waiting_to_renew = false;
@@ -414,13 +417,7 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
                     eprintln!("cairn agent: {} connected to {} (mutual TLS)", e.name, e.server);
                     connected = true;
                 }
-                if let Some(secs) = answer["heartbeat_secs"].as_u64().filter(|&s| s >= 1)
-                    && Duration::from_secs(secs) != period
-                {
-                    period = Duration::from_secs(secs);
-                    interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                }
+                follow_period(&answer, &mut period, &mut interval);
                 let idle = worker.as_ref().is_none_or(|(w, _)| w.is_idle());
                 let ends_in = answer["cert_not_after"]
                     .as_str()
@@ -437,14 +434,7 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
                 if due && renew_now(idle, ends_in) {
                     // No task may run on the old identity: stop taking work first (running tasks, if
                     // the certificate is about to end, are failed and retried by their jobs).
-                    if let Some((w, run)) = worker.take() {
-                        if !idle {
-                            w.cancel_all("the agent renews its certificate, which ends within days");
-                        }
-                        run.abort();
-                        let _ = run.await;
-                        drop(w);
-                    }
+                    stop_worker(worker.take(), idle).await;
                     eprintln!("cairn agent: {} renewing its key and certificate", e.name);
                     match renew(&identity, &http, dir).await {
                         Ok(renewed) => {
@@ -473,11 +463,7 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
                     continue;
                 }
                 if worker.is_none() {
-                    let roles: Vec<&str> = answer["roles"]
-                        .as_array()
-                        .map(|r| r.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    let (started, advertised) = start_worker(&identity, a, &http, &roles).await?;
+                    let (started, advertised) = start_worker(&identity, a, &http, &roles(&answer)).await?;
                     address = Some(advertised);
                     worker = Some(started);
                     // Tell the server the data channel address at once.
@@ -485,32 +471,77 @@ async fn heartbeats(mut identity: Identity, a: &AgentRunArgs, dir: &Path) -> any
                 }
             }
             Ok(resp) => {
-                let status = resp.status();
-                let answer: Value = resp.json().await.unwrap_or(Value::Null);
-                let msg = answer["error"].as_str().unwrap_or("no explanation").to_owned();
-                if status.as_u16() == 401 || status.as_u16() == 403 {
-                    bail!("the server {} refused agent {} ({status}): {msg}", e.server, e.name);
-                }
-                eprintln!("cairn agent: heartbeat refused ({status}): {msg}; retrying");
+                heartbeat_refused(resp, &e).await?;
                 connected = false;
             }
             Err(err) => {
-                let text = error_text(&err);
-                // A refused certificate will be refused again: retrying would hide the cause.
-                if let Some(alert) = refused_certificate(&text) {
-                    bail!(
-                        "the server {} refused agent {}'s certificate in the TLS handshake (alert {alert}): {} must \
-                         be the certificate the server issued at enrolment, unexpired ({text})",
-                        e.server,
-                        e.name,
-                        dir.join(CERT_FILE).display()
-                    );
-                }
-                eprintln!("cairn agent: cannot reach {} ({text}); retrying", e.server);
+                heartbeat_failed(&err, &e, dir)?;
                 connected = false;
             }
         }
     }
+}
+
+/// Follows the heartbeat period the server's answer names, when it changed.
+fn follow_period(answer: &Value, period: &mut Duration, interval: &mut tokio::time::Interval) {
+    if let Some(secs) = answer["heartbeat_secs"].as_u64().filter(|&s| s >= 1)
+        && Duration::from_secs(secs) != *period
+    {
+        *period = Duration::from_secs(secs);
+        *interval = tokio::time::interval_at(tokio::time::Instant::now() + *period, *period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+}
+
+/// The roles the server's heartbeat answer gives the agent.
+fn roles(answer: &Value) -> Vec<&str> {
+    answer["roles"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Stops the agent's work, first failing its running tasks unless it is idle.
+async fn stop_worker(worker: Option<Running>, idle: bool) {
+    if let Some((w, run)) = worker {
+        if !idle {
+            w.cancel_all("the agent renews its certificate, which ends within days");
+        }
+        run.abort();
+        let _ = run.await;
+        drop(w);
+    }
+}
+
+/// A heartbeat the server answered with an error: the end of the agent when the server refuses
+/// it (401, 403), else a note before the next try.
+async fn heartbeat_refused(resp: reqwest::Response, e: &Enrolment) -> anyhow::Result<()> {
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    let msg = answer["error"].as_str().unwrap_or("no explanation").to_owned();
+    if status.as_u16() == 401 || status.as_u16() == 403 {
+        bail!("the server {} refused agent {} ({status}): {msg}", e.server, e.name);
+    }
+    eprintln!("cairn agent: heartbeat refused ({status}): {msg}; retrying");
+    Ok(())
+}
+
+/// A heartbeat that did not reach the server: the end of the agent when the TLS handshake refused
+/// its certificate, else a note before the next try.
+fn heartbeat_failed(err: &reqwest::Error, e: &Enrolment, dir: &Path) -> anyhow::Result<()> {
+    let text = error_text(err);
+    // A refused certificate will be refused again: retrying would hide the cause.
+    if let Some(alert) = refused_certificate(&text) {
+        bail!(
+            "the server {} refused agent {}'s certificate in the TLS handshake (alert {alert}): {} must \
+             be the certificate the server issued at enrolment, unexpired ({text})",
+            e.server,
+            e.name,
+            dir.join(CERT_FILE).display()
+        );
+    }
+    eprintln!("cairn agent: cannot reach {} ({text}); retrying", e.server);
+    Ok(())
 }
 
 /// Starts the data channel listener (repository role) and the work loop; returns the worker, its
@@ -520,7 +551,7 @@ async fn start_worker(
     a: &AgentRunArgs,
     http: &reqwest::Client,
     roles: &[&str],
-) -> anyhow::Result<((Arc<work::Worker>, tokio::task::JoinHandle<()>), String)> {
+) -> anyhow::Result<(Running, String)> {
     let e = &identity.enrolment;
     let tls = Arc::new(
         cairn_transfer::TlsIdentity::from_pem(

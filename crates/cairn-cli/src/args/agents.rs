@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::parse_rate;
+use super::parse::parse_rate;
 
 /// `cairn throttle …`: network throttling rules.
 #[derive(Subcommand, Debug)]
@@ -38,12 +38,15 @@ pub enum ThrottleCommand {
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct AgentArgs {
+    /// What to do; none runs the agent.
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
+    /// How to run the agent (`cairn agent` or `cairn agent run`).
     #[command(flatten)]
     pub run: AgentRunArgs,
 }
 
+/// `cairn agent …` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
     /// Create a one-time enrolment token for a new agent (administrator).

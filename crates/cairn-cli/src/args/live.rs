@@ -90,6 +90,7 @@ pub enum HostKind {
     Qemu,
 }
 
+/// `cairn host …`.
 #[derive(Subcommand, Debug)]
 pub enum HostCommand {
     /// Add a host and discover its VMs.
@@ -125,6 +126,7 @@ pub enum HostCommand {
     },
 }
 
+/// `cairn vm …`.
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
     /// List VMs with their disks.

@@ -314,65 +314,12 @@ fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cairn job …`.
 pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
     let client = Client::from_global(g)?;
     match c {
-        JobCommand::Create { name, flags } => {
-            if flags.vms.is_empty() {
-                return Err(usage!("a job needs at least one --vm"));
-            }
-            let vms = client.get("/api/v1/vms")?;
-            let mut spec = Map::new();
-            spec.insert("name".into(), Value::from(name.as_str()));
-            spec.insert("enabled".into(), Value::from(true));
-            let default_repository = match flags.repository {
-                Some(_) => None,
-                None => {
-                    let (id, repo) = default_repository(&client)?;
-                    spec.insert("repository_id".into(), Value::from(id));
-                    Some(repo)
-                }
-            };
-            apply_flags(&client, &mut spec, flags, list(&vms))?;
-            let job = client.post("/api/v1/jobs", &spec)?;
-            if g.json {
-                output::json(&job)?;
-            } else {
-                if let Some(repo) = default_repository {
-                    println!("no --repository given: the job backs up into the server's default repository {repo}");
-                }
-                println!(
-                    "created job {} ({} VMs, schedule: {}, next run: {})",
-                    s(&job, "name"),
-                    arr(&job, "vm_ids").len(),
-                    job.get("schedule").and_then(Value::as_str).unwrap_or("manual only"),
-                    next_run(&job)
-                );
-            }
-        }
-        JobCommand::List => {
-            let all = client.get("/api/v1/jobs")?;
-            if g.json {
-                output::json(&all)?;
-            } else if list(&all).is_empty() {
-                println!("no jobs (create one with `cairn job create NAME --vm VM [--repository NAME]`)");
-            } else {
-                let mut t = Table::new(&["NAME", "ENABLED", "SCHEDULE", "NEXT RUN", "LAST RESULT"]);
-                for j in list(&all) {
-                    t.row(vec![
-                        s(j, "name").to_string(),
-                        yes_no(b(j, "enabled")),
-                        j.get("schedule")
-                            .and_then(Value::as_str)
-                            .unwrap_or("manual")
-                            .to_string(),
-                        next_run(j),
-                        last_result(j),
-                    ]);
-                }
-                t.print();
-            }
-        }
+        JobCommand::Create { name, flags } => create(g, &client, name, flags)?,
+        JobCommand::List => list_jobs(g, &client)?,
         JobCommand::Show { name } => {
             let job = by_name(&client, "/api/v1/jobs", "job", name)?;
             if g.json {
@@ -381,30 +328,7 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
                 show(&client, &job)?;
             }
         }
-        JobCommand::Edit { name, flags } => {
-            let found = by_name(&client, "/api/v1/jobs", "job", name)?;
-            let id = job_id(&found, name)?;
-            // The job as it is now, with the version the change is based on.
-            let job = client.get(&format!("/api/v1/jobs/{id}"))?;
-            let mut spec = Map::new();
-            for key in SPEC_FIELDS {
-                spec.insert(key.into(), job.get(key).cloned().unwrap_or(Value::Null));
-            }
-            let vms = client.get("/api/v1/vms")?;
-            apply_flags(&client, &mut spec, flags, list(&vms))?;
-            spec.insert("version".into(), job.get("version").cloned().unwrap_or(Value::Null));
-            let job = client.put(&format!("/api/v1/jobs/{id}"), &spec)?;
-            if g.json {
-                output::json(&job)?;
-            } else {
-                println!(
-                    "changed job {} (version {}); next run: {}",
-                    s(&job, "name"),
-                    s_or_dash(&job, "version"),
-                    next_run(&job)
-                );
-            }
-        }
+        JobCommand::Edit { name, flags } => edit(g, &client, name, flags)?,
         JobCommand::Remove { name } => {
             let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
             client.delete(&format!("/api/v1/jobs/{id}"))?;
@@ -425,23 +349,7 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
                 println!("job {name} {verb}d; next run: {}", next_run(&job));
             }
         }
-        JobCommand::Run { name, wait } => {
-            let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
-            let started = client.post(&format!("/api/v1/jobs/{id}/run"), &json!({}))?;
-            let session = i(&started, "session_id")
-                .ok_or_else(|| anyhow::anyhow!("the server started job {name} but named no session"))?;
-            if *wait {
-                if !g.json && !g.quiet {
-                    println!("job {name}: session {session} started");
-                }
-                return sessions::wait(g, &client, session);
-            }
-            if g.json {
-                output::json(&started)?;
-            } else {
-                println!("job {name}: session {session} started (follow it with `cairn session show {session}`)");
-            }
-        }
+        JobCommand::Run { name, wait } => return run(g, &client, name, *wait),
         JobCommand::Stop { name } => {
             let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
             let stopped = client.post(&format!("/api/v1/jobs/{id}/stop"), &json!({}))?;
@@ -451,6 +359,116 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
                 println!("job {name}: stopping session {}", s_or_dash(&stopped, "session_id"));
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn job create`: a new job from the flags (into the default repository without
+/// `--repository`).
+fn create(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::Result<()> {
+    if flags.vms.is_empty() {
+        return Err(usage!("a job needs at least one --vm"));
+    }
+    let vms = client.get("/api/v1/vms")?;
+    let mut spec = Map::new();
+    spec.insert("name".into(), Value::from(name));
+    spec.insert("enabled".into(), Value::from(true));
+    let default_repository = match flags.repository {
+        Some(_) => None,
+        None => {
+            let (id, repo) = default_repository(client)?;
+            spec.insert("repository_id".into(), Value::from(id));
+            Some(repo)
+        }
+    };
+    apply_flags(client, &mut spec, flags, list(&vms))?;
+    let job = client.post("/api/v1/jobs", &spec)?;
+    if g.json {
+        output::json(&job)?;
+    } else {
+        if let Some(repo) = default_repository {
+            println!("no --repository given: the job backs up into the server's default repository {repo}");
+        }
+        println!(
+            "created job {} ({} VMs, schedule: {}, next run: {})",
+            s(&job, "name"),
+            arr(&job, "vm_ids").len(),
+            job.get("schedule").and_then(Value::as_str).unwrap_or("manual only"),
+            next_run(&job)
+        );
+    }
+    Ok(())
+}
+
+/// `cairn job list`: every job with its schedule, next run and last result.
+fn list_jobs(g: &Global, client: &Client) -> anyhow::Result<()> {
+    let all = client.get("/api/v1/jobs")?;
+    if g.json {
+        output::json(&all)?;
+    } else if list(&all).is_empty() {
+        println!("no jobs (create one with `cairn job create NAME --vm VM [--repository NAME]`)");
+    } else {
+        let mut t = Table::new(&["NAME", "ENABLED", "SCHEDULE", "NEXT RUN", "LAST RESULT"]);
+        for j in list(&all) {
+            t.row(vec![
+                s(j, "name").to_string(),
+                yes_no(b(j, "enabled")),
+                j.get("schedule")
+                    .and_then(Value::as_str)
+                    .unwrap_or("manual")
+                    .to_string(),
+                next_run(j),
+                last_result(j),
+            ]);
+        }
+        t.print();
+    }
+    Ok(())
+}
+
+/// `cairn job edit`: changes only the settings given, based on the job's current version.
+fn edit(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::Result<()> {
+    let found = by_name(client, "/api/v1/jobs", "job", name)?;
+    let id = job_id(&found, name)?;
+    // The job as it is now, with the version the change is based on.
+    let job = client.get(&format!("/api/v1/jobs/{id}"))?;
+    let mut spec = Map::new();
+    for key in SPEC_FIELDS {
+        spec.insert(key.into(), job.get(key).cloned().unwrap_or(Value::Null));
+    }
+    let vms = client.get("/api/v1/vms")?;
+    apply_flags(client, &mut spec, flags, list(&vms))?;
+    spec.insert("version".into(), job.get("version").cloned().unwrap_or(Value::Null));
+    let job = client.put(&format!("/api/v1/jobs/{id}"), &spec)?;
+    if g.json {
+        output::json(&job)?;
+    } else {
+        println!(
+            "changed job {} (version {}); next run: {}",
+            s(&job, "name"),
+            s_or_dash(&job, "version"),
+            next_run(&job)
+        );
+    }
+    Ok(())
+}
+
+/// `cairn job run`: starts a session; with `--wait`, follows it and exits with its outcome.
+fn run(g: &Global, client: &Client, name: &str, wait: bool) -> anyhow::Result<ExitCode> {
+    let id = id_by_name(client, "/api/v1/jobs", "job", name)?;
+    let started = client.post(&format!("/api/v1/jobs/{id}/run"), &json!({}))?;
+    let session = i(&started, "session_id")
+        .ok_or_else(|| anyhow::anyhow!("the server started job {name} but named no session"))?;
+    if wait {
+        if !g.json && !g.quiet {
+            println!("job {name}: session {session} started");
+        }
+        return sessions::wait(g, client, session);
+    }
+    if g.json {
+        output::json(&started)?;
+    } else {
+        println!("job {name}: session {session} started (follow it with `cairn session show {session}`)");
     }
     Ok(ExitCode::SUCCESS)
 }

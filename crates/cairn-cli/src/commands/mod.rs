@@ -1,7 +1,7 @@
 //! One module per command; [`run`] dispatches.
 
 mod agent;
-pub(crate) mod audit;
+mod audit;
 mod backup;
 mod disk;
 mod hosts;
@@ -18,7 +18,7 @@ mod retain;
 pub(crate) mod server;
 mod sessions;
 mod throttle;
-pub(crate) mod totp;
+mod totp;
 mod users;
 mod verify;
 

@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
 use serde_json::json;
 
 use super::login::code_from_terminal;
 use super::lookup::s;
-use crate::args::Global;
+use crate::args::{Global, TotpCommand};
 use crate::client::{self, Client};
 use crate::output;
 
@@ -33,25 +32,7 @@ fn confirm(g: &Global, client: &Client, name: &str, code: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// `cairn totp …`.
-#[derive(Subcommand, Debug)]
-pub enum TotpCommand {
-    /// Set up a second factor: shows the secret for an authenticator app, then asks for a code
-    /// on the terminal (without one, confirm later with `cairn totp confirm CODE`).
-    Setup,
-    /// Confirm the second factor being set up with a code the app shows.
-    Confirm {
-        /// The code.
-        code: String,
-    },
-    /// Remove your second factor (needs a current code).
-    Disable {
-        /// The code the app shows (else it is asked for on the terminal).
-        #[arg(long, value_name = "CODE")]
-        code: Option<String>,
-    },
-}
-
+/// Runs `cairn totp …` for the logged-in user.
 pub fn run(g: &Global, c: &TotpCommand) -> anyhow::Result<ExitCode> {
     let client = Client::from_global(g)?;
     let me = client.get("/api/v1/auth/whoami")?;
