@@ -40,6 +40,8 @@ pub(crate) mod session;
 pub(crate) mod settings;
 pub mod stats;
 mod stop;
+pub(crate) mod tasks;
+mod view;
 pub(crate) mod vm;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::secrets::Secrets;
 pub use error::RunError;
+pub(crate) use error::SessionError;
 pub use settings::parse_window;
 use stop::{StopReason, StopSignal};
 

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::stop::{StopReason, StopSignal};
 use super::vm::{self, VmOutcome};
-use super::{JobManager, SessionEnded, Trigger, stats};
+use super::{JobManager, SessionEnded, SessionError, Trigger, stats};
 use crate::clock::Clock;
 use crate::repositories::repository_limits;
 
@@ -40,26 +40,32 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The repository, opened once per session (the key derivation is slow).
-    pub(crate) async fn open_repository(&self) -> Result<Arc<Repository>, String> {
+    pub(crate) async fn open_repository(&self) -> Result<Arc<Repository>, SessionError> {
         let mut opened = self.opened.lock().await;
         if let Some(repo) = &*opened {
             return Ok(repo.clone());
         }
         let row = &self.repository;
-        let password = self.mgr.ctx.secrets.repository_password(row.id).map_err(|e| {
-            format!(
-                "reading the password of repository {} ({}): {e}",
-                row.settings.name,
-                self.mgr.ctx.secrets.repository_password_path(row.id).display()
-            )
-        })?;
+        let password =
+            self.mgr
+                .ctx
+                .secrets
+                .repository_password(row.id)
+                .map_err(|error| SessionError::RepositoryPassword {
+                    name: row.settings.name.clone(),
+                    path: self.mgr.ctx.secrets.repository_password_path(row.id),
+                    error,
+                })?;
         let path = row.settings.path.clone();
         let name = row.settings.name.clone();
         let (mgr, id) = (self.mgr.clone(), row.id);
         let repo = tokio::task::spawn_blocking(move || mgr.repositories.open(id, &path, password.as_deref()))
             .await
-            .map_err(|e| format!("opening repository {name}: {e}"))?
-            .map_err(|e| format!("opening repository {name}: {}", vm::error_chain(&e)))?;
+            .map_err(|error| SessionError::RepositoryOpenAbnormal {
+                name: name.clone(),
+                error,
+            })?
+            .map_err(|error| SessionError::RepositoryOpen { name, error })?;
         *opened = Some(repo.clone());
         Ok(repo)
     }
@@ -122,7 +128,7 @@ impl SessionRun {
         let worker = tokio::spawn(this.clone().execute(settings));
         let outcome = match worker.await {
             Ok(outcome) => outcome,
-            Err(e) => Err(format!("the session ended abnormally: {e}")),
+            Err(e) => Err(SessionError::Abnormal(e)),
         };
         if let Some(w) = watcher {
             w.abort();
@@ -131,13 +137,13 @@ impl SessionRun {
     }
 
     /// Ends the session: leftover tasks, state, statistics, announcement.
-    async fn finish(&self, started: Instant, outcome: Result<Passes, String>) {
+    async fn finish(&self, started: Instant, outcome: Result<Passes, SessionError>) {
         let db = &self.mgr.ctx.db;
         let (mut state, mut error, attempt) = match outcome {
             Ok(p) if p.failed => (SessionState::Failed, None, p.attempt),
             Ok(p) if p.warned => (SessionState::Warning, None, p.attempt),
             Ok(p) => (SessionState::Success, None, p.attempt),
-            Err(e) => (SessionState::Failed, Some(e), 1),
+            Err(e) => (SessionState::Failed, Some(e.to_string()), 1),
         };
         let mut tasks = db.list_tasks(self.id).await.unwrap_or_else(|e| {
             tracing::error!(session = self.id, error = %e, "listing the session's tasks failed");
@@ -189,19 +195,24 @@ impl SessionRun {
     }
 
     /// Resolves the VMs and runs the passes. An `Err` is a session-level failure.
-    async fn execute(self: Arc<Self>, settings: Option<JobSettings>) -> Result<Passes, String> {
+    async fn execute(self: Arc<Self>, settings: Option<JobSettings>) -> Result<Passes, SessionError> {
         let db = self.mgr.ctx.db.clone();
-        let settings = settings.ok_or_else(|| "internal error: the session's settings are missing".to_string())?;
-        let repository = db.get_repository(self.job.spec.repository_id).await.map_err(|e| {
-            format!(
-                "repository {} of job {}: {e}",
-                self.job.spec.repository_id, self.job.spec.name
-            )
-        })?;
+        let settings = settings.ok_or(SessionError::SettingsMissing)?;
+        let repository =
+            db.get_repository(self.job.spec.repository_id)
+                .await
+                .map_err(|error| SessionError::JobRepository {
+                    id: self.job.spec.repository_id,
+                    job: self.job.spec.name.clone(),
+                    error,
+                })?;
         let proxy = db
             .get_proxy(self.mgr.ctx.proxy_id)
             .await
-            .map_err(|e| format!("proxy {}: {e}", self.mgr.ctx.proxy_id))?;
+            .map_err(|error| SessionError::ServerProxy {
+                id: self.mgr.ctx.proxy_id,
+                error,
+            })?;
         let resources = &self.mgr.ctx.resources;
         let repo_id = RepositoryId::new(repository.id.to_string());
         let proxy_id = ProxyId::new(proxy.id.to_string());
@@ -209,13 +220,19 @@ impl SessionRun {
             let limits = repository_limits(&repository);
             resources
                 .set_repository(repo_id.clone(), limits)
-                .map_err(|e| format!("repository {}: {e}", repository.settings.name))?;
+                .map_err(|error| SessionError::RepositoryLimits {
+                    name: repository.settings.name.clone(),
+                    error,
+                })?;
         }
         if resources.proxy_load(&proxy_id).is_none() {
             let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
             resources
                 .set_proxy(proxy_id.clone(), max)
-                .map_err(|e| format!("proxy {}: {e}", proxy.settings.name))?;
+                .map_err(|error| SessionError::ProxyLimits {
+                    name: proxy.settings.name.clone(),
+                    error,
+                })?;
         }
         let mut proxy_routes = HashMap::from([(
             proxy_id.as_str().to_string(),
@@ -227,7 +244,7 @@ impl SessionRun {
             // server itself only when there is none.
             let agents = crate::movers::agent_proxies(&db, &self.mgr.ctx.movers)
                 .await
-                .map_err(|e| format!("listing proxy agents: {e}"))?;
+                .map_err(SessionError::ProxyAgents)?;
             if !agents.is_empty() {
                 let mut ids = Vec::new();
                 for (row, agent) in agents {
@@ -235,7 +252,10 @@ impl SessionRun {
                     let max = usize::try_from(agent.max_tasks).unwrap_or(1).max(1);
                     resources
                         .set_proxy(id.clone(), max)
-                        .map_err(|e| format!("proxy {}: {e}", row.settings.name))?;
+                        .map_err(|error| SessionError::ProxyLimits {
+                            name: row.settings.name.clone(),
+                            error,
+                        })?;
                     proxy_routes.insert(
                         id.as_str().to_string(),
                         (
@@ -267,7 +287,10 @@ impl SessionRun {
             let failed: HashSet<i64> = db
                 .list_tasks(session_id)
                 .await
-                .map_err(|e| format!("session {session_id}: {e}"))?
+                .map_err(|error| SessionError::RetriedSession {
+                    session: session_id,
+                    error,
+                })?
                 .iter()
                 .filter(|t| matches!(t.state, SessionState::Failed | SessionState::Stopped))
                 .filter_map(|t| t.vm_id)
@@ -325,7 +348,7 @@ impl SessionRun {
     }
 
     /// The VMs with ids `vm_ids` (in that order) and their disks, minus the excluded ones.
-    async fn resolve(&self, vm_ids: &[i64]) -> Result<Vec<VmUnit>, String> {
+    async fn resolve(&self, vm_ids: &[i64]) -> Result<Vec<VmUnit>, SessionError> {
         let db = &self.mgr.ctx.db;
         let excluded: HashSet<i64> = self.job.spec.excluded_disk_ids.iter().copied().collect();
         let mut units = Vec::new();
@@ -336,16 +359,19 @@ impl SessionRun {
                     tracing::warn!(session = self.id, vm = id, "a VM of the job no longer exists; skipped");
                     continue;
                 }
-                Err(e) => return Err(format!("VM {id}: {e}")),
+                Err(error) => return Err(SessionError::Vm { id, error }),
             };
-            let host = db
-                .get_host(vm.host_id)
-                .await
-                .map_err(|e| format!("host of VM {}: {e}", vm.name))?;
+            let host = db.get_host(vm.host_id).await.map_err(|error| SessionError::Host {
+                vm: vm.name.clone(),
+                error,
+            })?;
             let disks: Vec<Disk> = db
                 .list_disks(vm.id)
                 .await
-                .map_err(|e| format!("disks of VM {}: {e}", vm.name))?
+                .map_err(|error| SessionError::Disks {
+                    vm: vm.name.clone(),
+                    error,
+                })?
                 .into_iter()
                 .filter(|d| !excluded.contains(&d.id))
                 .collect();
@@ -389,7 +415,7 @@ impl SessionRun {
         units: Vec<VmUnit>,
         attempt: u32,
         retries: u32,
-    ) -> Result<Vec<(i64, VmOutcome)>, String> {
+    ) -> Result<Vec<(i64, VmOutcome)>, SessionError> {
         let db = &self.mgr.ctx.db;
         if attempt > 1 {
             let statistics = serde_json::json!({ "trigger": self.trigger, "attempt": attempt });
@@ -410,7 +436,11 @@ impl SessionRun {
                         disk_name: disk.name.clone(),
                     })
                     .await
-                    .map_err(|e| format!("creating the task of disk {} of VM {}: {e}", disk.name, unit.vm.name))?;
+                    .map_err(|error| SessionError::CreateTask {
+                        disk: disk.name.clone(),
+                        vm: unit.vm.name.clone(),
+                        error,
+                    })?;
                 if attempt > 1 {
                     log_db(
                         db,

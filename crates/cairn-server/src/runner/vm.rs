@@ -2,8 +2,7 @@
 //! task's outcome, apply retention.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,8 @@ use tokio::runtime::Handle;
 use super::session::{Shared, log_db, set_task_state};
 use super::settings::{FORWARD_FULL_EVERY, VmUnit};
 use super::stop::StopSignal;
-use super::{TaskProgress, lock, stats};
+use super::{TaskProgress, lock, stats, tasks, view};
+use crate::live::backup::LiveBackup;
 
 /// How a VM's backup ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +41,10 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     if shared.repository.settings.agent_id.is_some() {
         return super::remote::run_vm(shared, unit, tasks).await;
     }
-    let db = shared.mgr.ctx.db.clone();
-    let vm_name = unit.repo_name();
-    if let Some(reason) = shared.stop.reason() {
-        for &task in &tasks {
-            log_db(&db, task, LogLevel::Warning, &reason.log_text()).await;
-            set_task_state(&db, task, SessionState::Stopped).await;
-        }
-        return VmOutcome::Stopped;
+    if let Some(outcome) = tasks::stopped_before_start(&shared, &tasks).await {
+        return outcome;
     }
+    let db = shared.mgr.ctx.db.clone();
     if let Some((disk, problem)) = &unit.problem {
         for (i, &task) in tasks.iter().enumerate() {
             let text = match disk {
@@ -64,71 +59,77 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
     let repo = match shared.open_repository().await {
         Ok(repo) => repo,
         Err(e) => {
-            for &task in &tasks {
-                log_db(&db, task, LogLevel::Error, &e).await;
-                set_task_state(&db, task, SessionState::Failed).await;
-            }
+            tasks::end_all(&db, &tasks, LogLevel::Error, SessionState::Failed, &e.to_string()).await;
             return VmOutcome::Failed;
         }
     };
-
     let hooks = Arc::new(VmHooks::new(&shared, &unit, &tasks));
-    // A running VM: its point-in-time view is made once the first disk has its task slots (so the
-    // view does not wait in the queue while the guest writes into its copy-before-write overlay).
-    let mut live = None;
-    if unit.host.kind == HostKind::Qemu {
-        match hooks.acquire_first().await {
-            Ok(()) => {}
-            Err(e) => {
-                hooks.release();
-                return failed(&shared, &unit, &tasks, &hooks, VmError::Engine(e)).await;
-            }
+    let live = match start_live(&shared, &unit, &tasks, &hooks, &repo).await {
+        Ok(live) => live,
+        Err(e) => {
+            hooks.release();
+            return failed(&shared, &unit, &tasks, &hooks, e).await;
         }
-        let work_dir = unit
-            .disks
-            .first()
-            .and_then(|d| Path::new(&d.path).parent().map(Path::to_path_buf))
-            .unwrap_or_else(std::env::temp_dir);
-        let previous = crate::live::backup::previous_point(&repo, &unit.repo_name(), unit.disks.len());
-        match crate::live::backup::start(&unit, previous, shared.repository.id, &shared.settings.guest, &work_dir).await
-        {
-            Ok(l) => {
-                log_lines(&shared, &tasks, &l.lines).await;
-                live = Some(l);
-            }
-            Err(text) => {
-                hooks.release();
-                return failed(&shared, &unit, &tasks, &hooks, VmError::Live { disk: None, text }).await;
-            }
-        }
+    };
+    let result = run_engine(&shared, &unit, &repo, &hooks, live.as_ref()).await;
+    // Whatever happened, the slot is free now and no progress is live.
+    hooks.release();
+    tasks::clear_progress(&shared, &tasks);
+    let fell_back = view::end(&shared, &tasks, live, result.is_ok()).await;
+    match result {
+        Ok(result) => committed(&shared, &unit, &tasks, &hooks, &repo, result, fell_back).await,
+        Err(e) => failed(&shared, &unit, &tasks, &hooks, e).await,
     }
+}
+
+/// A running VM's point-in-time view, made once the first disk has its task slots (so the view
+/// does not wait in the queue while the guest writes into its copy-before-write overlay).
+/// `None` for a VM that is not running on QEMU.
+async fn start_live(
+    shared: &Shared,
+    unit: &VmUnit,
+    tasks: &[i64],
+    hooks: &VmHooks,
+    repo: &Repository,
+) -> Result<Option<LiveBackup>, VmError> {
+    if unit.host.kind != HostKind::Qemu {
+        return Ok(None);
+    }
+    hooks.acquire_first().await.map_err(VmError::Engine)?;
+    let previous = crate::live::backup::previous_point(repo, &unit.repo_name(), unit.disks.len());
+    let view = view::start(shared, unit, tasks, previous)
+        .await
+        .map_err(|e| VmError::Live {
+            disk: None,
+            text: e.to_string(),
+        })?;
+    Ok(Some(view))
+}
+
+/// Opens the VM's disks (or its view's) and runs the engine on a blocking thread.
+async fn run_engine(
+    shared: &Shared,
+    unit: &VmUnit,
+    repo: &Arc<Repository>,
+    hooks: &Arc<VmHooks>,
+    live: Option<&LiveBackup>,
+) -> Result<BackupResult, VmError> {
     let plan = BackupPlan {
-        vm: vm_name.clone(),
+        vm: unit.repo_name(),
         block_size: shared.settings.block_size,
         method: shared.settings.method,
         full_every: (shared.settings.method == Method::Forward).then_some(FORWARD_FULL_EVERY),
         full_kind: FullKind::Synthetic,
         force_full: false,
-        vm_config: live.as_ref().map(|l| l.vm_config.clone()),
+        vm_config: live.map(|l| l.vm_config.clone()),
     };
     let opts = BackupOptions {
         compression: shared.settings.compression,
         ..BackupOptions::default()
     };
-    let paths: Vec<PathBuf> = unit
-        .disks
-        .iter()
-        .map(|d| {
-            let p = PathBuf::from(&d.path);
-            if p.is_relative() {
-                Path::new(&unit.host.location).join(p)
-            } else {
-                p
-            }
-        })
-        .collect();
+    let paths = tasks::disk_paths(unit);
     let (engine_repo, engine_hooks) = (repo.clone(), hooks.clone());
-    let live_specs = live.as_ref().map(|l| l.specs.clone());
+    let live_specs = live.map(|l| l.specs.clone());
     let unit_disks = unit.disks.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let inputs = match &live_specs {
@@ -142,48 +143,9 @@ pub(crate) async fn run_vm(shared: Arc<Shared>, unit: VmUnit, tasks: Vec<i64>) -
             .map_err(VmError::Engine)
     })
     .await;
-    let result = match joined {
+    match joined {
         Ok(r) => r,
         Err(e) => Err(VmError::Panicked(e.to_string())),
-    };
-    // Whatever happened, the slot is free now and no progress is live.
-    hooks.release();
-    for &task in &tasks {
-        lock(&shared.mgr.progress).remove(&task);
-    }
-    let mut fell_back = false;
-    if let Some(mut l) = live {
-        let lines = l.finish(result.is_ok()).await;
-        log_lines(&shared, &tasks, &lines).await;
-        fell_back = l.warning || !lines.is_empty();
-    }
-    match result {
-        Ok(result) => {
-            let outcome = committed(&shared, &unit, &tasks, &hooks, &repo, result).await;
-            if fell_back && matches!(outcome, VmOutcome::Success { .. }) {
-                for &task in &tasks {
-                    set_task_state(&shared.mgr.ctx.db, task, SessionState::Warning).await;
-                }
-                return VmOutcome::Success { warning: true };
-            }
-            outcome
-        }
-        Err(e) => failed(&shared, &unit, &tasks, &hooks, e).await,
-    }
-}
-
-/// Writes live-backup lines to the VM's task logs (a line without a disk goes to every task).
-pub(crate) async fn log_lines(shared: &Shared, tasks: &[i64], lines: &[crate::live::backup::Line]) {
-    let db = &shared.mgr.ctx.db;
-    for line in lines {
-        match line.disk.and_then(|d| tasks.get(d)) {
-            Some(&task) => log_db(db, task, line.level, &line.text).await,
-            None => {
-                for &task in tasks {
-                    log_db(db, task, line.level, &line.text).await;
-                }
-            }
-        }
     }
 }
 
@@ -230,7 +192,7 @@ fn open_disks(paths: &[PathBuf], hooks: &VmHooks) -> Result<Vec<DiskInput>, VmEr
 }
 
 /// The VM's point is committed: record the point on its tasks, log the engine's notes, apply
-/// retention.
+/// retention; `fell_back`: a running VM's view fell back (every task warns).
 async fn committed(
     shared: &Shared,
     unit: &VmUnit,
@@ -238,6 +200,7 @@ async fn committed(
     hooks: &VmHooks,
     repo: &Arc<Repository>,
     result: BackupResult,
+    fell_back: bool,
 ) -> VmOutcome {
     let db = &shared.mgr.ctx.db;
     let kind = match result.kind {
@@ -263,9 +226,7 @@ async fn committed(
     for (i, &task) in tasks.iter().enumerate() {
         if let Some(f) = finished.get(&i) {
             let doc = stats::task_statistics(&f.stats, f.throttle_secs, f.wall_secs, Some(&result.point.id));
-            if let Err(e) = db.set_task_statistics(task, &doc).await {
-                tracing::error!(task, error = %e, "storing task statistics failed");
-            }
+            tasks::store_statistics(db, task, &doc).await;
         }
         log_db(
             db,
@@ -284,26 +245,18 @@ async fn committed(
     let keep = shared.settings.retention;
     let (retain_repo, vm) = (repo.clone(), unit.repo_name());
     let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&retain_repo, &vm, keep)).await;
-    let first = tasks[0];
-    match retained {
-        Ok(Ok(report)) => {
-            let text = cairn_mover::retention_text(keep, "", &report);
-            log_db(db, first, LogLevel::Info, &text).await;
-            VmOutcome::Success { warning: false }
-        }
-        Ok(Err(e)) => {
-            let text = format!("retention failed, the new restore point stays: {}", error_chain(&e));
-            log_db(db, first, LogLevel::Warning, &text).await;
-            set_task_state(db, first, SessionState::Warning).await;
-            VmOutcome::Success { warning: true }
-        }
-        Err(e) => {
-            let text = format!("retention ended abnormally, the new restore point stays: {e}");
-            log_db(db, first, LogLevel::Warning, &text).await;
-            set_task_state(db, first, SessionState::Warning).await;
-            VmOutcome::Success { warning: true }
-        }
-    }
+    let (text, retention_failed) = match retained {
+        Ok(Ok(report)) => (cairn_mover::retention_text(keep, "", &report), false),
+        Ok(Err(e)) => (
+            format!("retention failed, the new restore point stays: {}", error_chain(&e)),
+            true,
+        ),
+        Err(e) => (
+            format!("retention ended abnormally, the new restore point stays: {e}"),
+            true,
+        ),
+    };
+    tasks::committed_outcome(db, tasks, &text, retention_failed, fell_back).await
 }
 
 /// The VM's backup failed or was stopped: every task ends failed or stopped with the reason.
@@ -312,10 +265,7 @@ async fn failed(shared: &Shared, unit: &VmUnit, tasks: &[i64], hooks: &VmHooks, 
     let finished = hooks.finished();
     let current = hooks.current();
     if matches!(error, VmError::Engine(EngineError::Stopped)) {
-        let reason = shared
-            .stop
-            .reason()
-            .map_or_else(|| "stopped".to_string(), |r| r.log_text());
+        let reason = tasks::stop_text(shared);
         for (i, &task) in tasks.iter().enumerate() {
             let text = if finished.contains_key(&i) {
                 format!("{reason}: the VM's restore point was not committed, so this disk is not backed up")
@@ -375,17 +325,15 @@ struct HookState {
 struct VmHooks {
     rt: Handle,
     db: ConfigDb,
-    session_id: i64,
     tasks: Vec<i64>,
     resources: Arc<ResourceScheduler>,
     request: cairn_resources::TaskRequest,
     proxy_id: i64,
-    repository_id: i64,
     proxy_name: String,
     repository_name: String,
     stop: Arc<StopSignal>,
     progress: Arc<Mutex<HashMap<i64, TaskProgress>>>,
-    shared_running: Arc<Shared>,
+    shared: Arc<Shared>,
     state: Mutex<HookState>,
 }
 
@@ -397,17 +345,15 @@ impl VmHooks {
         VmHooks {
             rt: Handle::current(),
             db: shared.mgr.ctx.db.clone(),
-            session_id: shared.session_id,
             tasks: tasks.to_vec(),
             resources: shared.mgr.ctx.resources.clone(),
             request: shared.request.clone(),
             proxy_id: shared.mgr.ctx.proxy_id,
-            repository_id: shared.repository.id,
             proxy_name: shared.proxy_name.clone(),
             repository_name: shared.repository.settings.name.clone(),
             stop: shared.stop.clone(),
             progress: shared.mgr.progress.clone(),
-            shared_running: shared.clone(),
+            shared: shared.clone(),
             state: Mutex::new(HookState::default()),
         }
     }
@@ -417,6 +363,14 @@ impl VmHooks {
         if let Some(&task) = self.tasks.get(disk) {
             self.rt.block_on(log_db(&self.db, task, level, text));
         }
+    }
+
+    /// The line of a task that waits for its slots.
+    fn waiting_line(&self) -> String {
+        format!(
+            "waiting for resources: a task slot on proxy {} and on repository {}",
+            self.proxy_name, self.repository_name
+        )
     }
 
     /// Frees the slots of the disk being processed, if any.
@@ -430,16 +384,7 @@ impl VmHooks {
     /// Takes the first disk's task slots now (from async code); `disk_starting` of disk 0 uses them.
     async fn acquire_first(&self) -> Result<(), EngineError> {
         if let Some(&task) = self.tasks.first() {
-            log_db(
-                &self.db,
-                task,
-                LogLevel::Info,
-                &format!(
-                    "waiting for resources: a task slot on proxy {} and on repository {}",
-                    self.proxy_name, self.repository_name
-                ),
-            )
-            .await;
+            log_db(&self.db, task, LogLevel::Info, &self.waiting_line()).await;
         }
         let lease = tokio::select! {
             lease = self.resources.acquire_async(self.request.clone()) => lease.map_err(|e| EngineError::Hook(Box::new(e)))?,
@@ -489,14 +434,7 @@ impl BackupHooks for VmHooks {
         let lease = match prelease {
             Some(lease) => lease,
             None => {
-                self.log(
-                    disk,
-                    LogLevel::Info,
-                    &format!(
-                        "waiting for resources: a task slot on proxy {} and on repository {}",
-                        self.proxy_name, self.repository_name
-                    ),
-                );
+                self.log(disk, LogLevel::Info, &self.waiting_line());
                 self.acquire()?
             }
         };
@@ -521,34 +459,26 @@ impl BackupHooks for VmHooks {
                 total_bytes,
             },
         );
-        let db = &self.db;
-        let result = self.rt.block_on(async {
-            db.assign_task(task, Some(self.proxy_id), Some(self.repository_id))
-                .await?;
-            db.set_task_state(task, SessionState::Running, started_at).await?;
-            if !self.shared_running.running.swap(true, Ordering::SeqCst) {
-                db.set_session_state(self.session_id, SessionState::Running, started_at)
-                    .await?;
-            }
-            db.append_task_log(
+        let line = format!(
+            "processing on proxy {} ({} of {} task slots busy), writing to repository {} ({} of {} task slots \
+             busy, {share}); {} to read",
+            self.proxy_name,
+            proxy_load.map_or(0, |l| l.running),
+            proxy_load.map_or(0, |l| l.max_tasks),
+            self.repository_name,
+            repo_load.map_or(0, |l| l.running),
+            repo_load.map_or(0, |l| l.max_tasks),
+            human_bytes(total_bytes)
+        );
+        self.rt
+            .block_on(tasks::record_disk_start(
+                &self.shared,
                 task,
-                LogLevel::Info,
-                &format!(
-                    "processing on proxy {} ({} of {} task slots busy), writing to repository {} ({} of {} task \
-                     slots busy, {share}); {} to read",
-                    self.proxy_name,
-                    proxy_load.map_or(0, |l| l.running),
-                    proxy_load.map_or(0, |l| l.max_tasks),
-                    self.repository_name,
-                    repo_load.map_or(0, |l| l.running),
-                    repo_load.map_or(0, |l| l.max_tasks),
-                    human_bytes(total_bytes)
-                ),
-                Timestamp::now(),
-            )
-            .await
-        });
-        result.map(|_| ()).map_err(|e| EngineError::Hook(Box::new(e)))
+                self.proxy_id,
+                started_at,
+                &line,
+            ))
+            .map_err(|e| EngineError::Hook(Box::new(e)))
     }
 
     fn disk_finished(&self, disk: u32, stats: &PointStats) {
