@@ -213,62 +213,7 @@ impl SessionRun {
                 id: self.mgr.ctx.proxy_id,
                 error,
             })?;
-        let resources = &self.mgr.ctx.resources;
-        let repo_id = RepositoryId::new(repository.id.to_string());
-        let proxy_id = ProxyId::new(proxy.id.to_string());
-        if resources.repository_load(&repo_id).is_none() {
-            let limits = repository_limits(&repository);
-            resources
-                .set_repository(repo_id.clone(), limits)
-                .map_err(|error| SessionError::RepositoryLimits {
-                    name: repository.settings.name.clone(),
-                    error,
-                })?;
-        }
-        if resources.proxy_load(&proxy_id).is_none() {
-            let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
-            resources
-                .set_proxy(proxy_id.clone(), max)
-                .map_err(|error| SessionError::ProxyLimits {
-                    name: proxy.settings.name.clone(),
-                    error,
-                })?;
-        }
-        let mut proxy_routes = HashMap::from([(
-            proxy_id.as_str().to_string(),
-            (proxy.id, proxy.settings.name.clone(), super::remote::ProxyRoute::Server),
-        )]);
-        let mut request = TaskRequest::new(self.job.id.to_string(), proxy_id, repo_id);
-        if repository.settings.agent_id.is_some() {
-            // A repository on an agent: the proxy agents that are online do the reading; the
-            // server itself only when there is none.
-            let agents = crate::movers::agent_proxies(&db, &self.mgr.ctx.movers)
-                .await
-                .map_err(SessionError::ProxyAgents)?;
-            if !agents.is_empty() {
-                let mut ids = Vec::new();
-                for (row, agent) in agents {
-                    let id = ProxyId::new(format!("agent-proxy-{}", row.id));
-                    let max = usize::try_from(agent.max_tasks).unwrap_or(1).max(1);
-                    resources
-                        .set_proxy(id.clone(), max)
-                        .map_err(|error| SessionError::ProxyLimits {
-                            name: row.settings.name.clone(),
-                            error,
-                        })?;
-                    proxy_routes.insert(
-                        id.as_str().to_string(),
-                        (
-                            row.id,
-                            row.settings.name.clone(),
-                            super::remote::ProxyRoute::Agent(Box::new(agent)),
-                        ),
-                    );
-                    ids.push(id);
-                }
-                request = request.with_proxies(ids);
-            }
-        }
+        let (proxy_routes, request) = self.routes(&repository, &proxy).await?;
         let shared = Arc::new(Shared {
             proxy_routes,
             mgr: self.mgr.clone(),
@@ -282,21 +227,7 @@ impl SessionRun {
             opened: tokio::sync::Mutex::new(None),
         });
 
-        let mut vm_ids = self.job.spec.vm_ids.clone();
-        if let Trigger::Retry { session_id } = self.trigger {
-            let failed: HashSet<i64> = db
-                .list_tasks(session_id)
-                .await
-                .map_err(|error| SessionError::RetriedSession {
-                    session: session_id,
-                    error,
-                })?
-                .iter()
-                .filter(|t| matches!(t.state, SessionState::Failed | SessionState::Stopped))
-                .filter_map(|t| t.vm_id)
-                .collect();
-            vm_ids.retain(|id| failed.contains(id));
-        }
+        let vm_ids = self.vm_ids().await?;
         let mut units = self.resolve(&vm_ids).await?;
         let mut passes = Passes {
             attempt: 1,
@@ -345,6 +276,96 @@ impl SessionRun {
             units = self.resolve(&failed).await?;
         }
         Ok(passes)
+    }
+
+    /// Registers the repository and the proxies with the resource scheduler (a repository on an
+    /// agent: the online proxy agents, the server itself only when there is none). Returns where
+    /// each proxy runs, by resource id, and the session's task request.
+    async fn routes(
+        &self,
+        repository: &cairn_configdb::Repository,
+        proxy: &cairn_configdb::Proxy,
+    ) -> Result<(HashMap<String, (i64, String, super::remote::ProxyRoute)>, TaskRequest), SessionError> {
+        let db = &self.mgr.ctx.db;
+        let resources = &self.mgr.ctx.resources;
+        let repo_id = RepositoryId::new(repository.id.to_string());
+        let proxy_id = ProxyId::new(proxy.id.to_string());
+        if resources.repository_load(&repo_id).is_none() {
+            let limits = repository_limits(repository);
+            resources
+                .set_repository(repo_id.clone(), limits)
+                .map_err(|error| SessionError::RepositoryLimits {
+                    name: repository.settings.name.clone(),
+                    error,
+                })?;
+        }
+        if resources.proxy_load(&proxy_id).is_none() {
+            let max = usize::try_from(proxy.settings.max_tasks).unwrap_or(1).max(1);
+            resources
+                .set_proxy(proxy_id.clone(), max)
+                .map_err(|error| SessionError::ProxyLimits {
+                    name: proxy.settings.name.clone(),
+                    error,
+                })?;
+        }
+        let mut proxy_routes = HashMap::from([(
+            proxy_id.as_str().to_string(),
+            (proxy.id, proxy.settings.name.clone(), super::remote::ProxyRoute::Server),
+        )]);
+        let mut request = TaskRequest::new(self.job.id.to_string(), proxy_id, repo_id);
+        if repository.settings.agent_id.is_some() {
+            // A repository on an agent: the proxy agents that are online do the reading; the
+            // server itself only when there is none.
+            let agents = crate::movers::agent_proxies(db, &self.mgr.ctx.movers)
+                .await
+                .map_err(SessionError::ProxyAgents)?;
+            if !agents.is_empty() {
+                let mut ids = Vec::new();
+                for (row, agent) in agents {
+                    let id = ProxyId::new(format!("agent-proxy-{}", row.id));
+                    let max = usize::try_from(agent.max_tasks).unwrap_or(1).max(1);
+                    resources
+                        .set_proxy(id.clone(), max)
+                        .map_err(|error| SessionError::ProxyLimits {
+                            name: row.settings.name.clone(),
+                            error,
+                        })?;
+                    proxy_routes.insert(
+                        id.as_str().to_string(),
+                        (
+                            row.id,
+                            row.settings.name.clone(),
+                            super::remote::ProxyRoute::Agent(Box::new(agent)),
+                        ),
+                    );
+                    ids.push(id);
+                }
+                request = request.with_proxies(ids);
+            }
+        }
+        Ok((proxy_routes, request))
+    }
+
+    /// The job's VMs to back up: on a retry, those that failed or were stopped in the retried
+    /// session.
+    async fn vm_ids(&self) -> Result<Vec<i64>, SessionError> {
+        let db = &self.mgr.ctx.db;
+        let mut vm_ids = self.job.spec.vm_ids.clone();
+        if let Trigger::Retry { session_id } = self.trigger {
+            let failed: HashSet<i64> = db
+                .list_tasks(session_id)
+                .await
+                .map_err(|error| SessionError::RetriedSession {
+                    session: session_id,
+                    error,
+                })?
+                .iter()
+                .filter(|t| matches!(t.state, SessionState::Failed | SessionState::Stopped))
+                .filter_map(|t| t.vm_id)
+                .collect();
+            vm_ids.retain(|id| failed.contains(id));
+        }
+        Ok(vm_ids)
     }
 
     /// The VMs with ids `vm_ids` (in that order) and their disks, minus the excluded ones.
