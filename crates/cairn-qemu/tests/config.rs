@@ -183,7 +183,14 @@ async fn restore_daemonized(config: &VmConfig, d: &Path) -> (PathBuf, PathBuf) {
     assert_eq!(comparable(&copy), expected, "{argv2:?}");
     assert!(d.join("qga2.sock").exists(), "the copy has its own agent socket");
     assert!(d.join("serial.log").exists(), "serial output goes to the file");
+    // Dropping it kills the daemon; the next step opens its disk, so wait until the process is
+    // gone and has let go of the image's write lock.
+    let pid = cairn_qemu::process::running_pid(&d.join("vm2.pid")).expect("the daemon's pid file");
     drop(process);
+    eventually("the restored VM's QEMU to end", async || {
+        !cairn_qemu::process::pid_alive(pid)
+    })
+    .await;
     (new0, new1)
 }
 
@@ -212,7 +219,12 @@ async fn copy_beside_from_nbd(config: &VmConfig, d: &Path, new0: &Path, new1: &P
             .spawn()
             .unwrap(),
     );
-    eventually("qemu-nbd listening", async || nbd_socket.exists()).await;
+    // The socket file appears at bind(), before listen(): wait until a connection is accepted
+    // (and close it at once; `-t` keeps the server running for the next client).
+    eventually("qemu-nbd listening", async || {
+        std::os::unix::net::UnixStream::connect(&nbd_socket).is_ok()
+    })
+    .await;
     let socket3 = d.join("qmp3.sock");
     let spec = LaunchSpec {
         name: "web01-copy".into(),
