@@ -16,9 +16,9 @@ pub struct UnknownName {
 
 /// Declares a closed set of names (an enum serialised as its names).
 macro_rules! names {
-    ($(#[$m:meta])* $name:ident ($what:literal) { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+    ($(#[doc = $doc:literal])* $name:ident ($what:literal) { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $($(#[$vm])* #[serde(rename = $text)] $variant),+
         }
@@ -30,6 +30,19 @@ macro_rules! names {
                 match self { $($name::$variant => $text),+ }
             }
         }
+        /// A string schema listing the names (a derive would list the Rust variants).
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let doc: &[&str] = &[$($doc),*];
+                let description = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .description(Some(description))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -179,5 +192,37 @@ mod tests {
         assert!(Role::Administrator.at_least(Role::RestoreOperator));
         assert!(!Role::Viewer.at_least(Role::RestoreOperator));
         assert!(SessionState::Stopped.is_final() && !SessionState::Running.is_final());
+    }
+
+    /// The OpenAPI schema of each set lists exactly the names the API sends.
+    #[test]
+    fn schemas_list_the_serialised_names() {
+        fn names_in<T: utoipa::PartialSchema>() -> Vec<String> {
+            let schema = serde_json::to_value(T::schema()).unwrap();
+            assert_eq!(schema["type"], "string", "{schema}");
+            assert!(
+                schema["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{schema}"
+            );
+            schema["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        }
+        let texts = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names_in::<Role>(),
+            texts(&["administrator", "restore-operator", "viewer"])
+        );
+        assert_eq!(
+            names_in::<HostKind>(),
+            HostKind::ALL.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            names_in::<SessionState>(),
+            SessionState::ALL.iter().map(|h| h.to_string()).collect::<Vec<_>>()
+        );
     }
 }

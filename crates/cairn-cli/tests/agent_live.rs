@@ -299,7 +299,10 @@ fn a_running_vm_is_backed_up_into_a_repository_on_an_agent() {
     assert!(log1.contains("data path: proxy"), "{log1}");
     assert!(log1.contains("(this server) reads, repository agent rep01"), "{log1}");
     assert!(log1.contains("first backup of disk"), "{log1}");
-    assert!(!log1.contains("no changed block tracking for disk"), "a first backup is not a lost CBT: {log1}");
+    assert!(
+        !log1.contains("no changed block tracking for disk"),
+        "a first backup is not a lost CBT: {log1}"
+    );
     assert!(!log1.contains("dirty extents"), "{log1}");
     assert!(log1.contains(": read 20.0 MiB in"), "the 20 MiB written: {log1}");
     assert_eq!(read_bytes(&s1), 20 * M, "{s1}");

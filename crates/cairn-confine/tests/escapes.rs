@@ -77,11 +77,14 @@ fn a_mode_asked_for_is_kept_whatever_the_umask_and_set_id_bits_are_refused() {
     assert!(!s.root.join("bad.raw").exists());
 }
 
+/// Whether an error is the one a case expects.
+type IsExpected = fn(&ConfineError) -> bool;
+
 #[test]
 fn relative_dotdot_outside_and_root_paths_are_refused_by_their_text() {
     let s = setup();
     let a = allowed(&s);
-    let cases: Vec<(PathBuf, fn(&ConfineError) -> bool)> = vec![
+    let cases: Vec<(PathBuf, IsExpected)> = vec![
         (PathBuf::from("restore/x.raw"), |e| {
             matches!(e, ConfineError::NotAbsolute { .. })
         }),

@@ -23,6 +23,7 @@ pub mod extent;
 pub mod image;
 pub mod io;
 pub mod layer;
+mod output;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;

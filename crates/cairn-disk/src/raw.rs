@@ -164,12 +164,12 @@ pub struct RawWriter {
 impl RawWriter {
     /// Creates `path` (which must not exist) with `size` bytes, all holes.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
-        crate::writer::create_at(path, |out| Self::create_in(out, size))
+        crate::output::create_at(path, |out| Self::create_in(out, size))
     }
 
     /// Makes the empty file `out` a raw image of `size` bytes, all holes.
-    pub fn create_in(out: crate::writer::NewFile, size: u64) -> Result<Self> {
-        let crate::writer::NewFile { file, path } = out;
+    pub fn create_in(out: crate::output::NewFile, size: u64) -> Result<Self> {
+        let crate::output::NewFile { file, path } = out;
         file.set_len(size).map_err(io(&path, "set length"))?;
         Ok(RawWriter { path, file })
     }
@@ -188,7 +188,7 @@ impl RawWriter {
     }
 }
 
-impl crate::writer::DiskWriter for RawWriter {
+impl crate::output::DiskWriter for RawWriter {
     fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         RawWriter::write_at(self, data, offset)
     }

@@ -26,7 +26,7 @@ use cairn_disk::extent::{self, Extent};
 use cairn_disk::raw::is_zero;
 use cairn_format::codec::{Compression, Compressor};
 use cairn_format::crypto::Keys;
-use cairn_format::index::{BlockRef, DiskMap};
+use cairn_format::index::{BlockRef, DiskMap, PointIndex};
 use cairn_format::record::RecordEncoder;
 use cairn_repo::chain::{DiskMeta, PointStats};
 use cairn_repo::{BackupPlan, BackupSession, PointMeta, Repository, SessionKind};
@@ -198,90 +198,201 @@ pub fn backup_with_hooks(
     let kind = session.kind();
     let bs = u64::from(session.block_size());
     let previous = session.previous().cloned();
-    let dedup: Arc<HashMap<[u8; 32], BlockRef>> = Arc::new(
-        previous
-            .iter()
-            .flat_map(|p| p.disks.iter().flat_map(|d| d.blocks.iter()))
-            .map(|r| (r.hash, *r))
-            .collect(),
-    );
 
     // Decide what to read on every disk first, so progress knows the total.
-    let mut plans = Vec::new();
     let mut notes = Vec::new();
-    for (no, mut input) in disks.into_iter().enumerate() {
-        let prev_map = previous.as_ref().and_then(|p| p.disk(no as u32).cloned()).map(Arc::new);
-        if let Some(base) = &input.changed_since
-            && input.changed.is_some()
-            && prev_map.is_some()
-        {
-            let prev_source = session
-                .previous_point()
-                .and_then(|p| p.disks.iter().find(|d| d.disk == no as u32))
-                .and_then(|d| d.source_id.as_deref());
-            if prev_source != Some(base.as_str()) {
-                notes.push(format!(
-                    "disk {no}: the previous restore point was not read from this child's parent \
-                     (or the parent changed since), so every allocated block is read"
-                ));
-                input.changed = None;
-            }
-        }
-        if input.changed.is_some()
-            && input.changed_since.is_none()
-            && prev_map.is_some()
-            && !session.previous_is_newest()
-        {
-            notes.push(format!(
-                "disk {no}: newer restore points were removed by a repair, so the changed extents given \
-                 (tracked since a removed point) are not used and every allocated block is read"
-            ));
-            input.changed = None;
-        }
-        let to_read = match (&input.changed, &prev_map) {
-            // With CBT, read only changed blocks; unchanged ones come from the previous point.
-            (Some(changed), Some(prev)) => {
-                // Extents past the end of the disk describe nothing to read.
-                let size = input.source.virtual_size();
-                let mut read: Vec<Extent> = changed
-                    .iter()
-                    .filter(|e| e.offset < size)
-                    .map(|e| Extent {
-                        offset: e.offset,
-                        length: e.length.min(size - e.offset),
-                    })
-                    .collect();
-                read.extend(resized_tail(prev.virtual_size, input.source.virtual_size(), bs));
-                extent::normalize(read)
-            }
-            _ => input.source.allocation()?,
-        };
-        let blocks: Vec<u64> = extent::touched_blocks(&to_read, bs).collect();
-        plans.push((no as u32, input, prev_map, blocks));
+    let mut plans = Vec::new();
+    for (no, input) in disks.into_iter().enumerate() {
+        plans.push(plan_disk(
+            &session,
+            previous.as_deref(),
+            no as u32,
+            input,
+            bs,
+            &mut notes,
+        )?);
     }
-    // Bytes each disk will read (a short last block counts its own length).
-    let read_bytes = |input: &DiskInput, blocks: &[u64]| -> u64 {
-        let size = input.source.virtual_size();
-        blocks.iter().map(|b| (size - (b * bs).min(size)).min(bs)).sum()
-    };
-    let total_bytes: u64 = plans.iter().map(|p| read_bytes(&p.1, &p.3)).sum();
-    let done = AtomicU64::new(0);
+    let total_bytes: u64 = plans.iter().map(|p| read_bytes(&p.input, &p.blocks, bs)).sum();
 
-    let (source_busy, proxy_busy, target_busy) = (Busy::default(), Busy::default(), Busy::default());
-    let mut stats = PointStats::default();
+    let mut point = PointWork {
+        session: &mut session,
+        keys: repo.keys(),
+        dedup: Arc::new(dedup_index(previous.as_deref())),
+        written: HashMap::new(),
+        opts,
+        hooks,
+        bs,
+        done: AtomicU64::new(0),
+        total_bytes,
+        busy: (Busy::default(), Busy::default(), Busy::default()),
+        stats: PointStats::default(),
+        waited: Duration::ZERO,
+    };
     let mut maps = Vec::new();
-    // Time spent in `disk_starting` (waiting for the caller), left out of the statistics.
-    let mut waited = Duration::ZERO;
-    // Blocks this backup stored, by hash: dedup across all of the VM's disks.
-    let mut written: HashMap<[u8; 32], BlockRef> = HashMap::new();
-    for (no, input, prev_map, blocks) in plans {
+    for plan in plans {
         if hooks.stop_requested() {
             return Err(EngineError::Stopped);
         }
-        let disk_total = read_bytes(&input, &blocks);
+        maps.push(point.back_up_disk(plan)?);
+    }
+
+    let PointWork {
+        mut stats,
+        busy: (source_busy, proxy_busy, target_busy),
+        waited,
+        ..
+    } = point;
+    let wall = started.elapsed().saturating_sub(waited);
+    stats.duration_secs = wall.as_secs_f64();
+    stats.busy = busy_percentages((&source_busy, &proxy_busy, &target_busy), wall, opts.threads);
+    stats.bottleneck = bottleneck(&stats.busy);
+    let point = target_busy.time(|| session.commit(maps, stats))?;
+    Ok(BackupResult { point, kind, notes })
+}
+
+/// The blocks of the previous point by hash, for dedup against it.
+fn dedup_index(previous: Option<&PointIndex>) -> HashMap<[u8; 32], BlockRef> {
+    previous
+        .iter()
+        .flat_map(|p| p.disks.iter().flat_map(|d| d.blocks.iter()))
+        .map(|r| (r.hash, *r))
+        .collect()
+}
+
+/// One disk, with what the backup reads of it.
+struct DiskPlan {
+    /// The disk's number in the point.
+    no: u32,
+    /// The disk.
+    input: DiskInput,
+    /// Its map in the previous point, if it has one.
+    prev: Option<Arc<DiskMap>>,
+    /// The blocks to read, in order.
+    blocks: Vec<u64>,
+}
+
+/// Decides what to read of disk `no`: with usable changed extents only the changed blocks,
+/// else every allocated one. Explains in `notes` why changed extents were not used.
+fn plan_disk(
+    session: &BackupSession,
+    previous: Option<&PointIndex>,
+    no: u32,
+    mut input: DiskInput,
+    bs: u64,
+    notes: &mut Vec<String>,
+) -> Result<DiskPlan> {
+    let prev = previous.and_then(|p| p.disk(no).cloned()).map(Arc::new);
+    if prev.is_some() {
+        drop_unusable_changes(session, no, &mut input, notes);
+    }
+    let to_read = match (&input.changed, &prev) {
+        // With CBT, read only changed blocks; unchanged ones come from the previous point.
+        (Some(changed), Some(prev)) => changed_extents(changed, &input, prev, bs),
+        _ => input.source.allocation()?,
+    };
+    let blocks: Vec<u64> = extent::touched_blocks(&to_read, bs).collect();
+    Ok(DiskPlan {
+        no,
+        input,
+        prev,
+        blocks,
+    })
+}
+
+/// Forgets the changed extents of disk `no` (which has a previous map) when they are not
+/// relative to the previous point: a differencing child whose parent is not what the previous
+/// point read, or a point tracked since was removed by a repair.
+fn drop_unusable_changes(session: &BackupSession, no: u32, input: &mut DiskInput, notes: &mut Vec<String>) {
+    if let Some(base) = &input.changed_since
+        && input.changed.is_some()
+    {
+        let prev_source = session
+            .previous_point()
+            .and_then(|p| p.disks.iter().find(|d| d.disk == no))
+            .and_then(|d| d.source_id.as_deref());
+        if prev_source != Some(base.as_str()) {
+            notes.push(format!(
+                "disk {no}: the previous restore point was not read from this child's parent \
+                 (or the parent changed since), so every allocated block is read"
+            ));
+            input.changed = None;
+        }
+    }
+    if input.changed.is_some() && input.changed_since.is_none() && !session.previous_is_newest() {
+        notes.push(format!(
+            "disk {no}: newer restore points were removed by a repair, so the changed extents given \
+             (tracked since a removed point) are not used and every allocated block is read"
+        ));
+        input.changed = None;
+    }
+}
+
+/// The extents to read with CBT: the changed ones inside the disk, and a last block whose
+/// length the disk's resize changed.
+fn changed_extents(changed: &[Extent], input: &DiskInput, prev: &DiskMap, bs: u64) -> Vec<Extent> {
+    // Extents past the end of the disk describe nothing to read.
+    let size = input.source.virtual_size();
+    let mut read: Vec<Extent> = changed
+        .iter()
+        .filter(|e| e.offset < size)
+        .map(|e| Extent {
+            offset: e.offset,
+            length: e.length.min(size - e.offset),
+        })
+        .collect();
+    read.extend(resized_tail(prev.virtual_size, input.source.virtual_size(), bs));
+    extent::normalize(read)
+}
+
+/// Bytes a disk will read (a short last block counts its own length).
+fn read_bytes(input: &DiskInput, blocks: &[u64], bs: u64) -> u64 {
+    let size = input.source.virtual_size();
+    blocks.iter().map(|b| (size - (b * bs).min(size)).min(bs)).sum()
+}
+
+/// A point being written, disk after disk.
+struct PointWork<'a> {
+    /// The repository session writing the point.
+    session: &'a mut BackupSession,
+    /// The repository's keys.
+    keys: &'a Arc<Keys>,
+    /// The previous point's blocks by hash.
+    dedup: Arc<HashMap<[u8; 32], BlockRef>>,
+    /// Blocks this backup stored, by hash: dedup across all of the VM's disks.
+    written: HashMap<[u8; 32], BlockRef>,
+    /// Tuning of the data path.
+    opts: &'a BackupOptions,
+    /// The caller's hooks.
+    hooks: &'a dyn BackupHooks,
+    /// Block size in bytes.
+    bs: u64,
+    /// Bytes read so far, of all disks.
+    done: AtomicU64,
+    /// Bytes all disks will read.
+    total_bytes: u64,
+    /// Busy time of the source, proxy and target stages, over all disks.
+    busy: (Busy, Busy, Busy),
+    /// The point's statistics so far.
+    stats: PointStats,
+    /// Time spent in `disk_starting` (waiting for the caller), left out of the statistics.
+    waited: Duration,
+}
+
+impl PointWork<'_> {
+    /// Backs up one disk: waits for the caller's go, reads, processes and writes its planned
+    /// blocks, reuses the unchanged ones, and returns its map and metadata.
+    fn back_up_disk(&mut self, plan: DiskPlan) -> Result<(DiskMap, DiskMeta)> {
+        let DiskPlan {
+            no,
+            input,
+            prev,
+            blocks,
+        } = plan;
+        let (hooks, bs) = (self.hooks, self.bs);
+        let disk_total = read_bytes(&input, &blocks, bs);
         let wait_start = Instant::now();
         hooks.disk_starting(no, disk_total)?;
-        waited += wait_start.elapsed();
+        self.waited += wait_start.elapsed();
         hooks.disk_reading(no, &blocks)?;
         let disk_started = Instant::now();
         let counters = Counters::default();
@@ -290,20 +401,21 @@ pub fn backup_with_hooks(
         let disk_done = AtomicU64::new(0);
         let disk = DiskWork {
             source: input.source.as_ref(),
-            prev: prev_map.clone(),
+            prev: prev.clone(),
             blocks,
             bs,
         };
+        let (done, total_bytes) = (&self.done, self.total_bytes);
         let mut refs = run_disk(
-            &mut session,
+            self.session,
             &disk,
-            repo.keys(),
-            &dedup,
-            opts,
+            self.keys,
+            &self.dedup,
+            self.opts,
             (&busy.0, &busy.1, &busy.2),
             &counters,
             &mut disk_stats,
-            &mut written,
+            &mut self.written,
             hooks,
             &|n| {
                 hooks.progress(
@@ -321,56 +433,69 @@ pub fn backup_with_hooks(
         )?;
         let size = input.source.virtual_size();
         if input.changed.is_some()
-            && let Some(prev) = &prev_map
+            && let Some(prev) = &prev
         {
-            // Blocks outside the changed extents are as they were.
-            let read: std::collections::HashSet<u64> = disk.blocks.iter().copied().collect();
-            let count = size.div_ceil(bs);
-            for r in prev
-                .blocks
-                .iter()
-                .filter(|r| !read.contains(&r.block) && r.block < count)
-            {
-                refs.push(busy.2.time(|| session.reuse(r.block, r))?);
-                disk_stats.unchanged_blocks += 1;
-            }
+            self.reuse_unchanged(prev, &disk.blocks, size, &busy.2, &mut refs, &mut disk_stats)?;
         }
         let disk_wall = disk_started.elapsed();
         disk_stats.read_bytes = counters.read_bytes.load(Ordering::Relaxed);
         disk_stats.read_blocks = counters.read_blocks.load(Ordering::Relaxed);
         disk_stats.duration_secs = disk_wall.as_secs_f64();
-        disk_stats.busy = busy_percentages((&busy.0, &busy.1, &busy.2), disk_wall, opts.threads);
+        disk_stats.busy = busy_percentages((&busy.0, &busy.1, &busy.2), disk_wall, self.opts.threads);
         disk_stats.bottleneck = bottleneck(&disk_stats.busy);
-        add_counts(&mut stats, &disk_stats);
-        source_busy.add(&busy.0);
-        proxy_busy.add(&busy.1);
-        target_busy.add(&busy.2);
+        add_counts(&mut self.stats, &disk_stats);
+        self.busy.0.add(&busy.0);
+        self.busy.1.add(&busy.1);
+        self.busy.2.add(&busy.2);
         hooks.disk_finished(no, &disk_stats);
-        refs.sort_unstable_by_key(|r| r.block);
-        let map = DiskMap {
-            disk: no,
-            virtual_size: size,
-            block_size: session.block_size(),
-            blocks: refs,
-        };
-        let meta = DiskMeta {
-            disk: no,
-            source: input.source.describe(),
-            virtual_size: size,
-            blocks: map.blocks.len() as u64,
-            logical_sector: input.source.sector_sizes().logical,
-            physical_sector: input.source.sector_sizes().physical,
-            source_id: input.source.identity(),
-        };
-        maps.push((map, meta));
+        Ok(disk_records(no, &input, refs, self.session.block_size()))
     }
 
-    let wall = started.elapsed().saturating_sub(waited);
-    stats.duration_secs = wall.as_secs_f64();
-    stats.busy = busy_percentages((&source_busy, &proxy_busy, &target_busy), wall, opts.threads);
-    stats.bottleneck = bottleneck(&stats.busy);
-    let point = target_busy.time(|| session.commit(maps, stats))?;
-    Ok(BackupResult { point, kind, notes })
+    /// Adds the previous point's records of the blocks that were not read (outside the changed
+    /// extents, so as they were) to `refs`.
+    fn reuse_unchanged(
+        &mut self,
+        prev: &DiskMap,
+        read: &[u64],
+        size: u64,
+        target_busy: &Busy,
+        refs: &mut Vec<BlockRef>,
+        disk_stats: &mut PointStats,
+    ) -> Result<()> {
+        let read: std::collections::HashSet<u64> = read.iter().copied().collect();
+        let count = size.div_ceil(self.bs);
+        for r in prev
+            .blocks
+            .iter()
+            .filter(|r| !read.contains(&r.block) && r.block < count)
+        {
+            refs.push(target_busy.time(|| self.session.reuse(r.block, r))?);
+            disk_stats.unchanged_blocks += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The map (records in block order) and metadata of disk `no`.
+fn disk_records(no: u32, input: &DiskInput, mut refs: Vec<BlockRef>, block_size: u32) -> (DiskMap, DiskMeta) {
+    let size = input.source.virtual_size();
+    refs.sort_unstable_by_key(|r| r.block);
+    let map = DiskMap {
+        disk: no,
+        virtual_size: size,
+        block_size,
+        blocks: refs,
+    };
+    let meta = DiskMeta {
+        disk: no,
+        source: input.source.describe(),
+        virtual_size: size,
+        blocks: map.blocks.len() as u64,
+        logical_sector: input.source.sector_sizes().logical,
+        physical_sector: input.source.sector_sizes().physical,
+        source_id: input.source.identity(),
+    };
+    (map, meta)
 }
 
 /// Busy percentage per stage (source, proxy, network, target) over `wall`.

@@ -28,7 +28,7 @@ use cairn_format::codec::Compression;
 use cairn_format::crypto::KdfParams;
 use cairn_repo::retention::retain;
 use cairn_repo::verify::verify;
-use cairn_repo::{BackupPlan, Encryption, FullKind, Method, PointKind, RepoError, Repository, SessionKind};
+use cairn_repo::{BackupPlan, Encryption, FullKind, Method, PointKind, PointStats, RepoError, Repository, SessionKind};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -450,6 +450,8 @@ fn check_repository(repo: &Repository, model: &Model, scratch: &Path) -> Result<
     Ok(())
 }
 
+/// Runs `ops` on a new repository and checks it against the model after every backup and
+/// retention.
 fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let repo_dir = dir.path().join("repo");
@@ -469,155 +471,201 @@ fn run_case(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
 
     for (step, op) in ops.iter().enumerate() {
         let ctx = |what: &str| format!("step {step} ({op:?}): {what}");
-        match op {
+        let check = match op {
             Op::Write { disk, block, fill } => {
                 model.write(*disk, *block, fill);
-                continue;
+                false
             }
             Op::SwitchMethod => {
                 model.method = match model.method {
                     Method::ForeverForward => Method::Forward,
                     Method::Forward => Method::ForeverForward,
                 };
-                continue;
+                false
             }
             Op::Backup {
                 cbt,
                 force_full,
                 sparse,
             } => {
-                let want_kind = model.next_kind(setup, *force_full);
-                let plan = BackupPlan {
-                    vm: VM.into(),
-                    block_size: BS as u32,
-                    method: model.method,
-                    full_every: Some(setup.full_every),
-                    full_kind: setup.full_kind,
-                    force_full: *force_full,
-                    vm_config: None,
-                };
-                let mut inputs = Vec::new();
-                let mut read_sets = Vec::new();
-                for (d, data) in model.disks.iter().enumerate() {
-                    let size = data.len() as u64;
-                    let changed: Option<Vec<Extent>> = match cbt {
-                        Cbt::Off => None,
-                        Cbt::Exact => Some(model.dirty[d].clone()),
-                        Cbt::Superset(extra) => {
-                            let mut v = model.dirty[d].clone();
-                            for &(o, l) in extra {
-                                let offset = o % size;
-                                v.push(Extent {
-                                    offset,
-                                    length: l.min(size - offset),
-                                });
-                            }
-                            Some(v)
-                        }
-                    };
-                    // CBT is used only when there is a previous point to build on.
-                    let uses_cbt = changed.is_some() && want_kind != SessionKind::ActiveFull;
-                    read_sets.push(blocks_read(data, changed.as_deref().filter(|_| uses_cbt), *sparse));
-                    inputs.push(DiskInput {
-                        source: Box::new(MemDisk {
-                            data: data.clone(),
-                            sparse: *sparse,
-                        }),
-                        changed,
-                        changed_since: None,
-                    });
-                }
-                let result = backup(&repo, &plan, inputs, &opts, &|_| {})
-                    .map_err(|e| TestCaseError::fail(ctx(&format!("backup failed: {e}"))))?;
-                prop_assert_eq!(result.kind, want_kind, "{}", ctx("session kind"));
-
-                // Dedup: nothing stored that the previous point has, nothing twice.
-                let prev: HashSet<&[u8]> = match (want_kind, model.points.last()) {
-                    (SessionKind::ActiveFull, _) | (_, None) => HashSet::new(),
-                    (_, Some(p)) => p
-                        .disks
-                        .iter()
-                        .flat_map(|d| {
-                            let size = d.len() as u64;
-                            (0..block_count(size)).map(move |b| &d[block_range(size, b)])
-                        })
-                        .filter(|c| c.iter().any(|&x| x != 0))
-                        .collect(),
-                };
-                let mut global: HashSet<&[u8]> = HashSet::new();
-                let mut per_disk = 0u64;
-                for (data, blocks) in model.disks.iter().zip(&read_sets) {
-                    let size = data.len() as u64;
-                    let mut mine: HashSet<&[u8]> = HashSet::new();
-                    for &b in blocks {
-                        let c = &data[block_range(size, b)];
-                        if c.iter().any(|&x| x != 0) && !prev.contains(c) {
-                            mine.insert(c);
-                        }
-                    }
-                    per_disk += mine.len() as u64;
-                    global.extend(mine);
-                }
-                let stats = &result.point.stats;
-                prop_assert!(
-                    global.len() as u64 <= stats.new_blocks && stats.new_blocks <= per_disk,
-                    "{}: stored {} new blocks, expected between {} and {}",
-                    ctx("dedup"),
-                    stats.new_blocks,
-                    global.len(),
-                    per_disk
-                );
-
-                model.points.push(PointModel {
-                    id: result.point.id.clone(),
-                    kind: if want_kind == SessionKind::Incremental {
-                        PointKind::Incremental
-                    } else {
-                        PointKind::Full
-                    },
-                    disks: model.disks.clone(),
-                });
-                model.chain_method = model.method;
-                for d in &mut model.dirty {
-                    d.clear();
-                }
+                backup_step(setup, &repo, &opts, &mut model, cbt, *force_full, *sparse, &ctx)?;
+                true
             }
-            Op::Retain { keep } => {
-                let before = model.points.len();
-                let newest: Vec<String> = model.points.iter().rev().take(*keep).map(|p| p.id.clone()).collect();
-                let res = retain(&repo, VM, *keep);
-                if before == 0 {
-                    prop_assert!(
-                        matches!(res, Err(RepoError::NoSuchVm { .. })),
-                        "{}",
-                        ctx("retain on no chain")
-                    );
-                    continue;
-                }
-                let report = res.map_err(|e| TestCaseError::fail(ctx(&format!("retain failed: {e}"))))?;
-                model.retain(*keep);
-                let kept = report.kept;
-                match model.chain_method {
-                    Method::ForeverForward => prop_assert_eq!(kept, before.min(*keep), "{}", ctx("kept")),
-                    Method::Forward => {
-                        prop_assert!(kept >= before.min(*keep), "{}: kept {kept} of {before}", ctx("kept"));
-                    }
-                }
-                prop_assert_eq!(kept, model.points.len(), "{}", ctx("kept vs model"));
-                prop_assert_eq!(report.removed.len(), before - kept, "{}", ctx("removed"));
-                let ids: HashSet<&str> = model.points.iter().map(|p| p.id.as_str()).collect();
-                for id in &newest {
-                    prop_assert!(
-                        ids.contains(id.as_str()),
-                        "{}: newest point {id} removed",
-                        ctx("retain")
-                    );
-                }
-            }
+            Op::Retain { keep } => retain_step(&repo, &mut model, *keep, &ctx)?,
+        };
+        if check {
+            check_repository(&repo, &model, &scratch).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
         }
-        check_repository(&repo, &model, &scratch).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
     }
     Ok(())
+}
+
+/// Backs up the model's disks, checks the session kind and dedup, and records the point in
+/// the model.
+#[allow(clippy::too_many_arguments)]
+fn backup_step(
+    setup: &Setup,
+    repo: &Repository,
+    opts: &BackupOptions,
+    model: &mut Model,
+    cbt: &Cbt,
+    force_full: bool,
+    sparse: bool,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<(), TestCaseError> {
+    let want_kind = model.next_kind(setup, force_full);
+    let plan = BackupPlan {
+        vm: VM.into(),
+        block_size: BS as u32,
+        method: model.method,
+        full_every: Some(setup.full_every),
+        full_kind: setup.full_kind,
+        force_full,
+        vm_config: None,
+    };
+    let (inputs, read_sets) = disk_inputs(model, cbt, sparse, want_kind);
+    let result = backup(repo, &plan, inputs, opts, &|_| {})
+        .map_err(|e| TestCaseError::fail(ctx(&format!("backup failed: {e}"))))?;
+    prop_assert_eq!(result.kind, want_kind, "{}", ctx("session kind"));
+    check_dedup(model, want_kind, &read_sets, &result.point.stats, ctx)?;
+
+    model.points.push(PointModel {
+        id: result.point.id.clone(),
+        kind: if want_kind == SessionKind::Incremental {
+            PointKind::Incremental
+        } else {
+            PointKind::Full
+        },
+        disks: model.disks.clone(),
+    });
+    model.chain_method = model.method;
+    for d in &mut model.dirty {
+        d.clear();
+    }
+    Ok(())
+}
+
+/// The model's disks as backup inputs with the changed extents `cbt` gives, and the blocks
+/// the backup reads of each.
+fn disk_inputs(model: &Model, cbt: &Cbt, sparse: bool, want_kind: SessionKind) -> (Vec<DiskInput>, Vec<Vec<u64>>) {
+    let mut inputs = Vec::new();
+    let mut read_sets = Vec::new();
+    for (d, data) in model.disks.iter().enumerate() {
+        let size = data.len() as u64;
+        let changed: Option<Vec<Extent>> = match cbt {
+            Cbt::Off => None,
+            Cbt::Exact => Some(model.dirty[d].clone()),
+            Cbt::Superset(extra) => {
+                let mut v = model.dirty[d].clone();
+                for &(o, l) in extra {
+                    let offset = o % size;
+                    v.push(Extent {
+                        offset,
+                        length: l.min(size - offset),
+                    });
+                }
+                Some(v)
+            }
+        };
+        // CBT is used only when there is a previous point to build on.
+        let uses_cbt = changed.is_some() && want_kind != SessionKind::ActiveFull;
+        read_sets.push(blocks_read(data, changed.as_deref().filter(|_| uses_cbt), sparse));
+        inputs.push(DiskInput {
+            source: Box::new(MemDisk {
+                data: data.clone(),
+                sparse,
+            }),
+            changed,
+            changed_since: None,
+        });
+    }
+    (inputs, read_sets)
+}
+
+/// Dedup: nothing stored that the previous point has, nothing twice.
+fn check_dedup(
+    model: &Model,
+    want_kind: SessionKind,
+    read_sets: &[Vec<u64>],
+    stats: &PointStats,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<(), TestCaseError> {
+    let prev: HashSet<&[u8]> = match (want_kind, model.points.last()) {
+        (SessionKind::ActiveFull, _) | (_, None) => HashSet::new(),
+        (_, Some(p)) => p
+            .disks
+            .iter()
+            .flat_map(|d| {
+                let size = d.len() as u64;
+                (0..block_count(size)).map(move |b| &d[block_range(size, b)])
+            })
+            .filter(|c| c.iter().any(|&x| x != 0))
+            .collect(),
+    };
+    let mut global: HashSet<&[u8]> = HashSet::new();
+    let mut per_disk = 0u64;
+    for (data, blocks) in model.disks.iter().zip(read_sets) {
+        let size = data.len() as u64;
+        let mut mine: HashSet<&[u8]> = HashSet::new();
+        for &b in blocks {
+            let c = &data[block_range(size, b)];
+            if c.iter().any(|&x| x != 0) && !prev.contains(c) {
+                mine.insert(c);
+            }
+        }
+        per_disk += mine.len() as u64;
+        global.extend(mine);
+    }
+    prop_assert!(
+        global.len() as u64 <= stats.new_blocks && stats.new_blocks <= per_disk,
+        "{}: stored {} new blocks, expected between {} and {}",
+        ctx("dedup"),
+        stats.new_blocks,
+        global.len(),
+        per_disk
+    );
+    Ok(())
+}
+
+/// Applies retention keeping `keep` points and checks what was kept against the model.
+/// Returns whether there was a chain (and so the repository is to be checked).
+fn retain_step(
+    repo: &Repository,
+    model: &mut Model,
+    keep: usize,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<bool, TestCaseError> {
+    let before = model.points.len();
+    let newest: Vec<String> = model.points.iter().rev().take(keep).map(|p| p.id.clone()).collect();
+    let res = retain(repo, VM, keep);
+    if before == 0 {
+        prop_assert!(
+            matches!(res, Err(RepoError::NoSuchVm { .. })),
+            "{}",
+            ctx("retain on no chain")
+        );
+        return Ok(false);
+    }
+    let report = res.map_err(|e| TestCaseError::fail(ctx(&format!("retain failed: {e}"))))?;
+    model.retain(keep);
+    let kept = report.kept;
+    match model.chain_method {
+        Method::ForeverForward => prop_assert_eq!(kept, before.min(keep), "{}", ctx("kept")),
+        Method::Forward => {
+            prop_assert!(kept >= before.min(keep), "{}: kept {kept} of {before}", ctx("kept"));
+        }
+    }
+    prop_assert_eq!(kept, model.points.len(), "{}", ctx("kept vs model"));
+    prop_assert_eq!(report.removed.len(), before - kept, "{}", ctx("removed"));
+    let ids: HashSet<&str> = model.points.iter().map(|p| p.id.as_str()).collect();
+    for id in &newest {
+        prop_assert!(
+            ids.contains(id.as_str()),
+            "{}: newest point {id} removed",
+            ctx("retain")
+        );
+    }
+    Ok(true)
 }
 
 fn config() -> ProptestConfig {

@@ -80,14 +80,51 @@ pub async fn send_disks(
     task: SourceTask,
     disks: Vec<SourceDisk>,
     identity: &TlsIdentity,
-    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    instructions: mpsc::UnboundedReceiver<Instruction>,
     link: Arc<dyn TaskLink>,
 ) -> Result<SourceSummary, MoverError> {
     link.emit(TaskEvent::Described {
         disks: disks.iter().map(|d| d.description.clone()).collect(),
     });
-    let disks: Arc<Vec<SourceDisk>> = Arc::new(disks);
+    let pacer = Arc::new(Pacer::new(task.network_rate));
+    let config = sender_config(&task, identity, pacer.clone())?;
+    let started = Instant::now();
 
+    let streams = task.target.streams;
+    let mut run = SourceRun {
+        plans: Plans {
+            disks: Arc::new(disks),
+            bs: u64::from(task.block_size),
+            planned: 0,
+            pending: VecDeque::new(),
+        },
+        instructions,
+        link,
+        pacer,
+        config,
+        streams,
+        sender: None,
+        summary: SourceSummary {
+            streams,
+            ..SourceSummary::default()
+        },
+        control_tick: tokio::time::interval(Duration::from_millis(250)),
+    };
+    while !run.plans.all_sent() {
+        let Some((disk, blocks)) = run.next_plan().await? else {
+            continue;
+        };
+        if run.sender.is_none() {
+            run.connect().await?;
+        }
+        run.send_plan(disk, blocks).await?;
+    }
+    run.finish(started).await
+}
+
+/// The sender's configuration for the task's target endpoint: its address, name and pinned
+/// fingerprint, streams, window and block size, throttled by `pacer`.
+fn sender_config(task: &SourceTask, identity: &TlsIdentity, pacer: Arc<Pacer>) -> Result<SenderConfig, MoverError> {
     let endpoint = &task.target;
     let transfer: TransferId = endpoint.transfer.parse().map_err(MoverError::Protocol)?;
     let fingerprint = endpoint
@@ -101,139 +138,186 @@ pub async fn send_disks(
     let server_name = ServerName::try_from(endpoint.server_name.clone())
         .map_err(|e| MoverError::Protocol(format!("the target's name {:?}: {e}", endpoint.server_name)))?;
     let tls = sender_tls_config(identity, PeerPolicy::pinned(fingerprint))?;
-    let pacer = Arc::new(Pacer::new(task.network_rate));
     let mut config = SenderConfig::new(addr, server_name, tls, transfer);
     config.streams = endpoint.streams;
     config.window = WINDOW;
     config.max_block_len = task.block_size.max(1);
-    config.throttle = Some(pacer.clone());
-    let started = Instant::now();
+    config.throttle = Some(pacer);
+    Ok(config)
+}
 
-    let mut sender: Option<Sender> = None;
-    let mut pending: VecDeque<(u32, Vec<u64>)> = VecDeque::new();
-    let mut planned = 0usize;
-    let mut summary = SourceSummary {
-        streams: endpoint.streams,
-        ..SourceSummary::default()
-    };
-    let mut control_tick = tokio::time::interval(Duration::from_millis(250));
-    let bs = u64::from(task.block_size);
-    while planned < disks.len() || !pending.is_empty() {
-        // Wait for the next plan (or a stop).
-        let (disk, blocks) = match pending.pop_front() {
-            Some(p) => p,
-            None => {
-                tokio::select! {
-                    ins = instructions.recv() => {
-                        match ins {
-                            Some(Instruction::ReadPlan { disk, runs, .. }) => {
-                                let blocks = plan_blocks(&disks, disk, &runs, bs)?;
-                                planned += 1;
-                                pending.push_back((disk, blocks));
-                                continue;
-                            }
-                            Some(Instruction::Cancel { reason, .. }) => return cancelled(sender, reason).await,
-                            Some(_) => continue,
-                            None => return cancelled(sender, "the server ended the task".into()).await,
-                        }
-                    }
-                    _ = control_tick.tick() => {
-                        let control = link.control();
-                        if let Some(reason) = control.cancel {
-                            return cancelled(sender, reason).await;
-                        }
-                        pacer.steer(control.network_rate);
-                        continue;
-                    }
+/// The read plans the target sent and the source has not sent yet.
+struct Plans {
+    /// The disks the plans read.
+    disks: Arc<Vec<SourceDisk>>,
+    /// Block size in bytes.
+    bs: u64,
+    /// How many plans arrived (one per disk).
+    planned: usize,
+    /// Plans waiting to be sent: the disk and its blocks, in order.
+    pending: VecDeque<(u32, Vec<u64>)>,
+}
+
+impl Plans {
+    /// Checks the plan of `disk` and queues it.
+    fn queue(&mut self, disk: u32, runs: &[[u64; 2]]) -> Result<(), MoverError> {
+        let blocks = plan_blocks(&self.disks, disk, runs, self.bs)?;
+        self.planned += 1;
+        self.pending.push_back((disk, blocks));
+        Ok(())
+    }
+
+    /// Checks and queues read plans that arrived while waiting.
+    fn queue_all(&mut self, plans: Vec<(u32, Vec<[u64; 2]>)>) -> Result<(), MoverError> {
+        for (disk, runs) in plans {
+            self.queue(disk, &runs)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every disk's plan arrived and was taken.
+    fn all_sent(&self) -> bool {
+        self.planned >= self.disks.len() && self.pending.is_empty()
+    }
+}
+
+/// A source task sending its disks.
+struct SourceRun {
+    /// The plans to send.
+    plans: Plans,
+    /// The server's instructions.
+    instructions: mpsc::UnboundedReceiver<Instruction>,
+    /// Events to and control from the server.
+    link: Arc<dyn TaskLink>,
+    /// The network rate, steered by the server.
+    pacer: Arc<Pacer>,
+    /// How to connect to the target.
+    config: SenderConfig,
+    /// Streams of the transfer (for the log).
+    streams: u16,
+    /// The transfer, once connected (at the first plan).
+    sender: Option<Sender>,
+    /// What was done so far.
+    summary: SourceSummary,
+    /// When to look at the server's control answer.
+    control_tick: tokio::time::Interval,
+}
+
+impl SourceRun {
+    /// The next plan to send. Waits for one when none is queued; returns `None` when the wait
+    /// ended otherwise (an instruction, a rate change) and the caller should look again.
+    async fn next_plan(&mut self) -> Result<Option<(u32, Vec<u64>)>, MoverError> {
+        if let Some(plan) = self.plans.pending.pop_front() {
+            return Ok(Some(plan));
+        }
+        tokio::select! {
+            ins = self.instructions.recv() => match ins {
+                Some(Instruction::ReadPlan { disk, runs, .. }) => self.plans.queue(disk, &runs)?,
+                Some(Instruction::Cancel { reason, .. }) => return cancelled(self.sender.take(), reason).await,
+                Some(_) => {}
+                None => return cancelled(self.sender.take(), "the server ended the task".into()).await,
+            },
+            _ = self.control_tick.tick() => {
+                let control = self.link.control();
+                if let Some(reason) = control.cancel {
+                    return cancelled(self.sender.take(), reason).await;
                 }
-            }
-        };
-        if sender.is_none() {
-            let mut plans = Vec::new();
-            let connected = until_cancel(
-                Sender::connect(config.clone()),
-                &mut instructions,
-                link.as_ref(),
-                &mut plans,
-            )
-            .await;
-            queue_plans(plans, &disks, bs, &mut planned, &mut pending)?;
-            match connected {
-                Waited::Done(r) => sender = Some(r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?),
-                Waited::Cancelled(reason) => return cancelled(None, reason).await,
+                self.pacer.steer(control.network_rate);
             }
         }
-        let Some(active) = sender.as_ref() else {
-            continue;
+        Ok(None)
+    }
+
+    /// Connects the transfer, keeping read plans that arrive meanwhile.
+    async fn connect(&mut self) -> Result<(), MoverError> {
+        let mut plans = Vec::new();
+        let connected = until_cancel(
+            Sender::connect(self.config.clone()),
+            &mut self.instructions,
+            self.link.as_ref(),
+            &mut plans,
+        )
+        .await;
+        self.plans.queue_all(plans)?;
+        match connected {
+            Waited::Done(r) => {
+                self.sender = Some(r.map_err(|e| cancel_or(e, &mut self.instructions, self.link.as_ref()))?);
+                Ok(())
+            }
+            Waited::Cancelled(reason) => cancelled(None, reason).await,
+        }
+    }
+
+    /// Reads `blocks` of `disk` on a reader thread and sends them, while queueing new plans and
+    /// watching for a cancel.
+    async fn send_plan(&mut self, disk: u32, blocks: Vec<u64>) -> Result<(), MoverError> {
+        let Some(active) = self.sender.as_ref() else {
+            return Ok(());
         };
+        let disks = self.plans.disks.clone();
+        let bs = self.plans.bs;
         let total = blocks.len();
         if total > 0 {
-            link.emit(TaskEvent::Log {
+            self.link.emit(TaskEvent::Log {
                 disk: Some(disk),
                 level: Level::Info,
                 text: format!(
                     "sending {total} blocks of {} to the repository's data mover over {} stream(s)",
                     disks[disk as usize].source.describe(),
-                    endpoint.streams
+                    self.streams
                 ),
             });
         }
         // A reader thread fills a small queue; this task sends.
         let (tx, mut rx) = mpsc::channel::<Result<(u64, Bytes, bool), MoverError>>(READ_AHEAD);
-        let reader_disks = disks.clone();
-        let reader = tokio::task::spawn_blocking(move || {
-            read_blocks(reader_disks[disk as usize].source.as_ref(), &blocks, bs, tx)
-        });
+        let reader =
+            tokio::task::spawn_blocking(move || read_blocks(disks[disk as usize].source.as_ref(), &blocks, bs, tx));
         loop {
             tokio::select! {
                 biased;
-                ins = instructions.recv() => match ins {
-                    Some(Instruction::ReadPlan { disk, runs, .. }) => {
-                        let blocks = plan_blocks(&disks, disk, &runs, bs)?;
-                        planned += 1;
-                        pending.push_back((disk, blocks));
-                    }
+                ins = self.instructions.recv() => match ins {
+                    Some(Instruction::ReadPlan { disk, runs, .. }) => self.plans.queue(disk, &runs)?,
                     Some(Instruction::Cancel { reason, .. }) => {
                         drop(rx);
-                        return cancelled(sender, reason).await;
+                        return cancelled(self.sender.take(), reason).await;
                     }
                     Some(_) => {}
                     None => {
                         drop(rx);
-                        return cancelled(sender, "the server ended the task".into()).await;
+                        return cancelled(self.sender.take(), "the server ended the task".into()).await;
                     }
                 },
-                _ = control_tick.tick() => {
-                    let control = link.control();
+                _ = self.control_tick.tick() => {
+                    let control = self.link.control();
                     if let Some(reason) = control.cancel {
                         drop(rx);
-                        return cancelled(sender, reason).await;
+                        return cancelled(self.sender.take(), reason).await;
                     }
-                    pacer.steer(control.network_rate);
+                    self.pacer.steer(control.network_rate);
                 }
                 next = rx.recv() => match next {
                     Some(Ok((offset, data, zero))) => {
-                        summary.blocks += 1;
+                        self.summary.blocks += 1;
                         if zero {
-                            summary.zero_blocks += 1;
+                            self.summary.zero_blocks += 1;
                         }
                         // A full window waits for acknowledgements: a cancel must not wait too.
                         let mut plans = Vec::new();
                         let sent = until_cancel(
                             active.send(Block { disk, offset, data }),
-                            &mut instructions,
-                            link.as_ref(),
+                            &mut self.instructions,
+                            self.link.as_ref(),
                             &mut plans,
                         )
                         .await;
-                        queue_plans(plans, &disks, bs, &mut planned, &mut pending)?;
+                        self.plans.queue_all(plans)?;
                         match sent {
                             Waited::Done(r) => {
-                                r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?;
+                                r.map_err(|e| cancel_or(e, &mut self.instructions, self.link.as_ref()))?;
                             }
                             Waited::Cancelled(reason) => {
                                 drop(rx);
-                                return cancelled(sender, reason).await;
+                                return cancelled(self.sender.take(), reason).await;
                             }
                         }
                     }
@@ -243,22 +327,34 @@ pub async fn send_disks(
             }
         }
         let (read_bytes, read_time) = reader.await.map_err(|e| MoverError::Panicked(e.to_string()))?;
-        summary.read_bytes += read_bytes;
-        summary.read_secs += read_time.as_secs_f64();
+        self.summary.read_bytes += read_bytes;
+        self.summary.read_secs += read_time.as_secs_f64();
+        Ok(())
     }
-    if let Some(sender) = sender {
-        // Dropping `finish` on a cancel aborts the streams.
-        let stats = match until_cancel(sender.finish(), &mut instructions, link.as_ref(), &mut Vec::new()).await {
-            Waited::Done(r) => r.map_err(|e| cancel_or(e, &mut instructions, link.as_ref()))?,
-            Waited::Cancelled(reason) => return Err(MoverError::Cancelled(reason)),
-        };
-        summary.sent_bytes = stats.bytes_sent;
-        summary.resent_blocks = stats.resent_blocks;
-        summary.reconnects = stats.reconnects;
-        summary.throttled_secs = stats.throttled.as_secs_f64();
+
+    /// Finishes the transfer (every block acknowledged) and returns the summary.
+    async fn finish(mut self, started: Instant) -> Result<SourceSummary, MoverError> {
+        if let Some(sender) = self.sender {
+            // Dropping `finish` on a cancel aborts the streams.
+            let stats = match until_cancel(
+                sender.finish(),
+                &mut self.instructions,
+                self.link.as_ref(),
+                &mut Vec::new(),
+            )
+            .await
+            {
+                Waited::Done(r) => r.map_err(|e| cancel_or(e, &mut self.instructions, self.link.as_ref()))?,
+                Waited::Cancelled(reason) => return Err(MoverError::Cancelled(reason)),
+            };
+            self.summary.sent_bytes = stats.bytes_sent;
+            self.summary.resent_blocks = stats.resent_blocks;
+            self.summary.reconnects = stats.reconnects;
+            self.summary.throttled_secs = stats.throttled.as_secs_f64();
+        }
+        self.summary.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(self.summary)
     }
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 /// How a wait ended.
@@ -296,22 +392,7 @@ async fn until_cancel<T>(
     }
 }
 
-/// Checks and queues read plans that arrived while waiting.
-fn queue_plans(
-    plans: Vec<(u32, Vec<[u64; 2]>)>,
-    disks: &[SourceDisk],
-    bs: u64,
-    planned: &mut usize,
-    pending: &mut VecDeque<(u32, Vec<u64>)>,
-) -> Result<(), MoverError> {
-    for (disk, runs) in plans {
-        let blocks = plan_blocks(disks, disk, &runs, bs)?;
-        *planned += 1;
-        pending.push_back((disk, blocks));
-    }
-    Ok(())
-}
-
+/// Aborts the transfer, if there is one, and ends the task as cancelled for `reason`.
 async fn cancelled<T>(sender: Option<Sender>, reason: String) -> Result<T, MoverError> {
     if let Some(sender) = sender {
         sender.abort(&reason).await;

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use cairn_engine::{BackupHooks, BackupOptions, DiskInput, EngineError, Progress};
+use cairn_engine::{BackupHooks, BackupOptions, BackupResult, DiskInput, EngineError, Progress};
 use cairn_format::codec::Compression;
 use cairn_repo::{BackupPlan, FullKind, PointStats, Repository, SessionKind};
-use cairn_transfer::{ConsumerError, Fingerprint, ReceivedBlock, Receiver, TransferId};
+use cairn_transfer::{ConsumerError, Fingerprint, IncomingTransfer, ReceivedBlock, Receiver, TransferId};
 use tokio::sync::mpsc;
 
 use crate::inbox::{Inbox, RemoteDisk};
@@ -41,125 +41,34 @@ pub struct Committed {
 pub async fn run_target(
     task: TargetTask,
     receiver: &Receiver,
-    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    instructions: mpsc::UnboundedReceiver<Instruction>,
     link: Arc<dyn TaskLink>,
 ) -> Result<Committed, MoverError> {
-    let transfer: TransferId = task.transfer.parse().map_err(MoverError::Protocol)?;
-    let source: Fingerprint = task
-        .source_fingerprint
-        .parse()
-        .map_err(|e| MoverError::Protocol(format!("the source's fingerprint: {e}")))?;
-    let compression: Compression = task
-        .compression
-        .parse()
-        .map_err(|e| MoverError::Protocol(format!("compression {:?}: {e}", task.compression)))?;
-    let root = PathBuf::from(&task.repository);
-    let password = task.password.clone();
-    let repo = tokio::task::spawn_blocking(move || Repository::open(&root, Some(password.as_bytes())))
-        .await
-        .map_err(|e| MoverError::Panicked(e.to_string()))?
-        .map_err(|e| MoverError::Repo {
-            path: PathBuf::from(&task.repository),
-            error: e,
-        })?;
-    let repo = Arc::new(repo);
+    let (transfer, source, compression) = parse_task(&task)?;
+    let repo = open_repository(&task).await?;
 
     let inbox = Inbox::new(INBOX_BLOCKS);
-    let consumer_inbox = inbox.clone();
-    let incoming = receiver.expect_from(transfer, source, move |block: ReceivedBlock| {
-        let inbox = consumer_inbox.clone();
-        async move {
-            inbox
-                .put(block.disk, block.offset, block.data)
-                .await
-                .map_err(ConsumerError::from)
-        }
-    })?;
-
-    let stop: Arc<Mutex<Option<Stop>>> = Arc::new(Mutex::new(None));
-    let set_stop = {
-        let (stop, inbox) = (stop.clone(), inbox.clone());
-        move |why: Stop| {
-            let reason = why.reason().to_string();
-            stop.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(why);
-            inbox.fail(reason);
-        }
+    let incoming = expect_blocks(receiver, transfer, source, &inbox)?;
+    let stop = StopSignal {
+        why: Arc::new(Mutex::new(None)),
+        inbox: inbox.clone(),
     };
     let pacer = Arc::new(Pacer::new(task.write_rate));
     let engine_done = Arc::new(AtomicBool::new(false));
+    let watcher = watch(
+        instructions,
+        link.clone(),
+        pacer.clone(),
+        stop.clone(),
+        engine_done.clone(),
+        &incoming,
+    );
 
-    // Steering: cancels (instructions and control answers), rate changes, a failed transfer.
-    let watcher = {
-        let (link, pacer, set_stop, engine_done) = (link.clone(), pacer.clone(), set_stop.clone(), engine_done.clone());
-        let incoming = &incoming;
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            let mut transfer_over = false;
-            loop {
-                tokio::select! {
-                    ins = instructions.recv() => match ins {
-                        Some(Instruction::Cancel { reason, .. }) => { set_stop(Stop::Cancelled(reason)); return; }
-                        Some(_) => {}
-                        None => { set_stop(Stop::Cancelled("the server ended the task".into())); return; }
-                    },
-                    _ = tick.tick() => {
-                        let control = link.control();
-                        if let Some(reason) = control.cancel { set_stop(Stop::Cancelled(reason)); return; }
-                        pacer.steer(control.write_rate);
-                    }
-                    result = incoming.wait(), if !transfer_over => {
-                        transfer_over = true;
-                        if let Err(e) = result && !engine_done.load(Ordering::SeqCst) {
-                            // A source the server cancelled ends the transfer, and that may arrive
-                            // before this task's own cancel: a cancel already there wins.
-                            let mut cancel = link.control().cancel;
-                            while cancel.is_none() && let Ok(ins) = instructions.try_recv() {
-                                if let Instruction::Cancel { reason, .. } = ins {
-                                    cancel = Some(reason);
-                                }
-                            }
-                            match cancel {
-                                Some(reason) => set_stop(Stop::Cancelled(reason)),
-                                None => set_stop(Stop::Failed(format!("the transfer from the proxy failed: {e}"))),
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    };
-
-    let stopped_why = {
-        let stop = stop.clone();
-        move || stop.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    };
     let stopped = {
-        let why = stopped_why.clone();
-        move || why().map(|w| w.reason().to_string())
+        let stop = stop.clone();
+        move || stop.reason()
     };
-    let inputs: Vec<DiskInput> = task
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let stopped = stopped.clone();
-            DiskInput {
-                source: Box::new(RemoteDisk::new(i as u32, d.clone(), inbox.clone(), Box::new(stopped))),
-                changed: d.changed.as_deref().map(pairs_to_extents),
-                changed_since: d.changed_since.clone(),
-            }
-        })
-        .collect();
-    let plan = BackupPlan {
-        vm: task.vm.clone(),
-        block_size: task.block_size,
-        method: task.method,
-        full_every: task.full_every,
-        full_kind: FullKind::Synthetic,
-        force_full: false,
-        vm_config: task.vm_config.clone(),
-    };
+    let inputs = disk_inputs(&task, &inbox, &stopped);
     let opts = BackupOptions {
         compression,
         ..BackupOptions::default()
@@ -170,27 +79,18 @@ pub async fn run_target(
         stopped: Box::new(stopped.clone()),
         disk: Mutex::new(DiskClock::default()),
     });
-    let (engine_repo, engine_hooks, done_flag) = (repo.clone(), hooks.clone(), engine_done.clone());
-    let engine = tokio::task::spawn_blocking(move || {
-        let r = cairn_engine::backup_with_hooks(&engine_repo, &plan, inputs, &opts, engine_hooks.as_ref());
-        done_flag.store(true, Ordering::SeqCst);
-        r
-    });
-    // The engine ends at its next block once the watcher set a stop; keep waiting for it so the
-    // repository is released before the task reports its end.
-    tokio::pin!(watcher);
-    let mut watching = true;
-    let mut engine = engine;
-    let joined = loop {
-        tokio::select! {
-            r = &mut engine => break r,
-            () = &mut watcher, if watching => watching = false,
-        }
+    let engine = EngineRun {
+        repo: repo.clone(),
+        plan: backup_plan(&task),
+        inputs,
+        opts,
+        hooks,
+        done: engine_done,
     };
-    let result = match joined.map_err(|e| MoverError::Panicked(e.to_string()))? {
+    let result = match engine.run_while(watcher).await? {
         Ok(r) => r,
         Err(e) => {
-            return Err(match stopped_why() {
+            return Err(match stop.why() {
                 Some(Stop::Cancelled(reason)) => MoverError::Cancelled(reason),
                 Some(Stop::Failed(reason)) => MoverError::Transfer(reason),
                 None => MoverError::Engine(e),
@@ -201,14 +101,211 @@ pub async fn run_target(
     // its streams close cleanly (the point is already committed).
     let _ = tokio::time::timeout(END_WAIT, incoming.wait()).await;
 
-    let kind = match result.kind {
+    let (retention, retention_failed) = apply_retention(repo, &task).await;
+    link.emit(TaskEvent::Committed {
+        point: result.point.id.clone(),
+        kind: kind_text(result.kind).to_string(),
+        notes: result.notes.clone(),
+        retention,
+        retention_failed,
+    });
+    Ok(Committed {
+        point: result.point.id,
+        kind: result.kind,
+    })
+}
+
+/// The task's transfer id, the source's pinned fingerprint and the compression to write with.
+fn parse_task(task: &TargetTask) -> Result<(TransferId, Fingerprint, Compression), MoverError> {
+    let transfer: TransferId = task.transfer.parse().map_err(MoverError::Protocol)?;
+    let source: Fingerprint = task
+        .source_fingerprint
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("the source's fingerprint: {e}")))?;
+    let compression: Compression = task
+        .compression
+        .parse()
+        .map_err(|e| MoverError::Protocol(format!("compression {:?}: {e}", task.compression)))?;
+    Ok((transfer, source, compression))
+}
+
+/// Opens the task's repository with its password (on a blocking thread).
+async fn open_repository(task: &TargetTask) -> Result<Arc<Repository>, MoverError> {
+    let root = PathBuf::from(&task.repository);
+    let password = task.password.clone();
+    let repo = tokio::task::spawn_blocking(move || Repository::open(&root, Some(password.as_bytes())))
+        .await
+        .map_err(|e| MoverError::Panicked(e.to_string()))?
+        .map_err(|e| MoverError::Repo {
+            path: PathBuf::from(&task.repository),
+            error: e,
+        })?;
+    Ok(Arc::new(repo))
+}
+
+/// Expects the transfer from `source`, putting every block it brings into `inbox`.
+fn expect_blocks(
+    receiver: &Receiver,
+    transfer: TransferId,
+    source: Fingerprint,
+    inbox: &Arc<Inbox>,
+) -> Result<IncomingTransfer, MoverError> {
+    let consumer_inbox = inbox.clone();
+    let incoming = receiver.expect_from(transfer, source, move |block: ReceivedBlock| {
+        let inbox = consumer_inbox.clone();
+        async move {
+            inbox
+                .put(block.disk, block.offset, block.data)
+                .await
+                .map_err(ConsumerError::from)
+        }
+    })?;
+    Ok(incoming)
+}
+
+/// Steers the running task until it stops: cancels (instructions and control answers), rate
+/// changes, a failed transfer. Returns once it has set a stop.
+async fn watch(
+    mut instructions: mpsc::UnboundedReceiver<Instruction>,
+    link: Arc<dyn TaskLink>,
+    pacer: Arc<Pacer>,
+    stop: StopSignal,
+    engine_done: Arc<AtomicBool>,
+    incoming: &IncomingTransfer,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut transfer_over = false;
+    loop {
+        tokio::select! {
+            ins = instructions.recv() => match ins {
+                Some(Instruction::Cancel { reason, .. }) => { stop.set(Stop::Cancelled(reason)); return; }
+                Some(_) => {}
+                None => { stop.set(Stop::Cancelled("the server ended the task".into())); return; }
+            },
+            _ = tick.tick() => {
+                let control = link.control();
+                if let Some(reason) = control.cancel { stop.set(Stop::Cancelled(reason)); return; }
+                pacer.steer(control.write_rate);
+            }
+            result = incoming.wait(), if !transfer_over => {
+                transfer_over = true;
+                if let Err(e) = result && !engine_done.load(Ordering::SeqCst) {
+                    // A source the server cancelled ends the transfer, and that may arrive
+                    // before this task's own cancel: a cancel already there wins.
+                    let mut cancel = link.control().cancel;
+                    while cancel.is_none() && let Ok(ins) = instructions.try_recv() {
+                        if let Instruction::Cancel { reason, .. } = ins {
+                            cancel = Some(reason);
+                        }
+                    }
+                    match cancel {
+                        Some(reason) => stop.set(Stop::Cancelled(reason)),
+                        None => stop.set(Stop::Failed(format!("the transfer from the proxy failed: {e}"))),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The engine's inputs: one [`RemoteDisk`] per task disk, read from `inbox`.
+fn disk_inputs(
+    task: &TargetTask,
+    inbox: &Arc<Inbox>,
+    stopped: &(impl Fn() -> Option<String> + Clone + Send + Sync + 'static),
+) -> Vec<DiskInput> {
+    task.disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let stopped = stopped.clone();
+            DiskInput {
+                source: Box::new(RemoteDisk::new(i as u32, d.clone(), inbox.clone(), Box::new(stopped))),
+                changed: d.changed.as_deref().map(pairs_to_extents),
+                changed_since: d.changed_since.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The backup plan of the task: its VM, block size and method; fulls are synthetic.
+fn backup_plan(task: &TargetTask) -> BackupPlan {
+    BackupPlan {
+        vm: task.vm.clone(),
+        block_size: task.block_size,
+        method: task.method,
+        full_every: task.full_every,
+        full_kind: FullKind::Synthetic,
+        force_full: false,
+        vm_config: task.vm_config.clone(),
+    }
+}
+
+/// The engine's work for one task, run on a blocking thread.
+struct EngineRun {
+    /// The repository written to.
+    repo: Arc<Repository>,
+    /// What to back up.
+    plan: BackupPlan,
+    /// The disks, read from the transfer.
+    inputs: Vec<DiskInput>,
+    /// Compression and the like.
+    opts: BackupOptions,
+    /// Progress, pacing and stops.
+    hooks: Arc<TargetHooks>,
+    /// Set once the engine returned (a transfer ending after it is no failure).
+    done: Arc<AtomicBool>,
+}
+
+impl EngineRun {
+    /// Runs the engine while polling `watcher`. The engine ends at its next block once the
+    /// watcher set a stop; this keeps waiting for it so the repository is released before the
+    /// task reports its end.
+    async fn run_while(
+        self,
+        watcher: impl Future<Output = ()>,
+    ) -> Result<Result<BackupResult, EngineError>, MoverError> {
+        let EngineRun {
+            repo,
+            plan,
+            inputs,
+            opts,
+            hooks,
+            done,
+        } = self;
+        let mut engine = tokio::task::spawn_blocking(move || {
+            let r = cairn_engine::backup_with_hooks(&repo, &plan, inputs, &opts, hooks.as_ref());
+            done.store(true, Ordering::SeqCst);
+            r
+        });
+        tokio::pin!(watcher);
+        let mut watching = true;
+        let joined = loop {
+            tokio::select! {
+                r = &mut engine => break r,
+                () = &mut watcher, if watching => watching = false,
+            }
+        };
+        joined.map_err(|e| MoverError::Panicked(e.to_string()))
+    }
+}
+
+/// How the task event names a session kind.
+fn kind_text(kind: SessionKind) -> &'static str {
+    match kind {
         SessionKind::ActiveFull => "full",
         SessionKind::SyntheticFull => "synthetic full",
         SessionKind::Incremental => "incremental",
-    };
-    let (retain_repo, vm, keep) = (repo.clone(), task.vm.clone(), task.retention.max(1) as usize);
-    let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&retain_repo, &vm, keep)).await;
-    let (retention, retention_failed) = match retained {
+    }
+}
+
+/// Applies the task's retention to its VM (on a blocking thread). Returns the text for the
+/// task event and whether it failed; a failure keeps the new point.
+async fn apply_retention(repo: Arc<Repository>, task: &TargetTask) -> (String, bool) {
+    let (vm, keep) = (task.vm.clone(), task.retention.max(1) as usize);
+    let retained = tokio::task::spawn_blocking(move || cairn_repo::retention::retain(&repo, &vm, keep)).await;
+    match retained {
         Ok(Ok(report)) => {
             let text = crate::retention_text(keep, ", on the repository's data mover", &report);
             (text, false)
@@ -224,18 +321,7 @@ pub async fn run_target(
             format!("retention ended abnormally, the new restore point stays: {e}"),
             true,
         ),
-    };
-    link.emit(TaskEvent::Committed {
-        point: result.point.id.clone(),
-        kind: kind.to_string(),
-        notes: result.notes.clone(),
-        retention,
-        retention_failed,
-    });
-    Ok(Committed {
-        point: result.point.id,
-        kind: result.kind,
-    })
+    }
 }
 
 /// Creates the repository at `path` with `password` (AES-256-GCM), or opens the one already
@@ -420,6 +506,38 @@ enum Stop {
     Cancelled(String),
     /// The transfer from the proxy failed.
     Failed(String),
+}
+
+/// The task's stop, set once by whoever noticed it first; setting it fails the inbox so the
+/// engine ends at its next block.
+#[derive(Clone)]
+struct StopSignal {
+    /// Why the task stops, once it does.
+    why: Arc<Mutex<Option<Stop>>>,
+    /// The inbox the engine reads from.
+    inbox: Arc<Inbox>,
+}
+
+impl StopSignal {
+    /// Stops the task for `why`, unless it was stopped already.
+    fn set(&self, why: Stop) {
+        let reason = why.reason().to_string();
+        self.why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+        self.inbox.fail(reason);
+    }
+
+    /// Why the task stopped, if it did.
+    fn why(&self) -> Option<Stop> {
+        self.why.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The stop's reason, if the task stopped.
+    fn reason(&self) -> Option<String> {
+        self.why().map(|w| w.reason().to_string())
+    }
 }
 
 impl Stop {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig, read_config};
 use cairn_qemu::process::QemuProcess;
 use common::*;
@@ -23,6 +25,23 @@ fn comparable(config: &VmConfig) -> VmConfig {
 async fn config_round_trips_through_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let (vm, img0) = start_original(d).await;
+    let config = read_config(&vm.qmp).await.expect("read_config");
+    check_original(&config, &img0);
+
+    // Stable JSON.
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+
+    let (new0, new1) = restore_daemonized(&config, d).await;
+    copy_beside_from_nbd(&config, d, &new0, &new1).await;
+    drop(vm);
+}
+
+/// Starts the original VM in `d`: a name, a UUID, two vCPUs, a virtio disk given with
+/// `-drive`, an IDE disk given with `-blockdev`, a NIC and a guest agent port. Returns it and
+/// its first disk's image.
+async fn start_original(d: &Path) -> (TestVm, PathBuf) {
     let img0 = d.join("d0.qcow2");
     let img1 = d.join("d1.qcow2");
     qcow2(&img0, 16 * MIB, None);
@@ -55,8 +74,11 @@ async fn config_round_trips_through_command_line() {
     ]);
     argv.extend(qga_args(&d.join("qga.sock")));
     let vm = start(argv, &socket).await;
-    let config = read_config(&vm.qmp).await.expect("read_config");
+    (vm, img0)
+}
 
+/// Checks what `read_config` read of the VM [`start_original`] started.
+fn check_original(config: &VmConfig, img0: &Path) {
     assert_eq!(config.name.as_deref(), Some("web01"));
     assert_eq!(config.uuid.as_deref(), Some("6f1c2a4e-1111-4222-8333-944455556666"));
     assert!(config.machine.starts_with("pc-i440fx-"), "{}", config.machine);
@@ -102,11 +124,11 @@ async fn config_round_trips_through_command_line() {
         (config.controllers[0].id.as_str(), config.controllers[0].driver.as_str()),
         ("vser0", "virtio-serial-pci")
     );
+}
 
-    // Stable JSON.
-    let json = serde_json::to_string(&config).unwrap();
-    assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
-
+/// Starts a second VM from `config`, on new disks, daemonized, and checks that it reads back
+/// as the original. Returns the new disks' images.
+async fn restore_daemonized(config: &VmConfig, d: &Path) -> (PathBuf, PathBuf) {
     // A second VM from the configuration, on new disks, daemonized.
     let new0 = d.join("n0.qcow2");
     let new1 = d.join("n1.raw");
@@ -155,15 +177,25 @@ async fn config_round_trips_through_command_line() {
     assert_eq!(copy.disks[0].file, new0.to_str().unwrap());
     assert_eq!(copy.disks[1].file, new1.to_str().unwrap());
     assert_eq!(copy.disks[1].format, "raw");
-    let mut expected = comparable(&config);
+    let mut expected = comparable(config);
     expected.disks[1].format = "raw".into();
     expected.name = Some("web01-restored".into());
     assert_eq!(comparable(&copy), expected, "{argv2:?}");
     assert!(d.join("qga2.sock").exists(), "the copy has its own agent socket");
     assert!(d.join("serial.log").exists(), "serial output goes to the file");
+    // Dropping it kills the daemon; the next step opens its disk, so wait until the process is
+    // gone and has let go of the image's write lock.
+    let pid = cairn_qemu::process::running_pid(&d.join("vm2.pid")).expect("the daemon's pid file");
     drop(process);
+    eventually("the restored VM's QEMU to end", async || {
+        !cairn_qemu::process::pid_alive(pid)
+    })
+    .await;
+    (new0, new1)
+}
 
-    // A copy beside the original: new MACs and UUID, the first disk from an NBD export.
+/// Starts a copy beside the original: new MACs and UUID, the first disk from an NBD export.
+async fn copy_beside_from_nbd(config: &VmConfig, d: &Path, new0: &Path, new1: &Path) {
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -187,7 +219,12 @@ async fn config_round_trips_through_command_line() {
             .spawn()
             .unwrap(),
     );
-    eventually("qemu-nbd listening", async || nbd_socket.exists()).await;
+    // The socket file appears at bind(), before listen(): wait until a connection is accepted
+    // (and close it at once; `-t` keeps the server running for the next client).
+    eventually("qemu-nbd listening", async || {
+        std::os::unix::net::UnixStream::connect(&nbd_socket).is_ok()
+    })
+    .await;
     let socket3 = d.join("qmp3.sock");
     let spec = LaunchSpec {
         name: "web01-copy".into(),
@@ -198,7 +235,7 @@ async fn config_round_trips_through_command_line() {
                 node: "ir-disk0".into(),
             },
             LaunchDisk::File {
-                path: new1.clone(),
+                path: new1.to_path_buf(),
                 format: "raw".into(),
             },
         ],
@@ -227,7 +264,6 @@ async fn config_round_trips_through_command_line() {
     assert!(!copy.guest_agent, "no agent socket asked");
     let disks = cairn_qemu::disks::list_disks(&qmp3).await.unwrap();
     assert!(disks[0].file.contains("nbd"), "{:?}", disks[0]);
-    drop(vm);
 }
 
 #[tokio::test]

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_qemu::disks::list_disks;
 use cairn_qemu::process::QemuProcess;
-use cairn_qemu::qga::FreezeStatus;
+use cairn_qemu::qga::{FreezeStatus, GuestAgent};
 use cairn_qemu::quiesce::{ConsistencyMode, ConsistencyPolicy, snapshot};
-use cairn_qemu::view::{self, DiskRequest, ViewRequest};
+use cairn_qemu::view::{self, DiskRequest, LiveView, ViewRequest};
 use guest::*;
 use serde_json::json;
 
@@ -103,6 +103,42 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
     let agent = guest.agent().clone();
 
     // The agent and the guest as the tests expect them.
+    check_agent_and_guest(&guest, &agent).await;
+    // Files with known checksums: through guest-file-write (host-computed sum checked in the
+    // guest) and generated in the guest.
+    let mut files = write_known_files(&guest, &agent).await;
+    // fsfreeze through the agent: frozen, a writer in the guest blocks until the thaw, thawed.
+    manual_freeze_blocks_a_writer(&guest, &agent).await;
+    // Pre-freeze / post-thaw scripts: each writes a marker with the guest's uptime.
+    install_freeze_scripts(&guest).await;
+
+    // Online snapshot with the real agent.
+    let scratch = dir.join("scratch");
+    let mut live = online_snapshot(&guest, &agent, dir, &scratch).await;
+
+    // The guest runs on after the instant: these changes must not show in the view.
+    let changed = guest.overwrite_random("/root/pattern.bin", 1 << 20, 64 << 10).await;
+    assert_ne!(Some(&changed), files.get("/root/pattern.bin"));
+    guest.write_random_file("/root/after-snapshot.bin", 1 << 20).await;
+
+    // The view: a clean filesystem (frozen at the instant) holding the files as they were.
+    check_view(&guest, &mut live, &files, &scratch).await;
+
+    // The guest is fine, then powers off cleanly through the agent.
+    files.insert("/root/pattern.bin".into(), changed);
+    guest.assert_checksums(&files).await;
+    guest.assert_fs_clean().await;
+    let overlay = guest.disk.clone().expect("overlay");
+    let took = guest.shutdown().await;
+    eprintln!("guest-shutdown to QEMU exit: {:.1} s", took.as_secs_f64());
+    let fsck = e2fsck_image(&overlay, &scratch);
+    assert!(fsck.is_ok(), "the guest's disk is not clean after shutdown: {fsck:?}");
+    assert_eq!(mtime(&image), image_mtime, "the cached image was modified");
+}
+
+/// The agent answers and supports what the tests use; the guest booted as expected on a
+/// clean filesystem.
+async fn check_agent_and_guest(guest: &Guest, agent: &GuestAgent) {
     agent.ping().await.expect("guest-ping");
     let info = agent.info().await.expect("guest-info");
     assert!(!info.version.is_empty());
@@ -124,9 +160,11 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
         "a pristine image needs no journal recovery: {:?}",
         guest.fs_messages().await
     );
+}
 
-    // Files with known checksums: through guest-file-write (host-computed sum checked in the
-    // guest) and generated in the guest.
+/// Writes files with known checksums into the guest and checks them there; returns path →
+/// SHA-256.
+async fn write_known_files(guest: &Guest, agent: &GuestAgent) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     files.insert(
         "/root/pattern.bin".to_owned(),
@@ -147,10 +185,13 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
     guest.assert_checksums(&files).await;
     assert_eq!(guest.sha256("/root/absent").await, None);
     guest.sync().await;
+    files
+}
 
-    // fsfreeze through the agent: frozen, a writer in the guest blocks until the thaw, thawed.
-    // The agent refuses guest-exec while frozen, so the writer runs before: it appends to a
-    // file in a loop and logs the guest's uptime around each write.
+/// Freezes the guest's filesystems by hand for a second and checks that a writer in the guest
+/// blocks through it. The agent refuses guest-exec while frozen, so the writer runs before: it
+/// appends to a file in a loop and logs the guest's uptime around each write.
+async fn manual_freeze_blocks_a_writer(guest: &Guest, agent: &GuestAgent) {
     let writer = agent
         .execute(
             "guest-exec",
@@ -215,8 +256,10 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
         frozen_for.as_secs_f64() * 1000.0,
         longest_write
     );
+}
 
-    // Pre-freeze / post-thaw scripts: each writes a marker with the guest's uptime.
+/// Installs the pre-freeze and post-thaw scripts; each writes a marker with the guest's uptime.
+async fn install_freeze_scripts(guest: &Guest) {
     for (name, marker) in [
         ("cairn-pre-freeze", "/var/tmp/cairn-pre-freeze.marker"),
         ("cairn-post-thaw", "/var/tmp/cairn-post-thaw.marker"),
@@ -228,13 +271,15 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
         guest.write_file(&path, script.as_bytes()).await;
         guest.sh(&format!("chmod 755 {path} && rm -f {marker}")).await;
     }
+}
 
-    // Online snapshot with the real agent.
+/// Takes an online (application-consistent) view of the guest's disk with the freeze scripts
+/// and checks the report and that the scripts ran in order.
+async fn online_snapshot(guest: &Guest, agent: &GuestAgent, dir: &Path, scratch: &Path) -> LiveView {
     let disks = list_disks(&guest.qmp).await.expect("list_disks");
     assert_eq!(disks.len(), 1, "{disks:?}");
     assert_eq!(disks[0].virtual_size, GIB);
-    let scratch = dir.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::create_dir_all(scratch).unwrap();
     let request = ViewRequest {
         disks: vec![DiskRequest {
             node: disks[0].node.clone(),
@@ -242,7 +287,7 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
             next: "cairn-guest-cp-1".into(),
             persistent: true,
         }],
-        scratch_dir: scratch.clone(),
+        scratch_dir: scratch.to_path_buf(),
         socket: dir.join("nbd.sock"),
     };
     let prepared = view::prepare(&guest.qmp, &request).await.expect("view::prepare");
@@ -253,7 +298,7 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
         post_thaw: Some("/usr/local/sbin/cairn-post-thaw".into()),
         ..ConsistencyPolicy::default()
     };
-    let (mut live, report) = snapshot(&guest.qmp, Some(&agent), &policy, prepared)
+    let (live, report) = snapshot(&guest.qmp, Some(agent), &policy, prepared)
         .await
         .expect("online snapshot");
     eprintln!(
@@ -280,43 +325,31 @@ async fn real_guest_agent_freeze_and_online_snapshot() {
         .parse()
         .expect("post-thaw marker");
     assert!(pre <= post, "pre-freeze ran at {pre}, post-thaw at {post}");
+    live
+}
 
-    // The guest runs on after the instant: these changes must not show in the view.
-    let changed = guest.overwrite_random("/root/pattern.bin", 1 << 20, 64 << 10).await;
-    assert_ne!(Some(&changed), files.get("/root/pattern.bin"));
-    guest.write_random_file("/root/after-snapshot.bin", 1 << 20).await;
-
-    // The view: a clean filesystem (frozen at the instant) holding the files as they were.
+/// Exports the view and checks it holds a clean filesystem with the files as they were at the
+/// instant; then finishes it, keeping the checkpoint, and checks nothing is left in `scratch`.
+async fn check_view(guest: &Guest, live: &mut LiveView, files: &BTreeMap<String, String>, scratch: &Path) {
     live.export(&guest.qmp).await.expect("export");
     let uri = live.uri(&live.disks()[0]);
-    let raw = to_raw(&uri, &scratch);
+    let raw = to_raw(&uri, scratch);
     let fsck = e2fsck_raw(&raw);
     assert!(fsck.is_ok(), "the online view is not a clean filesystem: {fsck:?}");
-    for (path, sum) in &files {
-        let data = read_file_from_raw(&raw, path, &scratch).unwrap_or_else(|| panic!("{path} missing in the view"));
+    for (path, sum) in files {
+        let data = read_file_from_raw(&raw, path, scratch).unwrap_or_else(|| panic!("{path} missing in the view"));
         assert_eq!(&sha256_hex(&data), sum, "{path} in the view");
     }
-    assert!(read_file_from_raw(&raw, "/var/tmp/cairn-pre-freeze.marker", &scratch).is_some());
-    assert!(read_file_from_raw(&raw, "/var/tmp/cairn-post-thaw.marker", &scratch).is_none());
-    assert!(read_file_from_raw(&raw, "/root/after-snapshot.bin", &scratch).is_none());
+    assert!(read_file_from_raw(&raw, "/var/tmp/cairn-pre-freeze.marker", scratch).is_some());
+    assert!(read_file_from_raw(&raw, "/var/tmp/cairn-post-thaw.marker", scratch).is_none());
+    assert!(read_file_from_raw(&raw, "/root/after-snapshot.bin", scratch).is_none());
     std::fs::remove_file(&raw).unwrap();
     live.finish(&guest.qmp, true).await.expect("finish the view");
     let disks = list_disks(&guest.qmp).await.unwrap();
     let checkpoint = disks[0].bitmap("cairn-guest-cp-1").expect("checkpoint bitmap");
     assert!(checkpoint.persistent && checkpoint.recording, "{checkpoint:?}");
-    let leftovers: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(scratch).unwrap().collect();
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
-
-    // The guest is fine, then powers off cleanly through the agent.
-    files.insert("/root/pattern.bin".into(), changed);
-    guest.assert_checksums(&files).await;
-    guest.assert_fs_clean().await;
-    let overlay = guest.disk.clone().expect("overlay");
-    let took = guest.shutdown().await;
-    eprintln!("guest-shutdown to QEMU exit: {:.1} s", took.as_secs_f64());
-    let fsck = e2fsck_image(&overlay, &scratch);
-    assert!(fsck.is_ok(), "the guest's disk is not clean after shutdown: {fsck:?}");
-    assert_eq!(mtime(&image), image_mtime, "the cached image was modified");
 }
 
 /// The guest boots from an NBD export (as instant recovery does; qemu-nbd serves a qcow2

@@ -8,9 +8,9 @@ use std::thread::{self, Thread};
 use std::time::Instant;
 
 use crate::rate::RateLimiter;
-use crate::scheduler::Inner;
-use crate::state::Grant;
-use crate::{Direction, JobId, ProxyId, RepositoryId, ResourceError, TaskRequest};
+use crate::request::TaskRequest;
+use crate::state::{Grant, Inner};
+use crate::{Direction, JobId, ProxyId, RepositoryId, ResourceError};
 
 /// One slot on a proxy and one on a repository (and the job's turn in sequential mode), held by a
 /// running task. Dropping the lease frees them all at once and lets waiting tasks start.

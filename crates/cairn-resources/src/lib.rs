@@ -70,6 +70,7 @@ mod error;
 mod ids;
 mod lease;
 mod rate;
+mod request;
 mod scheduler;
 mod state;
 
@@ -78,4 +79,5 @@ pub use error::ResourceError;
 pub use ids::{JobId, ProxyId, RepositoryId};
 pub use lease::{Acquire, Lease};
 pub use rate::{Direction, RateLimiter};
-pub use scheduler::{RateUsage, RepositoryLimits, ResourceScheduler, SchedulerOptions, TaskRequest, default_max_tasks};
+pub use request::TaskRequest;
+pub use scheduler::{RateUsage, RepositoryLimits, ResourceScheduler, SchedulerOptions, default_max_tasks};

@@ -1,53 +1,15 @@
 //! The public face of the resource scheduler.
 
-use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::choose::{Load, least_loaded};
 use crate::lease::{Acquire, Lease};
 use crate::rate::RateShare;
-use crate::state::{ProxyState, RepoState, State};
+use crate::request::TaskRequest;
+use crate::state::{Inner, ProxyState, RepoState, State};
 use crate::{Direction, JobId, ProxyId, RepositoryId, ResourceError};
-
-/// What a task needs: its job, the proxies it may run on (in order of preference), its repository
-/// and which way its data flows there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskRequest {
-    /// The job (session) the task belongs to; counts in sequential mode.
-    pub job: JobId,
-    /// Proxies the task may run on, preferred first; unknown ones are ignored.
-    pub proxies: Vec<ProxyId>,
-    /// The repository the task reads from or writes to.
-    pub repository: RepositoryId,
-    /// Reading or writing at the repository (selects which rate split the task joins).
-    pub direction: Direction,
-}
-
-impl TaskRequest {
-    /// A task of `job` writing to `repository` through `proxy`.
-    pub fn new(job: impl Into<JobId>, proxy: impl Into<ProxyId>, repository: impl Into<RepositoryId>) -> Self {
-        Self {
-            job: job.into(),
-            proxies: vec![proxy.into()],
-            repository: repository.into(),
-            direction: Direction::Write,
-        }
-    }
-
-    /// Replaces the proxy by a list of allowed proxies, preferred first.
-    pub fn with_proxies<P: Into<ProxyId>>(mut self, proxies: impl IntoIterator<Item = P>) -> Self {
-        self.proxies = proxies.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Sets the direction (the default is [`Direction::Write`]).
-    pub fn with_direction(mut self, direction: Direction) -> Self {
-        self.direction = direction;
-        self
-    }
-}
 
 /// Settings of a repository that the scheduler enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,24 +75,6 @@ pub fn default_max_tasks() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-pub(crate) struct Inner {
-    state: Mutex<State>,
-}
-
-impl Inner {
-    /// Locks the state. Nothing panics while holding it, but should a panic ever poison the lock,
-    /// the counters are still consistent at every unlock, so carrying on is safe.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl fmt::Debug for Inner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResourceScheduler")
-    }
-}
-
 /// Hands out task slots on proxies and repositories; see the crate documentation for the rules.
 /// Cloning gives another handle to the same scheduler.
 #[derive(Debug, Clone)]
@@ -149,9 +93,7 @@ impl ResourceScheduler {
     pub fn new(options: SchedulerOptions) -> Self {
         let state = State::new(options.parallel_processing, options.max_overtakes);
         Self {
-            inner: Arc::new(Inner {
-                state: Mutex::new(state),
-            }),
+            inner: Arc::new(Inner::new(state)),
         }
     }
 

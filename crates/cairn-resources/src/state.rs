@@ -2,12 +2,14 @@
 //! mutex; nothing blocks or wakes anybody while holding it (wakers are returned to the caller).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
 use crate::choose::{Load, least_loaded};
 use crate::rate::RateShare;
-use crate::{Direction, JobId, ProxyId, RepositoryId, ResourceError, TaskRequest};
+use crate::request::TaskRequest;
+use crate::{Direction, JobId, ProxyId, RepositoryId, ResourceError};
 
 pub(crate) struct ProxyState {
     pub(crate) max_tasks: usize,
@@ -304,5 +306,32 @@ impl State {
             return true;
         }
         false
+    }
+}
+
+/// The scheduler's state behind its lock, shared by the scheduler and the leases and futures it
+/// hands out.
+pub(crate) struct Inner {
+    state: Mutex<State>,
+}
+
+impl Inner {
+    /// Puts `state` behind the lock.
+    pub(crate) fn new(state: State) -> Self {
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Locks the state. Nothing panics while holding it, but should a panic ever poison the lock,
+    /// the counters are still consistent at every unlock, so carrying on is safe.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResourceScheduler")
     }
 }

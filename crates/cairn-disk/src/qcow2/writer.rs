@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use super::header::{MAGIC, MAX_L1_BYTES};
 use super::{COPIED, OFFSET_MASK};
 use crate::io_error as io;
+use crate::output::{DiskWriter, NewFile, WriteOptions};
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 /// Refcount width written: 2^4 = 16 bits, qemu's default.
@@ -47,7 +47,7 @@ impl Qcow2Writer {
     /// `opts.block_size` bytes (default 64 KiB). The bytes past `size` read
     /// as zeros; [`crate::writer::image_size`] tells the size written.
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
-        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+        crate::output::create_at(path, |out| Self::create_in(out, size, opts))
     }
 
     /// Like [`Qcow2Writer::create`], into the empty file `out`.

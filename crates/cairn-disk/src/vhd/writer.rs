@@ -33,8 +33,8 @@ use super::format::{
 use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
+use crate::output::{DiskWriter, NewFile, WriteOptions};
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 /// Creator application written into the footer: cairn.
@@ -102,7 +102,7 @@ impl VhdWriter {
     /// a logical sector size of 4096 is refused; the block size is always
     /// 2 MiB (`opts.block_size` does not apply).
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<Self> {
-        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+        crate::output::create_at(path, |out| Self::create_in(out, size, opts))
     }
 
     /// Like [`VhdWriter::create`], into the empty file `out`.
@@ -159,7 +159,7 @@ impl VhdWriter {
             ],
         };
         let geometry = (pf.cylinders, pf.heads, pf.sectors_per_track);
-        crate::writer::create_at(path, |out| Self::make(out, p.virtual_size(), geometry, Some(child)))
+        crate::output::create_at(path, |out| Self::make(out, p.virtual_size(), geometry, Some(child)))
     }
 
     fn make(out: NewFile, size: u64, geometry: (u16, u8, u8), mut child: Option<ChildOf>) -> Result<Self> {

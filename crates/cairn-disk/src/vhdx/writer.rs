@@ -25,8 +25,8 @@ use super::regions::{REGION_BAT, REGION_METADATA, REGION_OFFSETS, TABLE_LEN};
 use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
+use crate::output::{DiskWriter, NewFile, WriteOptions};
 use crate::raw::is_zero;
-use crate::writer::{DiskWriter, NewFile, WriteOptions};
 use crate::{DiskError, Result};
 
 const LOG_OFFSET: u64 = MIB;
@@ -82,7 +82,7 @@ impl VhdxWriter {
     /// `size` bytes (rounded up to the logical sector), with the block size
     /// `opts.block_size` (default 32 MiB) and the sector sizes of `opts`.
     pub fn create(path: &Path, size: u64, opts: &WriteOptions) -> Result<VhdxWriter> {
-        crate::writer::create_at(path, |out| Self::create_in(out, size, opts))
+        crate::output::create_at(path, |out| Self::create_in(out, size, opts))
     }
 
     /// Like [`VhdxWriter::create`], into the empty file `out`.
@@ -122,7 +122,7 @@ impl VhdxWriter {
             absolute_path: abs.to_string_lossy().replace('/', "\\"),
         };
         let block = opts.block_size.map(u64::from).unwrap_or(p.block_size());
-        crate::writer::create_at(path, |out| {
+        crate::output::create_at(path, |out| {
             Self::new(
                 out,
                 p.virtual_size(),

@@ -75,6 +75,43 @@ fn selects_base_allocation(query: &str) -> bool {
 
 /// Option haggling. Ok(None) when the client went away, aborted, or broke the protocol.
 fn negotiate<R: Read, W: Write>(server: &NbdServer, r: &mut R, w: &mut W) -> io::Result<Option<Session>> {
+    let Some(no_zeroes) = handshake(r, w)? else {
+        return Ok(None);
+    };
+    let mut state = Negotiation {
+        server,
+        no_zeroes,
+        structured: false,
+        meta: None,
+    };
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let Some(option) = read_option(r, &mut data)? else {
+            return Ok(None);
+        };
+        out.clear();
+        match state.answer(option, &data, &mut out) {
+            AfterOption::Continue => {}
+            AfterOption::Start(session) => {
+                w.write_all(&out)?;
+                w.flush()?;
+                return Ok(Some(session));
+            }
+            AfterOption::Abort => {
+                let _ = w.write_all(&out).and_then(|()| w.flush());
+                return Ok(None);
+            }
+            AfterOption::Hangup => return Ok(None),
+        }
+        w.write_all(&out)?;
+        w.flush()?;
+    }
+}
+
+/// Sends the greeting and reads the client's flags. Returns whether the client asked for no
+/// zero padding; None when it went away or sent flags we do not know.
+fn handshake<R: Read, W: Write>(r: &mut R, w: &mut W) -> io::Result<Option<bool>> {
     w.write_all(&encode_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))?;
     w.flush()?;
     let mut f = [0u8; 4];
@@ -85,150 +122,212 @@ fn negotiate<R: Read, W: Write>(server: &NbdServer, r: &mut R, w: &mut W) -> io:
     if cflags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Ok(None);
     }
-    let no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
-    let mut structured = false;
-    // The export `base:allocation` was selected for, if any.
-    let mut meta: Option<String> = None;
-    let mut out = Vec::new();
-    let mut data = Vec::new();
-    loop {
-        let mut h = [0u8; OPTION_HEADER_LEN];
-        if !read_or_eof(r, &mut h)? {
-            return Ok(None);
-        }
-        let Ok(h) = OptionHeader::decode(&h) else {
-            return Ok(None);
-        };
-        data.resize(h.length as usize, 0);
-        r.read_exact(&mut data)?;
-        out.clear();
-        let reply_err = |out: &mut Vec<u8>, code: u32, message: String| {
-            OptionReply::Error { code, message }.encode(h.option, out);
-        };
-        match ClientOption::decode(h.option, &data) {
-            Err(e) => reply_err(&mut out, REP_ERR_INVALID, e.to_string()),
-            Ok(ClientOption::ExportName(name)) => {
-                let Some(export) = server.lookup(&name) else {
-                    return Ok(None); // the protocol allows no error reply here
-                };
-                let base_allocation = structured && meta.as_deref() == Some(export.name.as_str());
-                let flags = transmission_flags(&export, structured);
-                encode_export_name_reply(export.backend.size(), flags, no_zeroes, &mut out);
-                w.write_all(&out)?;
-                w.flush()?;
-                return Ok(Some(Session {
-                    export,
-                    structured,
-                    base_allocation,
-                }));
-            }
+    Ok(Some(cflags & FLAG_C_NO_ZEROES != 0))
+}
+
+/// Reads the next option header and its data into `data`. Returns the option number; None
+/// when the client went away or sent a bad header.
+fn read_option<R: Read>(r: &mut R, data: &mut Vec<u8>) -> io::Result<Option<u32>> {
+    let mut h = [0u8; OPTION_HEADER_LEN];
+    if !read_or_eof(r, &mut h)? {
+        return Ok(None);
+    }
+    let Ok(h) = OptionHeader::decode(&h) else {
+        return Ok(None);
+    };
+    data.resize(h.length as usize, 0);
+    r.read_exact(data)?;
+    Ok(Some(h.option))
+}
+
+/// What follows an option's reply.
+enum AfterOption {
+    /// Send the reply and read the next option.
+    Continue,
+    /// Send the reply and enter transmission.
+    Start(Session),
+    /// Send the reply if possible, then close.
+    Abort,
+    /// Close without a reply.
+    Hangup,
+}
+
+/// The state negotiation builds up, option by option.
+struct Negotiation<'a> {
+    /// The server whose exports are looked up.
+    server: &'a NbdServer,
+    /// The client asked for no zero padding after the export name reply.
+    no_zeroes: bool,
+    /// Structured replies were negotiated.
+    structured: bool,
+    /// The export `base:allocation` was selected for, if any.
+    meta: Option<String>,
+}
+
+impl Negotiation<'_> {
+    /// Encodes the reply to option number `option` with `data` into `out`.
+    fn answer(&mut self, option: u32, data: &[u8], out: &mut Vec<u8>) -> AfterOption {
+        match ClientOption::decode(option, data) {
+            Err(e) => reply_err(option, out, REP_ERR_INVALID, e.to_string()),
+            Ok(ClientOption::ExportName(name)) => return self.export_name(&name, out),
             Ok(ClientOption::Abort) => {
-                OptionReply::Ack.encode(h.option, &mut out);
-                let _ = w.write_all(&out).and_then(|()| w.flush());
-                return Ok(None);
+                OptionReply::Ack.encode(option, out);
+                return AfterOption::Abort;
             }
-            Ok(ClientOption::List) => {
-                for e in server.all_exports() {
-                    OptionReply::Server {
-                        name: e.name.clone(),
-                        description: e.description.clone(),
-                    }
-                    .encode(h.option, &mut out);
-                }
-                OptionReply::Ack.encode(h.option, &mut out);
-            }
-            Ok(ClientOption::StartTls) => reply_err(&mut out, REP_ERR_UNSUP, "TLS is not supported".into()),
-            Ok(ClientOption::StructuredReply) => {
-                if structured {
-                    reply_err(
-                        &mut out,
-                        REP_ERR_INVALID,
-                        "structured replies already negotiated".into(),
-                    );
-                } else {
-                    structured = true;
-                    OptionReply::Ack.encode(h.option, &mut out);
-                }
-            }
-            Ok(ClientOption::Info(req)) | Ok(ClientOption::Go(req)) => match server.lookup(&req.export) {
-                None => reply_err(&mut out, REP_ERR_UNKNOWN, format!("no export named {:?}", req.export)),
-                Some(export) => {
-                    let flags = transmission_flags(&export, structured);
-                    let info = |i: Info, out: &mut Vec<u8>| OptionReply::Info(i).encode(h.option, out);
-                    info(
-                        Info::Export {
-                            size: export.backend.size(),
-                            flags,
-                        },
-                        &mut out,
-                    );
-                    for kind in &req.info {
-                        match *kind {
-                            INFO_NAME => info(Info::Name(export.name.clone()), &mut out),
-                            INFO_DESCRIPTION if !export.description.is_empty() => {
-                                info(Info::Description(export.description.clone()), &mut out)
-                            }
-                            INFO_BLOCK_SIZE => info(
-                                Info::BlockSize {
-                                    min: 1,
-                                    preferred: 4096,
-                                    max: MAX_PAYLOAD,
-                                },
-                                &mut out,
-                            ),
-                            _ => {}
-                        }
-                    }
-                    OptionReply::Ack.encode(h.option, &mut out);
-                    if h.option == OPT_GO {
-                        w.write_all(&out)?;
-                        w.flush()?;
-                        let base_allocation = structured && meta.as_deref() == Some(export.name.as_str());
-                        return Ok(Some(Session {
-                            export,
-                            structured,
-                            base_allocation,
-                        }));
-                    }
-                }
-            },
+            Ok(ClientOption::List) => self.list(option, out),
+            Ok(ClientOption::StartTls) => reply_err(option, out, REP_ERR_UNSUP, "TLS is not supported".into()),
+            Ok(ClientOption::StructuredReply) => self.structured_reply(option, out),
+            Ok(ClientOption::Info(req)) | Ok(ClientOption::Go(req)) => return self.info_or_go(option, &req, out),
             Ok(ClientOption::ListMetaContext(req)) | Ok(ClientOption::SetMetaContext(req)) => {
-                let set = h.option == OPT_SET_META_CONTEXT;
-                if !structured {
-                    reply_err(&mut out, REP_ERR_INVALID, "negotiate structured replies first".into());
-                } else {
-                    match server.lookup(&req.export) {
-                        None => reply_err(&mut out, REP_ERR_UNKNOWN, format!("no export named {:?}", req.export)),
-                        Some(export) => {
-                            let selected = if set {
-                                req.queries.iter().any(|q| selects_base_allocation(q))
-                            } else {
-                                req.queries.is_empty() || req.queries.iter().any(|q| selects_base_allocation(q))
-                            };
-                            if selected {
-                                OptionReply::MetaContext {
-                                    id: if set { BASE_ALLOCATION_ID } else { 0 },
-                                    name: BASE_ALLOCATION.into(),
-                                }
-                                .encode(h.option, &mut out);
-                            }
-                            if set {
-                                meta = selected.then(|| export.name.clone());
-                            }
-                            OptionReply::Ack.encode(h.option, &mut out);
-                        }
-                    }
-                }
+                self.meta_context(option, &req, out)
             }
-            Ok(ClientOption::Unknown { option, .. }) => reply_err(
-                &mut out,
+            Ok(ClientOption::Unknown { option: unknown, .. }) => reply_err(
+                option,
+                out,
                 REP_ERR_UNSUP,
-                format!("{} is not supported", proto::option_name(option)),
+                format!("{} is not supported", proto::option_name(unknown)),
             ),
         }
-        w.write_all(&out)?;
-        w.flush()?;
+        AfterOption::Continue
     }
+
+    /// The session on `export` with what was negotiated so far.
+    fn session(&self, export: Arc<ExportEntry>) -> Session {
+        let base_allocation = self.structured && self.meta.as_deref() == Some(export.name.as_str());
+        Session {
+            export,
+            structured: self.structured,
+            base_allocation,
+        }
+    }
+
+    /// `NBD_OPT_EXPORT_NAME`: starts on the export, or hangs up when there is none of that
+    /// name (the protocol allows no error reply here).
+    fn export_name(&self, name: &str, out: &mut Vec<u8>) -> AfterOption {
+        let Some(export) = self.server.lookup(name) else {
+            return AfterOption::Hangup;
+        };
+        let flags = transmission_flags(&export, self.structured);
+        encode_export_name_reply(export.backend.size(), flags, self.no_zeroes, out);
+        AfterOption::Start(self.session(export))
+    }
+
+    /// `NBD_OPT_LIST`: one reply per export.
+    fn list(&self, option: u32, out: &mut Vec<u8>) {
+        for e in self.server.all_exports() {
+            OptionReply::Server {
+                name: e.name.clone(),
+                description: e.description.clone(),
+            }
+            .encode(option, out);
+        }
+        OptionReply::Ack.encode(option, out);
+    }
+
+    /// `NBD_OPT_STRUCTURED_REPLY`: turns structured replies on (once).
+    fn structured_reply(&mut self, option: u32, out: &mut Vec<u8>) {
+        if self.structured {
+            reply_err(
+                option,
+                out,
+                REP_ERR_INVALID,
+                "structured replies already negotiated".into(),
+            );
+        } else {
+            self.structured = true;
+            OptionReply::Ack.encode(option, out);
+        }
+    }
+
+    /// `NBD_OPT_INFO` and `NBD_OPT_GO`: describes the export; `GO` then starts on it.
+    fn info_or_go(&self, option: u32, req: &InfoRequest, out: &mut Vec<u8>) -> AfterOption {
+        let Some(export) = self.server.lookup(&req.export) else {
+            reply_err(
+                option,
+                out,
+                REP_ERR_UNKNOWN,
+                format!("no export named {:?}", req.export),
+            );
+            return AfterOption::Continue;
+        };
+        let flags = transmission_flags(&export, self.structured);
+        let info = |i: Info, out: &mut Vec<u8>| OptionReply::Info(i).encode(option, out);
+        info(
+            Info::Export {
+                size: export.backend.size(),
+                flags,
+            },
+            out,
+        );
+        for kind in &req.info {
+            match *kind {
+                INFO_NAME => info(Info::Name(export.name.clone()), out),
+                INFO_DESCRIPTION if !export.description.is_empty() => {
+                    info(Info::Description(export.description.clone()), out)
+                }
+                INFO_BLOCK_SIZE => info(
+                    Info::BlockSize {
+                        min: 1,
+                        preferred: 4096,
+                        max: MAX_PAYLOAD,
+                    },
+                    out,
+                ),
+                _ => {}
+            }
+        }
+        OptionReply::Ack.encode(option, out);
+        if option == OPT_GO {
+            AfterOption::Start(self.session(export))
+        } else {
+            AfterOption::Continue
+        }
+    }
+
+    /// `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`: offers `base:allocation`,
+    /// and `SET` selects it (or nothing) for the export.
+    fn meta_context(&mut self, option: u32, req: &MetaContextRequest, out: &mut Vec<u8>) {
+        let set = option == OPT_SET_META_CONTEXT;
+        if !self.structured {
+            reply_err(
+                option,
+                out,
+                REP_ERR_INVALID,
+                "negotiate structured replies first".into(),
+            );
+            return;
+        }
+        let Some(export) = self.server.lookup(&req.export) else {
+            reply_err(
+                option,
+                out,
+                REP_ERR_UNKNOWN,
+                format!("no export named {:?}", req.export),
+            );
+            return;
+        };
+        let selected = if set {
+            req.queries.iter().any(|q| selects_base_allocation(q))
+        } else {
+            req.queries.is_empty() || req.queries.iter().any(|q| selects_base_allocation(q))
+        };
+        if selected {
+            OptionReply::MetaContext {
+                id: if set { BASE_ALLOCATION_ID } else { 0 },
+                name: BASE_ALLOCATION.into(),
+            }
+            .encode(option, out);
+        }
+        if set {
+            self.meta = selected.then(|| export.name.clone());
+        }
+        OptionReply::Ack.encode(option, out);
+    }
+}
+
+/// Encodes an error reply to `option`.
+fn reply_err(option: u32, out: &mut Vec<u8>, code: u32, message: String) {
+    OptionReply::Error { code, message }.encode(option, out);
 }
 
 /// A request with its write payload, handed to a worker.

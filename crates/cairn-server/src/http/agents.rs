@@ -114,7 +114,7 @@ impl AgentDto {
             state: agent_state(&agent, now, heartbeat),
             id: agent.id,
             name: agent.name,
-            roles: agent.roles.into_iter().map(AgentRole::from).collect(),
+            roles: agent.roles,
             version: agent.version,
             max_tasks: agent.max_tasks,
             free_bytes: agent.free_bytes,
@@ -260,7 +260,7 @@ fn check_agent_name(name: &str) -> ApiResult<()> {
 fn roles(names: &[AgentRole]) -> Vec<AgentRole> {
     let mut out: Vec<AgentRole> = Vec::new();
     for r in names {
-        let r = AgentRole::from(*r);
+        let r = *r;
         if !out.contains(&r) {
             out.push(r);
         }
@@ -312,7 +312,7 @@ pub async fn create_token(
         StatusCode::CREATED,
         Json(EnrolmentTokenCreated {
             token: secret,
-            roles: token.roles.into_iter().map(AgentRole::from).collect(),
+            roles: token.roles,
             expires_at: token.expires_at,
         }),
     ))
@@ -377,7 +377,7 @@ pub async fn enroll(
         Json(EnrolResponse {
             agent_id: agent.id,
             name: agent.name,
-            roles: agent.roles.into_iter().map(AgentRole::from).collect(),
+            roles: agent.roles,
             certificate_pem: issued.extra,
             ca_pem: ca.ca_pem,
             cert_fingerprint: agent.cert_fingerprint,

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cairn_configdb::{Job, JobSpec, Role, Session, SessionQuery};
-use cairn_schedule::{BackupWindow, Rule, Schedule};
+use cairn_schedule::{Rule, Schedule};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,10 +15,8 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::runner::Trigger;
+use crate::runner::settings::BLOCK_SIZES;
 use crate::state::AppState;
-
-/// Block sizes a job may use (bytes).
-pub const BLOCK_SIZES: [i64; 4] = [262_144, 524_288, 1_048_576, 4_194_304];
 
 /// Job settings as sent by a client. Only `name`, `vm_ids` and `repository_id` are required;
 /// absent fields take their defaults (also on PUT, which replaces the whole job).
@@ -241,11 +239,6 @@ pub fn parse_schedule(text: &str) -> ApiResult<Schedule> {
     Schedule::from_str(text).map_err(|e| ApiError::invalid(format!("schedule {text:?}: {e}")))
 }
 
-/// A backup window text in its canonical form, or 422 naming the problem.
-pub fn parse_window(text: &str) -> ApiResult<BackupWindow> {
-    BackupWindow::from_str(text).map_err(|e| ApiError::invalid(format!("backup window {text:?}: {e}")))
-}
-
 fn block_size_schema() -> utoipa::openapi::Object {
     super::checks::integer_enum(&BLOCK_SIZES, true, "Block size in bytes (null: 1048576)")
 }
@@ -375,7 +368,11 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
     };
     let backup_window = match input.backup_window.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => Some(parse_window(text)?.to_string()),
+        Some(text) => Some(
+            crate::runner::parse_window(text)
+                .map_err(ApiError::invalid)?
+                .to_string(),
+        ),
     };
     let consistency = match input.consistency.as_deref() {
         None | Some("") => cairn_configdb::default_consistency(),

@@ -139,7 +139,7 @@ pub async fn create_user(
     check_name(&req.name)?;
     check_password(&req.password)?;
     let hash = hash_password_async(&req.password).await?;
-    let user = state.db.create_user(&req.name, &hash, req.role.into()).await?;
+    let user = state.db.create_user(&req.name, &hash, req.role).await?;
     tracing::info!("{} created user {} ({})", caller.name, user.name, user.role);
     Ok((StatusCode::CREATED, Json(user.into())))
 }
@@ -170,7 +170,7 @@ pub async fn update_user(
     if let Some(password) = &req.password {
         check_password(password)?;
     }
-    let role = req.role.map(Role::from);
+    let role = req.role;
     if let Some(role) = role
         && role != Role::Administrator
     {

@@ -16,8 +16,11 @@ pub fn parse_window(text: &str) -> Result<BackupWindow, String> {
         .map_err(|e| format!("backup window {text:?}: {e}"))
 }
 
-/// Block sizes a job may use.
-const BLOCK_SIZES: [i64; 4] = [256 << 10, 512 << 10, 1 << 20, 4 << 20];
+/// Block sizes a job may use, in bytes: those of the repository format.
+pub const BLOCK_SIZES: [i64; 4] = {
+    let b = cairn_format::index::BLOCK_SIZES;
+    [b[0] as i64, b[1] as i64, b[2] as i64, b[3] as i64]
+};
 
 /// A forward-incremental job makes a (synthetic) full every this many points.
 pub(crate) const FORWARD_FULL_EVERY: u32 = 7;
