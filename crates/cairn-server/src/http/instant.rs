@@ -2,16 +2,10 @@
 //! production disks while it runs, stop ([`crate::live::instant`] keeps them).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use cairn_configdb::Role;
-use cairn_disk::DiskSource;
-use cairn_engine::PointDisk;
-use cairn_nbd::CowExport;
-use cairn_qemu::config::{LaunchDisk, LaunchSpec};
-use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -21,9 +15,7 @@ use super::restore_vm::{latest, qemu_host, saved_config, vm_name};
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::live::QMP_TIMEOUT;
-use crate::live::instant::{
-    COW_CLUSTER, InstantInfo, InstantRecoveries, InstantState, PIDFILE, Recovery, SERIAL_LOG, cow_file, run_migration,
-};
+use crate::live::instant::{InstantInfo, InstantState, Launch, run_migration};
 use crate::state::AppState;
 
 /// `POST /api/v1/instant-recoveries` body.
@@ -79,16 +71,13 @@ pub async fn start(
             req.point
         )));
     }
-    let started = std::time::Instant::now();
-    let ir = state.instant.clone();
+    let requested = std::time::Instant::now();
     let row = state.db.get_repository(req.repository_id).await?;
     let (repo, point_id, config, disk_count) = saved_config(&state, &row, &req.vm, &req.point).await?;
     let (orig_host, orig_vm) = req.vm.split_once('/').unwrap_or(("", req.vm.as_str()));
     let (host, location) = qemu_host(&state, req.to_host.as_deref().unwrap_or(orig_host)).await?;
-    // Its own UUID and MAC addresses, the same at every start (also once migrated).
-    let config = config.with_new_identity();
     let name = vm_name(req.name.as_deref(), orig_vm, "instant")?;
-    if ir.running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
+    if state.instant.is_running(&name) {
         return Err(ApiError::conflict(format!(
             "instant recovery {name} is already running"
         )));
@@ -103,108 +92,30 @@ pub async fn start(
             )));
         }
     }
-    ir.ensure_serving()?;
-    let scratch = ir.dir().join(&name);
-    std::fs::create_dir_all(&scratch).map_err(|e| ApiError::internal(format!("creating {}", scratch.display()), e))?;
-
-    // One copy-on-write export per disk over the point's disk.
-    let mut exports = Vec::new();
-    for i in 0..disk_count {
-        let (r, vm, point, path) = (
-            repo.clone(),
-            req.vm.clone(),
-            point_id.clone(),
-            scratch.join(cow_file(i)),
-        );
-        let export = tokio::task::spawn_blocking(move || -> Result<CowExport, String> {
-            let base: Arc<dyn DiskSource> =
-                Arc::new(PointDisk::open(&r, &vm, &point, i as u32).map_err(|e| e.to_string())?);
-            CowExport::create(base, &path, COW_CLUSTER).map_err(|e| e.to_string())
-        })
-        .await?
-        .map_err(|e| ApiError::invalid(format!("opening disk {i} of {} point {point_id}: {e}", req.vm)))?;
-        let export = Arc::new(export);
-        let export_name = format!("{name}-disk{i}");
-        ir.server.add_export(
-            &export_name,
-            &format!("{} point {point_id} disk {i}", req.vm),
-            export.clone(),
-        );
-        exports.push((export_name, export));
-    }
-    let spec = LaunchSpec {
-        name: name.clone(),
-        disks: exports
-            .iter()
-            .enumerate()
-            .map(|(i, (export, _))| LaunchDisk::Nbd {
-                socket: ir.socket.clone(),
-                export: export.clone(),
-                node: format!("ir-disk{i}"),
-            })
-            .collect(),
-        qmp: qmp.clone(),
-        qga: qga.clone(),
-        accel: req.accel.clone(),
-        daemonize: true,
-        pidfile: Some(scratch.join(PIDFILE)),
-        serial_log: Some(scratch.join(SERIAL_LOG)),
-        new_macs: false,
-    };
-    let cleanup = |ir: &InstantRecoveries| {
-        for (export, _) in &exports {
-            ir.server.remove_export(export);
-        }
-        let _ = std::fs::remove_dir_all(&scratch);
-    };
-    let argv = match config.command_line(&spec) {
-        Ok(a) => a,
-        Err(e) => {
-            cleanup(&ir);
-            return Err(ApiError::invalid(format!("building the QEMU command line: {e}")));
-        }
-    };
-    let process = match QemuProcess::spawn(&argv, &qmp, QMP_TIMEOUT).await {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup(&ir);
-            return Err(ApiError::internal(format!("starting instant recovery {name}"), e));
-        }
-    };
-    let pid = Some(process.detach());
-    let info = InstantInfo {
-        name: name.clone(),
-        vm: req.vm.clone(),
-        host: host.name.clone(),
-        point: point_id.clone(),
-        state: InstantState::Running,
-        qmp: qmp.display().to_string(),
-        qga: qga.map(|p| p.display().to_string()),
-        pid,
-        exports: exports.iter().map(|(e, _)| e.clone()).collect(),
-        written_bytes: 0,
-        disks: Vec::new(),
-        serial_log: spec.serial_log.as_ref().map(|p| p.display().to_string()),
-        start_secs: started.elapsed().as_secs_f64(),
-    };
-    tracing::info!(
-        "{} started instant recovery {name} of {} point {point_id}",
-        caller.name,
-        req.vm
-    );
-    if let Ok(mut r) = ir.running.lock() {
-        r.insert(
+    let info = state
+        .instant
+        .launch(Launch {
             name,
-            Recovery {
-                info: info.clone(),
-                exports,
-                scratch,
-                config,
-                spec,
-                host_id: host.id,
-            },
-        );
-    }
+            repo,
+            vm: req.vm.clone(),
+            point: point_id,
+            disks: disk_count,
+            // Its own UUID and MAC addresses, the same at every start (also once migrated).
+            config: config.with_new_identity(),
+            host: (host.id, host.name),
+            qmp,
+            qga,
+            accel: req.accel,
+            requested,
+        })
+        .await?;
+    tracing::info!(
+        "{} started instant recovery {} of {} point {}",
+        caller.name,
+        info.name,
+        info.vm,
+        info.point
+    );
     Ok((axum::http::StatusCode::CREATED, Json(info)))
 }
 

@@ -15,12 +15,15 @@
 //! recovery only forgets it: its VM runs on.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_disk::DiskSource;
+use cairn_engine::PointDisk;
 use cairn_nbd::{CowExport, NbdServer, ServerHandle};
 use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
+use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -30,17 +33,17 @@ use super::QMP_TIMEOUT;
 use crate::error::{ServiceError, ServiceResult};
 
 /// The pid file of an instant recovery's QEMU in its folder.
-pub(crate) const PIDFILE: &str = "qemu.pid";
+const PIDFILE: &str = "qemu.pid";
 /// Its serial log.
-pub(crate) const SERIAL_LOG: &str = "serial.log";
+const SERIAL_LOG: &str = "serial.log";
 
 /// The copy-on-write scratch file of disk `i`.
-pub(crate) fn cow_file(i: usize) -> String {
+fn cow_file(i: usize) -> String {
     format!("disk{i}.cow")
 }
 
 /// Copy-on-write granularity of the scratch file.
-pub(crate) const COW_CLUSTER: u32 = 64 << 10;
+const COW_CLUSTER: u32 = 64 << 10;
 /// How long a storage migration may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -87,24 +90,52 @@ pub struct InstantInfo {
     pub start_secs: f64,
 }
 
-pub(crate) struct Recovery {
-    pub(crate) info: InstantInfo,
-    pub(crate) exports: Vec<(String, Arc<CowExport>)>,
-    pub(crate) scratch: PathBuf,
+/// An instant recovery the server runs.
+struct Recovery {
+    info: InstantInfo,
+    exports: Vec<(String, Arc<CowExport>)>,
+    scratch: PathBuf,
     /// The configuration it runs with (the point's, with its own UUID and MAC addresses).
-    pub(crate) config: VmConfig,
+    config: VmConfig,
     /// How it was started.
-    pub(crate) spec: LaunchSpec,
+    spec: LaunchSpec,
     /// Its host.
-    pub(crate) host_id: i64,
+    host_id: i64,
+}
+
+/// What an instant recovery starts from: a restore point's disks, the VM's configuration, where
+/// its sockets go.
+pub(crate) struct Launch {
+    /// The recovery's (and its VM's) name.
+    pub(crate) name: String,
+    /// The repository holding the point.
+    pub(crate) repo: Arc<cairn_repo::Repository>,
+    /// The VM backed up (`HOST/VM`).
+    pub(crate) vm: String,
+    /// The restore point id.
+    pub(crate) point: String,
+    /// How many disks the point has.
+    pub(crate) disks: usize,
+    /// The configuration to start (with its own UUID and MAC addresses).
+    pub(crate) config: VmConfig,
+    /// The host it runs on: id and name.
+    pub(crate) host: (i64, String),
+    /// Its QMP socket.
+    pub(crate) qmp: PathBuf,
+    /// Its guest agent socket, when the original had one.
+    pub(crate) qga: Option<PathBuf>,
+    /// Accelerator (default: as the original ran).
+    pub(crate) accel: Option<String>,
+    /// When the request came (for `start_secs`).
+    pub(crate) requested: std::time::Instant,
 }
 
 /// The instant recoveries of the server, with the NBD server that serves them.
 pub struct InstantRecoveries {
-    pub(crate) socket: PathBuf,
-    pub(crate) server: Arc<NbdServer>,
-    pub(crate) handle: Mutex<Option<ServerHandle>>,
-    pub(crate) running: Mutex<HashMap<String, Recovery>>,
+    socket: PathBuf,
+    server: Arc<NbdServer>,
+    handle: Mutex<Option<ServerHandle>>,
+    running: Mutex<HashMap<String, Recovery>>,
 }
 
 impl InstantRecoveries {
@@ -222,6 +253,131 @@ impl InstantRecoveries {
         if let Ok(mut r) = self.running.lock() {
             r.remove(name);
         }
+    }
+
+    /// Whether an instant recovery named `name` runs (or the state cannot be read).
+    pub(crate) fn is_running(&self, name: &str) -> bool {
+        self.running.lock().map(|r| r.contains_key(name)).unwrap_or(true)
+    }
+
+    /// Serves each disk of the point as a copy-on-write NBD export (its writes go to a scratch
+    /// file in `DATA/instant/NAME/`) and starts the VM on them. On failure nothing stays behind.
+    pub(crate) async fn launch(&self, l: Launch) -> ServiceResult<InstantInfo> {
+        let name = l.name.clone();
+        if self.is_running(&name) {
+            return Err(ServiceError::conflict(format!("instant recovery {name} is already running")));
+        }
+        self.ensure_serving()?;
+        let scratch = self.dir().join(&name);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| ServiceError::internal(format!("creating {}", scratch.display()), e))?;
+        let exports = match self.add_exports(&l, &scratch).await {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
+        };
+        let spec = LaunchSpec {
+            name: name.clone(),
+            disks: exports
+                .iter()
+                .enumerate()
+                .map(|(i, (export, _))| LaunchDisk::Nbd {
+                    socket: self.socket.clone(),
+                    export: export.clone(),
+                    node: format!("ir-disk{i}"),
+                })
+                .collect(),
+            qmp: l.qmp.clone(),
+            qga: l.qga.clone(),
+            accel: l.accel.clone(),
+            daemonize: true,
+            pidfile: Some(scratch.join(PIDFILE)),
+            serial_log: Some(scratch.join(SERIAL_LOG)),
+            new_macs: false,
+        };
+        let started = match l.config.command_line(&spec) {
+            Ok(argv) => QemuProcess::spawn(&argv, &l.qmp, QMP_TIMEOUT)
+                .await
+                .map_err(|e| ServiceError::internal(format!("starting instant recovery {name}"), e)),
+            Err(e) => Err(ServiceError::invalid(format!("building the QEMU command line: {e}"))),
+        };
+        let process = match started {
+            Ok(p) => p,
+            Err(e) => {
+                for (export, _) in &exports {
+                    self.server.remove_export(export);
+                }
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
+        };
+        let info = InstantInfo {
+            name: name.clone(),
+            vm: l.vm,
+            host: l.host.1,
+            point: l.point,
+            state: InstantState::Running,
+            qmp: l.qmp.display().to_string(),
+            qga: l.qga.map(|p| p.display().to_string()),
+            pid: Some(process.detach()),
+            exports: exports.iter().map(|(e, _)| e.clone()).collect(),
+            written_bytes: 0,
+            disks: Vec::new(),
+            serial_log: spec.serial_log.as_ref().map(|p| p.display().to_string()),
+            start_secs: l.requested.elapsed().as_secs_f64(),
+        };
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(
+                name,
+                Recovery {
+                    info: info.clone(),
+                    exports,
+                    scratch,
+                    config: l.config,
+                    spec,
+                    host_id: l.host.0,
+                },
+            );
+        }
+        Ok(info)
+    }
+
+    /// One copy-on-write export per disk of the point, named `NAME-diskI`, its scratch file in
+    /// `scratch`; on failure the ones added are removed.
+    async fn add_exports(&self, l: &Launch, scratch: &Path) -> ServiceResult<Vec<(String, Arc<CowExport>)>> {
+        let mut exports: Vec<(String, Arc<CowExport>)> = Vec::new();
+        for i in 0..l.disks {
+            let (r, vm, point, path) = (l.repo.clone(), l.vm.clone(), l.point.clone(), scratch.join(cow_file(i)));
+            let opened = tokio::task::spawn_blocking(move || -> Result<CowExport, String> {
+                let base: Arc<dyn DiskSource> =
+                    Arc::new(PointDisk::open(&r, &vm, &point, i as u32).map_err(|e| e.to_string())?);
+                CowExport::create(base, &path, COW_CLUSTER).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| ServiceError::internal("opening a restore point's disk", e))
+            .and_then(|r| {
+                r.map_err(|e| ServiceError::invalid(format!("opening disk {i} of {} point {}: {e}", l.vm, l.point)))
+            });
+            let export = match opened {
+                Ok(export) => Arc::new(export),
+                Err(e) => {
+                    for (name, _) in &exports {
+                        self.server.remove_export(name);
+                    }
+                    return Err(e);
+                }
+            };
+            let export_name = format!("{}-disk{i}", l.name);
+            self.server.add_export(
+                &export_name,
+                &format!("{} point {} disk {i}", l.vm, l.point),
+                export.clone(),
+            );
+            exports.push((export_name, export));
+        }
+        Ok(exports)
     }
 
     pub(crate) fn dir(&self) -> PathBuf {
