@@ -62,49 +62,45 @@ impl ApiError {
         self
     }
 
-    /// 429: too many attempts; try again after `seconds`.
-    pub fn too_many(message: impl Into<String>, seconds: u64) -> ApiError {
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
-        e.retry_after = Some(seconds.max(1));
-        e
-    }
-
     /// 400: the request cannot be read.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 429: too many attempts; try again after `seconds` (see [`ServiceError::too_many`]).
+    pub fn too_many(message: impl Into<String>, seconds: u64) -> ApiError {
+        ServiceError::too_many(message, seconds).into()
+    }
+
     /// 401: no, an unknown or an expired token (or a failed login).
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, message)
+        ServiceError::unauthorized(message).into()
     }
 
     /// 403: the caller's role is too low.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, message)
+        ServiceError::forbidden(message).into()
     }
 
     /// 404: no such object.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, message)
+        ServiceError::not_found(message).into()
     }
 
     /// 409: a conflict with the current state (stale version, running, name taken).
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, message)
+        ServiceError::conflict(message).into()
     }
 
     /// 422: well-formed but invalid input.
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+        ServiceError::invalid(message).into()
     }
 
     /// 500: the server failed. `detail` is logged when the error is answered; the client gets
     /// `public`.
     pub fn internal(public: impl Into<String>, detail: impl std::fmt::Display) -> ApiError {
-        let mut e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, public);
-        e.detail = Some(detail.to_string());
-        e
+        ServiceError::internal(public, detail).into()
     }
 }
 
