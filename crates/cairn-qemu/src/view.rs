@@ -30,7 +30,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,6 +38,10 @@ use serde_json::{Value, json};
 use crate::disks::{bitmaps_by_node, find_disk, list_disks};
 use crate::qmp::Qmp;
 use crate::{Error, Result, io_err};
+
+mod teardown;
+
+use teardown::{cancel_jobs, remove_exports};
 
 /// Prefix of every QEMU object a view creates.
 pub const PREFIX: &str = "cairn-";
@@ -553,97 +557,6 @@ impl LiveView {
         } else {
             Err(Error::Teardown(errors))
         }
-    }
-}
-
-/// Deletes exports with the given ids that exist and waits until they are gone.
-async fn remove_exports(qmp: &Qmp, ids: &[String]) -> std::result::Result<(), String> {
-    let present: Vec<String> = qmp
-        .query_block_exports()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|e| ids.contains(&e.id))
-        .map(|e| e.id)
-        .collect();
-    let mut errors = Vec::new();
-    for id in &present {
-        if let Err(e) = qmp.block_export_del(id).await {
-            // Already shutting down is fine; anything else is reported after the wait.
-            errors.push(e.to_string());
-        }
-    }
-    let deadline = Instant::now() + TEARDOWN_WAIT;
-    loop {
-        let left: Vec<String> = qmp
-            .query_block_exports()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|e| present.contains(&e.id))
-            .map(|e| e.id)
-            .collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            errors.push(format!(
-                "exports {} still present after {TEARDOWN_WAIT:?}",
-                left.join(", ")
-            ));
-            return Err(errors.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Cancels the jobs with the given ids that exist and waits until they are gone (the
-/// `BLOCK_JOB_CANCELLED` event may come before the command's reply: polling avoids the race).
-async fn cancel_jobs(qmp: &Qmp, ids: &[String]) -> std::result::Result<(), String> {
-    let present: Vec<String> = qmp
-        .query_block_jobs()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|j| ids.contains(&j.device))
-        .map(|j| j.device)
-        .collect();
-    let mut errors = Vec::new();
-    for id in &present {
-        if let Err(e) = qmp.block_job_cancel(id).await {
-            errors.push(e.to_string());
-        }
-    }
-    let deadline = Instant::now() + TEARDOWN_WAIT;
-    loop {
-        let jobs = qmp.query_block_jobs().await.map_err(|e| e.to_string())?;
-        let left: Vec<&str> = jobs
-            .iter()
-            .filter(|j| present.contains(&j.device))
-            .map(|j| j.device.as_str())
-            .collect();
-        if left.is_empty() {
-            return if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors.join("; "))
-            };
-        }
-        // A concluded job that was not dismissed automatically.
-        for j in jobs
-            .iter()
-            .filter(|j| present.contains(&j.device) && j.status == "concluded")
-        {
-            let _ = qmp.execute("job-dismiss", json!({ "id": j.device })).await;
-        }
-        if Instant::now() >= deadline {
-            errors.push(format!(
-                "jobs {} still present after {TEARDOWN_WAIT:?}",
-                left.join(", ")
-            ));
-            return Err(errors.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
