@@ -148,28 +148,13 @@ impl NbdServer {
             std::fs::remove_file(path).map_err(|e| io_err("remove stale socket", e))?;
         }
         let listener = UnixListener::bind(path).map_err(|e| io_err("bind", e))?;
-        let fd: OwnedFd = listener
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| io_err("clone listener", e))?;
-        let id = self.next_listener_id();
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = Arc::clone(self);
-        let thread = accept_thread(
-            Arc::clone(&stop),
-            move || listener.accept().map(|(s, _)| s),
-            move |s| server.spawn_unix(id, s),
+        self.listen(
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            Self::spawn_unix,
+            (path.display().to_string(), Wake::Unix(path.to_path_buf())),
+            io_err,
         )
-        .map_err(|e| io_err("spawn accept thread", e))?;
-        Ok(ServerHandle {
-            server: Arc::clone(self),
-            id,
-            addr: path.display().to_string(),
-            wake: Wake::Unix(path.to_path_buf()),
-            listener: fd,
-            stop,
-            thread: Some(thread),
-        })
     }
 
     /// Listens on TCP at `addr` (`host:port`; port 0 picks a free port, see
@@ -183,6 +168,30 @@ impl NbdServer {
         };
         let listener = TcpListener::bind(addr).map_err(|e| io_err("bind", e))?;
         let local = listener.local_addr().map_err(|e| io_err("local address", e))?;
+        self.listen(
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            Self::spawn_tcp,
+            (local.to_string(), Wake::Tcp(local)),
+            io_err,
+        )
+    }
+
+    /// Starts the accept thread of `listener` (`accept` takes the next connection, `serve` serves
+    /// it) and returns its handle, which shows `addr` and is woken by `wake`. `io_err` names the
+    /// endpoint in errors.
+    fn listen<L, S>(
+        self: &Arc<Self>,
+        listener: L,
+        accept: fn(&L) -> io::Result<S>,
+        serve: fn(&Arc<Self>, u64, S),
+        (addr, wake): (String, Wake),
+        io_err: impl Fn(&str, io::Error) -> Error,
+    ) -> Result<ServerHandle>
+    where
+        L: AsFd + Send + 'static,
+        S: 'static,
+    {
         let fd: OwnedFd = listener
             .as_fd()
             .try_clone_to_owned()
@@ -192,15 +201,15 @@ impl NbdServer {
         let server = Arc::clone(self);
         let thread = accept_thread(
             Arc::clone(&stop),
-            move || listener.accept().map(|(s, _)| s),
-            move |s| server.spawn_tcp(id, s),
+            move || accept(&listener),
+            move |s| serve(&server, id, s),
         )
         .map_err(|e| io_err("spawn accept thread", e))?;
         Ok(ServerHandle {
             server: Arc::clone(self),
             id,
-            addr: local.to_string(),
-            wake: Wake::Tcp(local),
+            addr,
+            wake,
             listener: fd,
             stop,
             thread: Some(thread),
