@@ -21,28 +21,14 @@ pub fn require(tool: &str) {
         "qemu-storage-daemon" => "qemu-system-common",
         _ => "?",
     };
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
     assert!(
-        found,
+        cairn_testkit::tools::installed(tool, &[]),
         "{tool} is needed by this test but is not installed: apt-get install {package} \
          (scripts/test.sh installs it)"
     );
 }
 
-/// Runs `cmd`, asserts it succeeded, returns its standard output.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use cairn_testkit::tools::run;
 
 /// Runs a tool after checking it is installed.
 pub fn tool(name: &str, args: &[&str]) -> String {

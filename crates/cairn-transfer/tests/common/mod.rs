@@ -160,25 +160,7 @@ impl Collected {
     }
 }
 
-/// Deterministic pseudo-random generator (xorshift64*), so failures reproduce.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+pub use cairn_testkit::rng::Rng;
 
 /// `count` blocks of 64 KiB to 1 MiB of random bytes, spread over two disks.
 pub fn random_blocks(count: usize, seed: u64) -> Vec<Block> {
