@@ -111,6 +111,15 @@ pub async fn bind_local(config: ReceiverConfig) -> Receiver {
         .expect("bind receiver")
 }
 
+/// A receiver on 127.0.0.1 that trusts `peers`' sender (default policy), a new transfer id, and
+/// a sender configuration for that transfer to that receiver (by the name `localhost`).
+pub async fn local_pair(peers: &Peers) -> (Receiver, TransferId, SenderConfig) {
+    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
+    let id = TransferId::random();
+    let config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
+    (receiver, id, config)
+}
+
 /// Records every block the receiver hands over, and how often each seq came.
 #[derive(Default)]
 pub struct Collected {
