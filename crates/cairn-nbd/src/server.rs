@@ -1,7 +1,7 @@
 //! The NBD server: exports by name, listeners, connection bookkeeping.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -230,31 +230,27 @@ impl NbdServer {
     }
 
     fn spawn_unix(self: &Arc<Self>, listener: u64, s: UnixStream) {
-        let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) else {
-            return;
-        };
-        self.spawn(listener, Sock::Unix(k), move |server, id| {
-            let _ = conn::serve(
-                server,
-                Some(id),
-                BufReader::with_capacity(BUF_SIZE, r),
-                BufWriter::with_capacity(BUF_SIZE, s),
-                WORKERS,
-            );
-        });
+        if let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) {
+            self.spawn_stream(listener, Sock::Unix(k), r, s);
+        }
     }
 
     fn spawn_tcp(self: &Arc<Self>, listener: u64, s: TcpStream) {
         let _ = s.set_nodelay(true);
-        let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) else {
-            return;
-        };
-        self.spawn(listener, Sock::Tcp(k), move |server, id| {
+        if let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) {
+            self.spawn_stream(listener, Sock::Tcp(k), r, s);
+        }
+    }
+
+    /// Serves an accepted connection read from `r` and written to `w` (clones of one socket;
+    /// `sock`, a third, shuts it down) on a thread of its own.
+    fn spawn_stream<S: Read + Write + Send + 'static>(self: &Arc<Self>, listener: u64, sock: Sock, r: S, w: S) {
+        self.spawn(listener, sock, move |server, id| {
             let _ = conn::serve(
                 server,
                 Some(id),
                 BufReader::with_capacity(BUF_SIZE, r),
-                BufWriter::with_capacity(BUF_SIZE, s),
+                BufWriter::with_capacity(BUF_SIZE, w),
                 WORKERS,
             );
         });
