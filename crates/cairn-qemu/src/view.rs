@@ -41,7 +41,7 @@ use crate::{Error, Result, io_err};
 
 mod teardown;
 
-use teardown::{cancel_jobs, remove_exports};
+use teardown::{cancel_jobs, remove_exports, remove_scratch};
 
 /// Prefix of every QEMU object a view creates.
 pub const PREFIX: &str = "cairn-";
@@ -263,7 +263,7 @@ pub async fn prepare(qmp: &Qmp, request: &ViewRequest) -> Result<PreparedView> {
         warnings,
     };
     if let Err(e) = prepared.attach_scratch(qmp).await {
-        let _ = prepared.remove_scratch(qmp).await;
+        let _ = remove_scratch(qmp, &prepared.disks).await;
         return Err(e);
     }
     Ok(prepared)
@@ -335,35 +335,9 @@ impl PreparedView {
         Ok(())
     }
 
-    /// Removes the scratch nodes and files (best effort; returns the problems).
-    async fn remove_scratch(&self, qmp: &Qmp) -> Vec<String> {
-        let mut errors = Vec::new();
-        match qmp
-            .execute_as::<Vec<Value>>("query-named-block-nodes", Value::Null)
-            .await
-        {
-            Ok(nodes) => {
-                for d in &self.disks {
-                    if nodes.iter().any(|n| n["node-name"] == d.scratch_node.as_str())
-                        && let Err(e) = qmp.blockdev_del(&d.scratch_node).await
-                    {
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-        for d in &self.disks {
-            if let Err(e) = remove_file(&d.scratch_file) {
-                errors.push(e.to_string());
-            }
-        }
-        errors
-    }
-
     /// Detaches and deletes the scratch nodes without taking the view.
     pub async fn abort(self, qmp: &Qmp) -> Result<()> {
-        let errors = self.remove_scratch(qmp).await;
+        let errors = remove_scratch(qmp, &self.disks).await;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -409,7 +383,7 @@ impl PreparedView {
     /// On error the scratch nodes are removed and nothing else changed.
     pub async fn commit(self, qmp: &Qmp) -> Result<LiveView> {
         if let Err(e) = qmp.transaction(self.actions()).await {
-            let errors = self.remove_scratch(qmp).await;
+            let errors = remove_scratch(qmp, &self.disks).await;
             if !errors.is_empty() {
                 let errors = errors.join("; ");
                 tracing::warn!(target: "cairn_qemu::view", "removing scratch nodes after a failed commit: {errors}");
@@ -509,26 +483,7 @@ impl LiveView {
         if let Err(e) = cancel_jobs(qmp, &jobs).await {
             errors.push(e);
         }
-        match qmp
-            .execute_as::<Vec<Value>>("query-named-block-nodes", Value::Null)
-            .await
-        {
-            Ok(nodes) => {
-                for d in &self.disks {
-                    if nodes.iter().any(|n| n["node-name"] == d.scratch_node.as_str())
-                        && let Err(e) = qmp.blockdev_del(&d.scratch_node).await
-                    {
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-        for d in &self.disks {
-            if let Err(e) = remove_file(&d.scratch_file) {
-                errors.push(e.to_string());
-            }
-        }
+        errors.extend(remove_scratch(qmp, &self.disks).await);
         match bitmaps_by_node(qmp).await {
             Ok(bitmaps) => {
                 for d in &self.disks {

@@ -1,10 +1,11 @@
-//! Removing a view's exports and block jobs at teardown, and waiting until QEMU no longer has them.
+//! Removing what a view added to QEMU (exports, block jobs, scratch nodes and files) at teardown,
+//! and waiting until QEMU no longer has them.
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::TEARDOWN_WAIT;
+use super::{TEARDOWN_WAIT, ViewDisk, remove_file};
 use crate::qmp::Qmp;
 
 /// Deletes exports with the given ids that exist and waits until they are gone.
@@ -112,4 +113,30 @@ async fn remove_and_wait(qmp: &Qmp, kind: BlockObjects, ids: &[String]) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Removes the scratch nodes and files of `disks` (best effort; returns the problems).
+pub(super) async fn remove_scratch(qmp: &Qmp, disks: &[ViewDisk]) -> Vec<String> {
+    let mut errors = Vec::new();
+    match qmp
+        .execute_as::<Vec<Value>>("query-named-block-nodes", Value::Null)
+        .await
+    {
+        Ok(nodes) => {
+            for d in disks {
+                if nodes.iter().any(|n| n["node-name"] == d.scratch_node.as_str())
+                    && let Err(e) = qmp.blockdev_del(&d.scratch_node).await
+                {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    for d in disks {
+        if let Err(e) = remove_file(&d.scratch_file) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
 }
