@@ -31,3 +31,22 @@ impl Rng {
         }
     }
 }
+
+/// `len` pseudo-random bytes from `seed` (xorshift, the top byte of each number):
+/// incompressible, and no two blocks alike.
+pub fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
+    xorshift_bytes_from(seed, len, 56)
+}
+
+/// As [`xorshift_bytes`], taking from each number the byte `shift` bits up.
+pub fn xorshift_bytes_from(seed: u64, len: usize, shift: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> shift) as u8
+        })
+        .collect()
+}

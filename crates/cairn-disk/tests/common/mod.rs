@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use cairn_disk::{DiskSource, Image};
 
+pub mod vhdi;
+
 /// Where fixtures are cached between runs.
 pub fn cache_dir() -> PathBuf {
     let dir = PathBuf::from("/var/tmp/cairn-test-cache/disk-fixtures");
