@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Backend, TestServer, make_images};
+use common::{ADMIN_PASSWORD, Backend, TestServer, default_repository, make_images, vm_id};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -116,29 +116,6 @@ async fn add_images_host(t: &TestServer) -> (i64, Value) {
         .await;
     assert_eq!(status, 201, "{body}");
     (body["host"]["id"].as_i64().unwrap(), body)
-}
-
-fn vm_id(host_answer: &Value, name: &str) -> i64 {
-    host_answer["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("no VM {name} in {host_answer}"))["id"]
-        .as_i64()
-        .unwrap()
-}
-
-async fn default_repository(t: &TestServer) -> i64 {
-    let repos = t.get("/api/v1/repositories").await;
-    repos
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["is_default"] == true)
-        .expect("a default repository")["id"]
-        .as_i64()
-        .unwrap()
 }
 
 async fn every_route_needs_a_token(backend: Backend) {

@@ -249,3 +249,28 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// The id of VM `name` in a host as the API answers it.
+pub fn vm_id(host_answer: &Value, name: &str) -> i64 {
+    host_answer["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {host_answer}"))["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The id of the default repository.
+pub async fn default_repository(t: &TestServer) -> i64 {
+    let repos = t.get("/api/v1/repositories").await;
+    repos
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["is_default"] == true)
+        .expect("a default repository")["id"]
+        .as_i64()
+        .unwrap()
+}
