@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
+use server_common::agents::*;
 use server_common::*;
 
 /// Kills the agent processes when the test ends, passed or not.
@@ -24,27 +25,6 @@ impl Drop for Agents {
     }
 }
 
-fn token(srv: &Server, roles: &str) -> String {
-    let v = ok_json(srv.cairn(["agent", "token", "--roles", roles, "--json"]));
-    v["token"].as_str().expect("token").to_owned()
-}
-
-fn spawn_agent(srv: &Server, name: &str, roles: &str, extra: &[&str]) -> Child {
-    let dir = srv.tmp.path().join(format!("agent-{name}"));
-    let log = srv.tmp.path().join(format!("agent-{name}.log"));
-    let mut cmd: Command = srv.cairn(["agent", "--server", &srv.url, "--name", name]);
-    cmd.arg("--token")
-        .arg(token(srv, roles))
-        .arg("--ca-cert")
-        .arg(&srv.ca)
-        .arg("--data")
-        .arg(&dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("agent log"));
-    cmd.spawn().expect("cannot start `cairn agent`")
-}
-
 /// Starts agent `name` again from its data folder (no token).
 fn restart_agent(srv: &Server, name: &str, extra: &[&str]) -> Child {
     let dir = srv.tmp.path().join(format!("agent-{name}"));
@@ -57,27 +37,11 @@ fn restart_agent(srv: &Server, name: &str, extra: &[&str]) -> Child {
     cmd.spawn().expect("cannot start `cairn agent`")
 }
 
-fn agent_state(srv: &Server, name: &str) -> Option<Value> {
-    let all = ok_json(srv.cairn(["agent", "list", "--json"]));
-    all.as_array()?.iter().find(|a| a["name"] == name).cloned()
-}
-
 /// `cairn job run NAME --wait`: (exit code, everything printed, then the whole session with
 /// every log line as `cairn session show` prints it).
 fn run_job(srv: &Server, job: &str) -> (i32, String) {
     let out = srv.cairn(["job", "run", job, "--wait"]).output().expect("job run");
-    let mut text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let session = text
-        .split("session ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no session number in: {text}"));
-    text.push_str(&ok(srv.cairn(["session", "show", &session])));
+    let (text, _) = job_run_report(srv, &out);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -392,18 +356,7 @@ fn backups_through_agents(backend: Backend) {
         .0
         .push(restart_agent(&srv, "rep01", &["--listen", "127.0.0.1:0"]));
     let out = run.wait_with_output().expect("job run");
-    let mut text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let session = text
-        .split("session ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .unwrap()
-        .to_owned();
-    text.push_str(&ok(srv.cairn(["session", "show", &session])));
+    let (text, _) = job_run_report(&srv, &out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains("agent rep01 was restarted while it ran this task"),

@@ -11,12 +11,11 @@
 mod server_common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Stdio};
 
-use cairn_qemu::process::QemuProcess;
-use cairn_qemu::qmp::Qmp;
+use cairn_testkit::qemu_vm::GuestlessVm;
 use serde_json::Value;
+use server_common::agents::*;
 use server_common::*;
 
 /// Kills the agent when the test ends, passed or not.
@@ -29,44 +28,11 @@ impl Drop for Agent {
     }
 }
 
-fn spawn_agent(srv: &Server, name: &str, roles: &str) -> Agent {
-    let token = ok_json(srv.cairn(["agent", "token", "--roles", roles, "--json"]))["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let log = srv.tmp.path().join(format!("agent-{name}.log"));
-    let mut cmd: Command = srv.cairn(["agent", "--server", &srv.url, "--name", name, "--token", &token]);
-    cmd.arg("--ca-cert")
-        .arg(&srv.ca)
-        .arg("--data")
-        .arg(srv.tmp.path().join(format!("agent-{name}")))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("agent log"));
-    Agent(cmd.spawn().expect("cannot start `cairn agent`"))
-}
-
-fn agent_state(srv: &Server, name: &str) -> Option<Value> {
-    let all = ok_json(srv.cairn(["agent", "list", "--json"]));
-    all.as_array()?.iter().find(|a| a["name"] == name).cloned()
-}
-
 /// `cairn job run NAME --wait`: (exit code, what it printed and the whole session's log, the
 /// session's JSON with its tasks' statistics).
 fn run_job(srv: &Server, job: &str) -> (i32, String, Value) {
     let out = srv.cairn(["job", "run", job, "--wait"]).output().expect("job run");
-    let mut text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let session = text
-        .split("session ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no session number in: {text}"));
-    text.push_str(&ok(srv.cairn(["session", "show", &session])));
+    let (text, session) = job_run_report(srv, &out);
     let json = ok_json(srv.cairn(["session", "show", &session, "--json"]));
     (out.status.code().unwrap_or(-1), text, json)
 }
@@ -99,60 +65,16 @@ fn seeded_write(dir: &Path, offset: u64, len: u64, seed: u64) -> String {
 }
 
 /// A guestless VM `web01` with one 64 MiB qcow2 disk (device `vblk0`).
-struct Vm {
-    process: Option<QemuProcess>,
-    qmp_path: PathBuf,
-}
+struct Vm(GuestlessVm);
 
 impl Vm {
     async fn start(vms: &Path, disk: &Path) -> Vm {
-        std::fs::create_dir_all(vms).unwrap();
-        let qmp_path = vms.join("web01.qmp");
-        let argv: Vec<String> = [
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-name",
-            "web01",
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_path.display()),
-            "-drive",
-            &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
-            "-device",
-            "virtio-blk-pci,drive=drive0,id=vblk0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let process = QemuProcess::spawn(&argv, &qmp_path, Duration::from_secs(60))
-            .await
-            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-        Vm {
-            process: Some(process),
-            qmp_path,
-        }
-    }
-
-    async fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.qmp_path, Duration::from_secs(30))
-            .await
-            .expect("QMP")
+        Vm(GuestlessVm::start_web01(vms, disk, false).await)
     }
 
     /// A guest write through the block layer.
     async fn write(&self, what: &str) {
-        let out = self
-            .qmp()
-            .await
-            .human_monitor_command(&format!("qemu-io drive0 \"{what}\""))
-            .await
-            .expect("qemu-io through the monitor");
+        let out = self.0.qemu_io(what).await;
         // qemu-io reports to QEMU's stdout; the monitor answers only errors (the restores check
         // that the data landed).
         assert!(out.trim().is_empty(), "qemu-io {what}: {out}");
@@ -160,22 +82,7 @@ impl Vm {
 
     /// Between backups QEMU holds nothing of cairn's but one checkpoint bitmap, and runs.
     async fn assert_clean(&self) {
-        let qmp = self.qmp().await;
-        assert!(qmp.query_block_exports().await.unwrap().is_empty(), "exports left");
-        assert!(qmp.query_block_jobs().await.unwrap().is_empty(), "block jobs left");
-        let nodes = qmp
-            .execute("query-named-block-nodes", serde_json::json!({}))
-            .await
-            .unwrap();
-        let left: Vec<&str> = nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n["node-name"].as_str())
-            .filter(|n| n.starts_with("cairn"))
-            .collect();
-        assert!(left.is_empty(), "nodes left: {left:?}");
-        let disks = cairn_qemu::disks::list_disks(&qmp).await.unwrap();
+        let disks = self.0.assert_no_cairn_objects().await;
         assert_eq!(disks.len(), 1, "{disks:?}");
         let bitmaps: Vec<&str> = disks[0].bitmaps.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(
@@ -184,14 +91,10 @@ impl Vm {
             "one checkpoint bitmap and no other of cairn's: {bitmaps:?}"
         );
         assert!(bitmaps.iter().any(|b| b.starts_with("cairn-r")), "{bitmaps:?}");
-        assert!(qmp.query_status().await.unwrap().running, "the VM runs on");
     }
 
-    async fn quit(mut self) {
-        if let Some(mut p) = self.process.take() {
-            let qmp = self.qmp().await;
-            let _ = p.quit(Some(&qmp), Duration::from_secs(30)).await;
-        }
+    async fn quit(self) {
+        self.0.quit().await;
     }
 }
 
@@ -230,7 +133,12 @@ fn restore(srv: &Server, point: &str, to: &Path) {
 fn a_running_vm_is_backed_up_into_a_repository_on_an_agent() {
     let srv = Server::start_with(Backend::Sqlite, "agent_live", &["--agent-heartbeat", "1"]);
     srv.login_admin();
-    let _agent = spawn_agent(&srv, "rep01", "proxy,repository");
+    let _agent = Agent(spawn_agent(
+        &srv,
+        "rep01",
+        "proxy,repository",
+        &["--listen", "127.0.0.1:0"],
+    ));
     wait_for("agent rep01 online with its address", 60, || {
         let a = agent_state(&srv, "rep01")?;
         (a["state"] == "online" && a["address"].is_string()).then_some(())

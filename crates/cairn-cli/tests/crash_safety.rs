@@ -355,6 +355,31 @@ struct Chain<'a> {
     saved: Saved,
 }
 
+/// A new temporary folder with `disk0.raw` (`size` bytes of random data, a tenth of it holes) and an
+/// empty repository `repo`.
+fn disk_and_repo(size: u64, rng: &mut Rng) -> (tempfile::TempDir, PathBuf, Repo) {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk0.raw");
+    create_disk(&disk, size, 0.1, rng);
+    let repo = Repo::init(&tmp.path().join("repo"));
+    (tmp, disk, repo)
+}
+
+impl<'a> Chain<'a> {
+    /// Backups of `disk` into `repo` in blocks of `block_size`, uncompressed, with `method`'s
+    /// arguments; the points are saved in `dir/saved`.
+    fn new(repo: &'a Repo, disk: &'a Path, dir: &Path, block_size: &str, method: &[&str]) -> Chain<'a> {
+        let mut args = s(&["--block-size", block_size, "--compression", "none"]);
+        args.extend(s(method));
+        Chain {
+            repo,
+            disk,
+            args,
+            saved: Saved::new(&dir.join("saved")),
+        }
+    }
+}
+
 impl Chain<'_> {
     /// Backs up after rewriting 30–50 % of the disk with random data.
     fn grow(&mut self, rng: &mut Rng) -> String {
@@ -379,18 +404,8 @@ fn kill_during_retention(test: &str, seed: u64, method: &[&str]) {
     const TRIALS: usize = 20;
     let forward = method.contains(&"forward");
     let mut rng = Rng::new(test_seed(test, seed));
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("disk0.raw");
-    create_disk(&disk, 48 * MIB, 0.1, &mut rng);
-    let repo = Repo::init(&tmp.path().join("repo"));
-    let mut args = s(&["--block-size", "1M", "--compression", "none"]);
-    args.extend(s(method));
-    let mut chain = Chain {
-        repo: &repo,
-        disk: &disk,
-        args,
-        saved: Saved::new(&tmp.path().join("saved")),
-    };
+    let (tmp, disk, repo) = disk_and_repo(48 * MIB, &mut rng);
+    let mut chain = Chain::new(&repo, &disk, tmp.path(), "1M", method);
     chain.grow(&mut rng);
     chain.grow_to(POINTS, &mut rng);
 
@@ -617,18 +632,8 @@ fn kill_at_each_step_of_retention() {
     let mut tally = Tally::default();
     for (method, method_args) in methods {
         let forward = !method_args.is_empty();
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = tmp.path().join("disk0.raw");
-        create_disk(&disk, 16 * MIB, 0.1, &mut rng);
-        let repo = Repo::init(&tmp.path().join("repo"));
-        let mut args = s(&["--block-size", "256K", "--compression", "none"]);
-        args.extend(s(method_args));
-        let mut chain = Chain {
-            repo: &repo,
-            disk: &disk,
-            args,
-            saved: Saved::new(&tmp.path().join("saved")),
-        };
+        let (tmp, disk, repo) = disk_and_repo(16 * MIB, &mut rng);
+        let mut chain = Chain::new(&repo, &disk, tmp.path(), "256K", method_args);
         chain.grow(&mut rng);
         for &(syscalls, max) in STEPS {
             for nth in 1..=max {

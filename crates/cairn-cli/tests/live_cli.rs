@@ -21,34 +21,9 @@ use std::time::Duration;
 
 use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
+use cairn_testkit::qemu_vm::web01_argv;
 use serde_json::Value;
 use server_common::*;
-
-/// The guestless VM `web01`: one 64 MiB qcow2 disk (`vblk0`), its QMP socket in `vms`.
-fn web01_argv(qmp: &Path, disk: &Path) -> Vec<String> {
-    [
-        "-accel",
-        "tcg",
-        "-machine",
-        "pc",
-        "-m",
-        "64",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-name",
-        "web01",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp.display()),
-        "-drive",
-        &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
-        "-device",
-        "virtio-blk-pci,drive=drive0,id=vblk0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 /// Kills, when the test ends, the QEMU processes the server started (by their pid files).
 struct Started(Vec<PathBuf>);

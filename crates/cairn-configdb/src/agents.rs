@@ -22,6 +22,7 @@ pub use cairn_api::AgentRole;
 use crate::ConfigDb;
 use crate::db::{from_us, from_us_opt, on_pool, to_us};
 use crate::error::{Error, Result, write_err};
+use crate::rows::found;
 
 /// Roles as stored: comma-separated names in [`AgentRole::ALL`] order, without duplicates.
 pub fn roles_to_text(roles: &[AgentRole]) -> String {
@@ -322,16 +323,12 @@ impl ConfigDb {
 
     /// Every enrolment token, newest first (used and expired ones included).
     pub async fn list_enrolment_tokens(&self) -> Result<Vec<EnrolmentToken>> {
-        on_pool!(self, |pool| {
-            let rows: Vec<EnrolmentTokenRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                token_columns!(),
-                " FROM agent_enrolment_tokens ORDER BY id DESC"
-            ))
-            .fetch_all(pool)
-            .await?;
-            rows.into_iter().map(EnrolmentToken::try_from).collect()
-        })
+        self.get_all::<EnrolmentTokenRow, _>(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM agent_enrolment_tokens ORDER BY id DESC"
+        ))
+        .await
     }
 
     /// Enrols an agent with the token whose hash is `token_hash`, at time `now`, in one
@@ -448,24 +445,13 @@ impl ConfigDb {
 
     /// The agent with `id`.
     pub async fn get_agent(&self, id: i64) -> Result<Agent> {
-        on_pool!(self, |pool| {
-            let row: Option<AgentRow> = sqlx::query_as(agent_select!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("agent {id}"),
-            })?
-            .try_into()
-        })
+        self.get_by_id::<AgentRow, _>(agent_select!("WHERE id = $1"), id, "agent")
+            .await
     }
 
     /// Every agent (revoked ones too), ordered by name.
     pub async fn list_agents(&self) -> Result<Vec<Agent>> {
-        on_pool!(self, |pool| {
-            let rows: Vec<AgentRow> = sqlx::query_as(agent_select!("ORDER BY name")).fetch_all(pool).await?;
-            rows.into_iter().map(Agent::try_from).collect()
-        })
+        self.get_all::<AgentRow, _>(agent_select!("ORDER BY name")).await
     }
 
     /// Records a heartbeat of agent `id` at `now`: what it reports and when it was seen.
@@ -502,10 +488,7 @@ impl ConfigDb {
             .bind(to_us(now))
             .fetch_optional(pool)
             .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("agent {id}"),
-            })?
-            .try_into()
+            found(row, || format!("agent {id}"))
         })
     }
 

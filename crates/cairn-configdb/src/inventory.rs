@@ -7,7 +7,8 @@ pub use cairn_api::HostKind;
 
 use crate::ConfigDb;
 use crate::db::{from_us, on_pool, to_us};
-use crate::error::{Error, Result, delete_err, one_row, write_err};
+use crate::error::{Error, Result, one_row, write_err};
+use crate::rows::found;
 
 /// An inventory source to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,36 +316,18 @@ impl ConfigDb {
 
     /// The host with `id`.
     pub async fn get_host(&self, id: i64) -> Result<Host> {
-        on_pool!(self, |pool| {
-            let row: Option<HostRow> = sqlx::query_as(host_select!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("host {id}"),
-            })?
-            .try_into()
-        })
+        self.get_by_id::<HostRow, _>(host_select!("WHERE id = $1"), id, "host")
+            .await
     }
 
     /// Every host, ordered by name.
     pub async fn list_hosts(&self) -> Result<Vec<Host>> {
-        on_pool!(self, |pool| {
-            let rows: Vec<HostRow> = sqlx::query_as(host_select!("ORDER BY name")).fetch_all(pool).await?;
-            rows.into_iter().map(Host::try_from).collect()
-        })
+        self.get_all::<HostRow, _>(host_select!("ORDER BY name")).await
     }
 
     /// Removes a host with its VMs and disks (and their places in jobs).
     pub async fn delete_host(&self, id: i64) -> Result<()> {
-        on_pool!(self, |pool| {
-            let done = sqlx::query("DELETE FROM hosts WHERE id = $1")
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(delete_err(format!("host {id}")))?;
-            one_row(done.rows_affected(), || format!("host {id}"))
-        })
+        self.delete_by_id("DELETE FROM hosts WHERE id = $1", id, "host").await
     }
 
     /// Records a discovery run of host `host_id` at `now`: inserts new VMs and disks, updates known
@@ -409,16 +392,7 @@ impl ConfigDb {
 
     /// The VM with `id`.
     pub async fn get_vm(&self, id: i64) -> Result<Vm> {
-        on_pool!(self, |pool| {
-            let row: Option<VmRow> = sqlx::query_as(vm_select!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("VM {id}"),
-            })?
-            .try_into()
-        })
+        self.get_by_id::<VmRow, _>(vm_select!("WHERE id = $1"), id, "VM").await
     }
 
     /// The VMs of one host, or of every host, ordered by name.
@@ -542,16 +516,8 @@ impl ConfigDb {
 
     /// The repository with `id`.
     pub async fn get_repository(&self, id: i64) -> Result<Repository> {
-        on_pool!(self, |pool| {
-            let row: Option<RepositoryRow> = sqlx::query_as(repository_select!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("repository {id}"),
-            })?
-            .try_into()
-        })
+        self.get_by_id::<RepositoryRow, _>(repository_select!("WHERE id = $1"), id, "repository")
+            .await
     }
 
     /// The default repository, if one is set.
@@ -567,24 +533,14 @@ impl ConfigDb {
 
     /// Every repository, ordered by name.
     pub async fn list_repositories(&self) -> Result<Vec<Repository>> {
-        on_pool!(self, |pool| {
-            let rows: Vec<RepositoryRow> = sqlx::query_as(repository_select!("ORDER BY name"))
-                .fetch_all(pool)
-                .await?;
-            rows.into_iter().map(Repository::try_from).collect()
-        })
+        self.get_all::<RepositoryRow, _>(repository_select!("ORDER BY name"))
+            .await
     }
 
     /// Deletes a repository; [`Error::Conflict`] while a job uses it.
     pub async fn delete_repository(&self, id: i64) -> Result<()> {
-        on_pool!(self, |pool| {
-            let done = sqlx::query("DELETE FROM repositories WHERE id = $1")
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(delete_err(format!("repository {id}")))?;
-            one_row(done.rows_affected(), || format!("repository {id}"))
-        })
+        self.delete_by_id("DELETE FROM repositories WHERE id = $1", id, "repository")
+            .await
     }
 
     /// Creates a proxy; [`Error::Duplicate`] if the name is taken.
@@ -621,44 +577,24 @@ impl ConfigDb {
             .fetch_optional(pool)
             .await
             .map_err(write_err(format!("proxy {:?}", proxy.name)))?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("proxy {id}"),
-            })?
-            .try_into()
+            found(row, || format!("proxy {id}"))
         })
     }
 
     /// The proxy with `id`.
     pub async fn get_proxy(&self, id: i64) -> Result<Proxy> {
-        on_pool!(self, |pool| {
-            let row: Option<ProxyRow> = sqlx::query_as(proxy_select!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.ok_or_else(|| Error::NotFound {
-                what: format!("proxy {id}"),
-            })?
-            .try_into()
-        })
+        self.get_by_id::<ProxyRow, _>(proxy_select!("WHERE id = $1"), id, "proxy")
+            .await
     }
 
     /// Every proxy, ordered by name.
     pub async fn list_proxies(&self) -> Result<Vec<Proxy>> {
-        on_pool!(self, |pool| {
-            let rows: Vec<ProxyRow> = sqlx::query_as(proxy_select!("ORDER BY name")).fetch_all(pool).await?;
-            rows.into_iter().map(Proxy::try_from).collect()
-        })
+        self.get_all::<ProxyRow, _>(proxy_select!("ORDER BY name")).await
     }
 
     /// Deletes a proxy (tasks that ran on it keep their history without the reference).
     pub async fn delete_proxy(&self, id: i64) -> Result<()> {
-        on_pool!(self, |pool| {
-            let done = sqlx::query("DELETE FROM proxies WHERE id = $1")
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(delete_err(format!("proxy {id}")))?;
-            one_row(done.rows_affected(), || format!("proxy {id}"))
-        })
+        self.delete_by_id("DELETE FROM proxies WHERE id = $1", id, "proxy")
+            .await
     }
 }

@@ -27,6 +27,7 @@ mod db;
 mod error;
 mod inventory;
 mod jobs;
+mod rows;
 mod sessions;
 mod throttle;
 mod users;

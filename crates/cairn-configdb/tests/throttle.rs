@@ -108,27 +108,20 @@ both_backends!(a_limit_below_one_or_an_empty_range_is_refused);
 
 async fn the_database_refuses_a_non_positive_limit_itself(f: &Fixture) {
     // The CHECK constraint of the schema backs the check in create_throttle_rule.
+    const SQL: &str =
+        "INSERT INTO throttle_rules (from_cidr, to_cidr, limit_bytes, created_at) VALUES ('a', 'b', 0, 0)";
+    /// Runs `SQL` once on a new pool of type `$pool` opened at the fixture's URL.
+    macro_rules! insert_once {
+        ($pool:ty) => {{
+            let pool = <$pool>::connect(&f.url).await.unwrap();
+            let r = sqlx::query(SQL).execute(&pool).await;
+            pool.close().await;
+            r.map(|_| ())
+        }};
+    }
     let result = match f.db.backend() {
-        cairn_configdb::Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
-            let r = sqlx::query(
-                "INSERT INTO throttle_rules (from_cidr, to_cidr, limit_bytes, created_at) VALUES ('a', 'b', 0, 0)",
-            )
-            .execute(&pool)
-            .await;
-            pool.close().await;
-            r.map(|_| ())
-        }
-        cairn_configdb::Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&f.url).await.unwrap();
-            let r = sqlx::query(
-                "INSERT INTO throttle_rules (from_cidr, to_cidr, limit_bytes, created_at) VALUES ('a', 'b', 0, 0)",
-            )
-            .execute(&pool)
-            .await;
-            pool.close().await;
-            r.map(|_| ())
-        }
+        cairn_configdb::Backend::Sqlite => insert_once!(sqlx::SqlitePool),
+        cairn_configdb::Backend::Postgres => insert_once!(sqlx::PgPool),
     };
     assert!(result.is_err(), "a zero limit was stored");
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Result, io_error};
+use crate::{DiskError, Result, io_error};
 
 /// Mode of the image files cairn creates: readable and writable by the owner
 /// only, since they hold a guest's data.
@@ -62,6 +62,37 @@ pub trait DiskWriter: Send + Sync {
 
     /// Writes the metadata and flushes the image to stable storage.
     fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Implements [`DiskWriter`] for a writer type by its inherent `write_at`
+/// and `finish` methods.
+macro_rules! disk_writer_by_inherent_methods {
+    ($writer:ty) => {
+        impl $crate::output::DiskWriter for $writer {
+            fn write_at(&self, data: &[u8], offset: u64) -> $crate::Result<()> {
+                <$writer>::write_at(self, data, offset)
+            }
+
+            fn finish(self: Box<Self>) -> $crate::Result<()> {
+                <$writer>::finish(*self)
+            }
+        }
+    };
+}
+pub(crate) use disk_writer_by_inherent_methods;
+
+/// Checks that `len` bytes written at guest `offset` stay within a disk of
+/// `size` bytes (the image at `path`).
+pub(crate) fn check_write_range(path: &Path, size: u64, len: usize, offset: u64) -> Result<()> {
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|e| e > size) {
+        return Err(DiskError::format(
+            path,
+            "write",
+            format!("{len} bytes at {offset} reach past the disk's {size} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// Options for a new image.

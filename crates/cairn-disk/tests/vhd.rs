@@ -17,6 +17,7 @@ use cairn_disk::layer::{Layer, Piece};
 use cairn_disk::vhd::format::{DynHeader, Footer, bitmap_len};
 use cairn_disk::vhd::{Vhd, VhdWriter, footer_at_end};
 use cairn_disk::{DiskError, DiskSource, DiskWriter, Format, Image, WriteOptions, writer};
+use common::vhdi::VhdiMount;
 use common::{path_str, qemu_img, require, run};
 
 // ---------------------------------------------------------------- helpers
@@ -105,15 +106,7 @@ fn assert_same_as_qemu_vpc(img: &Path) {
 }
 
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    cairn_testkit::rng::xorshift_bytes_from(seed, len, 24)
 }
 
 fn footer_at(b: &[u8], at: usize) -> Footer {
@@ -184,38 +177,10 @@ fn open_err_naming(path: &Path, names: &Path) -> String {
     }
 }
 
-/// Mounts `img` with libvhdi's vhdimount while the guard lives. For a
-/// differencing chain vhdimount shows one disk per layer, `vhdi1` being the
-/// base and the highest number the file given.
-struct VhdiMount {
-    dir: tempfile::TempDir,
-}
-
-impl VhdiMount {
-    fn new(img: &Path) -> Self {
-        require("vhdimount");
-        let dir = tempfile::tempdir().unwrap();
-        run(Command::new("vhdimount").arg(img).arg(dir.path()));
-        VhdiMount { dir }
-    }
-    /// The disk of the file given (the top of its chain).
-    fn disk(&self) -> PathBuf {
-        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
-        assert!(n >= 1, "vhdimount shows no disk");
-        self.dir.path().join(format!("vhdi{n}"))
-    }
-}
-
-impl Drop for VhdiMount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount").arg("-u").arg(self.dir.path()).status();
-    }
-}
-
 /// Compares the disk vhdimount shows for `img` with the file `expected`.
 fn assert_vhdimount_reads(img: &Path, expected: &Path) {
     let m = VhdiMount::new(img);
-    let got = std::fs::read(m.disk()).unwrap();
+    let got = std::fs::read(m.top()).unwrap();
     let want = std::fs::read(expected).unwrap();
     assert_eq!(got.len(), want.len(), "{}: vhdimount size", img.display());
     if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {

@@ -13,6 +13,7 @@ use cairn_disk::io::ImageFile;
 use cairn_disk::layer::{Format, Layer};
 use cairn_disk::vhdx::{Vhdx, VhdxWriter, replay_log_in_place};
 use cairn_disk::{DiskError, DiskSource, WriteOptions, writer};
+use common::vhdi::VhdiMount;
 use common::{path_str, qemu_img, require, run};
 
 const MIB: u64 = 1 << 20;
@@ -128,35 +129,6 @@ fn err_text<T>(r: cairn_disk::Result<T>) -> String {
     }
 }
 
-/// A vhdimount mount that is unmounted on drop.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(img: &Path) -> Mount {
-        require("vhdimount");
-        let dir = tempfile::tempdir().unwrap();
-        run(Command::new("vhdimount").arg(img).arg(dir.path()));
-        Mount { dir }
-    }
-    /// The top image of the mounted chain (vhdimount lists parents first).
-    fn top(&self) -> PathBuf {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort_by_key(|n| n.trim_start_matches("vhdi").parse::<u32>().unwrap_or(0));
-        self.dir.path().join(names.last().expect("vhdimount shows an image"))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount").arg("-u").arg(self.dir.path()).status();
-    }
-}
-
 /// Converts `img` with qemu-img and compares cairn's reads with it.
 fn same_as_qemu(img: &Path) {
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +158,7 @@ fn assert_image_bytes(img: &Path, expected: &[u8]) {
 }
 
 fn mounted_bytes(img: &Path) -> Vec<u8> {
-    let m = Mount::new(img);
+    let m = VhdiMount::new(img);
     read_file(&m.top())
 }
 

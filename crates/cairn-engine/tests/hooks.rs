@@ -17,29 +17,7 @@ use cairn_engine::{
 use cairn_repo::{Encryption, PointStats, Repository};
 
 mod common;
-use common::{BS, pattern, plan};
-
-struct MemDisk(Vec<u8>);
-
-impl DiskSource for MemDisk {
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-    fn virtual_size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn allocation(&self) -> cairn_disk::Result<Vec<Extent>> {
-        Ok(vec![Extent {
-            offset: 0,
-            length: self.0.len() as u64,
-        }])
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> cairn_disk::Result<()> {
-        let o = offset as usize;
-        buf.copy_from_slice(&self.0[o..o + buf.len()]);
-        Ok(())
-    }
-}
+use common::{BS, MemDisk, pattern, plan};
 
 fn opts() -> BackupOptions {
     BackupOptions {

@@ -286,6 +286,12 @@ async fn cancelling_mid_transfer_stops_both_ends_and_commits_nothing() {
         });
     }
     let out = running.finish().await;
+    assert_cancelled(&out, reason);
+    assert_untouched(&site, "vm4", &point, &data, &out);
+}
+
+/// Both ends of `out` ended cancelled with `reason`.
+fn assert_cancelled(out: &Outcome, reason: &str) {
     match &out.target {
         Err(MoverError::Cancelled(r)) => assert_eq!(r, reason),
         other => panic!("the target should be cancelled: {other:?}"),
@@ -294,7 +300,6 @@ async fn cancelling_mid_transfer_stops_both_ends_and_commits_nothing() {
         Err(MoverError::Cancelled(r)) => assert_eq!(r, reason),
         other => panic!("the source should be cancelled: {other:?}"),
     }
-    assert_untouched(&site, "vm4", &point, &data, &out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -307,14 +312,7 @@ async fn a_cancel_in_the_servers_answer_stops_both_ends() {
         link.control.lock().expect("control").cancel = Some(reason.into());
     }
     let out = running.finish().await;
-    match &out.target {
-        Err(MoverError::Cancelled(r)) => assert_eq!(r, reason),
-        other => panic!("the target should be cancelled: {other:?}"),
-    }
-    match &out.source {
-        Err(MoverError::Cancelled(r)) => assert_eq!(r, reason),
-        other => panic!("the source should be cancelled: {other:?}"),
-    }
+    assert_cancelled(&out, reason);
     assert_untouched(&site, "vm5", &point, &data, &out);
 }
 

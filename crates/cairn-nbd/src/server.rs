@@ -1,7 +1,7 @@
 //! The NBD server: exports by name, listeners, connection bookkeeping.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -148,28 +148,13 @@ impl NbdServer {
             std::fs::remove_file(path).map_err(|e| io_err("remove stale socket", e))?;
         }
         let listener = UnixListener::bind(path).map_err(|e| io_err("bind", e))?;
-        let fd: OwnedFd = listener
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| io_err("clone listener", e))?;
-        let id = self.next_listener_id();
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = Arc::clone(self);
-        let thread = accept_thread(
-            Arc::clone(&stop),
-            move || listener.accept().map(|(s, _)| s),
-            move |s| server.spawn_unix(id, s),
+        self.listen(
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            Self::spawn_unix,
+            (path.display().to_string(), Wake::Unix(path.to_path_buf())),
+            io_err,
         )
-        .map_err(|e| io_err("spawn accept thread", e))?;
-        Ok(ServerHandle {
-            server: Arc::clone(self),
-            id,
-            addr: path.display().to_string(),
-            wake: Wake::Unix(path.to_path_buf()),
-            listener: fd,
-            stop,
-            thread: Some(thread),
-        })
     }
 
     /// Listens on TCP at `addr` (`host:port`; port 0 picks a free port, see
@@ -183,6 +168,30 @@ impl NbdServer {
         };
         let listener = TcpListener::bind(addr).map_err(|e| io_err("bind", e))?;
         let local = listener.local_addr().map_err(|e| io_err("local address", e))?;
+        self.listen(
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            Self::spawn_tcp,
+            (local.to_string(), Wake::Tcp(local)),
+            io_err,
+        )
+    }
+
+    /// Starts the accept thread of `listener` (`accept` takes the next connection, `serve` serves
+    /// it) and returns its handle, which shows `addr` and is woken by `wake`. `io_err` names the
+    /// endpoint in errors.
+    fn listen<L, S>(
+        self: &Arc<Self>,
+        listener: L,
+        accept: fn(&L) -> io::Result<S>,
+        serve: fn(&Arc<Self>, u64, S),
+        (addr, wake): (String, Wake),
+        io_err: impl Fn(&str, io::Error) -> Error,
+    ) -> Result<ServerHandle>
+    where
+        L: AsFd + Send + 'static,
+        S: 'static,
+    {
         let fd: OwnedFd = listener
             .as_fd()
             .try_clone_to_owned()
@@ -192,15 +201,15 @@ impl NbdServer {
         let server = Arc::clone(self);
         let thread = accept_thread(
             Arc::clone(&stop),
-            move || listener.accept().map(|(s, _)| s),
-            move |s| server.spawn_tcp(id, s),
+            move || accept(&listener),
+            move |s| serve(&server, id, s),
         )
         .map_err(|e| io_err("spawn accept thread", e))?;
         Ok(ServerHandle {
             server: Arc::clone(self),
             id,
-            addr: local.to_string(),
-            wake: Wake::Tcp(local),
+            addr,
+            wake,
             listener: fd,
             stop,
             thread: Some(thread),
@@ -221,31 +230,27 @@ impl NbdServer {
     }
 
     fn spawn_unix(self: &Arc<Self>, listener: u64, s: UnixStream) {
-        let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) else {
-            return;
-        };
-        self.spawn(listener, Sock::Unix(k), move |server, id| {
-            let _ = conn::serve(
-                server,
-                Some(id),
-                BufReader::with_capacity(BUF_SIZE, r),
-                BufWriter::with_capacity(BUF_SIZE, s),
-                WORKERS,
-            );
-        });
+        if let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) {
+            self.spawn_stream(listener, Sock::Unix(k), r, s);
+        }
     }
 
     fn spawn_tcp(self: &Arc<Self>, listener: u64, s: TcpStream) {
         let _ = s.set_nodelay(true);
-        let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) else {
-            return;
-        };
-        self.spawn(listener, Sock::Tcp(k), move |server, id| {
+        if let (Ok(r), Ok(k)) = (s.try_clone(), s.try_clone()) {
+            self.spawn_stream(listener, Sock::Tcp(k), r, s);
+        }
+    }
+
+    /// Serves an accepted connection read from `r` and written to `w` (clones of one socket;
+    /// `sock`, a third, shuts it down) on a thread of its own.
+    fn spawn_stream<S: Read + Write + Send + 'static>(self: &Arc<Self>, listener: u64, sock: Sock, r: S, w: S) {
+        self.spawn(listener, sock, move |server, id| {
             let _ = conn::serve(
                 server,
                 Some(id),
                 BufReader::with_capacity(BUF_SIZE, r),
-                BufWriter::with_capacity(BUF_SIZE, s),
+                BufWriter::with_capacity(BUF_SIZE, w),
                 WORKERS,
             );
         });

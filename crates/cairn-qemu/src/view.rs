@@ -30,7 +30,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,6 +38,10 @@ use serde_json::{Value, json};
 use crate::disks::{bitmaps_by_node, find_disk, list_disks};
 use crate::qmp::Qmp;
 use crate::{Error, Result, io_err};
+
+mod teardown;
+
+use teardown::{cancel_jobs, remove_exports, remove_scratch};
 
 /// Prefix of every QEMU object a view creates.
 pub const PREFIX: &str = "cairn-";
@@ -259,7 +263,7 @@ pub async fn prepare(qmp: &Qmp, request: &ViewRequest) -> Result<PreparedView> {
         warnings,
     };
     if let Err(e) = prepared.attach_scratch(qmp).await {
-        let _ = prepared.remove_scratch(qmp).await;
+        let _ = remove_scratch(qmp, &prepared.disks).await;
         return Err(e);
     }
     Ok(prepared)
@@ -331,35 +335,9 @@ impl PreparedView {
         Ok(())
     }
 
-    /// Removes the scratch nodes and files (best effort; returns the problems).
-    async fn remove_scratch(&self, qmp: &Qmp) -> Vec<String> {
-        let mut errors = Vec::new();
-        match qmp
-            .execute_as::<Vec<Value>>("query-named-block-nodes", Value::Null)
-            .await
-        {
-            Ok(nodes) => {
-                for d in &self.disks {
-                    if nodes.iter().any(|n| n["node-name"] == d.scratch_node.as_str())
-                        && let Err(e) = qmp.blockdev_del(&d.scratch_node).await
-                    {
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-        for d in &self.disks {
-            if let Err(e) = remove_file(&d.scratch_file) {
-                errors.push(e.to_string());
-            }
-        }
-        errors
-    }
-
     /// Detaches and deletes the scratch nodes without taking the view.
     pub async fn abort(self, qmp: &Qmp) -> Result<()> {
-        let errors = self.remove_scratch(qmp).await;
+        let errors = remove_scratch(qmp, &self.disks).await;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -405,7 +383,7 @@ impl PreparedView {
     /// On error the scratch nodes are removed and nothing else changed.
     pub async fn commit(self, qmp: &Qmp) -> Result<LiveView> {
         if let Err(e) = qmp.transaction(self.actions()).await {
-            let errors = self.remove_scratch(qmp).await;
+            let errors = remove_scratch(qmp, &self.disks).await;
             if !errors.is_empty() {
                 let errors = errors.join("; ");
                 tracing::warn!(target: "cairn_qemu::view", "removing scratch nodes after a failed commit: {errors}");
@@ -505,26 +483,7 @@ impl LiveView {
         if let Err(e) = cancel_jobs(qmp, &jobs).await {
             errors.push(e);
         }
-        match qmp
-            .execute_as::<Vec<Value>>("query-named-block-nodes", Value::Null)
-            .await
-        {
-            Ok(nodes) => {
-                for d in &self.disks {
-                    if nodes.iter().any(|n| n["node-name"] == d.scratch_node.as_str())
-                        && let Err(e) = qmp.blockdev_del(&d.scratch_node).await
-                    {
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-        for d in &self.disks {
-            if let Err(e) = remove_file(&d.scratch_file) {
-                errors.push(e.to_string());
-            }
-        }
+        errors.extend(remove_scratch(qmp, &self.disks).await);
         match bitmaps_by_node(qmp).await {
             Ok(bitmaps) => {
                 for d in &self.disks {
@@ -553,97 +512,6 @@ impl LiveView {
         } else {
             Err(Error::Teardown(errors))
         }
-    }
-}
-
-/// Deletes exports with the given ids that exist and waits until they are gone.
-async fn remove_exports(qmp: &Qmp, ids: &[String]) -> std::result::Result<(), String> {
-    let present: Vec<String> = qmp
-        .query_block_exports()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|e| ids.contains(&e.id))
-        .map(|e| e.id)
-        .collect();
-    let mut errors = Vec::new();
-    for id in &present {
-        if let Err(e) = qmp.block_export_del(id).await {
-            // Already shutting down is fine; anything else is reported after the wait.
-            errors.push(e.to_string());
-        }
-    }
-    let deadline = Instant::now() + TEARDOWN_WAIT;
-    loop {
-        let left: Vec<String> = qmp
-            .query_block_exports()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|e| present.contains(&e.id))
-            .map(|e| e.id)
-            .collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            errors.push(format!(
-                "exports {} still present after {TEARDOWN_WAIT:?}",
-                left.join(", ")
-            ));
-            return Err(errors.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Cancels the jobs with the given ids that exist and waits until they are gone (the
-/// `BLOCK_JOB_CANCELLED` event may come before the command's reply: polling avoids the race).
-async fn cancel_jobs(qmp: &Qmp, ids: &[String]) -> std::result::Result<(), String> {
-    let present: Vec<String> = qmp
-        .query_block_jobs()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|j| ids.contains(&j.device))
-        .map(|j| j.device)
-        .collect();
-    let mut errors = Vec::new();
-    for id in &present {
-        if let Err(e) = qmp.block_job_cancel(id).await {
-            errors.push(e.to_string());
-        }
-    }
-    let deadline = Instant::now() + TEARDOWN_WAIT;
-    loop {
-        let jobs = qmp.query_block_jobs().await.map_err(|e| e.to_string())?;
-        let left: Vec<&str> = jobs
-            .iter()
-            .filter(|j| present.contains(&j.device))
-            .map(|j| j.device.as_str())
-            .collect();
-        if left.is_empty() {
-            return if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors.join("; "))
-            };
-        }
-        // A concluded job that was not dismissed automatically.
-        for j in jobs
-            .iter()
-            .filter(|j| present.contains(&j.device) && j.status == "concluded")
-        {
-            let _ = qmp.execute("job-dismiss", json!({ "id": j.device })).await;
-        }
-        if Instant::now() >= deadline {
-            errors.push(format!(
-                "jobs {} still present after {TEARDOWN_WAIT:?}",
-                left.join(", ")
-            ));
-            return Err(errors.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -45,6 +45,19 @@ async fn node_of(qmp: &Qmp, device: &str) -> String {
         .clone()
 }
 
+/// A VM with one new qcow2 disk `d/d0.qcow2` of [`SIZE`] (drive `drive0`, device `disk0`), and
+/// the disk's node.
+async fn one_disk_vm(d: &Path) -> (TestVm, String) {
+    let img = d.join("d0.qcow2");
+    qcow2(&img, SIZE, None);
+    let qmp_socket = d.join("qmp.sock");
+    let mut argv = base_argv(&qmp_socket, true);
+    argv.extend(drive_args(&img, "drive0", "disk0"));
+    let vm = start(argv, &qmp_socket).await;
+    let node = node_of(&vm.qmp, "disk0").await;
+    (vm, node)
+}
+
 #[tokio::test]
 async fn full_view_is_point_in_time_and_teardown_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,14 +162,8 @@ async fn full_view_is_point_in_time_and_teardown_leaves_nothing() {
 async fn incremental_view_exports_exactly_the_dirty_regions() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let img = d.join("d0.qcow2");
-    qcow2(&img, SIZE, None);
-    let qmp_socket = d.join("qmp.sock");
-    let mut argv = base_argv(&qmp_socket, true);
-    argv.extend(drive_args(&img, "drive0", "disk0"));
-    let vm = start(argv, &qmp_socket).await;
+    let (vm, node) = one_disk_vm(d).await;
     let qmp = &vm.qmp;
-    let node = node_of(qmp, "disk0").await;
 
     let mut first = take(qmp, &request(d, vec![disk("disk0", None, "cp1")])).await;
     first.finish(qmp, true).await.unwrap();
@@ -293,14 +300,8 @@ async fn checkpoint_survives_clean_restart_and_is_dropped_after_a_crash() {
 async fn failures_in_the_middle_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let img = d.join("d0.qcow2");
-    qcow2(&img, SIZE, None);
-    let qmp_socket = d.join("qmp.sock");
-    let mut argv = base_argv(&qmp_socket, true);
-    argv.extend(drive_args(&img, "drive0", "disk0"));
-    let vm = start(argv, &qmp_socket).await;
+    let (vm, node) = one_disk_vm(d).await;
     let qmp = &vm.qmp;
-    let node = node_of(qmp, "disk0").await;
     let mut v = take(qmp, &request(d, vec![disk("disk0", None, "cp1")])).await;
     v.finish(qmp, true).await.unwrap();
 

@@ -208,7 +208,7 @@ async fn enrol_heartbeat_list_revoke(backend: Backend) {
     let path = format!("/api/v1/agents/{id}");
     let (status, _) = t.call(Method::DELETE, &path, Some(&viewer), None).await;
     assert_eq!(status, 403);
-    let (status, revoked) = t.call(Method::DELETE, &path, Some(&t.admin), None).await;
+    let (status, revoked) = t.delete(&path).await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["state"], "revoked");
     let (status, body) = send(&agent, Method::POST, url, Some(&heartbeat_body())).await;
@@ -218,9 +218,7 @@ async fn enrol_heartbeat_list_revoke(backend: Backend) {
     let list = t.get("/api/v1/agents").await;
     assert_eq!(list[0]["state"], "revoked", "the row stays");
     assert!(list[0]["revoked_at"].is_string());
-    let (status, _) = t
-        .call(Method::DELETE, "/api/v1/agents/9999", Some(&t.admin), None)
-        .await;
+    let (status, _) = t.delete("/api/v1/agents/9999").await;
     assert_eq!(status, 404);
     t.stop().await;
 }
@@ -422,9 +420,7 @@ async fn a_renewed_certificate_replaces_the_old_one_at_its_first_use(backend: Ba
     assert_eq!(list[0]["cert_fingerprint"], renewed["cert_fingerprint"]);
 
     // A revoked agent can neither renew nor be asked to.
-    let (status, _) = t
-        .call(Method::DELETE, &format!("/api/v1/agents/{id}"), Some(&t.admin), None)
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/agents/{id}")).await;
     assert_eq!(status, 200);
     let (_, another) = csr("proxy07");
     let (status, body) = send(&new, Method::POST, renew, Some(&json!({"csr_pem": another}))).await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Backend, TestServer, make_images};
+use common::{ADMIN_PASSWORD, Backend, TestServer, default_repository, make_images, vm_id};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -116,29 +116,6 @@ async fn add_images_host(t: &TestServer) -> (i64, Value) {
         .await;
     assert_eq!(status, 201, "{body}");
     (body["host"]["id"].as_i64().unwrap(), body)
-}
-
-fn vm_id(host_answer: &Value, name: &str) -> i64 {
-    host_answer["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("no VM {name} in {host_answer}"))["id"]
-        .as_i64()
-        .unwrap()
-}
-
-async fn default_repository(t: &TestServer) -> i64 {
-    let repos = t.get("/api/v1/repositories").await;
-    repos
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["is_default"] == true)
-        .expect("a default repository")["id"]
-        .as_i64()
-        .unwrap()
 }
 
 async fn every_route_needs_a_token(backend: Backend) {
@@ -275,9 +252,7 @@ async fn login_tokens_and_expiry(backend: Backend) {
 
     // Revoked: 401.
     let id = created["id"].as_i64().unwrap();
-    let (status, _) = t
-        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&t.admin), None)
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/tokens/{id}")).await;
     assert_eq!(status, 204);
     let (status, _) = t.call(Method::GET, "/api/v1/jobs", Some(&api), None).await;
     assert_eq!(status, 401);
@@ -315,36 +290,17 @@ async fn login_tokens_and_expiry(backend: Backend) {
     let vera_id = users.as_array().unwrap().iter().find(|u| u["name"] == "vera").unwrap()["id"]
         .as_i64()
         .unwrap();
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/users/{vera_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/users/{vera_id}")).await;
     assert_eq!(status, 204);
     let (status, _) = t.call(Method::GET, "/api/v1/jobs", Some(&vera), None).await;
     assert_eq!(status, 401);
 
     // The last administrator stays.
     let admin_id = me["id"].as_i64().unwrap();
-    let (status, body) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/users/{admin_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, body) = t.delete(&format!("/api/v1/users/{admin_id}")).await;
     assert_eq!(status, 409, "{body}");
     let (status, _) = t
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{admin_id}"),
-            Some(&t.admin),
-            Some(&json!({"role": "viewer"})),
-        )
+        .patch(&format!("/api/v1/users/{admin_id}"), json!({"role": "viewer"}))
         .await;
     assert_eq!(status, 409);
     let (status, _) = t
@@ -472,9 +428,7 @@ async fn roles_limit_what_users_may_do(backend: Backend) {
     assert_eq!((status, body["enabled"].as_bool()), (200, Some(false)));
     let (status, _) = t.call(Method::GET, "/api/v1/users", Some(&t.admin), None).await;
     assert_eq!(status, 200);
-    let (status, _) = t
-        .call(Method::DELETE, &format!("/api/v1/jobs/{job_id}"), Some(&t.admin), None)
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/jobs/{job_id}")).await;
     assert_eq!(status, 204);
     t.stop().await;
 }
@@ -566,33 +520,12 @@ async fn hosts_scan_image_folders(backend: Backend) {
         )
         .await;
     assert_eq!(status, 201, "{job}");
-    let (status, body) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/hosts/{host_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, body) = t.delete(&format!("/api/v1/hosts/{host_id}")).await;
     assert_eq!(status, 409);
     assert!(body["error"].as_str().unwrap().contains('j'), "{body}");
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/jobs/{}", job["id"]),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/jobs/{}", job["id"])).await;
     assert_eq!(status, 204);
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/hosts/{host_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/hosts/{host_id}")).await;
     assert_eq!(status, 204);
     assert!(t.get("/api/v1/vms").await.as_array().unwrap().is_empty());
     t.stop().await;
@@ -636,11 +569,9 @@ async fn repositories_proxies_and_settings(backend: Backend) {
 
     // PATCH limits: shown in GET and applied to the resource scheduler.
     let (status, patched) = t
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/v1/repositories/{id}"),
-            Some(&t.admin),
-            Some(&json!({"max_tasks": 2, "write_limit_bytes": 1_048_576, "read_limit_bytes": 0})),
+            json!({"max_tasks": 2, "write_limit_bytes": 1_048_576, "read_limit_bytes": 0}),
         )
         .await;
     assert_eq!(status, 200, "{patched}");
@@ -651,11 +582,9 @@ async fn repositories_proxies_and_settings(backend: Backend) {
     assert!(second["read_limit_bytes"].is_null());
     assert_eq!(resources.repository_load(&key).unwrap().max_tasks, 2);
     let (status, patched) = t
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/v1/repositories/{id}"),
-            Some(&t.admin),
-            Some(&json!({"write_limit_bytes": null})),
+            json!({"write_limit_bytes": null}),
         )
         .await;
     assert_eq!(
@@ -667,12 +596,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         (200, true, Some(2))
     );
     let (status, _) = t
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/repositories/{id}"),
-            Some(&t.admin),
-            Some(&json!({"max_tasks": 0})),
-        )
+        .patch(&format!("/api/v1/repositories/{id}"), json!({"max_tasks": 0}))
         .await;
     assert_eq!(status, 422);
 
@@ -711,14 +635,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         .await;
     assert_eq!((status, made["encrypted"].as_bool()), (201, Some(false)), "{made}");
     let plain_id = made["id"].as_i64().unwrap();
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/repositories/{plain_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/repositories/{plain_id}")).await;
     assert_eq!(status, 204);
     assert!(plain.join("config").exists(), "files stay");
     assert!(
@@ -735,14 +652,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         "{adopted}"
     );
     // An encrypted one is adopted only with its password.
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/repositories/{id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/repositories/{id}")).await;
     assert_eq!(status, 204);
     let kept = std::fs::read_dir(t.path("data/secrets"))
         .unwrap()
@@ -776,14 +686,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
         )
         .await;
     assert_eq!(status, 201);
-    let (status, body) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/repositories/{default_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, body) = t.delete(&format!("/api/v1/repositories/{default_id}")).await;
     assert_eq!(status, 409);
     assert!(body["error"].as_str().unwrap().contains("used by jobs j"), "{body}");
 
@@ -807,12 +710,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
     assert_eq!(proxies[0]["running_tasks"], 0);
     let proxy_id = proxies[0]["id"].as_i64().unwrap();
     let (status, proxy) = t
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/proxies/{proxy_id}"),
-            Some(&t.admin),
-            Some(&json!({"max_tasks": 5})),
-        )
+        .patch(&format!("/api/v1/proxies/{proxy_id}"), json!({"max_tasks": 5}))
         .await;
     assert_eq!((status, proxy["max_tasks"].as_i64()), (200, Some(5)));
     let pkey = cairn_server::repositories::proxy_resource(proxy_id);
@@ -829,14 +727,7 @@ async fn repositories_proxies_and_settings(backend: Backend) {
             "require_totp_for_administrators": false,
         })
     );
-    let (status, settings) = t
-        .call(
-            Method::PATCH,
-            "/api/v1/settings",
-            Some(&t.admin),
-            Some(&json!({"parallel_processing": false})),
-        )
-        .await;
+    let (status, settings) = t.patch("/api/v1/settings", json!({"parallel_processing": false})).await;
     assert_eq!((status, settings["parallel_processing"].as_bool()), (200, Some(false)));
     assert!(!resources.parallel_processing());
     assert_eq!(t.get("/api/v1/settings").await["parallel_processing"], false);
@@ -923,14 +814,7 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
         .post("/api/v1/jobs", job(json!({"name": "twice", "vm_ids": [web, web]})))
         .await;
     assert_eq!((status, body["vm_ids"].clone()), (201, json!([web])), "{body}");
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/jobs/{}", body["id"]),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/jobs/{}", body["id"])).await;
     assert_eq!(status, 204);
     // Malformed and oversized bodies.
     let raw = |body: &'static str| {
@@ -1008,9 +892,7 @@ async fn jobs_validation_versions_run_and_restore(backend: Backend) {
         .await;
     assert_eq!(status, 201, "{chained}");
     assert!(chained["next_run"].is_null());
-    let (status, body) = t
-        .call(Method::DELETE, &format!("/api/v1/jobs/{id}"), Some(&t.admin), None)
-        .await;
+    let (status, body) = t.delete(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(status, 409, "{body}");
 
     // First save wins: a stale version is 409 naming the job and the new version.

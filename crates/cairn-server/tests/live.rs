@@ -15,14 +15,13 @@
 
 mod runner_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use cairn_configdb::{HostKind, NewHost, SessionState};
-use cairn_qemu::process::QemuProcess;
-use cairn_qemu::qmp::Qmp;
 use cairn_server::live::{QemuLocation, discover};
 use cairn_server::runner::{JobManager, Trigger};
+use cairn_testkit::qemu_vm::GuestlessVm;
 use runner_common::{Backend, Env, assert_state, image_bytes, qcow2_image, restored};
 
 const MIB: u64 = 1 << 20;
@@ -33,118 +32,33 @@ fn manual() -> Trigger {
 
 /// A guestless VM with one qcow2 disk (`drive0`, virtio) whose QMP socket is `DIR/vms/web01.qmp`,
 /// and a guest agent channel on `DIR/vms/web01.qga` that no agent in the guest opens.
-struct Vm {
-    process: Option<QemuProcess>,
-    qmp_path: PathBuf,
-    disk: PathBuf,
+struct Vm(GuestlessVm);
+
+impl std::ops::Deref for Vm {
+    type Target = GuestlessVm;
+    fn deref(&self) -> &GuestlessVm {
+        &self.0
+    }
 }
 
 impl Vm {
-    fn argv(qmp: &Path, disk: &Path) -> Vec<String> {
-        [
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-name",
-            "web01",
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp.display()),
-            "-drive",
-            &format!("file={},if=none,id=drive0,format=qcow2", disk.display()),
-            "-device",
-            "virtio-blk-pci,drive=drive0,id=vblk0",
-            "-chardev",
-            &format!(
-                "socket,path={},server=on,wait=off,id=qga0",
-                qmp.with_extension("qga").display()
-            ),
-            "-device",
-            "virtio-serial",
-            "-device",
-            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
     async fn start(dir: &Path, disk: &Path) -> Vm {
-        let vms = dir.join("vms");
-        std::fs::create_dir_all(&vms).unwrap();
-        let qmp_path = vms.join("web01.qmp");
-        let process = QemuProcess::spawn(&Self::argv(&qmp_path, disk), &qmp_path, Duration::from_secs(60))
-            .await
-            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-        Vm {
-            process: Some(process),
-            qmp_path,
-            disk: disk.to_path_buf(),
-        }
-    }
-
-    async fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.qmp_path, Duration::from_secs(30))
-            .await
-            .expect("QMP")
+        Vm(GuestlessVm::start_web01(&dir.join("vms"), disk, true).await)
     }
 
     /// A guest write through the block layer.
     async fn write(&self, what: &str) {
-        let out = self
-            .qmp()
-            .await
-            .human_monitor_command(&format!("qemu-io drive0 \"{what}\""))
-            .await
-            .expect("qemu-io through the monitor");
+        let out = self.0.qemu_io(what).await;
         assert!(!out.to_lowercase().contains("error"), "qemu-io {what}: {out}");
     }
 
     async fn restart(&mut self, kill: bool) {
-        let mut p = self.process.take().expect("running");
-        if kill {
-            p.kill().await.expect("kill -9");
-        } else {
-            let qmp = self.qmp().await;
-            p.quit(Some(&qmp), Duration::from_secs(30)).await.expect("quit");
-        }
-        let _ = std::fs::remove_file(&self.qmp_path);
-        self.process = Some(
-            QemuProcess::spawn(
-                &Self::argv(&self.qmp_path, &self.disk),
-                &self.qmp_path,
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("restart qemu"),
-        );
+        self.0.restart(kill).await;
     }
 
     /// What cairn may leave in QEMU between backups: nothing but its checkpoint bitmaps.
     async fn assert_clean(&self, checkpoints: usize) {
-        let qmp = self.qmp().await;
-        let exports = qmp.query_block_exports().await.unwrap();
-        assert!(exports.is_empty(), "exports left: {exports:?}");
-        let jobs = qmp.query_block_jobs().await.unwrap();
-        assert!(jobs.is_empty(), "block jobs left: {jobs:?}");
-        let nodes = qmp
-            .execute("query-named-block-nodes", serde_json::json!({}))
-            .await
-            .unwrap();
-        let names: Vec<&str> = nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n["node-name"].as_str())
-            .filter(|n| n.starts_with("cairn"))
-            .collect();
-        assert!(names.is_empty(), "nodes left: {names:?}");
-        let disks = cairn_qemu::disks::list_disks(&qmp).await.unwrap();
+        let disks = self.assert_no_cairn_objects().await;
         let bitmaps: Vec<&str> = disks[0].bitmaps.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(
             bitmaps.iter().filter(|b| b.starts_with("cairn-r")).count(),
@@ -155,8 +69,6 @@ impl Vm {
             !bitmaps.iter().any(|b| b.starts_with("cairn-tmp")),
             "temporary bitmaps left: {bitmaps:?}"
         );
-        let status = qmp.query_status().await.unwrap();
-        assert!(status.running, "the VM must be running after a backup: {status:?}");
         let scratch: Vec<_> = std::fs::read_dir(self.disk.parent().unwrap())
             .unwrap()
             .filter_map(|e| e.ok())

@@ -10,25 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_resources::{Direction, RateUsage, RepositoryId};
-use common::{Backend, TestServer, run, write_at};
+use cairn_testkit::rng::xorshift_bytes;
+use common::{Backend, TestServer, default_repository, run, vm_id, write_at};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 const MIB: u64 = 1 << 20;
-
-/// Pseudo-random bytes (xorshift): incompressible, and no two blocks alike.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
-}
 
 /// An image folder `images` with one VM `vm1` (a 4 MiB raw disk whose first 2 MiB are random);
 /// adds it as a host and returns the VM's id.
@@ -40,31 +28,12 @@ async fn add_vm(t: &TestServer) -> i64 {
         .args(["create", "-q", "-f", "raw"])
         .arg(&disk)
         .arg("4M"));
-    write_at(&disk, 0, &random_bytes(1, 2 * MIB as usize));
+    write_at(&disk, 0, &xorshift_bytes(1, 2 * MIB as usize));
     let (status, body) = t
         .post("/api/v1/hosts", json!({"kind": "image-folder", "path": images}))
         .await;
     assert_eq!(status, 201, "{body}");
-    body["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "vm1")
-        .unwrap_or_else(|| panic!("no VM vm1 in {body}"))["id"]
-        .as_i64()
-        .unwrap()
-}
-
-async fn default_repository(t: &TestServer) -> i64 {
-    let repos = t.get("/api/v1/repositories").await;
-    repos
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["is_default"] == true)
-        .expect("a default repository")["id"]
-        .as_i64()
-        .unwrap()
+    vm_id(&body, "vm1")
 }
 
 async fn patch_repository(t: &TestServer, repo: i64, body: Value) -> Value {
@@ -182,7 +151,7 @@ async fn restores_share_the_read_limit(backend: Backend) {
     let job = create_job(&t, vm, repo).await;
     let session = start_job(&t, job).await;
     wait_for_success(&t, session).await;
-    let original = random_bytes(1, 2 * MIB as usize);
+    let original = xorshift_bytes(1, 2 * MIB as usize);
 
     // One restore: its lease's share is the whole read limit. Restoring 2 MiB at 1 MiB/s takes
     // about two seconds, long enough to watch the scheduler.
@@ -277,11 +246,11 @@ async fn a_restore_waits_for_the_backups_slot(backend: Backend) {
         .await;
     let point = points[0]["points"][0]["id"].clone();
     assert!(point.is_string(), "{points}");
-    let original = random_bytes(1, 2 * MIB as usize);
+    let original = xorshift_bytes(1, 2 * MIB as usize);
 
     // New data and a write limit: the next backup writes 2 MiB at 1 MiB/s, holding the
     // repository's only task slot for about two seconds.
-    write_at(&t.path("images/vm1.img"), 0, &random_bytes(2, 2 * MIB as usize));
+    write_at(&t.path("images/vm1.img"), 0, &xorshift_bytes(2, 2 * MIB as usize));
     patch_repository(&t, repo, json!({"write_limit_bytes": MIB})).await;
     let session = start_job(&t, job).await;
     let resources = t.server.state().resources.clone();

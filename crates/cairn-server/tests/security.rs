@@ -67,12 +67,14 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
     let t = TestServer::start(backend, "confine").await;
     let repo = backed_up(&t).await;
     let operator = t.user("otto", "restore-operator").await;
-    let restore = |target: Value, extra: Value| {
+    // A restore of the backed-up disk to `target` by the operator, with `extra` fields.
+    let restore = async |target: Value, extra: Value| {
         let mut body = json!({"repository_id": repo, "vm": "images/web", "disk": 1, "target_path": target});
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
-        body
+        t.call(Method::POST, "/api/v1/restores", Some(&operator), Some(&body))
+            .await
     };
     let root = t.root.path().to_path_buf();
     let data = root.join("data");
@@ -102,14 +104,7 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
         (root.join("missing/x.raw").display().to_string(), 404, "does not exist"),
     ];
     for (target, want, says) in &refused {
-        let (status, body) = t
-            .call(
-                Method::POST,
-                "/api/v1/restores",
-                Some(&operator),
-                Some(&restore(json!(target), json!({}))),
-            )
-            .await;
+        let (status, body) = restore(json!(target), json!({})).await;
         assert_eq!(status, *want, "{target}: {body}");
         assert!(error_of(&body).contains(says), "{target}: {body}");
     }
@@ -123,39 +118,15 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
     // Allowed: beneath the folder, 0600 unless asked, byte-identical.
     let original = std::fs::read(t.path("images/web/disk1.raw")).unwrap();
     let target = root.join("sub/restored.raw");
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/restores",
-            Some(&operator),
-            Some(&restore(json!(target), json!({}))),
-        )
-        .await;
+    let (status, body) = restore(json!(target), json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
     assert!(std::fs::read(&target).unwrap() == original);
     let shared = root.join("sub/shared.raw");
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/restores",
-            Some(&operator),
-            Some(&restore(json!(shared), json!({"file_mode": "0640"}))),
-        )
-        .await;
+    let (status, body) = restore(json!(shared), json!({"file_mode": "0640"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::metadata(&shared).unwrap().mode() & 0o7777, 0o640);
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/restores",
-            Some(&operator),
-            Some(&restore(
-                json!(root.join("sub/setuid.raw")),
-                json!({"file_mode": "4755"}),
-            )),
-        )
-        .await;
+    let (status, body) = restore(json!(root.join("sub/setuid.raw")), json!({"file_mode": "4755"})).await;
     assert_eq!(status, 422, "{body}");
     assert!(!root.join("sub/setuid.raw").exists());
 
@@ -194,49 +165,21 @@ async fn restores_stay_beneath_the_restore_folders(backend: Backend) {
         (json!([open]), 403, "writable by other users"),
         (json!([format!("{}/sub/../sub", root.display())]), 403, "`..`"),
     ] {
-        let (status, body) = t
-            .call(
-                Method::PATCH,
-                "/api/v1/settings",
-                Some(&t.admin),
-                Some(&json!({ "restore_folders": folders })),
-            )
-            .await;
+        let (status, body) = t.patch("/api/v1/settings", json!({ "restore_folders": folders })).await;
         assert_eq!(status, want, "{folders}: {body}");
         assert!(error_of(&body).contains(says), "{folders}: {body}");
     }
     let only = root.join("only-here");
     std::fs::create_dir(&only).unwrap();
-    let (status, body) = t
-        .call(
-            Method::PATCH,
-            "/api/v1/settings",
-            Some(&t.admin),
-            Some(&json!({ "restore_folders": [only] })),
-        )
-        .await;
+    let (status, body) = t.patch("/api/v1/settings", json!({ "restore_folders": [only] })).await;
     assert_eq!(
         (status, body["restore_folders"].clone()),
         (200, json!([only])),
         "{body}"
     );
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/restores",
-            Some(&operator),
-            Some(&restore(json!(root.join("sub/again.raw")), json!({}))),
-        )
-        .await;
+    let (status, body) = restore(json!(root.join("sub/again.raw")), json!({})).await;
     assert_eq!(status, 403, "the old folder is not allowed any more: {body}");
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/restores",
-            Some(&operator),
-            Some(&restore(json!(only.join("again.raw")), json!({}))),
-        )
-        .await;
+    let (status, body) = restore(json!(only.join("again.raw")), json!({})).await;
     assert_eq!(status, 200, "{body}");
     t.stop().await;
 }
@@ -412,14 +355,7 @@ async fn a_second_factor_guards_logins(backend: Backend) {
         .find(|u| u["name"] == "ann")
         .unwrap()["id"]
         .clone();
-    let (status, _) = t
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/users/{ann_id}/totp"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/users/{ann_id}/totp")).await;
     assert_eq!(status, 204);
     let (status, _) = t.call(Method::GET, "/api/v1/auth/whoami", Some(&ann), None).await;
     assert_eq!(status, 401, "the reset revoked ann's login tokens");
@@ -428,12 +364,7 @@ async fn a_second_factor_guards_logins(backend: Backend) {
 
     // Required for administrators: one without a second factor can only set it up.
     let (status, body) = t
-        .call(
-            Method::PATCH,
-            "/api/v1/settings",
-            Some(&t.admin),
-            Some(&json!({"require_totp_for_administrators": true})),
-        )
+        .patch("/api/v1/settings", json!({"require_totp_for_administrators": true}))
         .await;
     assert_eq!(
         (status, body["require_totp_for_administrators"].as_bool()),
@@ -498,33 +429,19 @@ async fn password_changes_and_removals_revoke_tokens(backend: Backend) {
         let t = &t;
         async move { t.call(Method::GET, "/api/v1/auth/whoami", Some(&token), None).await.0 }
     };
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/auth/password",
-            Some(&first),
-            Some(&json!({"current_password": "wrong", "new_password": "bob-new-password"})),
-        )
-        .await;
-    assert_eq!(status, 401, "{body}");
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/auth/password",
-            Some(&first),
-            Some(&json!({"current_password": "bob-password", "new_password": "short"})),
-        )
-        .await;
-    assert_eq!(status, 422, "{body}");
-    let (status, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/auth/password",
-            Some(&first),
-            Some(&json!({"current_password": "bob-password", "new_password": "bob-new-password"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let mut body = Value::Null;
+    for (current, new, want) in [
+        ("wrong", "bob-new-password", 401),
+        ("bob-password", "short", 422),
+        ("bob-password", "bob-new-password", 200),
+    ] {
+        let change = json!({"current_password": current, "new_password": new});
+        let status;
+        (status, body) = t
+            .call(Method::POST, "/api/v1/auth/password", Some(&first), Some(&change))
+            .await;
+        assert_eq!(status, want, "{change}: {body}");
+    }
     let fresh = body["token"].as_str().unwrap().to_owned();
     assert_eq!(whoami(first.clone()).await, 401, "the login token used for the change");
     assert_eq!(whoami(second.clone()).await, 401, "another login of the user");
@@ -544,19 +461,12 @@ async fn password_changes_and_removals_revoke_tokens(backend: Backend) {
         .unwrap()["id"]
         .clone();
     let (status, _) = t
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{bob_id}"),
-            Some(&t.admin),
-            Some(&json!({"password": "set-by-admin"})),
-        )
+        .patch(&format!("/api/v1/users/{bob_id}"), json!({"password": "set-by-admin"}))
         .await;
     assert_eq!(status, 200);
     assert_eq!(whoami(fresh).await, 401);
     // Removing the user ends every token, API tokens too.
-    let (status, _) = t
-        .call(Method::DELETE, &format!("/api/v1/users/{bob_id}"), Some(&t.admin), None)
-        .await;
+    let (status, _) = t.delete(&format!("/api/v1/users/{bob_id}")).await;
     assert_eq!(status, 204);
     assert_eq!(whoami(api).await, 401);
     t.stop().await;

@@ -90,15 +90,11 @@ async fn rules_are_created_listed_and_deleted_and_apply_at_once(backend: Backend
     assert_eq!(ids, [first_id, second_id], "by id");
     assert_eq!(listed[0], first);
 
-    let (status, body) = t
-        .call(Method::DELETE, &format!("{RULES}/{second_id}"), Some(&t.admin), None)
-        .await;
+    let (status, body) = t.delete(&format!("{RULES}/{second_id}")).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(transfer.rate(sunday_morning()), None, "freed at once");
     assert_eq!(t.server.state().throttles.rules().len(), 1);
-    let (status, body) = t
-        .call(Method::DELETE, &format!("{RULES}/{second_id}"), Some(&t.admin), None)
-        .await;
+    let (status, body) = t.delete(&format!("{RULES}/{second_id}")).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"], format!("throttling rule {second_id} not found"));
     drop((transfer, reverse));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cairn_transfer::wire::ErrorCode;
 use cairn_transfer::{Block, Error, FaultInjector, PeerPolicy, Sender, SenderStats, TransferId};
-use common::{Collected, CuttingProxy, Peers, bind_local, random_blocks, sender_config};
+use common::{Collected, CuttingProxy, Peers, bind_local, local_pair, random_blocks, sender_config};
 
 async fn send_all(sender: Sender, blocks: &[Block]) -> Result<SenderStats, Error> {
     for (i, block) in blocks.iter().enumerate() {
@@ -21,11 +21,9 @@ async fn send_all(sender: Sender, blocks: &[Block]) -> Result<SenderStats, Error
 
 async fn loopback(streams: u16, count: usize, seed: u64) {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, mut config) = local_pair(&peers).await;
     let collected = Arc::new(Collected::default());
     let incoming = receiver.expect(id, collected.consumer(None)).unwrap();
-    let mut config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     config.streams = streams;
     let blocks = random_blocks(count, seed);
     let sender = Sender::connect(config).await.unwrap();
@@ -67,11 +65,9 @@ impl FaultInjector for CorruptFirstSend {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_blocks_are_nacked_and_resent_without_failing() {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, mut config) = local_pair(&peers).await;
     let collected = Arc::new(Collected::default());
     let incoming = receiver.expect(id, collected.consumer(None)).unwrap();
-    let mut config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     let corrupt = vec![0, 3, 17, 42, 79];
     config.fault_injector = Some(Arc::new(CorruptFirstSend(corrupt.clone())));
     let blocks = random_blocks(80, 3);
@@ -98,11 +94,9 @@ impl FaultInjector for AlwaysCorrupt {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_that_never_passes_its_crc_fails_the_transfer_on_both_sides() {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, mut config) = local_pair(&peers).await;
     let collected = Arc::new(Collected::default());
     let incoming = receiver.expect(id, collected.consumer(None)).unwrap();
-    let mut config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     config.max_resends = 3;
     config.fault_injector = Some(Arc::new(AlwaysCorrupt(2)));
     let blocks = random_blocks(6, 4);
@@ -169,11 +163,9 @@ async fn dropped_connections_resume_with_five_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_failure_fails_the_transfer_on_both_sides() {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, config) = local_pair(&peers).await;
     let collected = Arc::new(Collected::default());
     let incoming = receiver.expect(id, collected.consumer(Some(7))).unwrap();
-    let config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     let blocks = random_blocks(40, 7);
     let err = send_all(Sender::connect(config).await.unwrap(), &blocks)
         .await
@@ -197,11 +189,9 @@ async fn a_consumer_failure_fails_the_transfer_on_both_sides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttle_is_called_per_block_and_its_waits_are_counted() {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, mut config) = local_pair(&peers).await;
     let collected = Arc::new(Collected::default());
     let incoming = receiver.expect(id, collected.consumer(None)).unwrap();
-    let mut config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     let asked = Arc::new(AtomicU64::new(0));
     let asked2 = asked.clone();
     config.throttle = Some(Arc::new(move |bytes: u64| {
@@ -252,8 +242,7 @@ async fn an_unknown_transfer_is_refused_and_a_window_bounds_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_holds_back_sends_until_acknowledged() {
     let peers = Peers::localhost();
-    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
-    let id = TransferId::random();
+    let (receiver, id, mut config) = local_pair(&peers).await;
     // A consumer that holds block 0 until released; the others pass at once. The window spans
     // seqs from the oldest unacknowledged block, so blocks 1–3 being acknowledged does not
     // make room for block 4 while block 0 is outstanding.
@@ -270,7 +259,6 @@ async fn the_window_holds_back_sends_until_acknowledged() {
             }
         })
         .unwrap();
-    let mut config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
     config.window = 4;
     let sender = Sender::connect(config).await.unwrap();
     let blocks = random_blocks(6, 9);

@@ -8,11 +8,13 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cairn_testkit::postgres::{admin_url, unique_name, with_database};
 use serde_json::Value;
+
+pub mod agents;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -37,19 +39,8 @@ struct PgDatabase {
 
 impl PgDatabase {
     fn create(test: &str) -> PgDatabase {
-        let Ok(admin_url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
-            panic!(
-                "CAIRN_TEST_POSTGRES_URL is not set: the server command tests run against PostgreSQL too. \
-                 Run them through scripts/test.sh, or start a server with \
-                 `eval \"$(scripts/postgres-for-tests.sh)\"` first."
-            );
-        };
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "cairn_cli_{test}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let admin_url = admin_url("the server command tests (they run against PostgreSQL too)");
+        let name = unique_name(&format!("cairn_cli_{test}"));
         psql(&admin_url, &format!("CREATE DATABASE \"{name}\""));
         let url = with_database(&admin_url, &name);
         PgDatabase { admin_url, name, url }
@@ -78,23 +69,6 @@ fn psql(url: &str, sql: &str) {
         "psql {sql:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
 }
 
 /// A running `cairn server` and a login folder for its clients. Killed on drop.

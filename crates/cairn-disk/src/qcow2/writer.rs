@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use super::header::{MAGIC, MAX_L1_BYTES};
 use super::{COPIED, OFFSET_MASK};
 use crate::io_error as io;
-use crate::output::{DiskWriter, NewFile, WriteOptions};
+use crate::output::{NewFile, WriteOptions, check_write_range, disk_writer_by_inherent_methods};
 use crate::raw::is_zero;
 use crate::{DiskError, Result};
 
@@ -90,18 +90,7 @@ impl Qcow2Writer {
     /// Writes `data` at guest `offset`, allocating host clusters for the
     /// clusters that hold non-zero bytes.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|e| e > self.size) {
-            return Err(DiskError::format(
-                &self.path,
-                "write",
-                format!(
-                    "{} bytes at {offset} reach past the disk's {} bytes",
-                    data.len(),
-                    self.size
-                ),
-            ));
-        }
+        check_write_range(&self.path, self.size, data.len(), offset)?;
         if data.is_empty() {
             return Ok(());
         }
@@ -250,12 +239,4 @@ impl Qcow2Writer {
     }
 }
 
-impl DiskWriter for Qcow2Writer {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        Qcow2Writer::write_at(self, data, offset)
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        Qcow2Writer::finish(*self)
-    }
-}
+disk_writer_by_inherent_methods!(Qcow2Writer);

@@ -33,7 +33,7 @@ use super::format::{
 use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
-use crate::output::{DiskWriter, NewFile, WriteOptions};
+use crate::output::{NewFile, WriteOptions, check_write_range, disk_writer_by_inherent_methods};
 use crate::raw::is_zero;
 use crate::{DiskError, Result};
 
@@ -223,20 +223,9 @@ impl VhdWriter {
         self.size
     }
 
-    /// Writes `data` at guest `offset`; see [`DiskWriter::write_at`].
+    /// Writes `data` at guest `offset`; see [`DiskWriter::write_at`](crate::output::DiskWriter::write_at).
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|e| e > self.size) {
-            return Err(DiskError::format(
-                &self.path,
-                "write",
-                format!(
-                    "{} bytes at {offset} reach past the disk's {} bytes",
-                    data.len(),
-                    self.size
-                ),
-            ));
-        }
+        check_write_range(&self.path, self.size, data.len(), offset)?;
         if self.child.is_some() && (!offset.is_multiple_of(SECTOR) || !(data.len() as u64).is_multiple_of(SECTOR)) {
             return Err(DiskError::format(
                 &self.path,
@@ -359,15 +348,7 @@ impl VhdWriter {
     }
 }
 
-impl DiskWriter for VhdWriter {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        VhdWriter::write_at(self, data, offset)
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        VhdWriter::finish(*self)
-    }
-}
+disk_writer_by_inherent_methods!(VhdWriter);
 
 #[cfg(test)]
 mod tests {

@@ -17,14 +17,34 @@ pub(crate) const HEADER_OFFSETS: [u64; 2] = [64 * KIB, 128 * KIB];
 /// Bytes of a header covered by its checksum.
 pub(crate) const HEADER_LEN: usize = 4096;
 
-/// A GUID in its on-disk byte order from its textual fields.
-pub(crate) const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
-    let a = d1.to_le_bytes();
-    let b = d2.to_le_bytes();
-    let c = d3.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7],
-    ]
+/// A GUID in its on-disk byte order from its textual form
+/// `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` (the first three fields are stored
+/// little-endian). Meant for constants: a malformed text fails the build.
+pub(crate) const fn guid(text: &str) -> [u8; 16] {
+    /// Where each stored byte's two digits start in the text.
+    const AT: [usize; 16] = [6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26, 28, 30, 32, 34];
+    let t = text.as_bytes();
+    assert!(
+        t.len() == 36 && t[8] == b'-' && t[13] == b'-' && t[18] == b'-' && t[23] == b'-',
+        "a GUID is written XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX"
+    );
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = (hex_digit(t[AT[i]]) << 4) | hex_digit(t[AT[i] + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// The value of one hexadecimal digit of a GUID's text.
+const fn hex_digit(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => panic!("a GUID's text holds only hexadecimal digits and dashes"),
+    }
 }
 
 /// Formats on-disk GUID bytes the way parent locators write them:
@@ -186,4 +206,19 @@ fn check_file_identifier(file: &ImageFile) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_guid, guid};
+
+    #[test]
+    fn guid_text_gives_the_on_disk_bytes() {
+        let g = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
+        let stored = [
+            0x37, 0x67, 0xA1, 0xCA, 0x36, 0xFA, 0x43, 0x4D, 0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B,
+        ];
+        assert_eq!(g, stored);
+        assert_eq!(format_guid(&g), "{caa16737-fa36-4d43-b3b6-33f0aa44e76b}");
+    }
 }

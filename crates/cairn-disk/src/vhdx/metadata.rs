@@ -21,54 +21,19 @@ use crate::{DiskError, Result};
 pub(crate) const MAX_DISK: u64 = 64 << 40;
 
 /// Metadata item GUID: file parameters (block size, LeaveBlocksAllocated, HasParent).
-pub(crate) const META_FILE_PARAMETERS: [u8; 16] = guid(
-    0xCAA16737,
-    0xFA36,
-    0x4D43,
-    [0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B],
-);
+pub(crate) const META_FILE_PARAMETERS: [u8; 16] = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
 /// Metadata item GUID: virtual disk size.
-pub(crate) const META_VIRTUAL_DISK_SIZE: [u8; 16] = guid(
-    0x2FA54224,
-    0xCD1B,
-    0x4876,
-    [0xB2, 0x11, 0x5D, 0xBE, 0xD8, 0x3B, 0xF4, 0xB8],
-);
+pub(crate) const META_VIRTUAL_DISK_SIZE: [u8; 16] = guid("2FA54224-CD1B-4876-B211-5DBED83BF4B8");
 /// Metadata item GUID: page 83 data (the virtual disk id).
-pub(crate) const META_PAGE83: [u8; 16] = guid(
-    0xBECA12AB,
-    0xB2E6,
-    0x4523,
-    [0x93, 0xEF, 0xC3, 0x09, 0xE0, 0x00, 0xC7, 0x46],
-);
+pub(crate) const META_PAGE83: [u8; 16] = guid("BECA12AB-B2E6-4523-93EF-C309E000C746");
 /// Metadata item GUID: logical sector size.
-pub(crate) const META_LOGICAL_SECTOR: [u8; 16] = guid(
-    0x8141BF1D,
-    0xA96F,
-    0x4709,
-    [0xBA, 0x47, 0xF2, 0x33, 0xA8, 0xFA, 0xAB, 0x5F],
-);
+pub(crate) const META_LOGICAL_SECTOR: [u8; 16] = guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F");
 /// Metadata item GUID: physical sector size.
-pub(crate) const META_PHYSICAL_SECTOR: [u8; 16] = guid(
-    0xCDA348C7,
-    0x445D,
-    0x4471,
-    [0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56],
-);
+pub(crate) const META_PHYSICAL_SECTOR: [u8; 16] = guid("CDA348C7-445D-4471-9CC9-E9885251C556");
 /// Metadata item GUID: parent locator of a differencing disk.
-pub(crate) const META_PARENT_LOCATOR: [u8; 16] = guid(
-    0xA8D35F2D,
-    0xB30B,
-    0x454D,
-    [0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C],
-);
+pub(crate) const META_PARENT_LOCATOR: [u8; 16] = guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C");
 /// Parent locator type GUID of a VHDX parent (the only type there is).
-pub(crate) const LOCATOR_TYPE_VHDX: [u8; 16] = guid(
-    0xB04AEFB7,
-    0xD19E,
-    0x4A81,
-    [0xB7, 0x89, 0x25, 0xB8, 0xE9, 0x44, 0x59, 0x13],
-);
+pub(crate) const LOCATOR_TYPE_VHDX: [u8; 16] = guid("B04AEFB7-D19E-4A81-B789-25B8E9445913");
 
 /// Values from the metadata region.
 #[derive(Clone, Debug)]

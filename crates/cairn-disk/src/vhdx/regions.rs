@@ -19,19 +19,9 @@ pub(crate) const REGION_OFFSETS: [u64; 2] = [192 * KIB, 256 * KIB];
 pub(crate) const TABLE_LEN: usize = 64 * 1024;
 
 /// Region table GUID of the BAT region.
-pub(crate) const REGION_BAT: [u8; 16] = guid(
-    0x2DC27766,
-    0xF623,
-    0x4200,
-    [0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08],
-);
+pub(crate) const REGION_BAT: [u8; 16] = guid("2DC27766-F623-4200-9D64-115E9BFD4A08");
 /// Region table GUID of the metadata region.
-pub(crate) const REGION_METADATA: [u8; 16] = guid(
-    0x8B7CA206,
-    0x4790,
-    0x4B9A,
-    [0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E],
-);
+pub(crate) const REGION_METADATA: [u8; 16] = guid("8B7CA206-4790-4B9A-B8FE-575F050F886E");
 
 /// A region table entry.
 #[derive(Clone, Copy, Debug)]

@@ -25,7 +25,7 @@ use super::regions::{REGION_BAT, REGION_METADATA, REGION_OFFSETS, TABLE_LEN};
 use crate::io::ImageFile;
 use crate::io_error as io;
 use crate::layer::Layer;
-use crate::output::{DiskWriter, NewFile, WriteOptions};
+use crate::output::{NewFile, WriteOptions, disk_writer_by_inherent_methods};
 use crate::raw::is_zero;
 use crate::{DiskError, Result};
 
@@ -455,15 +455,7 @@ fn locator(pairs: &[(&str, &str)]) -> Vec<u8> {
     head
 }
 
-impl DiskWriter for VhdxWriter {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        VhdxWriter::write_at(self, data, offset)
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        VhdxWriter::finish(*self)
-    }
-}
+disk_writer_by_inherent_methods!(VhdxWriter);
 
 #[cfg(test)]
 mod tests {

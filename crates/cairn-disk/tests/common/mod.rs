@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use cairn_disk::{DiskSource, Image};
 
+pub mod vhdi;
+
 /// Where fixtures are cached between runs.
 pub fn cache_dir() -> PathBuf {
     let dir = PathBuf::from("/var/tmp/cairn-test-cache/disk-fixtures");
@@ -19,29 +21,14 @@ pub fn cache_dir() -> PathBuf {
 
 /// Panics with an install hint unless `tool` is on PATH.
 pub fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file());
     assert!(
-        found,
+        cairn_testkit::tools::installed(tool, &["/usr/sbin", "/sbin"]),
         "{tool} is needed by this test but is not installed; `bash scripts/test.sh` installs it \
          (packages qemu-utils, e2fsprogs, ntfs-3g, libvhdi-utils)"
     );
 }
 
-/// Runs `cmd`, asserts it succeeded, returns its standard output.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use cairn_testkit::tools::run;
 
 /// Runs `qemu-img ARGS`, asserting success.
 pub fn qemu_img(args: &[&str]) -> String {

@@ -61,28 +61,7 @@ impl Pki {
     }
 }
 
-/// Deterministic pseudo-random generator (xorshift64*), so failures reproduce.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
+pub use cairn_testkit::rng::Rng;
 
 /// `size` bytes: random data in the 1 MiB blocks listed in `random`, zeros elsewhere.
 pub fn disk_content(size: u64, random: &[u64], seed: u64) -> Vec<u8> {

@@ -21,28 +21,14 @@ pub fn require(tool: &str) {
         "qemu-storage-daemon" => "qemu-system-common",
         _ => "?",
     };
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
     assert!(
-        found,
+        cairn_testkit::tools::installed(tool, &[]),
         "{tool} is needed by this test but is not installed: apt-get install {package} \
          (scripts/test.sh installs it)"
     );
 }
 
-/// Runs `cmd`, asserts it succeeded, returns its standard output.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use cairn_testkit::tools::run;
 
 /// Runs a tool after checking it is installed.
 pub fn tool(name: &str, args: &[&str]) -> String {
@@ -109,35 +95,26 @@ impl Peer {
 
     /// `qemu-nbd ARGS IMAGE` on a Unix socket (`-k`), persistent, shared by up to 8 clients.
     pub fn qemu_nbd_unix(socket: &Path, args: &[&str], image: &Path) -> Self {
-        let mut a: Vec<String> = ["-t", "-e", "8", "-k", s(socket)]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        a.extend(args.iter().map(|x| x.to_string()));
-        a.push(s(image).to_string());
-        Peer::start(
-            "qemu-nbd",
-            &a,
-            Endpoint::Unix(socket.to_path_buf()),
-            Some(export_arg(args)),
-        )
+        Peer::qemu_nbd(&["-k", s(socket)], args, image, Endpoint::Unix(socket.to_path_buf()))
     }
 
     /// `qemu-nbd ARGS IMAGE` on TCP 127.0.0.1 (a free port).
     pub fn qemu_nbd_tcp(args: &[&str], image: &Path) -> Self {
         let port = free_port().to_string();
-        let mut a: Vec<String> = ["-t", "-e", "8", "-b", "127.0.0.1", "-p", &port]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
+        Peer::qemu_nbd(
+            &["-b", "127.0.0.1", "-p", &port],
+            args,
+            image,
+            Endpoint::Tcp(format!("127.0.0.1:{port}")),
+        )
+    }
+
+    /// `qemu-nbd LISTEN ARGS IMAGE`, persistent, shared by up to 8 clients, reached at `endpoint`.
+    fn qemu_nbd(listen: &[&str], args: &[&str], image: &Path, endpoint: Endpoint) -> Self {
+        let mut a: Vec<String> = ["-t", "-e", "8"].iter().chain(listen).map(|x| x.to_string()).collect();
         a.extend(args.iter().map(|x| x.to_string()));
         a.push(s(image).to_string());
-        Peer::start(
-            "qemu-nbd",
-            &a,
-            Endpoint::Tcp(format!("127.0.0.1:{port}")),
-            Some(export_arg(args)),
-        )
+        Peer::start("qemu-nbd", &a, endpoint, Some(export_arg(args)))
     }
 
     /// `nbdkit -f -U SOCKET ARGS` (foreground); `export` as for [`Peer::start`].

@@ -5,13 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn_server::ServerConfig;
 use cairn_server::server::{RunningServer, StartOptions, start_with};
+use cairn_testkit::postgres::fresh_database;
 use reqwest::Method;
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Connection};
 
 /// Password of the first administrator in tests.
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -30,48 +29,7 @@ pub async fn database_url(backend: Backend, test: &str) -> Option<String> {
     if backend == Backend::Sqlite {
         return None;
     }
-    let Ok(admin_url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
-        panic!(
-            "CAIRN_TEST_POSTGRES_URL is not set: the server API tests need PostgreSQL. Run them through \
-             scripts/test.sh, or start a server with `eval \"$(scripts/postgres-for-tests.sh)\"` first."
-        );
-    };
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "cairn_api_{test}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to CAIRN_TEST_POSTGRES_URL");
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    admin.close().await.expect("close admin connection");
-    Some(with_database(&admin_url, &name))
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
+    Some(fresh_database(&format!("cairn_api_{test}"), "the server API tests").await)
 }
 
 /// The configuration of a test server: data in `root/data`, the default repository in
@@ -188,6 +146,16 @@ impl TestServer {
         self.call(Method::POST, path, Some(&self.admin), Some(&body)).await
     }
 
+    /// PATCH as admin; returns status and body.
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(Method::PATCH, path, Some(&self.admin), Some(&body)).await
+    }
+
+    /// DELETE as admin; returns status and body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(Method::DELETE, path, Some(&self.admin), None).await
+    }
+
     /// Creates a user with `role` and returns a login token of theirs.
     pub async fn user(&self, name: &str, role: &str) -> String {
         let password = format!("{name}-password");
@@ -280,4 +248,29 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// The id of VM `name` in a host as the API answers it.
+pub fn vm_id(host_answer: &Value, name: &str) -> i64 {
+    host_answer["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {host_answer}"))["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The id of the default repository.
+pub async fn default_repository(t: &TestServer) -> i64 {
+    let repos = t.get("/api/v1/repositories").await;
+    repos
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["is_default"] == true)
+        .expect("a default repository")["id"]
+        .as_i64()
+        .unwrap()
 }

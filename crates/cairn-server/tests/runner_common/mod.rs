@@ -20,8 +20,8 @@ use cairn_server::clock::Clock;
 use cairn_server::repositories::repository_limits;
 use cairn_server::runner::{JobManager, RunnerContext};
 use cairn_server::secrets::Secrets;
+use cairn_testkit::postgres::fresh_database;
 use jiff::tz::TimeZone;
-use sqlx::{AssertSqlSafe, Connection};
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,48 +59,9 @@ async fn open_db(backend: Backend, dir: &Path, test: &str) -> ConfigDb {
             .await
             .expect("open SQLite"),
         Backend::Postgres => {
-            let Ok(admin_url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
-                panic!(
-                    "CAIRN_TEST_POSTGRES_URL is not set: these tests need PostgreSQL. Run them through \
-                     scripts/test.sh, or start a server with `eval \"$(scripts/postgres-for-tests.sh)\"` first."
-                );
-            };
-            static COUNTER: AtomicU32 = AtomicU32::new(0);
-            let name = format!(
-                "cairn_runner_{test}_{}_{}_{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed),
-                jiff::Timestamp::now().as_millisecond()
-            );
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("connect to CAIRN_TEST_POSTGRES_URL");
-            sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                .execute(&mut admin)
-                .await
-                .expect("create database");
-            admin.close().await.expect("close admin connection");
-            ConfigDb::open(&with_database(&admin_url, &name))
-                .await
-                .expect("open PostgreSQL")
+            let url = fresh_database(&format!("cairn_runner_{test}"), "these tests").await;
+            ConfigDb::open(&url).await.expect("open PostgreSQL")
         }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
     }
 }
 

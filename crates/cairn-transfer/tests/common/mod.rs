@@ -111,6 +111,15 @@ pub async fn bind_local(config: ReceiverConfig) -> Receiver {
         .expect("bind receiver")
 }
 
+/// A receiver on 127.0.0.1 that trusts `peers`' sender (default policy), a new transfer id, and
+/// a sender configuration for that transfer to that receiver (by the name `localhost`).
+pub async fn local_pair(peers: &Peers) -> (Receiver, TransferId, SenderConfig) {
+    let receiver = bind_local(peers.receiver_config(PeerPolicy::default())).await;
+    let id = TransferId::random();
+    let config = sender_config(&peers.sender, receiver.local_addr(), "localhost", id);
+    (receiver, id, config)
+}
+
 /// Records every block the receiver hands over, and how often each seq came.
 #[derive(Default)]
 pub struct Collected {
@@ -160,25 +169,7 @@ impl Collected {
     }
 }
 
-/// Deterministic pseudo-random generator (xorshift64*), so failures reproduce.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+pub use cairn_testkit::rng::Rng;
 
 /// `count` blocks of 64 KiB to 1 MiB of random bytes, spread over two disks.
 pub fn random_blocks(count: usize, seed: u64) -> Vec<Block> {
