@@ -44,12 +44,26 @@ fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+# libvirt host tests: the tests start libvirtd and virtlogd themselves (no systemd); libvirt-dev
+# and pkg-config build the binding to libvirt's C library. After QEMU: libvirt's QEMU driver
+# must not pull another qemu-system-x86.
+need_libvirt=()
+command -v libvirtd >/dev/null || need_libvirt+=(libvirt-daemon-system libvirt-daemon-driver-qemu)
+command -v virsh >/dev/null || need_libvirt+=(libvirt-clients)
+[ -e /usr/include/libvirt/libvirt.h ] || need_libvirt+=(libvirt-dev)
+command -v pkg-config >/dev/null || need_libvirt+=(pkg-config)
+if [ ${#need_apt[@]} -eq 0 ] && [ "$need_qemu_system" = 0 ] && [ ${#need_libvirt[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+fi
 if [ "$need_qemu_system" = 1 ]; then
     # Debian's qemu-system-x86 needs qemu-utils of its own version: pin both
     # (a newer qemu-utils installed from elsewhere is replaced).
     v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades \
         "qemu-system-x86=$v" "qemu-utils=$v"
+fi
+if [ ${#need_libvirt[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_libvirt[@]}"
 fi
 
 # schemathesis (PyPI), which tries the server's API against its OpenAPI document
