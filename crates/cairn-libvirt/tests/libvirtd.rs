@@ -173,7 +173,7 @@ fn dirty(socket: &Path, export: &str, bitmap: &str) -> Vec<(u64, u64)> {
         },
     )
     .unwrap_or_else(|e| panic!("NBD export {export}: {e}"));
-    assert_eq!(c.meta_contexts(), [context.clone()], "the server exports the bitmap");
+    assert_eq!(c.meta_contexts(), std::slice::from_ref(&context), "the server exports the bitmap");
     let size = c.size();
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut at = 0;
