@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod agents;
+mod api;
 mod audit;
 mod db;
 mod error;
