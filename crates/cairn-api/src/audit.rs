@@ -28,7 +28,7 @@ pub struct AuditEntryDto {
     pub hash: String,
 }
 
-/// What [`Auditor::verify`] found.
+/// What a check of the audit log's hash chain found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditReport {
     /// Entries checked.

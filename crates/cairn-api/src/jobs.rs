@@ -4,6 +4,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::spec::{BlockSize, Compression, Consistency, Method, Retention};
+
 /// Job settings as sent by a client. Only `name`, `vm_ids` and `repository_id` are required;
 /// absent fields take their defaults (also on PUT, which replaces the whole job).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -128,15 +130,19 @@ pub struct JobDto {
     /// Target repository.
     pub repository_id: i64,
     /// Block size in bytes.
-    pub block_size: i64,
+    #[schema(value_type = i64)]
+    pub block_size: BlockSize,
     /// Compression.
-    pub compression: String,
+    #[schema(value_type = String)]
+    pub compression: Compression,
     /// Encryption; null lets the repository decide.
     pub encryption: Option<String>,
     /// Backup method.
-    pub method: String,
+    #[schema(value_type = String)]
+    pub method: Method,
     /// Restore points to keep.
-    pub retention_points: i64,
+    #[schema(value_type = i64)]
+    pub retention_points: Retention,
     /// Schedule; null runs only on demand.
     pub schedule: Option<String>,
     /// Backup window; null is any time.
@@ -148,7 +154,8 @@ pub struct JobDto {
     /// Whether the scheduler starts it.
     pub enabled: bool,
     /// Point-in-time view of running VMs: `online`, `offline` or `crash`.
-    pub consistency: String,
+    #[schema(value_type = String)]
+    pub consistency: Consistency,
     /// Fail a VM whose guest cannot be frozen instead of falling back.
     pub require_app_consistency: bool,
     /// Command run in the guest before the freeze.
@@ -168,9 +175,6 @@ pub struct SessionStarted {
     pub session_id: i64,
 }
 
-/// The block sizes a job may use, in bytes.
-pub const BLOCK_SIZES: [i64; 4] = [256 << 10, 512 << 10, 1 << 20, 4 << 20];
-
 fn block_size_schema() -> utoipa::openapi::Object {
-    crate::checks::integer_enum(&BLOCK_SIZES, true, "Block size in bytes (null: 1048576)")
+    crate::checks::integer_enum(&crate::spec::BLOCK_SIZES, true, "Block size in bytes (null: 1048576)")
 }

@@ -25,11 +25,13 @@ pub mod health;
 pub mod instant;
 pub mod inventory;
 pub mod jobs;
+#[macro_use]
 pub mod names;
 pub mod repositories;
 pub mod restore;
 pub mod sessions;
 pub mod settings;
+pub mod spec;
 pub mod throttle;
 pub mod users;
 pub mod vm;
