@@ -71,7 +71,7 @@ pub struct CreateTokenRequest {
 }
 
 /// A new API token, with its secret (shown only in this answer).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     /// Token id.
     pub id: i64,
@@ -89,7 +89,7 @@ pub struct TokenCreated {
 }
 
 /// A token of the caller (without its secret).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     /// Token id.
     pub id: i64,
