@@ -16,7 +16,24 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod agents;
+pub mod audit;
+pub mod auth;
 pub mod checks;
+pub mod error;
+pub mod health;
+pub mod instant;
+pub mod inventory;
+pub mod jobs;
+#[macro_use]
 pub mod names;
+pub mod repositories;
+pub mod restore;
+pub mod sessions;
+pub mod settings;
+pub mod spec;
+pub mod throttle;
+pub mod users;
+pub mod vm;
 
 pub use names::{AgentRole, HostKind, LogLevel, Role, SessionState, TokenKind, TokenScope, UnknownName};

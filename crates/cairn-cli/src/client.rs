@@ -448,6 +448,11 @@ fn describe_action(method: &Method, path: &str) -> String {
     }
 }
 
+/// An answer of the server as the API type `T`.
+pub fn typed<T: serde::de::DeserializeOwned>(answer: Value) -> anyhow::Result<T> {
+    serde_json::from_value(answer).context("the server's answer is not what this version of cairn expects")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,60 +9,8 @@ use crate::ConfigDb;
 use crate::db::{from_us, on_pool, to_us};
 use crate::error::{Error, Result, one_row, write_err};
 
-/// What a job backs up, where, how and when: everything a user edits.
-///
-/// Compression, encryption, method, schedule and backup window are stored as the text the engine
-/// and scheduler crates parse; this crate does not interpret them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    /// Unique name.
-    pub name: String,
-    /// VMs to back up, in processing order.
-    pub vm_ids: Vec<i64>,
-    /// Disks of those VMs to leave out.
-    pub excluded_disk_ids: Vec<i64>,
-    /// Target repository.
-    pub repository_id: i64,
-    /// Block size in bytes.
-    pub block_size: i64,
-    /// Compression name (e.g. `zstd:3`, `lz4`, `none`).
-    pub compression: String,
-    /// Encryption cipher name; `None` is unencrypted. Secrets are not stored here.
-    pub encryption: Option<String>,
-    /// Backup method (e.g. `forward-incremental`).
-    pub method: String,
-    /// Restore points to keep (≥ 1).
-    pub retention_points: i64,
-    /// Schedule text; `None` runs only on demand.
-    pub schedule: Option<String>,
-    /// Backup window text; `None` allows any time.
-    pub backup_window: Option<String>,
-    /// Retries of a failed VM (≥ 0).
-    pub retries: i64,
-    /// Seconds between retries (≥ 0).
-    pub retry_wait_seconds: i64,
-    /// Whether the scheduler starts it.
-    pub enabled: bool,
-    /// How a running VM's point-in-time view is made: `online` (guest agent
-    /// freeze, else crash-consistent with a warning), `offline` (freeze, else
-    /// pause the VM) or `crash`.
-    #[serde(default = "default_consistency")]
-    pub consistency: String,
-    /// Fail a VM rather than fall back when the guest cannot be frozen.
-    #[serde(default)]
-    pub require_app_consistency: bool,
-    /// Command run in the guest (through its agent) before the freeze.
-    #[serde(default)]
-    pub pre_freeze_script: Option<String>,
-    /// Command run in the guest after the thaw.
-    #[serde(default)]
-    pub post_thaw_script: Option<String>,
-}
-
-/// The consistency of a job that does not say.
-pub fn default_consistency() -> String {
-    "online".to_string()
-}
+pub use cairn_api::spec::JobSpec;
+use cairn_api::spec::{BlockSize, Retention};
 
 /// A stored job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,22 +64,29 @@ impl JobRow {
                 vm_ids,
                 excluded_disk_ids,
                 repository_id: self.repository_id,
-                block_size: self.block_size,
-                compression: self.compression,
+                block_size: BlockSize::try_from(self.block_size).map_err(stored)?,
+                compression: self.compression.parse().map_err(stored)?,
                 encryption: self.encryption,
-                method: self.method,
-                retention_points: self.retention_points,
+                method: self.method.parse().map_err(stored)?,
+                retention_points: Retention::try_from(self.retention_points).map_err(stored)?,
                 schedule: self.schedule,
                 backup_window: self.backup_window,
                 retries: self.retries,
                 retry_wait_seconds: self.retry_wait_seconds,
                 enabled: self.enabled,
-                consistency: self.consistency,
+                consistency: self.consistency.parse().map_err(stored)?,
                 require_app_consistency: self.require_app_consistency,
                 pre_freeze_script: self.pre_freeze_script,
                 post_thaw_script: self.post_thaw_script,
             },
         })
+    }
+}
+
+/// A stored setting that does not read back.
+fn stored(e: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        what: format!("stored job setting: {e}"),
     }
 }
 
@@ -196,18 +151,18 @@ impl ConfigDb {
             ))
             .bind(&spec.name)
             .bind(spec.repository_id)
-            .bind(spec.block_size)
-            .bind(&spec.compression)
+            .bind(i64::from(spec.block_size))
+            .bind(spec.compression.to_string())
             .bind(&spec.encryption)
-            .bind(&spec.method)
-            .bind(spec.retention_points)
+            .bind(spec.method.as_str())
+            .bind(i64::from(spec.retention_points))
             .bind(&spec.schedule)
             .bind(&spec.backup_window)
             .bind(spec.retries)
             .bind(spec.retry_wait_seconds)
             .bind(spec.enabled)
             .bind(now)
-            .bind(&spec.consistency)
+            .bind(spec.consistency.as_str())
             .bind(spec.require_app_consistency)
             .bind(&spec.pre_freeze_script)
             .bind(&spec.post_thaw_script)
@@ -238,18 +193,18 @@ impl ConfigDb {
             .bind(expected_version)
             .bind(&spec.name)
             .bind(spec.repository_id)
-            .bind(spec.block_size)
-            .bind(&spec.compression)
+            .bind(i64::from(spec.block_size))
+            .bind(spec.compression.to_string())
             .bind(&spec.encryption)
-            .bind(&spec.method)
-            .bind(spec.retention_points)
+            .bind(spec.method.as_str())
+            .bind(i64::from(spec.retention_points))
             .bind(&spec.schedule)
             .bind(&spec.backup_window)
             .bind(spec.retries)
             .bind(spec.retry_wait_seconds)
             .bind(spec.enabled)
             .bind(now)
-            .bind(&spec.consistency)
+            .bind(spec.consistency.as_str())
             .bind(spec.require_app_consistency)
             .bind(&spec.pre_freeze_script)
             .bind(&spec.post_thaw_script)

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod agents;
+mod api;
 mod audit;
 mod db;
 mod error;
@@ -42,7 +43,7 @@ pub use error::{Error, Result};
 pub use inventory::{
     DiscoveredDisk, DiscoveredVm, Disk, Host, HostKind, NewHost, NewProxy, NewRepository, Proxy, Repository, Vm,
 };
-pub use jobs::{Job, JobSpec, default_consistency};
+pub use jobs::{Job, JobSpec};
 pub use sessions::{LogLevel, LogLine, NewTask, Session, SessionCursor, SessionPage, SessionQuery, SessionState, Task};
 pub use throttle::{NewThrottleRule, ThrottleRule};
 pub use users::{NewToken, Role, Token, TokenKind, TokenScope, User};

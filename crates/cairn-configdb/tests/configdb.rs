@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
+use cairn_api::spec::{BlockSize, Compression, Consistency, Method, Retention};
 use cairn_configdb::{
     ConfigDb, DiscoveredDisk, DiscoveredVm, Error, HostKind, JobSpec, LogLevel, NewHost, NewProxy, NewRepository,
     NewTask, NewToken, Role, SessionCursor, SessionQuery, SessionState, TokenKind,
@@ -29,17 +30,17 @@ fn job(name: &str, repository_id: i64, vm_ids: Vec<i64>) -> JobSpec {
         vm_ids,
         excluded_disk_ids: vec![],
         repository_id,
-        block_size: 1 << 20,
-        compression: "zstd:3".into(),
+        block_size: BlockSize::DEFAULT,
+        compression: Compression::Zstd(3),
         encryption: None,
-        method: "forward-incremental".into(),
-        retention_points: 7,
+        method: Method::Forward,
+        retention_points: Retention::try_from(7).expect("retention"),
         schedule: Some("0 22 * * *".into()),
         backup_window: None,
         retries: 3,
         retry_wait_seconds: 600,
         enabled: true,
-        consistency: "online".into(),
+        consistency: Consistency::Online,
         require_app_consistency: false,
         pre_freeze_script: None,
         post_thaw_script: None,
@@ -124,7 +125,7 @@ async fn job_round_trip_and_version_conflict(f: &Fixture) {
     let mut first = loaded.spec.clone();
     first.vm_ids = vec![vms[1], vms[0]];
     first.excluded_disk_ids = vec![disks[1].id];
-    first.compression = "lz4".into();
+    first.compression = Compression::Lz4;
     let mut second = loaded.spec.clone();
     second.enabled = false;
     let saved = db.update_job(id, loaded.version, &first).await.expect("first save");

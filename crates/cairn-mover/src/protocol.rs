@@ -173,25 +173,21 @@ pub struct RestoreTask {
     pub file_mode: u32,
 }
 
-/// What a restore on a data mover did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RestoreSummary {
-    /// VM name.
-    pub vm: String,
-    /// The point restored.
-    pub point: String,
-    /// Disk number.
-    pub disk: u32,
-    /// Virtual size.
-    pub virtual_size: u64,
-    /// Blocks read.
-    pub blocks: u64,
-    /// Bytes written.
-    pub written_bytes: u64,
-    /// Format written.
-    pub format: String,
-    /// Seconds.
-    pub duration_secs: f64,
+/// What a restore on a data mover did (the answer of the HTTP API's restore, too).
+pub use cairn_api::restore::RestoreResult as RestoreSummary;
+
+/// What a restore did, as reported.
+pub fn restore_summary(stats: cairn_engine::RestoreStats) -> RestoreSummary {
+    RestoreSummary {
+        vm: stats.vm,
+        point: stats.point,
+        disk: stats.disk,
+        virtual_size: stats.virtual_size,
+        blocks: stats.blocks,
+        written_bytes: stats.written_bytes,
+        format: stats.format.name().to_string(),
+        duration_secs: stats.duration_secs,
+    }
 }
 
 /// A disk as the source sees it: enough for the target's engine to plan what to read.
@@ -364,15 +360,7 @@ impl TaskEvent {
 }
 
 /// The server's answer to a data mover's reports: steering for the running task.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Control {
-    /// Stop the task, for this reason.
-    pub cancel: Option<String>,
-    /// The write rate share now (bytes/s), for a target.
-    pub write_rate: Option<u64>,
-    /// The network rate limit now (bytes/s), for a source.
-    pub network_rate: Option<u64>,
-}
+pub use cairn_api::agents::ControlDto as Control;
 
 /// Extents as `[offset, length]` pairs.
 pub fn extents_to_pairs(extents: &[Extent]) -> Vec<[u64; 2]> {

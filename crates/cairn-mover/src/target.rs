@@ -472,16 +472,7 @@ pub async fn run_restore(
             }
         }
     };
-    Ok(crate::protocol::RestoreSummary {
-        vm: stats.vm,
-        point: stats.point,
-        disk: stats.disk,
-        virtual_size: stats.virtual_size,
-        blocks: stats.blocks,
-        written_bytes: stats.written_bytes,
-        format: stats.format.name().to_string(),
-        duration_secs: stats.duration_secs,
-    })
+    Ok(crate::protocol::restore_summary(stats))
 }
 
 struct RestorePacing {

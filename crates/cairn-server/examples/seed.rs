@@ -7,6 +7,7 @@
 //! statistics of the size the job manager writes.
 
 use anyhow::{Context, bail};
+use cairn_api::spec::{BlockSize, Compression, Consistency, Method, Retention};
 use cairn_configdb::{
     ConfigDb, DiscoveredDisk, DiscoveredVm, HostKind, JobSpec, LogLevel, NewHost, NewTask, SessionState,
 };
@@ -55,17 +56,17 @@ async fn main() -> anyhow::Result<()> {
                 vm_ids: vec![vm.id],
                 excluded_disk_ids: vec![],
                 repository_id: repo.id,
-                block_size: 1 << 20,
-                compression: "zstd:3".into(),
+                block_size: BlockSize::DEFAULT,
+                compression: Compression::Zstd(3),
                 encryption: None,
-                method: "forever-forward".into(),
-                retention_points: 14,
+                method: Method::ForeverForward,
+                retention_points: Retention::try_from(14).expect("retention"),
                 schedule: Some(format!("daily {:02}:{:02}", i % 24, i % 60)),
                 backup_window: None,
                 retries: 3,
                 retry_wait_seconds: 600,
                 enabled: false,
-                consistency: "online".into(),
+                consistency: Consistency::Online,
                 require_app_consistency: false,
                 pre_freeze_script: None,
                 post_thaw_script: None,

@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use cairn_api::audit::AuditReport;
 use cairn_configdb::{AuditCheck, ConfigDb, NewAuditEntry};
-use serde::{Deserialize, Serialize};
 
 /// File in the data folder with the id and hash of the newest entry.
 pub const HEAD_FILE: &str = "audit.head";
@@ -31,17 +31,6 @@ pub struct Auditor {
     head_file: PathBuf,
     /// Serialises appends with the head file's writes.
     order: tokio::sync::Mutex<()>,
-}
-
-/// What [`Auditor::verify`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditReport {
-    /// Entries checked.
-    pub entries: u64,
-    /// Whether the chain holds and its newest entry is the one the data folder recorded.
-    pub intact: bool,
-    /// What is wrong, when something is.
-    pub problem: Option<String>,
 }
 
 impl Auditor {

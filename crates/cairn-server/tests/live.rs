@@ -18,6 +18,7 @@ mod runner_common;
 use std::path::Path;
 use std::time::Duration;
 
+use cairn_api::spec::Consistency;
 use cairn_configdb::{HostKind, NewHost, SessionState};
 use cairn_server::live::{QemuLocation, discover};
 use cairn_server::runner::{JobManager, Trigger};
@@ -137,7 +138,7 @@ async fn full_incremental_restart_and_crash() {
     let (_host, vm_ids) = qemu_host(&env).await;
     let repo_row = env.repository("r1", 2, None).await;
     let job = env
-        .job("web", vm_ids, repo_row.id, |s| s.consistency = "crash".into())
+        .job("web", vm_ids, repo_row.id, |s| s.consistency = Consistency::Crash)
         .await;
     let manager = env.manager(None);
 
@@ -275,7 +276,7 @@ async fn consistency_fallbacks_and_stop() {
     // Offline: the VM is paused while the view is made, and runs again after.
     let offline = env
         .job("offline", vm_ids.clone(), repo_row.id, |s| {
-            s.consistency = "offline".into()
+            s.consistency = Consistency::Offline
         })
         .await;
     let s = run_once(&env, &manager, offline.id).await;
@@ -287,7 +288,9 @@ async fn consistency_fallbacks_and_stop() {
     // A stopped backup (slow repository writes) leaves nothing behind, and the next run works.
     let slow = env.repository("slow", 1, Some(2 * MIB)).await;
     let stopped = env
-        .job("stopped", vm_ids.clone(), slow.id, |s| s.consistency = "crash".into())
+        .job("stopped", vm_ids.clone(), slow.id, |s| {
+            s.consistency = Consistency::Crash
+        })
         .await;
     let sid = manager.run_job(stopped.id, manual()).await.unwrap();
     env.wait_for("the backup to run", || async {

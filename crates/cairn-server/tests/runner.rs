@@ -63,7 +63,7 @@ async fn job_of_two_vms_backs_up_restores_and_applies_retention(backend: Backend
         .await;
     let job = env
         .job("nightly", vec![inv[0].0.id, inv[1].0.id], repo_row.id, |s| {
-            s.retention_points = 1
+            s.retention_points = cairn_api::spec::Retention::try_from(1).expect("retention")
         })
         .await;
     let manager = env.manager(None);

@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cairn_server::audit::AuditReport;
-use cairn_server::http::audit::AuditEntryDto;
+use cairn_api::audit::{AuditEntryDto, AuditReport};
 
 use crate::args::{AuditCommand, Global};
 use crate::client::Client;

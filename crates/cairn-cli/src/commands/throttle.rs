@@ -2,24 +2,23 @@
 
 use std::process::ExitCode;
 
+use cairn_api::throttle::ThrottleRuleDto;
 use cairn_server::throttle::{Rule, rate_text};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::lookup::{i, list, s};
 use crate::args::{Global, ThrottleCommand};
-use crate::client::{Client, usage};
+use crate::client::{Client, typed, usage};
 use crate::output::{self, Table};
 
 const RULES: &str = "/api/v1/throttle-rules";
 
 /// `rule 3 (10.0.1.0/24 ↔ 10.9.0.0/16, 50 MB/s, mon-fri 08:00-18:00)` for a rule of the API.
-fn describe(rule: &Value) -> String {
-    let id = i(rule, "id").unwrap_or_default();
-    let limit = i(rule, "limit_bytes").unwrap_or_default();
-    match Rule::new(id, s(rule, "from"), s(rule, "to"), limit, rule["window"].as_str()) {
+fn describe(rule: &ThrottleRuleDto) -> String {
+    let (id, limit) = (rule.id, rule.limit_bytes);
+    match Rule::new(id, &rule.from, &rule.to, limit, rule.window.as_deref()) {
         Ok(parsed) => parsed.to_string(),
         // A rule this client cannot parse (a newer server): show it as the server sent it.
-        Err(_) => format!("rule {id} ({} ↔ {}, {limit} B/s)", s(rule, "from"), s(rule, "to")),
+        Err(_) => format!("rule {id} ({} ↔ {}, {limit} B/s)", rule.from, rule.to),
     }
 }
 
@@ -45,7 +44,7 @@ pub fn run(g: &Global, c: &ThrottleCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&rule)?;
             } else {
-                println!("added throttling {}", describe(&rule));
+                println!("added throttling {}", describe(&typed(rule)?));
             }
         }
         ThrottleCommand::List => {
@@ -54,16 +53,14 @@ pub fn run(g: &Global, c: &ThrottleCommand) -> anyhow::Result<ExitCode> {
                 output::json(&all)?;
             } else {
                 let mut t = Table::new(&[">ID", "FROM", "TO", ">LIMIT", "WINDOW", "CREATED"]);
-                for rule in list(&all) {
+                for rule in typed::<Vec<ThrottleRuleDto>>(all)? {
                     t.row(vec![
-                        i(rule, "id").map_or("-".into(), |id| id.to_string()),
-                        s(rule, "from").to_string(),
-                        s(rule, "to").to_string(),
-                        i(rule, "limit_bytes")
-                            .and_then(|l| u64::try_from(l).ok())
-                            .map_or("-".into(), rate_text),
-                        rule["window"].as_str().unwrap_or("always").to_string(),
-                        output::time(s(rule, "created_at")),
+                        rule.id.to_string(),
+                        rule.from,
+                        rule.to,
+                        u64::try_from(rule.limit_bytes).map_or("-".into(), rate_text),
+                        rule.window.unwrap_or_else(|| "always".to_string()),
+                        output::time(&rule.created_at.to_string()),
                     ]);
                 }
                 if t.is_empty() {

@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 
+use cairn_api::auth::{TokenCreated, TokenInfo};
+use cairn_api::users::UserDto;
 use serde_json::{Map, Value, json};
 
 use super::login::{password_from_stdin, password_from_terminal};
-use super::lookup::{id_by_name, list, s, s_or_dash};
+use super::lookup::id_by_name;
 use crate::args::{Global, TokenCommand, UserCommand};
-use crate::client::{Client, usage};
+use crate::client::{Client, typed, usage};
 use crate::output::{self, Table};
 
 fn user_password(stdin: bool, name: &str) -> anyhow::Result<String> {
@@ -34,7 +36,8 @@ pub fn users(g: &Global, c: &UserCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&user)?;
             } else {
-                println!("created user {} ({})", s(&user, "name"), s(&user, "role"));
+                let user: UserDto = typed(user)?;
+                println!("created user {} ({})", user.name, user.role);
             }
         }
         UserCommand::List => {
@@ -43,12 +46,12 @@ pub fn users(g: &Global, c: &UserCommand) -> anyhow::Result<ExitCode> {
                 output::json(&all)?;
             } else {
                 let mut t = Table::new(&[">ID", "NAME", "ROLE", "CREATED"]);
-                for u in list(&all) {
+                for u in typed::<Vec<UserDto>>(all)? {
                     t.row(vec![
-                        s_or_dash(u, "id"),
-                        s(u, "name").to_string(),
-                        s(u, "role").to_string(),
-                        output::time(s(u, "created_at")),
+                        u.id.to_string(),
+                        u.name,
+                        u.role.to_string(),
+                        output::time(&u.created_at.to_string()),
                     ]);
                 }
                 t.print();
@@ -74,7 +77,8 @@ pub fn users(g: &Global, c: &UserCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&user)?;
             } else {
-                println!("changed user {} ({})", s(&user, "name"), s(&user, "role"));
+                let user: UserDto = typed(user)?;
+                println!("changed user {} ({})", user.name, user.role);
             }
         }
         UserCommand::Remove { name } => {
@@ -114,15 +118,16 @@ pub fn tokens(g: &Global, c: &TokenCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&token)?;
             } else {
-                println!("{}", s(&token, "token"));
+                let token: TokenCreated = typed(token)?;
+                println!("{}", token.token);
                 if !g.quiet {
-                    let expires = match token.get("expires_at").and_then(Value::as_str) {
-                        Some(t) => format!("expires {}", output::time(t)),
+                    let expires = match token.expires_at {
+                        Some(t) => format!("expires {}", output::time(&t.to_string())),
                         None => "never expires".to_string(),
                     };
                     eprintln!(
                         "API token {} ({expires}); it is shown only now: use it as CAIRN_TOKEN",
-                        s_or_dash(&token, "id")
+                        token.id
                     );
                 }
             }
@@ -133,15 +138,14 @@ pub fn tokens(g: &Global, c: &TokenCommand) -> anyhow::Result<ExitCode> {
                 output::json(&all)?;
             } else {
                 let mut t = Table::new(&[">ID", "KIND", "DESCRIPTION", "CREATED", "EXPIRES"]);
-                for tok in list(&all) {
+                for tok in typed::<Vec<TokenInfo>>(all)? {
                     t.row(vec![
-                        s_or_dash(tok, "id"),
-                        s(tok, "kind").to_string(),
-                        s(tok, "description").to_string(),
-                        output::time(s(tok, "created_at")),
-                        tok.get("expires_at")
-                            .and_then(Value::as_str)
-                            .map_or_else(|| "never".to_string(), output::time),
+                        tok.id.to_string(),
+                        tok.kind,
+                        tok.description,
+                        output::time(&tok.created_at.to_string()),
+                        tok.expires_at
+                            .map_or_else(|| "never".to_string(), |t| output::time(&t.to_string())),
                     ]);
                 }
                 t.print();

@@ -66,11 +66,6 @@ fn write_cbt(path: &Path, extents: &[(u64, u64)]) {
     }
 }
 
-// ------------------------------------------------------------ kill -9 during backup
-
-/// 24 backups killed at random moments, on a chain with points to protect:
-/// incrementals, incrementals with CBT, active fulls, with every codec.
-
 /// The points an uninterrupted `retain --keep keep` leaves: the newest
 /// `keep` for forever forward; for forward, whole segments (a full and its
 /// increments) go while the points after them are at least `keep`.

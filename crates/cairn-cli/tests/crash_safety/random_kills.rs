@@ -1,5 +1,7 @@
 use super::*;
 
+/// 24 backups killed at random moments, on a chain with points to protect:
+/// incrementals, incrementals with CBT, active fulls, with every codec.
 #[test]
 fn kill_during_backup() {
     const TRIALS: usize = 24;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use cairn_mover::protocol::{Control, Instruction, TaskEvent};
+use cairn_mover::protocol::{Instruction, TaskEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -14,17 +14,10 @@ use super::extract::AgentIdentity;
 use super::{ApiJson, ApiPath};
 use crate::agent_hub::HubError;
 use crate::state::AppState;
+pub use cairn_api::agents::{ControlDto, WorkRequest};
 
 /// Longest long poll.
 pub const MAX_WAIT_SECS: u64 = 30;
-
-/// `POST /api/v1/agents/work` body.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct WorkRequest {
-    /// Seconds to wait for an instruction when none is queued (default and maximum 30).
-    #[serde(default)]
-    pub wait_secs: Option<u64>,
-}
 
 /// Instructions for the calling agent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -40,27 +33,6 @@ pub struct EventsRequest {
     /// Reports, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<TaskEvent>,
-}
-
-/// The steering of a task, answered to each report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ControlDto {
-    /// Stop the task, for this reason.
-    pub cancel: Option<String>,
-    /// Write rate share now (bytes/s), for a repository's data mover.
-    pub write_rate: Option<u64>,
-    /// Network rate limit now (bytes/s), for a proxy.
-    pub network_rate: Option<u64>,
-}
-
-impl From<Control> for ControlDto {
-    fn from(c: Control) -> Self {
-        ControlDto {
-            cancel: c.cancel,
-            write_rate: c.write_rate,
-            network_rate: c.network_rate,
-        }
-    }
 }
 
 /// An agent fetches its instructions, waiting up to `wait_secs` for one.
@@ -92,7 +64,7 @@ pub async fn events(
     ApiJson(body): ApiJson<EventsRequest>,
 ) -> ApiResult<Json<ControlDto>> {
     match state.movers.hub.deliver(agent.id, task, body.events) {
-        Ok(control) => Ok(Json(control.into())),
+        Ok(control) => Ok(Json(control)),
         Err(e @ HubError::NoSuchTask(_)) => Err(ApiError::not_found(e.to_string())),
         Err(e @ HubError::NotYours(_)) => Err(ApiError::forbidden(format!("agent {}: {e}", agent.name))),
     }

@@ -18,8 +18,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use cairn_configdb::{Agent, AgentRole, AgentStatus, EnrolRefusal, IssuedCertificate, NewAgent, NewEnrolmentToken};
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::AgentIdentity;
@@ -29,60 +27,14 @@ use crate::auth::{Caller, generate_token, looks_like_token, token_hash};
 use crate::state::AppState;
 
 pub use cairn_api::agent::{HEARTBEAT_INTERVAL_SECS, OFFLINE_AFTER_MISSED};
+pub use cairn_api::agents::{
+    AgentDto, AgentState, CreateEnrolmentToken, EnrolRequest, EnrolResponse, EnrolmentTokenCreated, Heartbeat,
+    RenewRequest, RenewResponse,
+};
 /// Lifetime of an enrolment token unless the request says otherwise.
 pub const DEFAULT_TOKEN_SECS: u64 = 3600;
 /// Longest lifetime of an enrolment token.
 pub const MAX_TOKEN_SECS: u64 = 30 * 86_400;
-
-/// Whether an agent answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentState {
-    /// A heartbeat arrived within the last 3 intervals.
-    Online,
-    /// No heartbeat for 3 intervals (or none yet).
-    Offline,
-    /// Revoked: its certificate is refused.
-    Revoked,
-}
-
-/// An agent as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentDto {
-    /// Agent id.
-    pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// Roles granted at enrolment.
-    pub roles: Vec<AgentRole>,
-    /// Online, offline or revoked.
-    pub state: AgentState,
-    /// Software version last reported.
-    pub version: String,
-    /// Task slots last reported.
-    pub max_tasks: i64,
-    /// Free bytes last reported.
-    pub free_bytes: i64,
-    /// Address last reported.
-    pub address: Option<String>,
-    /// Time of the last heartbeat.
-    pub last_seen_at: Option<Timestamp>,
-    /// SHA-256 of its client certificate (hex): the pinned identity.
-    pub cert_fingerprint: String,
-    /// End of its certificate's validity.
-    pub cert_not_after: Timestamp,
-    /// When it enrolled.
-    pub created_at: Timestamp,
-    /// When it was revoked.
-    pub revoked_at: Option<Timestamp>,
-    /// Seconds between the heartbeats the server expects from agents.
-    pub heartbeat_secs: u64,
-    /// The agent should renew its certificate (and key) now: it ends within 30 days, or an
-    /// administrator asked for it.
-    pub renew_certificate: bool,
-    /// When an administrator asked for a new certificate (until the agent uses one).
-    pub renew_requested_at: Option<Timestamp>,
-}
 
 /// Whether `agent` should renew its certificate at `now`: an administrator asked for it, or it
 /// ends within [`AGENT_CERT_RENEW_DAYS`] days. A revoked agent never renews.
@@ -104,133 +56,26 @@ pub fn agent_state(agent: &Agent, now: Timestamp, heartbeat: std::time::Duration
     }
 }
 
-impl AgentDto {
-    /// `agent` as seen at `now`, with heartbeats expected every `heartbeat`.
-    pub fn new(agent: Agent, now: Timestamp, heartbeat: std::time::Duration) -> AgentDto {
-        AgentDto {
-            heartbeat_secs: heartbeat.as_secs().max(1),
-            renew_certificate: renewal_due(&agent, now),
-            renew_requested_at: agent.renew_requested_at,
-            state: agent_state(&agent, now, heartbeat),
-            id: agent.id,
-            name: agent.name,
-            roles: agent.roles,
-            version: agent.version,
-            max_tasks: agent.max_tasks,
-            free_bytes: agent.free_bytes,
-            address: agent.address,
-            last_seen_at: agent.last_seen_at,
-            cert_fingerprint: agent.cert_fingerprint,
-            cert_not_after: agent.cert_not_after,
-            created_at: agent.created_at,
-            revoked_at: agent.revoked_at,
-        }
+/// `agent` as seen at `now`, with heartbeats expected every `heartbeat`.
+pub fn agent_dto(agent: Agent, now: Timestamp, heartbeat: std::time::Duration) -> AgentDto {
+    AgentDto {
+        heartbeat_secs: heartbeat.as_secs().max(1),
+        renew_certificate: renewal_due(&agent, now),
+        renew_requested_at: agent.renew_requested_at,
+        state: agent_state(&agent, now, heartbeat),
+        id: agent.id,
+        name: agent.name,
+        roles: agent.roles,
+        version: agent.version,
+        max_tasks: agent.max_tasks,
+        free_bytes: agent.free_bytes,
+        address: agent.address,
+        last_seen_at: agent.last_seen_at,
+        cert_fingerprint: agent.cert_fingerprint,
+        cert_not_after: agent.cert_not_after,
+        created_at: agent.created_at,
+        revoked_at: agent.revoked_at,
     }
-}
-
-/// `POST /api/v1/agents/tokens` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateEnrolmentToken {
-    /// Roles the agent enrolled with this token gets (at least one).
-    #[schema(min_items = 1)]
-    pub roles: Vec<AgentRole>,
-    /// Seconds until the token expires (default 3600, at most 30 days).
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 2592000)]
-    pub expires_in_secs: Option<u64>,
-}
-
-/// A new enrolment token; the secret is shown only now.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EnrolmentTokenCreated {
-    /// The one-time secret to give to `cairn agent --token`.
-    pub token: String,
-    /// The roles it grants.
-    pub roles: Vec<AgentRole>,
-    /// When it expires.
-    pub expires_at: Timestamp,
-}
-
-/// `POST /api/v1/agents/enroll` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct EnrolRequest {
-    /// The one-time enrolment token.
-    pub token: String,
-    /// Unique agent name: 1–64 letters, digits, `.`, `_`, `-`.
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: String,
-    /// PEM certificate signing request; only its public key is used.
-    pub csr_pem: String,
-    /// Roles wanted (default: every role of the token; more is refused).
-    #[serde(default)]
-    pub roles: Option<Vec<AgentRole>>,
-    /// The agent's software version.
-    pub version: String,
-    /// Tasks it runs at once (≥ 1).
-    pub max_tasks: i64,
-    /// Free bytes where it keeps data.
-    pub free_bytes: i64,
-    /// Address the agent can be reached at.
-    #[serde(default)]
-    pub address: Option<String>,
-}
-
-/// The enrolled agent's identity.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EnrolResponse {
-    /// Agent id.
-    pub agent_id: i64,
-    /// Agent name (the certificate's common name).
-    pub name: String,
-    /// Roles granted.
-    pub roles: Vec<AgentRole>,
-    /// The agent's client certificate, PEM.
-    pub certificate_pem: String,
-    /// The server's CA certificate, PEM: the agent trusts only this from now on.
-    pub ca_pem: String,
-    /// SHA-256 of the certificate (hex), as the server pins it.
-    pub cert_fingerprint: String,
-    /// End of the certificate's validity.
-    pub cert_not_after: Timestamp,
-}
-
-/// `POST /api/v1/agents/renew` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RenewRequest {
-    /// PEM certificate signing request for the agent's new key; only its public key is used.
-    pub csr_pem: String,
-}
-
-/// A renewed agent certificate. The current one stays valid until the agent first uses this.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RenewResponse {
-    /// The new client certificate, PEM.
-    pub certificate_pem: String,
-    /// Its SHA-256 (hex), as the server will pin it.
-    pub cert_fingerprint: String,
-    /// End of its validity.
-    pub cert_not_after: Timestamp,
-}
-
-/// `POST /api/v1/agents/heartbeat` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct Heartbeat {
-    /// The agent's software version.
-    pub version: String,
-    /// Tasks it runs at once (≥ 1).
-    pub max_tasks: i64,
-    /// Free bytes where it keeps data.
-    pub free_bytes: i64,
-    /// Roles it serves now (must be among those granted).
-    #[serde(default)]
-    pub roles: Option<Vec<AgentRole>>,
-    /// Address the agent can be reached at.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// A random id the agent process picks when it starts: a new one means the agent was
-    /// restarted, and the tasks it was running are gone.
-    #[serde(default)]
-    pub instance: Option<String>,
 }
 
 /// A database error on an agent's own request: revoked between the identity check and the
@@ -427,7 +272,7 @@ pub async fn heartbeat(
         .record_heartbeat(agent.id, &status, now)
         .await
         .map_err(refused_agent)?;
-    Ok(Json(AgentDto::new(updated, now, state.movers.heartbeat)))
+    Ok(Json(agent_dto(updated, now, state.movers.heartbeat)))
 }
 
 /// Every agent (revoked ones too) with its state.
@@ -443,7 +288,7 @@ pub async fn list_agents(caller: Caller, State(state): State<AppState>) -> ApiRe
             .list_agents()
             .await?
             .into_iter()
-            .map(|a| AgentDto::new(a, now, state.movers.heartbeat))
+            .map(|a| agent_dto(a, now, state.movers.heartbeat))
             .collect(),
     ))
 }
@@ -464,7 +309,7 @@ pub async fn revoke_agent(
     let now = Timestamp::now();
     let agent = state.db.revoke_agent(id, now).await?;
     tracing::info!("user {} revoked agent {} (id {})", caller.name, agent.name, agent.id);
-    Ok(Json(AgentDto::new(agent, now, state.movers.heartbeat)))
+    Ok(Json(agent_dto(agent, now, state.movers.heartbeat)))
 }
 
 /// An agent renews its certificate: it presents its current one and sends a request for a new
@@ -528,7 +373,7 @@ pub async fn request_renewal(
         agent.name,
         agent.id
     );
-    Ok(Json(AgentDto::new(agent, now, state.movers.heartbeat)))
+    Ok(Json(agent_dto(agent, now, state.movers.heartbeat)))
 }
 
 #[cfg(test)]

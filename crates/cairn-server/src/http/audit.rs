@@ -2,16 +2,17 @@
 
 use axum::Json;
 use axum::extract::State;
-use cairn_configdb::{AuditEntry, AuditQuery};
+use cairn_configdb::AuditQuery;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::ApiQuery;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::audit::AuditReport;
 use crate::auth::Caller;
 use crate::state::AppState;
+pub use cairn_api::audit::AuditEntryDto;
 
 /// `GET /api/v1/audit` query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -27,46 +28,6 @@ pub struct AuditListQuery {
     /// At most this many entries (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-}
-
-/// One entry of the audit log.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditEntryDto {
-    /// Position in the log (1, 2, 3…).
-    pub id: i64,
-    /// When it was recorded.
-    pub at: Timestamp,
-    /// Who acted (`(scheduler)` for the server itself; null for an agent or anonymous request).
-    pub user: Option<String>,
-    /// The client's address.
-    pub address: Option<String>,
-    /// What was done, e.g. `job.run`, `login`, `restore.disk`.
-    pub action: String,
-    /// What it was done to.
-    pub target: String,
-    /// `ok`, or `failed: STATUS MESSAGE`.
-    pub outcome: String,
-    /// More about it.
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-    /// This entry's hash (BLAKE3 of the previous entry's hash and this entry's fields).
-    pub hash: String,
-}
-
-impl From<AuditEntry> for AuditEntryDto {
-    fn from(e: AuditEntry) -> AuditEntryDto {
-        AuditEntryDto {
-            id: e.id,
-            at: e.at,
-            user: e.user,
-            address: e.address,
-            action: e.action,
-            target: e.target,
-            outcome: e.outcome,
-            details: e.details,
-            hash: e.hash,
-        }
-    }
 }
 
 /// Entries of the audit log, newest first.

@@ -4,130 +4,20 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cairn_configdb::{Role, Token, TokenKind, TokenScope, User};
+use cairn_configdb::{Role, TokenKind, TokenScope, User};
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath, ClientAddr};
 use crate::auth::{Caller, LOGIN_TOKEN_LIFETIME, check_login, hash_password_async, issue_token};
 use crate::http::audit_trail::AuditSlot;
 use crate::state::AppState;
+pub use cairn_api::auth::{
+    ChangePasswordRequest, CreateTokenRequest, LoginRequest, LoginResponse, TokenCreated, TokenInfo, UserInfo,
+};
 
 /// Longest lifetime of an API token, in days.
 const MAX_TOKEN_DAYS: i64 = 3650;
-
-/// `POST /api/v1/auth/login` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct LoginRequest {
-    /// User name.
-    #[schema(example = "admin")]
-    pub user: String,
-    /// Password.
-    pub password: String,
-    /// The current code of the user's authenticator app, when the user has a second factor.
-    #[serde(default)]
-    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
-    pub code: Option<String>,
-}
-
-/// `POST /api/v1/auth/password` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ChangePasswordRequest {
-    /// The current password.
-    pub current_password: String,
-    /// The new password (at least 8 characters).
-    #[schema(min_length = 8)]
-    pub new_password: String,
-}
-
-/// A user as seen by themselves.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserInfo {
-    /// User id.
-    pub id: i64,
-    /// User name.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-}
-
-/// A login token.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LoginResponse {
-    /// The token: send it as `Authorization: Bearer TOKEN`.
-    pub token: String,
-    /// Always `login`.
-    #[schema(example = "login")]
-    pub kind: String,
-    /// When the token stops working (7 days after the login).
-    pub expires_at: Timestamp,
-    /// Who logged in.
-    pub user: UserInfo,
-    /// The token is good only for setting up a second factor (administrators must have one and
-    /// this one has none yet): POST /api/v1/auth/totp, then /api/v1/auth/totp/confirm.
-    pub totp_setup_required: bool,
-}
-
-/// `POST /api/v1/tokens` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateTokenRequest {
-    /// What the token is for (shown in the token list; at most 200 characters).
-    #[serde(default)]
-    #[schema(max_length = 200)]
-    pub description: String,
-    /// Days until it expires (1–3650); absent or null never expires.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 3650)]
-    pub expires_in_days: Option<i64>,
-}
-
-/// A new API token, with its secret (shown only in this answer).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenCreated {
-    /// Token id.
-    pub id: i64,
-    /// The secret: send it as `Authorization: Bearer TOKEN`.
-    pub token: String,
-    /// Always `api`.
-    #[schema(example = "api")]
-    pub kind: String,
-    /// What the token is for.
-    pub description: String,
-    /// When it was made.
-    pub created_at: Timestamp,
-    /// When it stops working; null never.
-    pub expires_at: Option<Timestamp>,
-}
-
-/// A token of the caller (without its secret).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenInfo {
-    /// Token id.
-    pub id: i64,
-    /// `login` or `api`.
-    #[schema(example = "api")]
-    pub kind: String,
-    /// What the token is for.
-    pub description: String,
-    /// When it was made.
-    pub created_at: Timestamp,
-    /// When it stops working; null never.
-    pub expires_at: Option<Timestamp>,
-}
-
-impl From<Token> for TokenInfo {
-    fn from(t: Token) -> TokenInfo {
-        TokenInfo {
-            id: t.id,
-            kind: t.kind.as_str().into(),
-            description: t.description,
-            created_at: t.created_at,
-            expires_at: t.expires_at,
-        }
-    }
-}
 
 /// Logs in with a user name and password (and the second factor's code when the user has one)
 /// and returns a login token valid for 7 days. Failed logins are throttled per user, per address

@@ -9,25 +9,12 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use cairn_api::checks::Invalid;
 
 use crate::error::{ErrorKind, ServiceError};
 use crate::runner::RunError;
-
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, naming the object and the cause.
-    #[schema(example = "job 7 not found")]
-    pub error: String,
-    /// A machine-readable reason, for the answers that have one (`totp_required`: the login
-    /// needs the second factor's code; `totp_setup_required`; `login_locked`; `role_too_low`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-}
+pub use cairn_api::error::ErrorBody;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,47 +7,15 @@ use axum::Json;
 use axum::extract::State;
 use cairn_configdb::Role;
 use cairn_qemu::qmp::Qmp;
-use serde::Deserialize;
-use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::restore_vm::{latest, qemu_host, saved_config, vm_name};
+use super::restore_vm::{qemu_host, saved_config, vm_name};
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::live::QMP_TIMEOUT;
 use crate::live::instant::{InstantInfo, InstantState, Launch, run_migration};
 use crate::state::AppState;
-
-/// `POST /api/v1/instant-recoveries` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InstantRequest {
-    /// Repository holding the backup.
-    pub repository_id: i64,
-    /// VM name as backed up (`HOST/VM`).
-    pub vm: String,
-    /// `latest` (default), a restore point id, or a unique prefix of one.
-    #[serde(default = "latest")]
-    #[schema(pattern = "^(latest|[0-9a-f]{1,64})$")]
-    pub point: String,
-    /// The qemu host whose socket folder gets the VM's sockets (default: the VM's own host).
-    #[serde(default)]
-    pub to_host: Option<String>,
-    /// The VM's name (default: `<vm>-instant`).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Accelerator (default: as the original ran).
-    #[serde(default)]
-    pub accel: Option<String>,
-}
-
-/// `POST /api/v1/instant-recoveries/{name}/migrate` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct MigrateRequest {
-    /// Production files, one per disk (qcow2; must not exist), beneath a restore folder (see the
-    /// settings). With one disk a single path.
-    #[schema(min_items = 1, value_type = Vec<crate::http::settings::AbsolutePath>)]
-    pub to: Vec<String>,
-}
+pub use cairn_api::instant::{InstantRequest, MigrateRequest};
 
 /// Starts a VM from a restore point over NBD.
 #[utoipa::path(post, path = "/api/v1/instant-recoveries", tag = "restore", request_body = InstantRequest,

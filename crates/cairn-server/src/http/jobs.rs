@@ -5,182 +5,17 @@ use std::str::FromStr;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use cairn_api::spec::{BlockSize, Compression, Consistency, Method, Retention};
 use cairn_configdb::{Job, JobSpec, Role, Session, SessionQuery};
 use cairn_schedule::{Rule, Schedule};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::runner::Trigger;
-use crate::runner::settings::BLOCK_SIZES;
 use crate::state::AppState;
-
-/// Job settings as sent by a client. Only `name`, `vm_ids` and `repository_id` are required;
-/// absent fields take their defaults (also on PUT, which replaces the whole job).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct JobInput {
-    /// Unique name (1–100 characters, not only spaces, no control characters).
-    #[schema(
-        example = "nightly",
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    pub name: String,
-    /// VMs to back up, in processing order (a VM listed twice is backed up once).
-    #[schema(min_items = 1)]
-    pub vm_ids: Vec<i64>,
-    /// Disks of those VMs to leave out.
-    #[serde(default)]
-    pub excluded_disk_ids: Vec<i64>,
-    /// Target repository.
-    pub repository_id: i64,
-    /// Block size in bytes: 262144, 524288, 1048576 (default) or 4194304.
-    #[serde(default)]
-    #[schema(schema_with = block_size_schema)]
-    pub block_size: Option<i64>,
-    /// Compression: `zstd:LEVEL` (default `zstd:3`; levels 1–19), `zstd`, `lz4` or `none`; empty:
-    /// the default.
-    #[serde(default)]
-    #[schema(pattern = r"^(|none|lz4|zstd|zstd:([1-9]|1[0-9]))$")]
-    pub compression: Option<String>,
-    /// Encryption: null or empty (the repository decides, default), `aes-256-gcm` or `none`.
-    #[serde(default)]
-    #[schema(pattern = "^(|aes-256-gcm|none)$")]
-    pub encryption: Option<String>,
-    /// Backup method: `forever-forward` (default) or `forward`.
-    #[serde(default)]
-    #[schema(pattern = "^(forever-forward|forward)$")]
-    pub method: Option<String>,
-    /// Restore points to keep (1–10000, default 14).
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 10000)]
-    pub retention_points: Option<i64>,
-    /// Schedule text (`daily 22:00 mon-fri`, `every 4h`, `after JOB`, `cron "0 22 * * 1-5"`…);
-    /// null runs only on demand.
-    #[serde(default)]
-    #[schema(example = "daily 22:00 mon-fri")]
-    pub schedule: Option<String>,
-    /// Backup window (`mon-fri 20:00-06:00 sat,sun 00:00-24:00`, optionally `tz ZONE`); null
-    /// allows any time.
-    #[serde(default)]
-    #[schema(example = "mon-fri 20:00-06:00")]
-    pub backup_window: Option<String>,
-    /// Retries of a failed VM (0–100, default 3).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 100)]
-    pub retries: Option<i64>,
-    /// Seconds between retries (0–604800, default 600).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 604800)]
-    pub retry_wait_seconds: Option<i64>,
-    /// Whether the scheduler starts it (default true).
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Point-in-time view of running VMs: `online` (default: guest agent freeze, else
-    /// crash-consistent with a warning), `offline` (freeze, else pause the VM) or `crash`.
-    #[serde(default)]
-    #[schema(example = "online", pattern = "^(|online|offline|crash)$")]
-    pub consistency: Option<String>,
-    /// Fail a VM whose guest cannot be frozen instead of falling back (default false).
-    #[serde(default)]
-    pub require_app_consistency: Option<bool>,
-    /// Command run in the guest through its agent before the freeze (a path inside the guest;
-    /// never run on the server; at most 4096 bytes).
-    #[serde(default)]
-    #[schema(max_length = 1024)]
-    pub pre_freeze_script: Option<String>,
-    /// Command run in the guest after the thaw (as `pre_freeze_script`).
-    #[serde(default)]
-    #[schema(max_length = 1024)]
-    pub post_thaw_script: Option<String>,
-}
-
-/// `PUT /api/v1/jobs/{id}` body: the version read plus the whole job.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct JobUpdate {
-    /// The `version` of the job as read; a stale version is refused with 409.
-    pub version: i64,
-    /// The job's new settings.
-    #[serde(flatten)]
-    pub job: JobInput,
-}
-
-/// The newest session of a job.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LastSession {
-    /// Session id.
-    pub id: i64,
-    /// waiting, running, success, warning, failed or stopped.
-    pub state: String,
-    /// When it started.
-    pub started_at: Timestamp,
-    /// When it ended.
-    pub ended_at: Option<Timestamp>,
-}
-
-/// A job.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobDto {
-    /// Job id.
-    pub id: i64,
-    /// Version; send it back with PUT.
-    pub version: i64,
-    /// When the job was created.
-    pub created_at: Timestamp,
-    /// When the job was last changed.
-    pub updated_at: Timestamp,
-    /// Unique name.
-    pub name: String,
-    /// VMs to back up, in processing order.
-    pub vm_ids: Vec<i64>,
-    /// Disks left out.
-    pub excluded_disk_ids: Vec<i64>,
-    /// Target repository.
-    pub repository_id: i64,
-    /// Block size in bytes.
-    pub block_size: i64,
-    /// Compression.
-    pub compression: String,
-    /// Encryption; null lets the repository decide.
-    pub encryption: Option<String>,
-    /// Backup method.
-    pub method: String,
-    /// Restore points to keep.
-    pub retention_points: i64,
-    /// Schedule; null runs only on demand.
-    pub schedule: Option<String>,
-    /// Backup window; null is any time.
-    pub backup_window: Option<String>,
-    /// Retries of a failed VM.
-    pub retries: i64,
-    /// Seconds between retries.
-    pub retry_wait_seconds: i64,
-    /// Whether the scheduler starts it.
-    pub enabled: bool,
-    /// Point-in-time view of running VMs: `online`, `offline` or `crash`.
-    pub consistency: String,
-    /// Fail a VM whose guest cannot be frozen instead of falling back.
-    pub require_app_consistency: bool,
-    /// Command run in the guest before the freeze.
-    pub pre_freeze_script: Option<String>,
-    /// Command run in the guest after the thaw.
-    pub post_thaw_script: Option<String>,
-    /// The next scheduled run (null: disabled, on demand, or after another job).
-    pub next_run: Option<Timestamp>,
-    /// The newest session.
-    pub last_session: Option<LastSession>,
-}
-
-/// `202` answer of run and stop.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SessionStarted {
-    /// The session started (run) or asked to stop (stop).
-    pub session_id: i64,
-}
+pub use cairn_api::jobs::{JobDto, JobInput, JobUpdate, LastSession, SessionStarted};
 
 /// The API form of `job`.
 pub async fn job_dto(state: &AppState, job: Job) -> ApiResult<JobDto> {
@@ -239,28 +74,20 @@ pub fn parse_schedule(text: &str) -> ApiResult<Schedule> {
     Schedule::from_str(text).map_err(|e| ApiError::invalid(format!("schedule {text:?}: {e}")))
 }
 
-fn block_size_schema() -> utoipa::openapi::Object {
-    super::checks::integer_enum(&BLOCK_SIZES, true, "Block size in bytes (null: 1048576)")
-}
-
-/// Checks `input` (for job `editing`, when editing) and turns it into a stored spec.
-pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) -> ApiResult<JobSpec> {
-    let name = super::checks::display_name("job name", &input.name, 100)?;
-    if input.vm_ids.is_empty() {
-        return Err(ApiError::invalid("vm_ids: a job backs up at least one VM"));
-    }
+/// Checks that the VMs, excluded disks and repository of `input` exist (the excluded disks
+/// belonging to those VMs); returns the VM ids without repeats and the sorted excluded disks.
+async fn check_members(state: &AppState, input: &JobInput) -> ApiResult<(Vec<i64>, Vec<i64>)> {
+    let missing = |e: cairn_configdb::Error, what: String| match e {
+        cairn_configdb::Error::NotFound { .. } => ApiError::not_found(what),
+        other => other.into(),
+    };
     let mut vm_ids: Vec<i64> = Vec::with_capacity(input.vm_ids.len());
     for id in &input.vm_ids {
         if vm_ids.contains(id) {
             continue;
         }
         if let Err(e) = state.db.get_vm(*id).await {
-            return Err(match e {
-                cairn_configdb::Error::NotFound { .. } => {
-                    ApiError::not_found(format!("vm_ids: VM {id} does not exist"))
-                }
-                other => other.into(),
-            });
+            return Err(missing(e, format!("vm_ids: VM {id} does not exist")));
         }
         vm_ids.push(*id);
     }
@@ -276,41 +103,68 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                     disk.vm_id
                 )));
             }
-            Err(cairn_configdb::Error::NotFound { .. }) => {
-                return Err(ApiError::not_found(format!(
-                    "excluded_disk_ids: disk {id} does not exist"
-                )));
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(missing(e, format!("excluded_disk_ids: disk {id} does not exist"))),
         }
     }
     if let Err(e) = state.db.get_repository(input.repository_id).await {
-        return Err(match e {
-            cairn_configdb::Error::NotFound { .. } => ApiError::not_found(format!(
-                "repository_id: repository {} does not exist",
-                input.repository_id
-            )),
-            other => other.into(),
-        });
+        let what = format!("repository_id: repository {} does not exist", input.repository_id);
+        return Err(missing(e, what));
     }
-    let block_size = input.block_size.unwrap_or(1_048_576);
-    if !BLOCK_SIZES.contains(&block_size) {
-        return Err(ApiError::invalid(format!(
-            "block_size {block_size}: use 262144, 524288, 1048576 or 4194304"
-        )));
-    }
-    let compression = match input.compression.as_deref() {
-        None | Some("") => cairn_format::codec::Compression::DEFAULT.to_string(),
-        Some(text) => {
-            let parsed = cairn_format::codec::Compression::from_str(text)
-                .map_err(|e| ApiError::invalid(format!("compression {text:?}: {e}")))?;
-            // Only the canonical spellings (`zstd:3`, not `zstd:03`), as the document says.
-            if text != "zstd" && parsed.to_string() != text {
-                return Err(ApiError::invalid(format!("compression {text:?}: write it as {parsed}")));
-            }
-            parsed.to_string()
-        }
+    Ok((vm_ids, excluded))
+}
+
+/// A schedule of job `name` (`editing`, when editing): canonical, and not after itself or a job
+/// that does not exist.
+async fn check_schedule(
+    state: &AppState,
+    name: &str,
+    text: Option<&str>,
+    editing: Option<&Job>,
+) -> ApiResult<Option<String>> {
+    let text = match text.map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some(text) => text,
     };
+    let schedule = parse_schedule(text)?;
+    if let Rule::After { job } = &schedule.rule {
+        let itself = || ApiError::invalid(format!("schedule {text:?}: a job cannot run after itself"));
+        if *job == name {
+            return Err(itself());
+        }
+        match state.db.find_job_by_name(job).await? {
+            Some(other) if editing.is_some_and(|e| e.id == other.id) => return Err(itself()),
+            Some(_) => {}
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "schedule {text:?}: there is no job named {job:?}"
+                )));
+            }
+        }
+    }
+    Ok(Some(schedule.to_string()))
+}
+
+/// A guest script of `field`: trimmed, absent when blank, at most 1024 characters.
+fn guest_script(field: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    match value.as_deref() {
+        Some(text) if text.chars().count() > 1024 => Err(ApiError::invalid(format!(
+            "{field}: {} characters, at most 1024",
+            text.chars().count()
+        ))),
+        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Checks `input` (for job `editing`, when editing) and turns it into a stored spec.
+pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) -> ApiResult<JobSpec> {
+    let name = super::checks::display_name("job name", &input.name, 100)?;
+    if input.vm_ids.is_empty() {
+        return Err(ApiError::invalid("vm_ids: a job backs up at least one VM"));
+    }
+    let (vm_ids, excluded) = check_members(state, &input).await?;
+    let block_size = input.block_size.map_or(Ok(BlockSize::DEFAULT), BlockSize::try_from)?;
+    let compression = Compression::from_request(input.compression.as_deref())?;
     let encryption = match input.encryption.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
@@ -319,53 +173,18 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                 .to_string(),
         ),
     };
-    let method = input.method.as_deref().unwrap_or("forever-forward").to_owned();
-    cairn_repo::Method::from_str(&method).map_err(|e| ApiError::invalid(format!("method: {e}")))?;
-    let retention_points = input.retention_points.unwrap_or(14);
-    if !(1..=10_000).contains(&retention_points) {
-        return Err(ApiError::invalid(format!(
-            "retention_points {retention_points}: keep between 1 and 10000 restore points"
-        )));
-    }
-    let retries = input.retries.unwrap_or(3);
-    if !(0..=100).contains(&retries) {
-        return Err(ApiError::invalid(format!(
-            "retries {retries}: must be between 0 and 100"
-        )));
-    }
+    let method = Method::from_request(input.method.as_deref())?;
+    let retention_points = input
+        .retention_points
+        .map_or(Ok(Retention::DEFAULT), Retention::try_from)?;
+    let retries = super::checks::within("retries", input.retries.unwrap_or(3), 0..=100)?;
     let retry_wait_seconds = input.retry_wait_seconds.unwrap_or(600);
     if !(0..=7 * 86_400).contains(&retry_wait_seconds) {
         return Err(ApiError::invalid(format!(
             "retry_wait_seconds {retry_wait_seconds}: must be between 0 and 604800 (a week)"
         )));
     }
-    let schedule = match input.schedule.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(text) => {
-            let schedule = parse_schedule(text)?;
-            if let Rule::After { job } = &schedule.rule {
-                if *job == name {
-                    return Err(ApiError::invalid(format!(
-                        "schedule {text:?}: a job cannot run after itself"
-                    )));
-                }
-                match state.db.find_job_by_name(job).await? {
-                    Some(other) if editing.is_some_and(|e| e.id == other.id) => {
-                        return Err(ApiError::invalid(format!(
-                            "schedule {text:?}: a job cannot run after itself"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        return Err(ApiError::not_found(format!(
-                            "schedule {text:?}: there is no job named {job:?}"
-                        )));
-                    }
-                }
-            }
-            Some(schedule.to_string())
-        }
-    };
+    let schedule = check_schedule(state, &name, input.schedule.as_deref(), editing).await?;
     let backup_window = match input.backup_window.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(
@@ -374,35 +193,18 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
                 .to_string(),
         ),
     };
-    let consistency = match input.consistency.as_deref() {
-        None | Some("") => cairn_configdb::default_consistency(),
-        Some(text @ ("online" | "offline" | "crash")) => text.to_string(),
-        Some(text) => {
-            return Err(ApiError::invalid(format!(
-                "consistency {text:?}: use online, offline or crash"
-            )));
-        }
-    };
-    let script = |field: &str, value: Option<String>| -> ApiResult<Option<String>> {
-        match value.as_deref() {
-            Some(text) if text.chars().count() > 1024 => Err(ApiError::invalid(format!(
-                "{field}: {} characters, at most 1024",
-                text.chars().count()
-            ))),
-            Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
-            _ => Ok(None),
-        }
-    };
-    let pre_freeze_script = script("pre_freeze_script", input.pre_freeze_script)?;
-    let post_thaw_script = script("post_thaw_script", input.post_thaw_script)?;
-    if consistency == "crash" && (pre_freeze_script.is_some() || post_thaw_script.is_some()) {
+    let consistency = Consistency::from_request(input.consistency.as_deref())?;
+    let pre_freeze_script = guest_script("pre_freeze_script", input.pre_freeze_script)?;
+    let post_thaw_script = guest_script("post_thaw_script", input.post_thaw_script)?;
+    let crash = consistency == Consistency::Crash;
+    if crash && (pre_freeze_script.is_some() || post_thaw_script.is_some()) {
         return Err(ApiError::invalid(
             "pre_freeze_script/post_thaw_script: a crash-consistent job does not freeze the guest, so its \
              scripts would never run",
         ));
     }
     let require_app_consistency = input.require_app_consistency.unwrap_or(false);
-    if consistency == "crash" && require_app_consistency {
+    if crash && require_app_consistency {
         return Err(ApiError::invalid(
             "require_app_consistency: a crash-consistent job cannot require application consistency",
         ));

@@ -34,11 +34,11 @@ pub mod vm_control;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::routing::{get, post};
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
+pub use cairn_api::health::Health;
 use error::{ApiError, ErrorBody};
 
 /// Largest accepted JSON request body.
@@ -106,16 +106,6 @@ pub struct ApiPath<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
-
-/// `GET /api/v1/health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok` when the server answers.
-    #[schema(example = "ok")]
-    pub status: String,
-    /// Server version.
-    pub version: String,
-}
 
 /// Whether the server is up (no token needed).
 #[utoipa::path(get, path = "/api/v1/health", tag = "misc", security(()),
@@ -436,16 +426,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
         ))
     }
-}
-
-/// Serde helper: tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-pub(crate) fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    use serde::Deserialize;
-    Option::<T>::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

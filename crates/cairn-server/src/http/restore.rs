@@ -19,8 +19,6 @@ use cairn_confine::{AllowedFolders, ConfineError, ConfinedDir, ConfinedFile};
 use cairn_disk::Format;
 use cairn_engine::{RestoreHooks, RestoreStats, RestoreTarget};
 use cairn_resources::{Direction, RateLimiter, ResourceError, TaskRequest};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::ApiJson;
 use super::error::{ApiError, ApiResult, ErrorBody};
@@ -29,99 +27,13 @@ use crate::auth::Caller;
 use crate::repositories::{proxy_resource, register_repository, repo_error, repository_resource};
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
-
-/// `POST /api/v1/restores` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RestoreRequest {
-    /// Repository holding the backup.
-    pub repository_id: i64,
-    /// VM name as backed up.
-    pub vm: String,
-    /// `latest` (default), a restore point id, or a unique prefix of one (hex digits).
-    #[serde(default = "latest", deserialize_with = "string_or_number")]
-    #[schema(value_type = String, example = "latest", pattern = "^(latest|[0-9a-f]{1,64})$")]
-    pub point: String,
-    /// Disk number within the VM (0 is the first).
-    #[serde(default)]
-    pub disk: u32,
-    /// The image file to write: an absolute path beneath a restore folder (see the settings) on
-    /// the machine that holds the repository (the server, or the repository's agent). It must
-    /// not exist; no `..` and no symbolic link below the restore folder are allowed.
-    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
-    pub target_path: String,
-    /// Permission bits of the new file in octal (default `0600`; at most `0777`).
-    #[serde(default)]
-    #[schema(example = "0640", pattern = "^(0o|0)?[0-7]{1,3}$")]
-    pub file_mode: Option<String>,
-    /// Image format: raw (default), qcow2, vhdx or vhd.
-    #[serde(default)]
-    #[schema(pattern = "^(|raw|qcow2|vhdx|vhd)$")]
-    pub format: Option<String>,
-    /// Logical sector size of the new image (512 or 4096; default: the source's).
-    #[serde(default)]
-    #[schema(schema_with = sector_size_schema)]
-    pub sector_size: Option<u32>,
-}
-
-fn latest() -> String {
-    "latest".into()
-}
-
-fn sector_size_schema() -> utoipa::openapi::Object {
-    super::checks::integer_enum(&[512, 4096], true, "Logical sector size in bytes (null: the source's)")
-}
+pub use cairn_api::restore::{RestoreRequest, RestoreResult};
 
 /// Whether `point` selects a restore point as the document says: `latest`, or 1–64 lower-case
 /// hex digits.
 pub(crate) fn is_point_selector(point: &str) -> bool {
     point == "latest"
         || (!point.is_empty() && point.len() <= 64 && point.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "point: expected \"latest\" or a point id, found {other}"
-        ))),
-    }
-}
-
-/// What a restore did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RestoreResult {
-    /// VM name.
-    pub vm: String,
-    /// The restore point id.
-    pub point: String,
-    /// Disk number.
-    pub disk: u32,
-    /// Virtual size of the disk in bytes.
-    pub virtual_size: u64,
-    /// Blocks read from the repository.
-    pub blocks: u64,
-    /// Bytes written (the rest are holes).
-    pub written_bytes: u64,
-    /// Image format written.
-    pub format: String,
-    /// Wall time in seconds.
-    pub duration_secs: f64,
-}
-
-impl From<RestoreStats> for RestoreResult {
-    fn from(s: RestoreStats) -> RestoreResult {
-        RestoreResult {
-            vm: s.vm,
-            point: s.point,
-            disk: s.disk,
-            virtual_size: s.virtual_size,
-            blocks: s.blocks,
-            written_bytes: s.written_bytes,
-            format: s.format.name().into(),
-            duration_secs: s.duration_secs,
-        }
-    }
 }
 
 /// Longest single sleep of a throttled read, so a stop is noticed soon.
@@ -238,7 +150,7 @@ pub async fn restore(
         options,
     )
     .await?;
-    Ok(Json(stats.into()))
+    Ok(Json(cairn_mover::protocol::restore_summary(stats)))
 }
 
 /// The file a restore on the server writes, created (beneath a restore folder, never over an

@@ -19,8 +19,6 @@ use cairn_engine::RestoreTarget;
 use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
 use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::http::ApiJson;
@@ -31,41 +29,7 @@ use crate::live::{QMP_TIMEOUT, QemuLocation};
 use crate::repositories::repo_error;
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
-
-/// `POST /api/v1/restores/vm` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct VmRestoreRequest {
-    /// Repository holding the backup.
-    pub repository_id: i64,
-    /// VM name as backed up (`HOST/VM`).
-    pub vm: String,
-    /// `latest` (default), a restore point id, or a unique prefix of one.
-    #[serde(default = "latest")]
-    #[schema(pattern = "^(latest|[0-9a-f]{1,64})$")]
-    pub point: String,
-    /// The qemu host to restore to (by name; default: the VM's own host).
-    #[serde(default)]
-    pub to_host: Option<String>,
-    /// Name of the restored VM (default: `<vm>-restored`); not with `replace_original`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Stop the original VM, replace its disks with the restore point's, start it again.
-    #[serde(default)]
-    pub replace_original: bool,
-    /// Folder for the new disk files, beneath a restore folder (created if needed; default:
-    /// `<first restore folder>/<name>`); not with `replace_original`.
-    #[serde(default)]
-    #[schema(max_length = 4096, pattern = r"^(/[^/\x00]{0,255})+$")]
-    pub folder: Option<String>,
-    /// Accelerator of the started VM (default: as the original ran, e.g. `kvm` or `tcg`).
-    #[serde(default)]
-    pub accel: Option<String>,
-}
-
-/// The default restore point of a request.
-pub(crate) fn latest() -> String {
-    "latest".into()
-}
+pub use cairn_api::restore::{VmRestoreRequest, VmRestoreResult};
 
 /// The name of a VM a restore starts: `name`, else `<original>-<suffix>`; it names its socket
 /// files, so it must be a plain file name.
@@ -75,29 +39,6 @@ pub(crate) fn vm_name(name: Option<&str>, original: &str, suffix: &str) -> ApiRe
         return Err(ApiError::invalid(format!("name {name:?}: a plain file name is needed")));
     }
     Ok(name)
-}
-
-/// What a VM restore did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VmRestoreResult {
-    /// The VM's name.
-    pub name: String,
-    /// The restore point id.
-    pub point: String,
-    /// Its disk files, in the VM's disk order.
-    pub disks: Vec<String>,
-    /// Its QMP socket.
-    pub qmp: String,
-    /// Its guest agent socket, when the original had an agent.
-    pub qga: Option<String>,
-    /// QEMU's process id.
-    pub pid: Option<u32>,
-    /// Its serial console log (beside its disks).
-    pub serial_log: String,
-    /// Whether the original VM was replaced.
-    pub replaced: bool,
-    /// Seconds from the request to the started VM.
-    pub duration_secs: f64,
 }
 
 /// The qemu host named `name`, or 404/422.

@@ -6,68 +6,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cairn_configdb::{NewThrottleRule, ThrottleRule};
-use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use cairn_configdb::NewThrottleRule;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::state::AppState;
 use crate::throttle::{Rule, parse_range, validate};
-
-/// A throttling rule as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ThrottleRuleDto {
-    /// Rule id.
-    pub id: i64,
-    /// One address range (CIDR).
-    #[schema(example = "10.0.1.0/24")]
-    pub from: String,
-    /// The other address range (CIDR); the rule applies in both directions.
-    #[schema(example = "10.9.0.0/16")]
-    pub to: String,
-    /// Bytes per second, shared equally by the transfers the rule applies to.
-    #[schema(example = 50_000_000)]
-    pub limit_bytes: i64,
-    /// When the rule applies (backup-window text); absent: always.
-    #[schema(example = "mon-fri 08:00-18:00")]
-    pub window: Option<String>,
-    /// When it was created.
-    pub created_at: Timestamp,
-}
-
-impl From<ThrottleRule> for ThrottleRuleDto {
-    fn from(r: ThrottleRule) -> ThrottleRuleDto {
-        ThrottleRuleDto {
-            id: r.id,
-            from: r.rule.from_cidr,
-            to: r.rule.to_cidr,
-            limit_bytes: r.rule.limit_bytes,
-            window: r.rule.window,
-            created_at: r.created_at,
-        }
-    }
-}
-
-/// `POST /api/v1/throttle-rules` body.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreateThrottleRule {
-    /// One address range: `10.0.1.0/24`, `fd00::/64` or a bare address.
-    #[schema(example = "10.0.1.0/24")]
-    pub from: String,
-    /// The other address range; traffic is matched in both directions.
-    #[schema(example = "10.9.0.0/16")]
-    pub to: String,
-    /// Bytes per second (≥ 1), shared equally by the transfers the rule applies to.
-    #[schema(example = 50_000_000, minimum = 1)]
-    pub limit_bytes: i64,
-    /// Backup-window text (`mon-fri 08:00-18:00`, optionally `tz ZONE`); absent or blank: always.
-    #[serde(default)]
-    #[schema(example = "mon-fri 08:00-18:00")]
-    pub window: Option<String>,
-}
+pub use cairn_api::throttle::{CreateThrottleRule, ThrottleRuleDto};
 
 /// Reads the stored rules into force after a change.
 async fn reload(state: &AppState) -> ApiResult<()> {

@@ -4,46 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cairn_configdb::{Role, TokenKind, TokenScope, User};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use super::auth::{LoginResponse, login_token};
+use super::auth::login_token;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
 use crate::auth::{Caller, totp};
 use crate::http::audit_trail::AuditSlot;
 use crate::state::AppState;
-
-/// A second factor being set up: what the authenticator app needs.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TotpSetup {
-    /// The shared secret (base32), to type into the app.
-    pub secret: String,
-    /// The `otpauth://totp/…` URL (as a QR code, apps read it directly).
-    pub otpauth_url: String,
-    /// Digits of a code (6).
-    pub digits: u32,
-    /// Seconds a code lasts (30).
-    pub period: u32,
-}
-
-/// `POST /api/v1/auth/totp/confirm` and `/disable` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct TotpCode {
-    /// The current code of the authenticator app.
-    #[schema(example = "123456", pattern = "^[0-9]{6}$")]
-    pub code: String,
-}
-
-/// A confirmed second factor.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TotpEnabled {
-    /// Always true.
-    pub enabled: bool,
-    /// A new full login token, when the request used a token good only for the setup (that one
-    /// stops working).
-    pub login: Option<LoginResponse>,
-}
+pub use cairn_api::auth::{TotpCode, TotpEnabled, TotpSetup};
 
 /// Whether `code` is a current, unused code of `user`'s second factor (and marks it used).
 pub(crate) async fn accept_code(state: &AppState, user: &User, code: &str) -> ApiResult<bool> {

@@ -4,66 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cairn_configdb::{Role, User};
-use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{ApiJson, ApiPath};
 use crate::auth::{Caller, hash_password_async};
 use crate::state::AppState;
+pub use cairn_api::users::{CreateUser, UpdateUser, UserDto};
 
 /// Shortest accepted password.
 pub const MIN_PASSWORD_CHARS: usize = 8;
-
-/// A user.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserDto {
-    /// User id.
-    pub id: i64,
-    /// Login name.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// When the user was created.
-    pub created_at: Timestamp,
-}
-
-impl From<User> for UserDto {
-    fn from(u: User) -> UserDto {
-        UserDto {
-            id: u.id,
-            name: u.name,
-            role: u.role,
-            created_at: u.created_at,
-        }
-    }
-}
-
-/// `POST /api/v1/users` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateUser {
-    /// Login name: 1–64 ASCII letters, digits, `.`, `_`, `-`, `@`.
-    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
-    pub name: String,
-    /// Password (at least 8 characters).
-    #[schema(min_length = 8)]
-    pub password: String,
-    /// Role.
-    pub role: Role,
-}
-
-/// `PATCH /api/v1/users/{id}` body; absent fields stay.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct UpdateUser {
-    /// New password (at least 8 characters); the user's login tokens are revoked.
-    #[serde(default)]
-    #[schema(min_length = 8)]
-    pub password: Option<String>,
-    /// New role.
-    #[serde(default)]
-    pub role: Option<Role>,
-}
 
 fn check_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()

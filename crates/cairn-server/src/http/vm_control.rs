@@ -12,8 +12,6 @@ use axum::extract::State;
 use cairn_configdb::{Host, HostKind, Vm};
 use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::http::ApiPath;
@@ -23,46 +21,10 @@ use crate::live::instant::InstantState;
 use crate::live::launch::{self, LaunchRecord};
 use crate::restore_folders::{self, confine_error};
 use crate::state::AppState;
+pub use cairn_api::vm::{ForgottenCheckpoints, RemovedCheckpoint, VmPowerResult};
 
 /// How long a VM may take to end after `quit`.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What a start or a stop did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VmPowerResult {
-    /// The VM (`HOST/VM`).
-    pub vm: String,
-    /// Whether it runs now.
-    pub running: bool,
-    /// QEMU's process id (after a start).
-    pub pid: Option<u32>,
-    /// Its QMP socket.
-    pub qmp: String,
-    /// Its serial console log (after a start).
-    pub serial_log: Option<String>,
-    /// The migrated instant recovery of that name that the stop also forgot.
-    pub forgot_instant_recovery: Option<String>,
-}
-
-/// A checkpoint bitmap removed from a disk.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RemovedCheckpoint {
-    /// The disk's device id.
-    pub disk: String,
-    /// The bitmap's name.
-    pub bitmap: String,
-}
-
-/// What `POST /api/v1/vms/{id}/forget-checkpoints` did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ForgottenCheckpoints {
-    /// The VM (`HOST/VM`).
-    pub vm: String,
-    /// The bitmaps removed.
-    pub removed: Vec<RemovedCheckpoint>,
-    /// Jobs that still back the VM up: their next backup of it reads every block.
-    pub jobs: Vec<String>,
-}
 
 /// The VM `id` with its host, which must be a qemu host (409 otherwise).
 async fn qemu_vm(state: &AppState, id: i64) -> ApiResult<(Host, Vm)> {

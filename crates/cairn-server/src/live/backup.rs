@@ -12,6 +12,7 @@
 //! compared with the previous point by hash, so only what changed is stored,
 //! and a new checkpoint starts; the task log warns and names the likely cause.
 
+use cairn_api::spec::Consistency;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,10 +157,10 @@ async fn open_agent(qmp: &Qmp, path: &Path) -> Agent {
 
 fn policy(guest: &GuestSettings) -> ConsistencyPolicy {
     ConsistencyPolicy {
-        mode: match guest.consistency.as_str() {
-            "offline" => ConsistencyMode::Offline,
-            "crash" => ConsistencyMode::Crash,
-            _ => ConsistencyMode::Online,
+        mode: match guest.consistency {
+            Consistency::Offline => ConsistencyMode::Offline,
+            Consistency::Crash => ConsistencyMode::Crash,
+            Consistency::Online => ConsistencyMode::Online,
         },
         require_app: guest.require_app,
         pre_freeze: guest.pre_freeze.clone(),
@@ -266,7 +267,7 @@ pub(crate) async fn start(
         socket: dir.path().join("nbd.sock"),
     };
     let agent = match location.agent_for(&qmp_path) {
-        Some(path) if guest.consistency != "crash" => open_agent(&qmp, &path).await,
+        Some(path) if guest.consistency != Consistency::Crash => open_agent(&qmp, &path).await,
         Some(_) => Agent::Missing,
         None => Agent::Unusable(format!(
             "the VM has no guest agent socket ({} beside its QMP socket, or the host's --qga)",
@@ -281,7 +282,7 @@ pub(crate) async fn start(
         .map_err(|e| format!("VM {}: {e}", unit.vm.name))?;
     // Pausing an `offline` job's VM when the guest cannot be frozen is what the job asks for:
     // worth a line, not a warning.
-    let expected = guest.consistency == "offline" && report.achieved == ConsistencyMode::Offline;
+    let expected = guest.consistency == Consistency::Offline && report.achieved == ConsistencyMode::Offline;
     for text in &report.log {
         if !report.warnings.iter().any(|w| text.ends_with(w.as_str())) {
             lines.push(Line::all(LogLevel::Info, text.clone()));

@@ -25,12 +25,11 @@ use cairn_nbd::{CowExport, NbdServer, ServerHandle};
 use cairn_qemu::config::{LaunchDisk, LaunchSpec, VmConfig};
 use cairn_qemu::process::QemuProcess;
 use cairn_qemu::qmp::Qmp;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
 
 use super::QMP_TIMEOUT;
 use crate::error::{ServiceError, ServiceResult};
+pub use cairn_api::instant::{InstantInfo, InstantState};
 
 /// The pid file of an instant recovery's QEMU in its folder.
 const PIDFILE: &str = "qemu.pid";
@@ -46,49 +45,6 @@ fn cow_file(i: usize) -> String {
 const COW_CLUSTER: u32 = 64 << 10;
 /// How long a storage migration may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Where an instant recovery is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstantState {
-    /// The VM runs from the NBD export.
-    Running,
-    /// Its disks are being copied to production files.
-    Migrating,
-    /// The VM runs from production files; the export has ended.
-    Migrated,
-}
-
-/// An instant recovery as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct InstantInfo {
-    /// The VM's name (unique among instant recoveries).
-    pub name: String,
-    /// The VM backed up (`HOST/VM`).
-    pub vm: String,
-    /// The qemu host it runs on (its sockets are in that host's folder).
-    pub host: String,
-    /// The restore point id.
-    pub point: String,
-    /// State.
-    pub state: InstantState,
-    /// The VM's QMP socket.
-    pub qmp: String,
-    /// Its guest agent socket, when the original had one.
-    pub qga: Option<String>,
-    /// QEMU's process id.
-    pub pid: Option<u32>,
-    /// The NBD exports its disks are read from (until migrated).
-    pub exports: Vec<String>,
-    /// Bytes the VM wrote into the scratch files.
-    pub written_bytes: u64,
-    /// Production disk files (after a migration).
-    pub disks: Vec<String>,
-    /// Its serial console log (this run of it).
-    pub serial_log: Option<String>,
-    /// Seconds from the request until QEMU answered.
-    pub start_secs: f64,
-}
 
 /// An instant recovery the server runs.
 struct Recovery {

@@ -16,12 +16,6 @@ pub fn parse_window(text: &str) -> Result<BackupWindow, String> {
         .map_err(|e| format!("backup window {text:?}: {e}"))
 }
 
-/// Block sizes a job may use, in bytes: those of the repository format.
-pub const BLOCK_SIZES: [i64; 4] = {
-    let b = cairn_format::index::BLOCK_SIZES;
-    [b[0] as i64, b[1] as i64, b[2] as i64, b[3] as i64]
-};
-
 /// A forward-incremental job makes a (synthetic) full every this many points.
 pub(crate) const FORWARD_FULL_EVERY: u32 = 7;
 
@@ -41,7 +35,7 @@ pub(crate) struct JobSettings {
 #[derive(Clone, Debug)]
 pub(crate) struct GuestSettings {
     /// `online`, `offline` or `crash`.
-    pub(crate) consistency: String,
+    pub(crate) consistency: cairn_api::spec::Consistency,
     /// Fail instead of falling back when the guest cannot be frozen.
     pub(crate) require_app: bool,
     /// Guest command before the freeze.
@@ -59,23 +53,16 @@ impl JobSettings {
         if job.spec.vm_ids.is_empty() {
             return Err(invalid("it has no VMs to back up".into()));
         }
-        let compression = job.spec.compression.parse::<Compression>().map_err(invalid)?;
-        let method = job.spec.method.parse::<Method>().map_err(invalid)?;
-        if !BLOCK_SIZES.contains(&job.spec.block_size) {
-            return Err(invalid(format!(
-                "block size {} is not supported (262144, 524288, 1048576, 4194304)",
-                job.spec.block_size
-            )));
-        }
-        let retention = usize::try_from(job.spec.retention_points)
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "retention of {} points (at least 1)",
-                    job.spec.retention_points
-                ))
-            })?;
+        let compression = match job.spec.compression {
+            cairn_api::spec::Compression::None => Compression::None,
+            cairn_api::spec::Compression::Lz4 => Compression::Lz4,
+            cairn_api::spec::Compression::Zstd(level) => Compression::Zstd(level),
+        };
+        let method = match job.spec.method {
+            cairn_api::spec::Method::ForeverForward => Method::ForeverForward,
+            cairn_api::spec::Method::Forward => Method::Forward,
+        };
+        let retention = job.spec.retention_points.points() as usize;
         let window = match &job.spec.backup_window {
             None => None,
             Some(text) => {
@@ -98,12 +85,12 @@ impl JobSettings {
         Ok(JobSettings {
             compression,
             method,
-            block_size: job.spec.block_size as u32,
+            block_size: job.spec.block_size.bytes(),
             retention,
             window,
             retry,
             guest: GuestSettings {
-                consistency: job.spec.consistency.clone(),
+                consistency: job.spec.consistency,
                 require_app: job.spec.require_app_consistency,
                 pre_freeze: job.spec.pre_freeze_script.clone(),
                 post_thaw: job.spec.post_thaw_script.clone(),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use cairn_api::spec::{BlockSize, Compression, Consistency, Method, Retention};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -220,17 +221,17 @@ impl Env {
             vm_ids,
             excluded_disk_ids: vec![],
             repository_id,
-            block_size: 1 << 20,
-            compression: "zstd:3".into(),
+            block_size: BlockSize::DEFAULT,
+            compression: Compression::Zstd(3),
             encryption: None,
-            method: "forever-forward".into(),
-            retention_points: 14,
+            method: Method::ForeverForward,
+            retention_points: Retention::try_from(14).expect("retention"),
             schedule: None,
             backup_window: None,
             retries: 0,
             retry_wait_seconds: 0,
             enabled: true,
-            consistency: "online".into(),
+            consistency: Consistency::Online,
             require_app_consistency: false,
             pre_freeze_script: None,
             post_thaw_script: None,
