@@ -3,15 +3,13 @@
 //! Each setting keeps one text form, the same in the API and in the database (`zstd:3`,
 //! `forever-forward`, `online`…), so a stored job reads back as it was written.
 
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Invalid;
 
-/// The block sizes a job may use, in bytes (those of the repository format).
-pub const BLOCK_SIZES: [i64; 4] = [256 << 10, 512 << 10, 1 << 20, 4 << 20];
+/// The block sizes a job may use, in bytes: those of the repository format.
+pub use cairn_format::index::BLOCK_SIZES;
 
 /// A job's block size: one of [`BLOCK_SIZES`]; an integer on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -38,7 +36,7 @@ impl TryFrom<i64> for BlockSize {
     type Error = Invalid;
     fn try_from(bytes: i64) -> Result<BlockSize, Invalid> {
         match u32::try_from(bytes) {
-            Ok(b) if BLOCK_SIZES.contains(&bytes) => Ok(BlockSize(b)),
+            Ok(b) if BLOCK_SIZES.contains(&b) => Ok(BlockSize(b)),
             _ => Err(Invalid(format!(
                 "block_size {bytes}: use 262144, 524288, 1048576 or 4194304"
             ))),
@@ -52,82 +50,23 @@ impl From<BlockSize> for i64 {
     }
 }
 
-/// How a job compresses blocks; on the wire `none`, `lz4` or `zstd:LEVEL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Compression {
-    /// Stored as read.
-    None,
-    /// LZ4.
-    Lz4,
-    /// Zstandard at this level (1–19).
-    Zstd(i32),
-}
+/// How a job compresses blocks (the repository format's codecs); on the wire and in the database
+/// `none`, `lz4` or `zstd:LEVEL`.
+pub use cairn_format::codec::Compression;
 
-impl Compression {
-    /// `zstd:3`, the compression of a job that does not say.
-    pub const DEFAULT: Compression = Compression::Zstd(3);
-
-    /// A request's compression: absent or empty is [`Compression::DEFAULT`]; only the canonical
-    /// spellings (`zstd:3`, not `zstd:03`) and `zstd` are accepted.
-    pub fn from_request(text: Option<&str>) -> Result<Compression, Invalid> {
-        let Some(text) = text.filter(|t| !t.is_empty()) else {
-            return Ok(Compression::DEFAULT);
-        };
-        let parsed = text
-            .parse::<Compression>()
-            .map_err(|e| Invalid(format!("compression {text:?}: {e}")))?;
-        if text != "zstd" && parsed.to_string() != text {
-            return Err(Invalid(format!("compression {text:?}: write it as {parsed}")));
-        }
-        Ok(parsed)
+/// A request's compression: absent or empty is [`Compression::DEFAULT`]; only the canonical
+/// spellings (`zstd:3`, not `zstd:03`) and `zstd` are accepted.
+pub fn compression_from_request(text: Option<&str>) -> Result<Compression, Invalid> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(Compression::DEFAULT);
+    };
+    let parsed = text
+        .parse::<Compression>()
+        .map_err(|e| Invalid(format!("compression {text:?}: {e}")))?;
+    if text != "zstd" && parsed.to_string() != text {
+        return Err(Invalid(format!("compression {text:?}: write it as {parsed}")));
     }
-}
-
-impl Default for Compression {
-    fn default() -> Compression {
-        Compression::DEFAULT
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Compression::None => f.write_str("none"),
-            Compression::Lz4 => f.write_str("lz4"),
-            Compression::Zstd(level) => write!(f, "zstd:{level}"),
-        }
-    }
-}
-
-impl FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Compression, String> {
-        match s {
-            "none" => Ok(Compression::None),
-            "lz4" => Ok(Compression::Lz4),
-            "zstd" => Ok(Compression::DEFAULT),
-            _ => s
-                .strip_prefix("zstd:")
-                .and_then(|l| l.parse::<i32>().ok())
-                .filter(|l| (1..=19).contains(l))
-                .map(Compression::Zstd)
-                .ok_or_else(|| format!("unknown compression {s:?} (none, lz4, zstd, zstd:1 … zstd:19)")),
-        }
-    }
-}
-
-impl TryFrom<String> for Compression {
-    type Error = String;
-    fn try_from(s: String) -> Result<Compression, String> {
-        s.parse()
-    }
-}
-
-impl From<Compression> for String {
-    fn from(c: Compression) -> String {
-        c.to_string()
-    }
+    Ok(parsed)
 }
 
 names! {
@@ -288,10 +227,10 @@ mod tests {
         for text in ["none", "lz4", "zstd:1", "zstd:19"] {
             assert_eq!(text.parse::<Compression>().map(|c| c.to_string()), Ok(text.to_owned()));
         }
-        assert_eq!(Compression::from_request(Some("zstd")), Ok(Compression::Zstd(3)));
-        assert_eq!(Compression::from_request(Some("")), Ok(Compression::DEFAULT));
-        assert!(Compression::from_request(Some("zstd:03")).is_err());
-        assert!(Compression::from_request(Some("zstd:20")).is_err());
+        assert_eq!(compression_from_request(Some("zstd")), Ok(Compression::Zstd(3)));
+        assert_eq!(compression_from_request(Some("")), Ok(Compression::DEFAULT));
+        assert!(compression_from_request(Some("zstd:03")).is_err());
+        assert!(compression_from_request(Some("zstd:20")).is_err());
         assert_eq!(
             serde_json::to_string(&Method::ForeverForward).ok().as_deref(),
             Some("\"forever-forward\"")

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use crate::error::{FormatError, Result};
 
 /// How a block's bytes are compressed before they are (optionally) encrypted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Compression {
     /// Stored as is.
@@ -158,6 +158,12 @@ impl FromStr for Compression {
 impl From<Compression> for String {
     fn from(c: Compression) -> String {
         c.to_string()
+    }
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression::DEFAULT
     }
 }
 

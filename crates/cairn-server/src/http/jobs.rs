@@ -5,7 +5,7 @@ use std::str::FromStr;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cairn_api::spec::{BlockSize, Compression, Consistency, Method, Retention};
+use cairn_api::spec::{BlockSize, Consistency, Method, Retention, compression_from_request};
 use cairn_configdb::{Job, JobSpec, Role, Session, SessionQuery};
 use cairn_schedule::{Rule, Schedule};
 use jiff::Timestamp;
@@ -164,7 +164,7 @@ pub async fn validate(state: &AppState, input: JobInput, editing: Option<&Job>) 
     }
     let (vm_ids, excluded) = check_members(state, &input).await?;
     let block_size = input.block_size.map_or(Ok(BlockSize::DEFAULT), BlockSize::try_from)?;
-    let compression = Compression::from_request(input.compression.as_deref())?;
+    let compression = compression_from_request(input.compression.as_deref())?;
     let encryption = match input.encryption.as_deref() {
         None | Some("") => None,
         Some(text) => Some(

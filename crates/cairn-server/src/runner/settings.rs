@@ -53,11 +53,7 @@ impl JobSettings {
         if job.spec.vm_ids.is_empty() {
             return Err(invalid("it has no VMs to back up".into()));
         }
-        let compression = match job.spec.compression {
-            cairn_api::spec::Compression::None => Compression::None,
-            cairn_api::spec::Compression::Lz4 => Compression::Lz4,
-            cairn_api::spec::Compression::Zstd(level) => Compression::Zstd(level),
-        };
+        let compression = job.spec.compression;
         let method = match job.spec.method {
             cairn_api::spec::Method::ForeverForward => Method::ForeverForward,
             cairn_api::spec::Method::Forward => Method::Forward,
