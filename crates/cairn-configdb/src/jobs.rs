@@ -102,6 +102,33 @@ macro_rules! job_select {
     };
 }
 
+/// Binds a job's settings and the time `$now` to `$query`, in the column order of both
+/// `create_job` and `update_job`: name, repository, block size, compression, encryption, method,
+/// retention, schedule, window, retries, retry wait, enabled, the time, consistency, app
+/// consistency, the two scripts.
+macro_rules! bind_job_spec {
+    ($query:expr, $spec:expr, $now:expr) => {
+        $query
+            .bind(&$spec.name)
+            .bind($spec.repository_id)
+            .bind(i64::from($spec.block_size))
+            .bind($spec.compression.to_string())
+            .bind(&$spec.encryption)
+            .bind($spec.method.as_str())
+            .bind(i64::from($spec.retention_points))
+            .bind(&$spec.schedule)
+            .bind(&$spec.backup_window)
+            .bind($spec.retries)
+            .bind($spec.retry_wait_seconds)
+            .bind($spec.enabled)
+            .bind($now)
+            .bind($spec.consistency.as_str())
+            .bind($spec.require_app_consistency)
+            .bind(&$spec.pre_freeze_script)
+            .bind(&$spec.post_thaw_script)
+    };
+}
+
 /// Inserts the VM and excluded-disk lists of job `$id` from `$spec` in transaction `$tx`.
 macro_rules! insert_job_members {
     ($tx:ident, $id:expr, $spec:expr) => {{
@@ -142,30 +169,13 @@ impl ConfigDb {
         let now = to_us(Timestamp::now());
         let id = on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin.write).await?;
-            let id: i64 = sqlx::query_scalar(concat!(
+            let id: i64 = bind_job_spec!(sqlx::query_scalar(concat!(
                 "INSERT INTO jobs (name, repository_id, block_size, compression, encryption, method, ",
                 "retention_points, schedule, backup_window, retries, retry_wait_seconds, enabled, version, ",
                 "created_at, updated_at, consistency, require_app_consistency, pre_freeze_script, post_thaw_script) ",
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14, $15, $16, $17) ",
                 "RETURNING id"
-            ))
-            .bind(&spec.name)
-            .bind(spec.repository_id)
-            .bind(i64::from(spec.block_size))
-            .bind(spec.compression.to_string())
-            .bind(&spec.encryption)
-            .bind(spec.method.as_str())
-            .bind(i64::from(spec.retention_points))
-            .bind(&spec.schedule)
-            .bind(&spec.backup_window)
-            .bind(spec.retries)
-            .bind(spec.retry_wait_seconds)
-            .bind(spec.enabled)
-            .bind(now)
-            .bind(spec.consistency.as_str())
-            .bind(spec.require_app_consistency)
-            .bind(&spec.pre_freeze_script)
-            .bind(&spec.post_thaw_script)
+            )), spec, now)
             .fetch_one(&mut *tx)
             .await
             .map_err(write_err(format!("job {:?}", spec.name)))?;
@@ -182,7 +192,7 @@ impl ConfigDb {
         let now = to_us(Timestamp::now());
         on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin.write).await?;
-            let updated = sqlx::query(concat!(
+            let updated = bind_job_spec!(sqlx::query(concat!(
                 "UPDATE jobs SET name = $3, repository_id = $4, block_size = $5, compression = $6, ",
                 "encryption = $7, method = $8, retention_points = $9, schedule = $10, backup_window = $11, ",
                 "retries = $12, retry_wait_seconds = $13, enabled = $14, version = version + 1, updated_at = $15, ",
@@ -190,24 +200,7 @@ impl ConfigDb {
                 "WHERE id = $1 AND version = $2"
             ))
             .bind(id)
-            .bind(expected_version)
-            .bind(&spec.name)
-            .bind(spec.repository_id)
-            .bind(i64::from(spec.block_size))
-            .bind(spec.compression.to_string())
-            .bind(&spec.encryption)
-            .bind(spec.method.as_str())
-            .bind(i64::from(spec.retention_points))
-            .bind(&spec.schedule)
-            .bind(&spec.backup_window)
-            .bind(spec.retries)
-            .bind(spec.retry_wait_seconds)
-            .bind(spec.enabled)
-            .bind(now)
-            .bind(spec.consistency.as_str())
-            .bind(spec.require_app_consistency)
-            .bind(&spec.pre_freeze_script)
-            .bind(&spec.post_thaw_script)
+            .bind(expected_version), spec, now)
             .execute(&mut *tx)
             .await
             .map_err(write_err(format!("job {:?}", spec.name)))?;
