@@ -1,6 +1,7 @@
 //! Shared by the server commands: reading fields of the API's JSON, and finding hosts, jobs,
 //! repositories, users, proxies and VMs by name (the API addresses them by id).
 
+use cairn_api::inventory::VmDto;
 use serde_json::Value;
 
 use crate::client::{Client, usage};
@@ -136,25 +137,46 @@ pub fn vm_full_name(vm: &Value) -> String {
 
 /// Finds a VM in `vms` by `NAME` (unique across hosts) or `HOST/VM`.
 pub fn resolve_vm<'a>(vms: &'a [Value], wanted: &str) -> anyhow::Result<&'a Value> {
-    let exact: Vec<&Value> = vms.iter().filter(|v| s(v, "name") == wanted).collect();
+    resolve(vms, wanted, |v| s(v, "host"), |v| s(v, "name"))
+}
+
+/// `HOST/VM` of a VM of `GET /api/v1/vms`.
+pub fn vm_dto_name(vm: &VmDto) -> String {
+    format!("{}/{}", vm.host, vm.name)
+}
+
+/// Finds a VM of `GET /api/v1/vms` by `NAME` (unique across hosts) or `HOST/VM`.
+pub fn find_vm<'a>(vms: &'a [VmDto], wanted: &str) -> anyhow::Result<&'a VmDto> {
+    resolve(vms, wanted, |v| &v.host, |v| &v.name)
+}
+
+/// Finds a VM by `NAME` or `HOST/VM`, given how to read a VM's host and name.
+fn resolve<'a, T>(
+    vms: &'a [T],
+    wanted: &str,
+    host: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> &str,
+) -> anyhow::Result<&'a T> {
+    let full = |v: &T| format!("{}/{}", host(v), name(v));
+    let exact: Vec<&T> = vms.iter().filter(|v| name(v) == wanted).collect();
     match exact.len() {
         1 => return Ok(exact[0]),
         0 => {}
         _ => {
-            let names: Vec<String> = exact.iter().map(|v| vm_full_name(v)).collect();
+            let names: Vec<String> = exact.iter().map(|v| full(v)).collect();
             return Err(usage!(
                 "VM {wanted:?} is on several hosts ({}): name it as HOST/VM",
                 names.join(", ")
             ));
         }
     }
-    if let Some((host, name)) = wanted.split_once('/')
-        && let Some(v) = vms.iter().find(|v| s(v, "host") == host && s(v, "name") == name)
+    if let Some((h, n)) = wanted.split_once('/')
+        && let Some(v) = vms.iter().find(|v| host(v) == h && name(v) == n)
     {
         return Ok(v);
     }
-    let mut known: Vec<String> = vms.iter().map(|v| s(v, "name").to_string()).collect();
-    known.extend(vms.iter().map(vm_full_name));
+    let mut known: Vec<String> = vms.iter().map(|v| name(v).to_string()).collect();
+    known.extend(vms.iter().map(full));
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     Err(unknown("VM", wanted, &known))
 }
