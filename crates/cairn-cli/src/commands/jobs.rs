@@ -8,7 +8,7 @@ use cairn_api::jobs::{JobDto, JobInput, JobUpdate, SessionStarted};
 use cairn_api::repositories::RepositoryDto;
 use serde_json::json;
 
-use super::lookup::{by_name, find_vm, id_by_name, vm_dto_name, yes_no};
+use super::lookup::{by_name, find_vm, id_by_name, vm_full_name, yes_no};
 use super::sessions;
 use crate::args::{Global, JobCommand, JobFlags};
 use crate::client::{Client, typed_for, usage};
@@ -49,7 +49,7 @@ fn disk_ids(vms: &[VmDto], specs: &[String], job_vms: &[i64]) -> anyhow::Result<
         if !job_vms.contains(&vm.id) {
             return Err(usage!(
                 "--exclude-disk {spec:?}: VM {} is not backed up by this job",
-                vm_dto_name(vm)
+                vm_full_name(vm)
             ));
         }
         let disk = vm
@@ -61,7 +61,7 @@ fn disk_ids(vms: &[VmDto], specs: &[String], job_vms: &[i64]) -> anyhow::Result<
                 let names: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
                 usage!(
                     "VM {} has no disk named {disk_name:?} (its disks: {})",
-                    vm_dto_name(vm),
+                    vm_full_name(vm),
                     names.join(", ")
                 )
             })?;
@@ -182,13 +182,13 @@ fn or_dash(text: String) -> String {
 
 fn show(client: &Client, job: &JobDto) -> anyhow::Result<()> {
     let vms: Vec<VmDto> = typed_for("job show", client.get(VMS)?)?;
-    let vm_names: HashMap<i64, String> = vms.iter().map(|v| (v.id, vm_dto_name(v))).collect();
+    let vm_names: HashMap<i64, String> = vms.iter().map(|v| (v.id, vm_full_name(v))).collect();
     let disk_names: HashMap<i64, String> = vms
         .iter()
         .flat_map(|v| {
             v.disks
                 .iter()
-                .map(move |d| (d.id, format!("{}:{}", vm_dto_name(v), d.name)))
+                .map(move |d| (d.id, format!("{}:{}", vm_full_name(v), d.name)))
         })
         .collect();
     let repos: Vec<RepositoryDto> = typed_for("job show", client.get(REPOSITORIES)?)?;

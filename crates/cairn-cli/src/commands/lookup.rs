@@ -131,17 +131,7 @@ pub fn id_by_name(client: &Client, path: &str, kind: &str, name: &str) -> anyhow
 }
 
 /// `HOST/VM` of a VM of `GET /api/v1/vms`.
-pub fn vm_full_name(vm: &Value) -> String {
-    format!("{}/{}", s(vm, "host"), s(vm, "name"))
-}
-
-/// Finds a VM in `vms` by `NAME` (unique across hosts) or `HOST/VM`.
-pub fn resolve_vm<'a>(vms: &'a [Value], wanted: &str) -> anyhow::Result<&'a Value> {
-    resolve(vms, wanted, |v| s(v, "host"), |v| s(v, "name"))
-}
-
-/// `HOST/VM` of a VM of `GET /api/v1/vms`.
-pub fn vm_dto_name(vm: &VmDto) -> String {
+pub fn vm_full_name(vm: &VmDto) -> String {
     format!("{}/{}", vm.host, vm.name)
 }
 
@@ -196,16 +186,19 @@ mod tests {
 
     #[test]
     fn vms_resolve_by_name_or_host_and_name() {
-        let vms = vec![
-            json!({"id": 1, "name": "web", "host": "a"}),
-            json!({"id": 2, "name": "web", "host": "b"}),
-            json!({"id": 3, "name": "db", "host": "a"}),
-        ];
-        assert_eq!(resolve_vm(&vms, "db").unwrap()["id"], 3);
-        assert_eq!(resolve_vm(&vms, "b/web").unwrap()["id"], 2);
-        let e = resolve_vm(&vms, "web").unwrap_err().to_string();
+        let vm = |id: i64, name: &str, host: &str| -> VmDto {
+            serde_json::from_value(json!({
+                "id": id, "host_id": 1, "host": host, "external_id": name, "name": name,
+                "present": true, "last_seen_at": "2026-11-23T10:00:00Z", "disks": []
+            }))
+            .expect("a VM")
+        };
+        let vms = vec![vm(1, "web", "a"), vm(2, "web", "b"), vm(3, "db", "a")];
+        assert_eq!(find_vm(&vms, "db").unwrap().id, 3);
+        assert_eq!(find_vm(&vms, "b/web").unwrap().id, 2);
+        let e = find_vm(&vms, "web").unwrap_err().to_string();
         assert!(e.contains("a/web") && e.contains("b/web"), "{e}");
-        let e = resolve_vm(&vms, "dbb").unwrap_err();
+        let e = find_vm(&vms, "dbb").unwrap_err();
         assert!(e.to_string().contains("did you mean db"), "{e}");
         assert!(
             e.is::<crate::client::UsageError>(),
