@@ -202,7 +202,9 @@ fn print_vm_change(verb: &str, name: &str, answer: Value) -> anyhow::Result<()> 
                 "started VM {name} (pid {}, QMP {}, serial log {})",
                 r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
                 r.qmp,
-                r.serial_log.filter(|l| !l.is_empty()).unwrap_or_else(|| "-".to_string())
+                r.serial_log
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| "-".to_string())
             );
         }
         "stop" => {

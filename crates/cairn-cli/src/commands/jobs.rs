@@ -211,7 +211,10 @@ fn show(client: &Client, job: &JobDto) -> anyhow::Result<()> {
         ("excluded disks", ids(&job.excluded_disk_ids, &disk_names)),
         ("repository", repo_name),
         ("schedule", job.schedule.as_deref().unwrap_or("manual only").to_string()),
-        ("backup window", job.backup_window.as_deref().unwrap_or("always").to_string()),
+        (
+            "backup window",
+            job.backup_window.as_deref().unwrap_or("always").to_string(),
+        ),
         ("next run", next_run(job)),
         ("last result", last_result(job)),
         ("retention", format!("{} restore points", job.retention_points.points())),
@@ -402,7 +405,10 @@ fn edit(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::Re
     let mut spec = input_of(&job);
     let vms: Vec<VmDto> = typed_for("job edit", client.get(VMS)?)?;
     apply_flags(client, &mut spec, flags, &vms)?;
-    let update = JobUpdate { version: job.version, job: spec };
+    let update = JobUpdate {
+        version: job.version,
+        job: spec,
+    };
     let job = client.put(&format!("{JOBS}/{id}"), &update)?;
     if g.json {
         output::json(&job)?;

@@ -40,7 +40,10 @@ fn backed_up_vm(client: &Client, command: &str, repository: i64, vm: &str) -> an
     if vm.contains('/') {
         return Ok(vm.to_string());
     }
-    let all: Vec<VmPoints> = typed_for(command, client.get(&format!("/api/v1/repositories/{repository}/points"))?)?;
+    let all: Vec<VmPoints> = typed_for(
+        command,
+        client.get(&format!("/api/v1/repositories/{repository}/points"))?,
+    )?;
     let names: Vec<String> = all
         .into_iter()
         .map(|c| c.vm)
@@ -103,7 +106,11 @@ pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "  serial log {}",
-        if answer.serial_log.is_empty() { "-" } else { &answer.serial_log }
+        if answer.serial_log.is_empty() {
+            "-"
+        } else {
+            &answer.serial_log
+        }
     );
     let host = a
         .to_host

@@ -255,7 +255,11 @@ pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
         println!("time zone: {}", or_dash(Some(&settings.time_zone)));
         println!(
             "second factor required of administrators: {}",
-            if settings.require_totp_for_administrators { "yes" } else { "no" }
+            if settings.require_totp_for_administrators {
+                "yes"
+            } else {
+                "no"
+            }
         );
         let folders: Vec<&str> = settings.restore_folders.iter().map(String::as_str).collect();
         println!(

@@ -405,7 +405,8 @@ fn show_session(g: &Global, client: &Client, id: i64) -> anyhow::Result<()> {
         table.row(vec![
             task_name(t),
             state,
-            t.started_at.map_or_else(|| "-".into(), |at| output::time(&at.to_string())),
+            t.started_at
+                .map_or_else(|| "-".into(), |at| output::time(&at.to_string())),
             task_duration(t).map_or_else(|| "-".into(), output::duration),
             bytes_of(st, "read_bytes"),
             bytes_of(st, "transferred_bytes"),
