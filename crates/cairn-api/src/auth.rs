@@ -41,7 +41,7 @@ pub struct UserInfo {
 }
 
 /// A login token.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     /// The token: send it as `Authorization: Bearer TOKEN`.
     pub token: String,
@@ -126,7 +126,7 @@ pub struct TotpCode {
 }
 
 /// A confirmed second factor.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TotpEnabled {
     /// Always true.
     pub enabled: bool,

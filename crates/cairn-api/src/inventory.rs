@@ -79,7 +79,7 @@ pub struct HostWithVms {
 }
 
 /// `POST /api/v1/hosts` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AddHost {
     /// Kind of source: `image-folder` (default) or `qemu`.
     #[serde(default = "image_folder")]

@@ -8,7 +8,7 @@ use crate::spec::{BlockSize, Compression, Consistency, Method, Retention};
 
 /// Job settings as sent by a client. Only `name`, `vm_ids` and `repository_id` are required;
 /// absent fields take their defaults (also on PUT, which replaces the whole job).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobInput {
     /// Unique name (1–100 characters, not only spaces, no control characters).
     #[schema(
@@ -88,7 +88,7 @@ pub struct JobInput {
 }
 
 /// `PUT /api/v1/jobs/{id}` body: the version read plus the whole job.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobUpdate {
     /// The `version` of the job as read; a stale version is refused with 409.
     pub version: i64,

@@ -58,7 +58,7 @@ pub struct RestoreResult {
 }
 
 /// `POST /api/v1/restores/vm` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VmRestoreRequest {
     /// Repository holding the backup.
     pub repository_id: i64,

@@ -453,6 +453,13 @@ pub fn typed<T: serde::de::DeserializeOwned>(answer: Value) -> anyhow::Result<T>
     serde_json::from_value(answer).context("the server's answer is not what this version of cairn expects")
 }
 
+/// The answer of the server to `cairn COMMAND` as the API type `T`; an answer that does not fit
+/// is an error naming the command and the cause.
+pub fn typed_for<T: serde::de::DeserializeOwned>(command: &str, answer: Value) -> anyhow::Result<T> {
+    serde_json::from_value(answer)
+        .with_context(|| format!("cairn {command}: the server's answer is not what this version of cairn expects"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,66 +3,68 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cairn_api::inventory::{AddHost, HostDto, HostWithVms, VmDto};
+use cairn_api::vm::{ForgottenCheckpoints, VmPowerResult};
+use cairn_server::live::QemuLocation;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, b, id_by_name, list, resolve_vm, s, s_or_dash, u, vm_full_name, yes_no};
+use super::lookup::{find_vm, id_by_name, vm_full_name, yes_no};
 use crate::args::{Global, HostCommand, HostKind, VmCommand};
-use crate::client::Client;
+use crate::client::{Client, typed_for};
 use crate::output::{self, Table, bytes};
 
 /// A host's location as people read it: an image folder's path; a qemu host's QMP socket or
 /// folder of sockets, with its guest agent socket (the API keeps it as JSON).
-fn location_text(host: &Value) -> String {
-    let location = s(host, "location");
-    if s(host, "kind") != "qemu" {
-        return location.to_string();
+fn location_text(host: &HostDto) -> String {
+    if host.kind != "qemu" {
+        return host.location.clone();
     }
-    match serde_json::from_str::<Value>(location) {
-        Ok(l) => match l.get("qga").and_then(Value::as_str) {
-            Some(qga) => format!("QMP {} (guest agent {qga})", s(&l, "qmp")),
-            None => format!("QMP {}", s(&l, "qmp")),
+    match serde_json::from_str::<QemuLocation>(&host.location) {
+        Ok(l) => match l.qga {
+            Some(qga) => format!("QMP {} (guest agent {})", l.qmp.display(), qga.display()),
+            None => format!("QMP {}", l.qmp.display()),
         },
-        Err(_) => location.to_string(),
+        Err(_) => host.location.clone(),
     }
 }
 
-/// Prints the VMs of a `{host, vms}` answer.
-fn print_scan(verb: &str, answer: &Value) {
-    let host = answer.get("host").cloned().unwrap_or(Value::Null);
-    let vms = arr(answer, "vms");
+/// Prints the VMs of a `{host, vms}` answer of `cairn COMMAND`.
+fn print_scan(command: &str, verb: &str, answer: Value) -> anyhow::Result<()> {
+    let answer: HostWithVms = typed_for(command, answer)?;
+    let host = &answer.host;
     println!(
         "{verb} host {} ({}, {}): {} VMs",
-        s(&host, "name"),
-        s(&host, "kind"),
-        location_text(&host),
-        vms.len()
+        host.name,
+        host.kind,
+        location_text(host),
+        answer.vms.len()
     );
-    if !vms.is_empty() {
-        vm_table(vms).print();
+    if !answer.vms.is_empty() {
+        vm_table(&answer.vms).print();
     }
+    Ok(())
 }
 
 /// One row per disk of each VM.
-fn vm_table(vms: &[Value]) -> Table {
+fn vm_table(vms: &[VmDto]) -> Table {
     let mut t = Table::new(&["VM", "DISK", "FORMAT", ">SIZE", "PRESENT"]);
     for vm in vms {
-        let disks = arr(vm, "disks");
-        if disks.is_empty() {
+        if vm.disks.is_empty() {
             t.row(vec![
                 vm_full_name(vm),
                 "(no disks)".into(),
                 String::new(),
                 String::new(),
-                yes_no(b(vm, "present")),
+                yes_no(vm.present),
             ]);
         }
-        for d in disks {
+        for d in &vm.disks {
             t.row(vec![
                 vm_full_name(vm),
-                s(d, "name").to_string(),
-                s(d, "format").to_string(),
-                u(d, "capacity_bytes").map(bytes).unwrap_or_else(|| "-".into()),
-                yes_no(b(vm, "present") && b(d, "present")),
+                d.name.clone(),
+                d.format.clone(),
+                bytes(u64::try_from(d.capacity_bytes).unwrap_or(0)),
+                yes_no(vm.present && d.present),
             ]);
         }
     }
@@ -85,23 +87,23 @@ pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
                     .display()
                     .to_string())
             };
-            let mut body = match (kind, path, qmp) {
-                (HostKind::ImageFolder, Some(path), _) => json!({"kind": "image-folder", "path": absolute(path)?}),
-                (HostKind::Qemu, _, Some(qmp)) => json!({"kind": "qemu", "path": absolute(qmp)?}),
+            let (kind, path) = match (kind, path, qmp) {
+                (HostKind::ImageFolder, Some(path), _) => ("image-folder", absolute(path)?),
+                (HostKind::Qemu, _, Some(qmp)) => ("qemu", absolute(qmp)?),
                 (HostKind::ImageFolder, None, _) => anyhow::bail!("an image-folder host needs --path FOLDER"),
                 (HostKind::Qemu, _, None) => anyhow::bail!("a qemu host needs --qmp SOCKET (or a folder of sockets)"),
             };
-            if let Some(qga) = qga {
-                body["qga"] = Value::from(absolute(qga)?);
-            }
-            if let Some(n) = name {
-                body["name"] = Value::from(n.as_str());
-            }
+            let body = AddHost {
+                kind: kind.to_string(),
+                path,
+                qga: qga.as_deref().map(absolute).transpose()?,
+                name: name.clone(),
+            };
             let answer = client.post("/api/v1/hosts", &body)?;
             if g.json {
                 output::json(&answer)?;
             } else {
-                print_scan("added", &answer);
+                print_scan("host add", "added", answer)?;
             }
         }
         HostCommand::List => {
@@ -110,13 +112,13 @@ pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
                 output::json(&all)?;
             } else {
                 let mut t = Table::new(&["NAME", "KIND", "LOCATION", ">VMS", "ADDED"]);
-                for h in list(&all) {
+                for h in typed_for::<Vec<HostDto>>("host list", all)? {
                     t.row(vec![
-                        s(h, "name").to_string(),
-                        s(h, "kind").to_string(),
-                        location_text(h),
-                        s_or_dash(h, "vms"),
-                        output::time(s(h, "created_at")),
+                        h.name.clone(),
+                        h.kind.clone(),
+                        location_text(&h),
+                        h.vms.to_string(),
+                        output::time(&h.created_at.to_string()),
                     ]);
                 }
                 if t.is_empty() {
@@ -132,7 +134,7 @@ pub fn hosts(g: &Global, c: &HostCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&answer)?;
             } else {
-                print_scan("rescanned", &answer);
+                print_scan("host rescan", "rescanned", answer)?;
             }
         }
         HostCommand::Remove { name } => {
@@ -161,30 +163,29 @@ pub fn vms(g: &Global, c: &VmCommand) -> anyhow::Result<ExitCode> {
             };
             if g.json {
                 output::json(&all)?;
-            } else if list(&all).is_empty() {
-                println!("no VMs");
             } else {
-                vm_table(list(&all)).print();
+                let all: Vec<VmDto> = typed_for("vm list", all)?;
+                if all.is_empty() {
+                    println!("no VMs");
+                } else {
+                    vm_table(&all).print();
+                }
             }
         }
         VmCommand::Start { vm } | VmCommand::Stop { vm } | VmCommand::ForgetCheckpoints { vm } => {
-            let all = client.get("/api/v1/vms")?;
-            let found = resolve_vm(list(&all), vm)?;
-            let id = found
-                .get("id")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| anyhow::anyhow!("the server's VM {vm:?} has no id"))?;
-            let name = vm_full_name(found);
             let verb = match c {
                 VmCommand::Start { .. } => "start",
                 VmCommand::Stop { .. } => "stop",
                 _ => "forget-checkpoints",
             };
+            let all: Vec<VmDto> = typed_for(&format!("vm {verb}"), client.get("/api/v1/vms")?)?;
+            let found = find_vm(&all, vm)?;
+            let (id, name) = (found.id, vm_full_name(found));
             let answer = client.post(&format!("/api/v1/vms/{id}/{verb}"), &json!({}))?;
             if g.json {
                 output::json(&answer)?;
             } else {
-                print_vm_change(verb, &name, &answer);
+                print_vm_change(verb, &name, answer)?;
             }
         }
     }
@@ -192,41 +193,45 @@ pub fn vms(g: &Global, c: &VmCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// What `cairn vm start|stop|forget-checkpoints` did, for people.
-fn print_vm_change(verb: &str, name: &str, answer: &Value) {
+fn print_vm_change(verb: &str, name: &str, answer: Value) -> anyhow::Result<()> {
+    let command = format!("vm {verb}");
     match verb {
-        "start" => println!(
-            "started VM {name} (pid {}, QMP {}, serial log {})",
-            s_or_dash(answer, "pid"),
-            s(answer, "qmp"),
-            s_or_dash(answer, "serial_log")
-        ),
+        "start" => {
+            let r: VmPowerResult = typed_for(&command, answer)?;
+            println!(
+                "started VM {name} (pid {}, QMP {}, serial log {})",
+                r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                r.qmp,
+                r.serial_log
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| "-".to_string())
+            );
+        }
         "stop" => {
+            let r: VmPowerResult = typed_for(&command, answer)?;
             println!("stopped VM {name}");
-            if let Some(ir) = answer.get("forgot_instant_recovery").and_then(Value::as_str) {
+            if let Some(ir) = r.forgot_instant_recovery {
                 println!("(it was instant recovery {ir}, migrated to its production disks: that is forgotten too)");
             }
         }
         _ => {
-            let removed = arr(answer, "removed");
-            if removed.is_empty() {
+            let r: ForgottenCheckpoints = typed_for(&command, answer)?;
+            if r.removed.is_empty() {
                 println!("VM {name} has no checkpoint bitmaps of cairn's");
             } else {
-                let names: Vec<String> = removed
-                    .iter()
-                    .map(|r| format!("{} ({})", s(r, "bitmap"), s(r, "disk")))
-                    .collect();
+                let names: Vec<String> = r.removed.iter().map(|x| format!("{} ({})", x.bitmap, x.disk)).collect();
                 println!(
                     "removed cairn's checkpoint bitmaps from VM {name}: {}",
                     names.join(", ")
                 );
             }
-            let jobs: Vec<&str> = arr(answer, "jobs").iter().filter_map(Value::as_str).collect();
-            if !jobs.is_empty() {
+            if !r.jobs.is_empty() {
                 println!(
                     "jobs {} still back it up: their next backup of it reads every block",
-                    jobs.join(", ")
+                    r.jobs.join(", ")
                 );
             }
         }
     }
+    Ok(())
 }

@@ -3,50 +3,34 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use serde_json::{Map, Value, json};
+use cairn_api::inventory::VmDto;
+use cairn_api::jobs::{JobDto, JobInput, JobUpdate, SessionStarted};
+use cairn_api::repositories::RepositoryDto;
+use serde_json::json;
 
-use super::lookup::{arr, b, by_name, i, id_by_name, list, resolve_vm, s, s_or_dash, vm_full_name, yes_no};
+use super::lookup::{by_name, find_vm, id_by_name, vm_full_name, yes_no};
 use super::sessions;
 use crate::args::{Global, JobCommand, JobFlags};
-use crate::client::{Client, usage};
+use crate::client::{Client, typed_for, usage};
 use crate::output::{self, Table, bytes};
 
-/// The fields of a job the API takes on create and update (cairn_configdb::JobSpec).
-const SPEC_FIELDS: [&str; 18] = [
-    "name",
-    "vm_ids",
-    "excluded_disk_ids",
-    "repository_id",
-    "block_size",
-    "compression",
-    "encryption",
-    "method",
-    "retention_points",
-    "schedule",
-    "backup_window",
-    "retries",
-    "retry_wait_seconds",
-    "enabled",
-    "consistency",
-    "require_app_consistency",
-    "pre_freeze_script",
-    "post_thaw_script",
-];
+const JOBS: &str = "/api/v1/jobs";
+const VMS: &str = "/api/v1/vms";
+const REPOSITORIES: &str = "/api/v1/repositories";
 
 /// `none`, `manual`, `always` or empty: no schedule or window.
-fn optional_text(t: &str) -> Value {
+fn optional_text(t: &str) -> Option<String> {
     match t.trim() {
-        "" | "none" | "manual" | "always" => Value::Null,
-        t => Value::from(t),
+        "" | "none" | "manual" | "always" => None,
+        t => Some(t.to_string()),
     }
 }
 
 /// Ids of the VMs named on the command line.
-fn vm_ids(vms: &[Value], names: &[String]) -> anyhow::Result<Vec<i64>> {
+fn vm_ids(vms: &[VmDto], names: &[String]) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     for n in names {
-        let vm = resolve_vm(vms, n)?;
-        let id = i(vm, "id").ok_or_else(|| anyhow::anyhow!("the server's VM {n:?} has no id"))?;
+        let id = find_vm(vms, n)?.id;
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -55,236 +39,206 @@ fn vm_ids(vms: &[Value], names: &[String]) -> anyhow::Result<Vec<i64>> {
 }
 
 /// Ids of the disks named as `VM:DISK`, which must belong to VMs in `job_vms`.
-fn disk_ids(vms: &[Value], specs: &[String], job_vms: &[i64]) -> anyhow::Result<Vec<i64>> {
+fn disk_ids(vms: &[VmDto], specs: &[String], job_vms: &[i64]) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     for spec in specs {
         let (vm_name, disk_name) = spec
             .rsplit_once(':')
             .ok_or_else(|| usage!("--exclude-disk {spec:?}: expected VM:DISKNAME"))?;
-        let vm = resolve_vm(vms, vm_name)?;
-        if !i(vm, "id").is_some_and(|id| job_vms.contains(&id)) {
+        let vm = find_vm(vms, vm_name)?;
+        if !job_vms.contains(&vm.id) {
             return Err(usage!(
                 "--exclude-disk {spec:?}: VM {} is not backed up by this job",
                 vm_full_name(vm)
             ));
         }
-        let disks = arr(vm, "disks");
-        let disk = disks
+        let disk = vm
+            .disks
             .iter()
-            .find(|d| s(d, "name") == disk_name)
-            .or_else(|| disks.iter().find(|d| s(d, "disk_key") == disk_name))
+            .find(|d| d.name == disk_name)
+            .or_else(|| vm.disks.iter().find(|d| d.disk_key == disk_name))
             .ok_or_else(|| {
-                let names: Vec<&str> = disks.iter().map(|d| s(d, "name")).collect();
+                let names: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
                 usage!(
                     "VM {} has no disk named {disk_name:?} (its disks: {})",
                     vm_full_name(vm),
                     names.join(", ")
                 )
             })?;
-        if let Some(id) = i(disk, "id")
-            && !ids.contains(&id)
-        {
-            ids.push(id);
+        if !ids.contains(&disk.id) {
+            ids.push(disk.id);
         }
     }
     Ok(ids)
 }
 
-/// Applies the flags given to a job spec (a JSON object).
-fn apply_flags(client: &Client, spec: &mut Map<String, Value>, f: &JobFlags, vms: &[Value]) -> anyhow::Result<()> {
+/// A job's settings as read, to send back changed.
+fn input_of(job: &JobDto) -> JobInput {
+    JobInput {
+        name: job.name.clone(),
+        vm_ids: job.vm_ids.clone(),
+        excluded_disk_ids: job.excluded_disk_ids.clone(),
+        repository_id: job.repository_id,
+        block_size: Some(i64::from(job.block_size)),
+        compression: Some(job.compression.to_string()),
+        encryption: job.encryption.clone(),
+        method: Some(job.method.to_string()),
+        retention_points: Some(i64::from(job.retention_points)),
+        schedule: job.schedule.clone(),
+        backup_window: job.backup_window.clone(),
+        retries: Some(job.retries),
+        retry_wait_seconds: Some(job.retry_wait_seconds),
+        enabled: Some(job.enabled),
+        consistency: Some(job.consistency.to_string()),
+        require_app_consistency: Some(job.require_app_consistency),
+        pre_freeze_script: job.pre_freeze_script.clone(),
+        post_thaw_script: job.post_thaw_script.clone(),
+    }
+}
+
+/// Applies the flags given to a job's settings.
+fn apply_flags(client: &Client, spec: &mut JobInput, f: &JobFlags, vms: &[VmDto]) -> anyhow::Result<()> {
     if !f.vms.is_empty() {
         let ids = vm_ids(vms, &f.vms)?;
         // Disks excluded before stay excluded only if their VM is still in the job.
-        let kept: Vec<i64> = match spec.get("excluded_disk_ids").and_then(Value::as_array) {
-            Some(old) => old
-                .iter()
-                .filter_map(Value::as_i64)
-                .filter(|d| {
-                    vms.iter().any(|vm| {
-                        i(vm, "id").is_some_and(|v| ids.contains(&v))
-                            && arr(vm, "disks").iter().any(|x| i(x, "id") == Some(*d))
-                    })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        spec.insert("vm_ids".into(), json!(ids));
-        spec.insert("excluded_disk_ids".into(), json!(kept));
+        spec.excluded_disk_ids.retain(|d| {
+            vms.iter()
+                .any(|vm| ids.contains(&vm.id) && vm.disks.iter().any(|x| x.id == *d))
+        });
+        spec.vm_ids = ids;
     }
     if !f.exclude_disks.is_empty() {
-        let job_vms: Vec<i64> = spec
-            .get("vm_ids")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).collect())
-            .unwrap_or_default();
-        spec.insert(
-            "excluded_disk_ids".into(),
-            json!(disk_ids(vms, &f.exclude_disks, &job_vms)?),
-        );
+        spec.excluded_disk_ids = disk_ids(vms, &f.exclude_disks, &spec.vm_ids)?;
     }
     if let Some(r) = &f.repository {
-        let id = id_by_name(client, "/api/v1/repositories", "repository", r)?;
-        spec.insert("repository_id".into(), Value::from(id));
+        spec.repository_id = id_by_name(client, REPOSITORIES, "repository", r)?;
     }
     if let Some(t) = &f.schedule {
-        spec.insert("schedule".into(), optional_text(t));
+        spec.schedule = optional_text(t);
     }
     if let Some(t) = &f.window {
-        spec.insert("backup_window".into(), optional_text(t));
+        spec.backup_window = optional_text(t);
     }
     if let Some(n) = f.retain {
-        spec.insert("retention_points".into(), Value::from(n));
+        spec.retention_points = Some(i64::from(n));
     }
     if let Some(n) = f.block_size {
-        spec.insert("block_size".into(), Value::from(n));
+        spec.block_size = Some(i64::from(n));
     }
     if let Some(c) = &f.compression {
-        spec.insert("compression".into(), Value::from(c.to_string()));
+        spec.compression = Some(c.to_string());
     }
     if let Some(m) = &f.method {
-        spec.insert("method".into(), Value::from(m.as_str()));
+        spec.method = Some(m.clone());
     }
     if let Some(n) = f.retries {
-        spec.insert("retries".into(), Value::from(n));
+        spec.retries = Some(i64::from(n));
     }
     if let Some(n) = f.retry_wait {
-        spec.insert("retry_wait_seconds".into(), Value::from(n));
+        // Beyond any wait the server accepts; it refuses it either way.
+        spec.retry_wait_seconds = Some(i64::try_from(n).unwrap_or(i64::MAX));
     }
     if f.disabled {
-        spec.insert("enabled".into(), Value::from(false));
+        spec.enabled = Some(false);
     }
     if let Some(c) = &f.consistency {
-        spec.insert("consistency".into(), Value::from(c.as_str()));
+        spec.consistency = Some(c.clone());
     }
     if let Some(r) = f.require_app_consistency {
-        spec.insert("require_app_consistency".into(), Value::from(r));
+        spec.require_app_consistency = Some(r);
     }
     if let Some(t) = &f.pre_freeze {
-        spec.insert("pre_freeze_script".into(), optional_text(t));
+        spec.pre_freeze_script = optional_text(t);
     }
     if let Some(t) = &f.post_thaw {
-        spec.insert("post_thaw_script".into(), optional_text(t));
+        spec.post_thaw_script = optional_text(t);
     }
     Ok(())
 }
 
 /// `success 2026-11-23 22:00:04 (session 12)` or `-`.
-fn last_result(job: &Value) -> String {
-    match job.get("last_session") {
-        Some(l) if l.is_object() => {
-            let when = l
-                .get("ended_at")
-                .and_then(Value::as_str)
-                .or_else(|| l.get("started_at").and_then(Value::as_str))
-                .map(output::time)
-                .unwrap_or_default();
-            format!("{} {when} (session {})", s(l, "state"), s_or_dash(l, "id"))
+fn last_result(job: &JobDto) -> String {
+    match &job.last_session {
+        Some(l) => {
+            let when = output::time(&l.ended_at.unwrap_or(l.started_at).to_string());
+            format!("{} {when} (session {})", l.state, l.id)
         }
-        _ => "-".to_string(),
-    }
-}
-
-fn next_run(job: &Value) -> String {
-    match job.get("next_run").and_then(Value::as_str) {
-        Some(t) => output::time(t),
-        None if !b(job, "enabled") => "disabled".to_string(),
         None => "-".to_string(),
     }
 }
 
-fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
-    let vms = client.get("/api/v1/vms")?;
-    let vm_names: HashMap<i64, String> = list(&vms)
-        .iter()
-        .filter_map(|v| Some((i(v, "id")?, vm_full_name(v))))
-        .collect();
-    let disk_names: HashMap<i64, String> = list(&vms)
+fn next_run(job: &JobDto) -> String {
+    match job.next_run {
+        Some(t) => output::time(&t.to_string()),
+        None if !job.enabled => "disabled".to_string(),
+        None => "-".to_string(),
+    }
+}
+
+/// `text`, or `-` when empty.
+fn or_dash(text: String) -> String {
+    if text.is_empty() { "-".to_string() } else { text }
+}
+
+fn show(client: &Client, job: &JobDto) -> anyhow::Result<()> {
+    let vms: Vec<VmDto> = typed_for("job show", client.get(VMS)?)?;
+    let vm_names: HashMap<i64, String> = vms.iter().map(|v| (v.id, vm_full_name(v))).collect();
+    let disk_names: HashMap<i64, String> = vms
         .iter()
         .flat_map(|v| {
-            arr(v, "disks")
+            v.disks
                 .iter()
-                .filter_map(move |d| Some((i(d, "id")?, format!("{}:{}", vm_full_name(v), s(d, "name")))))
+                .map(move |d| (d.id, format!("{}:{}", vm_full_name(v), d.name)))
         })
         .collect();
-    let repos = client.get("/api/v1/repositories")?;
-    let repo_name = list(&repos)
+    let repos: Vec<RepositoryDto> = typed_for("job show", client.get(REPOSITORIES)?)?;
+    let repo_name = repos
         .iter()
-        .find(|r| i(r, "id") == i(job, "repository_id"))
-        .map(|r| s(r, "name").to_string())
-        .unwrap_or_else(|| format!("#{}", s_or_dash(job, "repository_id")));
-    let ids = |key: &str, names: &HashMap<i64, String>| -> String {
-        let v: Vec<String> = arr(job, key)
+        .find(|r| r.id == job.repository_id)
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| format!("#{}", job.repository_id));
+    let ids = |ids: &[i64], names: &HashMap<i64, String>| -> String {
+        let v: Vec<String> = ids
             .iter()
-            .filter_map(Value::as_i64)
-            .map(|id| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")))
+            .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
             .collect();
         if v.is_empty() { "-".to_string() } else { v.join(", ") }
     };
     let rows = [
-        (
-            "job",
-            format!(
-                "{} (id {}, version {})",
-                s(job, "name"),
-                s_or_dash(job, "id"),
-                s_or_dash(job, "version")
-            ),
-        ),
-        ("enabled", yes_no(b(job, "enabled"))),
-        ("VMs", ids("vm_ids", &vm_names)),
-        ("excluded disks", ids("excluded_disk_ids", &disk_names)),
+        ("job", format!("{} (id {}, version {})", job.name, job.id, job.version)),
+        ("enabled", yes_no(job.enabled)),
+        ("VMs", ids(&job.vm_ids, &vm_names)),
+        ("excluded disks", ids(&job.excluded_disk_ids, &disk_names)),
         ("repository", repo_name),
-        (
-            "schedule",
-            job.get("schedule")
-                .and_then(Value::as_str)
-                .unwrap_or("manual only")
-                .to_string(),
-        ),
+        ("schedule", job.schedule.as_deref().unwrap_or("manual only").to_string()),
         (
             "backup window",
-            job.get("backup_window")
-                .and_then(Value::as_str)
-                .unwrap_or("always")
-                .to_string(),
+            job.backup_window.as_deref().unwrap_or("always").to_string(),
         ),
         ("next run", next_run(job)),
         ("last result", last_result(job)),
-        (
-            "retention",
-            format!("{} restore points", s_or_dash(job, "retention_points")),
-        ),
-        ("method", s_or_dash(job, "method")),
-        (
-            "block size",
-            super::lookup::u(job, "block_size")
-                .map(bytes)
-                .unwrap_or_else(|| "-".into()),
-        ),
-        ("compression", s_or_dash(job, "compression")),
+        ("retention", format!("{} restore points", job.retention_points.points())),
+        ("method", or_dash(job.method.to_string())),
+        ("block size", bytes(u64::from(job.block_size.bytes()))),
+        ("compression", or_dash(job.compression.to_string())),
         (
             "encryption",
-            job.get("encryption")
-                .and_then(Value::as_str)
-                .unwrap_or("as the repository")
-                .to_string(),
+            job.encryption.as_deref().unwrap_or("as the repository").to_string(),
         ),
         (
             "retries",
             format!(
                 "{}, {} apart",
-                s_or_dash(job, "retries"),
-                super::lookup::f(job, "retry_wait_seconds")
-                    .map(output::duration)
-                    .unwrap_or_else(|| "-".into())
+                job.retries,
+                output::duration(job.retry_wait_seconds as f64)
             ),
         ),
         (
             "consistency",
             format!(
                 "{}{}",
-                s_or_dash(job, "consistency"),
-                if b(job, "require_app_consistency") {
+                or_dash(job.consistency.to_string()),
+                if job.require_app_consistency {
                     " (application consistency required)"
                 } else {
                     ""
@@ -293,10 +247,7 @@ fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
         ),
         (
             "guest scripts",
-            match (
-                job.get("pre_freeze_script").and_then(Value::as_str),
-                job.get("post_thaw_script").and_then(Value::as_str),
-            ) {
+            match (job.pre_freeze_script.as_deref(), job.post_thaw_script.as_deref()) {
                 (None, None) => "-".to_string(),
                 (pre, post) => format!(
                     "before freeze: {}; after thaw: {}",
@@ -305,8 +256,8 @@ fn show(client: &Client, job: &Value) -> anyhow::Result<()> {
                 ),
             },
         ),
-        ("created", output::time(s(job, "created_at"))),
-        ("updated", output::time(s(job, "updated_at"))),
+        ("created", output::time(&job.created_at.to_string())),
+        ("updated", output::time(&job.updated_at.to_string())),
     ];
     for (k, v) in rows {
         println!("{:<15} {v}", format!("{k}:"));
@@ -321,17 +272,17 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Create { name, flags } => create(g, &client, name, flags)?,
         JobCommand::List => list_jobs(g, &client)?,
         JobCommand::Show { name } => {
-            let job = by_name(&client, "/api/v1/jobs", "job", name)?;
+            let job = by_name(&client, JOBS, "job", name)?;
             if g.json {
                 output::json(&job)?;
             } else {
-                show(&client, &job)?;
+                show(&client, &typed_for("job show", job)?)?;
             }
         }
         JobCommand::Edit { name, flags } => edit(g, &client, name, flags)?,
         JobCommand::Remove { name } => {
-            let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
-            client.delete(&format!("/api/v1/jobs/{id}"))?;
+            let id = id_by_name(&client, JOBS, "job", name)?;
+            client.delete(&format!("{JOBS}/{id}"))?;
             if g.json {
                 output::json(&json!({"removed": name, "id": id}))?;
             } else {
@@ -340,23 +291,25 @@ pub fn jobs(g: &Global, c: &JobCommand) -> anyhow::Result<ExitCode> {
         }
         JobCommand::Enable { name } | JobCommand::Disable { name } => {
             let enable = matches!(c, JobCommand::Enable { .. });
-            let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
+            let id = id_by_name(&client, JOBS, "job", name)?;
             let verb = if enable { "enable" } else { "disable" };
-            let job = client.post(&format!("/api/v1/jobs/{id}/{verb}"), &json!({}))?;
+            let job = client.post(&format!("{JOBS}/{id}/{verb}"), &json!({}))?;
             if g.json {
                 output::json(&job)?;
             } else {
+                let job: JobDto = typed_for(&format!("job {verb}"), job)?;
                 println!("job {name} {verb}d; next run: {}", next_run(&job));
             }
         }
         JobCommand::Run { name, wait } => return run(g, &client, name, *wait),
         JobCommand::Stop { name } => {
-            let id = id_by_name(&client, "/api/v1/jobs", "job", name)?;
-            let stopped = client.post(&format!("/api/v1/jobs/{id}/stop"), &json!({}))?;
+            let id = id_by_name(&client, JOBS, "job", name)?;
+            let stopped = client.post(&format!("{JOBS}/{id}/stop"), &json!({}))?;
             if g.json {
                 output::json(&stopped)?;
             } else {
-                println!("job {name}: stopping session {}", s_or_dash(&stopped, "session_id"));
+                let stopped: SessionStarted = typed_for("job stop", stopped)?;
+                println!("job {name}: stopping session {}", stopped.session_id);
             }
         }
     }
@@ -369,31 +322,50 @@ fn create(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::
     if flags.vms.is_empty() {
         return Err(usage!("a job needs at least one --vm"));
     }
-    let vms = client.get("/api/v1/vms")?;
-    let mut spec = Map::new();
-    spec.insert("name".into(), Value::from(name));
-    spec.insert("enabled".into(), Value::from(true));
+    let vms: Vec<VmDto> = typed_for("job create", client.get(VMS)?)?;
+    let mut spec = JobInput {
+        name: name.to_string(),
+        vm_ids: Vec::new(),
+        excluded_disk_ids: Vec::new(),
+        // Set below: the default repository, or the one of `--repository` in `apply_flags`.
+        repository_id: 0,
+        block_size: None,
+        compression: None,
+        encryption: None,
+        method: None,
+        retention_points: None,
+        schedule: None,
+        backup_window: None,
+        retries: None,
+        retry_wait_seconds: None,
+        enabled: Some(true),
+        consistency: None,
+        require_app_consistency: None,
+        pre_freeze_script: None,
+        post_thaw_script: None,
+    };
     let default_repository = match flags.repository {
         Some(_) => None,
         None => {
             let (id, repo) = default_repository(client)?;
-            spec.insert("repository_id".into(), Value::from(id));
+            spec.repository_id = id;
             Some(repo)
         }
     };
-    apply_flags(client, &mut spec, flags, list(&vms))?;
-    let job = client.post("/api/v1/jobs", &spec)?;
+    apply_flags(client, &mut spec, flags, &vms)?;
+    let job = client.post(JOBS, &spec)?;
     if g.json {
         output::json(&job)?;
     } else {
+        let job: JobDto = typed_for("job create", job)?;
         if let Some(repo) = default_repository {
             println!("no --repository given: the job backs up into the server's default repository {repo}");
         }
         println!(
             "created job {} ({} VMs, schedule: {}, next run: {})",
-            s(&job, "name"),
-            arr(&job, "vm_ids").len(),
-            job.get("schedule").and_then(Value::as_str).unwrap_or("manual only"),
+            job.name,
+            job.vm_ids.len(),
+            job.schedule.as_deref().unwrap_or("manual only"),
             next_run(&job)
         );
     }
@@ -402,21 +374,20 @@ fn create(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::
 
 /// `cairn job list`: every job with its schedule, next run and last result.
 fn list_jobs(g: &Global, client: &Client) -> anyhow::Result<()> {
-    let all = client.get("/api/v1/jobs")?;
+    let all = client.get(JOBS)?;
     if g.json {
-        output::json(&all)?;
-    } else if list(&all).is_empty() {
+        return output::json(&all);
+    }
+    let all: Vec<JobDto> = typed_for("job list", all)?;
+    if all.is_empty() {
         println!("no jobs (create one with `cairn job create NAME --vm VM [--repository NAME]`)");
     } else {
         let mut t = Table::new(&["NAME", "ENABLED", "SCHEDULE", "NEXT RUN", "LAST RESULT"]);
-        for j in list(&all) {
+        for j in &all {
             t.row(vec![
-                s(j, "name").to_string(),
-                yes_no(b(j, "enabled")),
-                j.get("schedule")
-                    .and_then(Value::as_str)
-                    .unwrap_or("manual")
-                    .to_string(),
+                j.name.clone(),
+                yes_no(j.enabled),
+                j.schedule.as_deref().unwrap_or("manual").to_string(),
                 next_run(j),
                 last_result(j),
             ]);
@@ -428,25 +399,25 @@ fn list_jobs(g: &Global, client: &Client) -> anyhow::Result<()> {
 
 /// `cairn job edit`: changes only the settings given, based on the job's current version.
 fn edit(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::Result<()> {
-    let found = by_name(client, "/api/v1/jobs", "job", name)?;
-    let id = job_id(&found, name)?;
+    let id = id_by_name(client, JOBS, "job", name)?;
     // The job as it is now, with the version the change is based on.
-    let job = client.get(&format!("/api/v1/jobs/{id}"))?;
-    let mut spec = Map::new();
-    for key in SPEC_FIELDS {
-        spec.insert(key.into(), job.get(key).cloned().unwrap_or(Value::Null));
-    }
-    let vms = client.get("/api/v1/vms")?;
-    apply_flags(client, &mut spec, flags, list(&vms))?;
-    spec.insert("version".into(), job.get("version").cloned().unwrap_or(Value::Null));
-    let job = client.put(&format!("/api/v1/jobs/{id}"), &spec)?;
+    let job: JobDto = typed_for("job edit", client.get(&format!("{JOBS}/{id}"))?)?;
+    let mut spec = input_of(&job);
+    let vms: Vec<VmDto> = typed_for("job edit", client.get(VMS)?)?;
+    apply_flags(client, &mut spec, flags, &vms)?;
+    let update = JobUpdate {
+        version: job.version,
+        job: spec,
+    };
+    let job = client.put(&format!("{JOBS}/{id}"), &update)?;
     if g.json {
         output::json(&job)?;
     } else {
+        let job: JobDto = typed_for("job edit", job)?;
         println!(
             "changed job {} (version {}); next run: {}",
-            s(&job, "name"),
-            s_or_dash(&job, "version"),
+            job.name,
+            job.version,
             next_run(&job)
         );
     }
@@ -455,10 +426,9 @@ fn edit(g: &Global, client: &Client, name: &str, flags: &JobFlags) -> anyhow::Re
 
 /// `cairn job run`: starts a session; with `--wait`, follows it and exits with its outcome.
 fn run(g: &Global, client: &Client, name: &str, wait: bool) -> anyhow::Result<ExitCode> {
-    let id = id_by_name(client, "/api/v1/jobs", "job", name)?;
-    let started = client.post(&format!("/api/v1/jobs/{id}/run"), &json!({}))?;
-    let session = i(&started, "session_id")
-        .ok_or_else(|| anyhow::anyhow!("the server started job {name} but named no session"))?;
+    let id = id_by_name(client, JOBS, "job", name)?;
+    let started = client.post(&format!("{JOBS}/{id}/run"), &json!({}))?;
+    let session = typed_for::<SessionStarted>("job run", started.clone())?.session_id;
     if wait {
         if !g.json && !g.quiet {
             println!("job {name}: session {session} started");
@@ -475,14 +445,9 @@ fn run(g: &Global, client: &Client, name: &str, wait: bool) -> anyhow::Result<Ex
 
 /// The server's default repository (id, name), for a job created without `--repository`.
 fn default_repository(client: &Client) -> anyhow::Result<(i64, String)> {
-    let all = client.get("/api/v1/repositories")?;
-    let repo = list(&all).iter().find(|r| b(r, "is_default")).ok_or_else(|| {
+    let all: Vec<RepositoryDto> = typed_for("job create", client.get(REPOSITORIES)?)?;
+    let repo = all.into_iter().find(|r| r.is_default).ok_or_else(|| {
         usage!("no --repository given and the server has no default repository: name one (see `cairn repository list`)")
     })?;
-    let id = i(repo, "id").ok_or_else(|| anyhow::anyhow!("the server's default repository has no id"))?;
-    Ok((id, s(repo, "name").to_string()))
-}
-
-fn job_id(job: &Value, name: &str) -> anyhow::Result<i64> {
-    i(job, "id").ok_or_else(|| anyhow::anyhow!("the server's job {name:?} has no id"))
+    Ok((repo.id, repo.name))
 }

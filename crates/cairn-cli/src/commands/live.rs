@@ -5,41 +5,48 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_api::instant::{InstantInfo, InstantRequest, InstantState};
+use cairn_api::repositories::{RepositoryDto, VmPoints};
+use cairn_api::restore::{VmRestoreRequest, VmRestoreResult};
 use serde_json::{Value, json};
 
-use super::lookup::{arr, by_name, id_by_name, list, s, s_or_dash, u};
+use super::lookup::{by_name, id_by_name};
 use crate::args::{Global, InstantCommand, RestoreVmArgs};
-use crate::client::{Client, usage};
+use crate::client::{Client, typed_for, usage};
 use crate::output::{self, Table, bytes};
 
 /// Restores and migrations answer when done: they may take long.
 const LONG: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The command `restore_vm` runs for.
+const RESTORE_VM: &str = "restore vm";
 
 /// The repository given, else the only one, else the one named `default`.
-fn repository_id(client: &Client, name: Option<&str>) -> anyhow::Result<i64> {
+fn repository_id(client: &Client, command: &str, name: Option<&str>) -> anyhow::Result<i64> {
     if let Some(n) = name {
         return id_by_name(client, "/api/v1/repositories", "repository", n);
     }
-    let all = client.get("/api/v1/repositories")?;
-    let repos = list(&all);
+    let repos: Vec<RepositoryDto> = typed_for(command, client.get("/api/v1/repositories")?)?;
     let pick = if repos.len() == 1 {
         repos.first()
     } else {
-        repos.iter().find(|r| s(r, "name") == "default")
+        repos.iter().find(|r| r.name == "default")
     };
-    pick.and_then(|r| r.get("id").and_then(Value::as_i64))
+    pick.map(|r| r.id)
         .ok_or_else(|| usage!("the server has several repositories: name one with --repository"))
 }
 
 /// `HOST/VM` as the repository names it, from `HOST/VM` or a VM name unique in the repository.
-fn backed_up_vm(client: &Client, repository: i64, vm: &str) -> anyhow::Result<String> {
+fn backed_up_vm(client: &Client, command: &str, repository: i64, vm: &str) -> anyhow::Result<String> {
     if vm.contains('/') {
         return Ok(vm.to_string());
     }
-    let all = client.get(&format!("/api/v1/repositories/{repository}/points"))?;
-    let names: Vec<String> = list(&all)
-        .iter()
-        .map(|c| s(c, "vm").to_string())
+    let all: Vec<VmPoints> = typed_for(
+        command,
+        client.get(&format!("/api/v1/repositories/{repository}/points"))?,
+    )?;
+    let names: Vec<String> = all
+        .into_iter()
+        .map(|c| c.vm)
         .filter(|n| n.rsplit_once('/').is_some_and(|(_, name)| name == vm))
         .collect();
     match names.as_slice() {
@@ -55,74 +62,93 @@ fn backed_up_vm(client: &Client, repository: i64, vm: &str) -> anyhow::Result<St
 /// `cairn restore vm VM …`.
 pub fn restore_vm(g: &Global, a: &RestoreVmArgs) -> anyhow::Result<ExitCode> {
     let client = Client::from_global(g)?;
-    let rid = repository_id(&client, a.repository.as_deref())?;
-    let vm = backed_up_vm(&client, rid, &a.vm)?;
-    let mut body = json!({
-        "repository_id": rid,
-        "vm": vm,
-        "point": a.point,
-        "replace_original": a.replace_original,
-    });
+    let rid = repository_id(&client, RESTORE_VM, a.repository.as_deref())?;
+    let vm = backed_up_vm(&client, RESTORE_VM, rid, &a.vm)?;
     if let Some(h) = &a.to_host {
         by_name(&client, "/api/v1/hosts", "host", h)?;
-        body["to_host"] = Value::from(h.as_str());
     }
-    if let Some(n) = &a.name {
-        body["name"] = Value::from(n.as_str());
-    }
-    if let Some(f) = &a.folder {
-        let f = std::path::absolute(f).with_context(|| format!("making {} an absolute path", f.display()))?;
-        body["folder"] = Value::from(f.display().to_string());
-    }
-    if let Some(x) = &a.accel {
-        body["accel"] = Value::from(x.as_str());
-    }
+    let folder = match &a.folder {
+        Some(f) => Some(
+            std::path::absolute(f)
+                .with_context(|| format!("making {} an absolute path", f.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let body = VmRestoreRequest {
+        repository_id: rid,
+        vm: vm.clone(),
+        point: a.point.clone(),
+        to_host: a.to_host.clone(),
+        name: a.name.clone(),
+        replace_original: a.replace_original,
+        folder,
+        accel: a.accel.clone(),
+    };
     let answer = client.post_with_timeout("/api/v1/restores/vm", &body, LONG)?;
     if g.json {
         output::json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let answer: VmRestoreResult = typed_for(RESTORE_VM, answer)?;
     println!(
         "{} VM {} from {vm} point {} in {:.1} s: running (pid {}), QMP {}",
-        if answer.get("replaced").and_then(Value::as_bool).unwrap_or(false) {
-            "replaced"
-        } else {
-            "restored"
-        },
-        s(&answer, "name"),
-        s(&answer, "point"),
-        answer.get("duration_secs").and_then(Value::as_f64).unwrap_or(0.0),
-        s_or_dash(&answer, "pid"),
-        s(&answer, "qmp"),
+        if answer.replaced { "replaced" } else { "restored" },
+        answer.name,
+        answer.point,
+        answer.duration_secs,
+        pid_text(answer.pid),
+        answer.qmp,
     );
-    for d in arr(&answer, "disks") {
-        println!("  disk {}", d.as_str().unwrap_or("-"));
+    for d in &answer.disks {
+        println!("  disk {d}");
     }
-    println!("  serial log {}", s_or_dash(&answer, "serial_log"));
+    println!(
+        "  serial log {}",
+        if answer.serial_log.is_empty() {
+            "-"
+        } else {
+            &answer.serial_log
+        }
+    );
     let host = a
         .to_host
         .clone()
         .unwrap_or_else(|| vm.split_once('/').map_or("", |(h, _)| h).to_string());
     println!(
         "it is a VM of host {host}: stop or start it with `cairn vm stop|start {host}/{}`",
-        s(&answer, "name")
+        answer.name
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_instant(v: &Value) {
+/// A process id, or `-`.
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "-".to_string(), |p| p.to_string())
+}
+
+fn print_instant(all: &[InstantInfo]) {
     let mut t = Table::new(&["NAME", "VM", "POINT", "STATE", ">WRITTEN", "QMP"]);
-    for i in list(v) {
+    for i in all {
         t.row(vec![
-            s(i, "name").to_string(),
-            s(i, "vm").to_string(),
-            s(i, "point").to_string(),
-            s(i, "state").to_string(),
-            u(i, "written_bytes").map_or_else(|| "-".into(), bytes),
-            s(i, "qmp").to_string(),
+            i.name.clone(),
+            i.vm.clone(),
+            i.point.clone(),
+            state_text(i.state),
+            bytes(i.written_bytes),
+            i.qmp.clone(),
         ]);
     }
     t.print();
+}
+
+/// `running`, `migrating` or `migrated`, as the API spells it.
+fn state_text(state: InstantState) -> String {
+    match serde_json::to_value(state) {
+        Ok(Value::String(s)) => s,
+        _ => format!("{state:?}"),
+    }
 }
 
 /// `cairn instant-recovery …`.
@@ -137,30 +163,34 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
             name,
             accel,
         } => {
-            let rid = repository_id(&client, repository.as_deref())?;
-            let vm = backed_up_vm(&client, rid, vm)?;
+            let command = "instant-recovery start";
+            let rid = repository_id(&client, command, repository.as_deref())?;
+            let vm = backed_up_vm(&client, command, rid, vm)?;
             if let Some(h) = to_host {
                 by_name(&client, "/api/v1/hosts", "host", h)?;
             }
-            let mut body = json!({"repository_id": rid, "vm": vm, "point": point});
-            for (k, v) in [("to_host", to_host), ("name", name), ("accel", accel)] {
-                if let Some(v) = v {
-                    body[k] = Value::from(v.as_str());
-                }
-            }
+            let body = InstantRequest {
+                repository_id: rid,
+                vm: vm.clone(),
+                point: point.clone(),
+                to_host: to_host.clone(),
+                name: name.clone(),
+                accel: accel.clone(),
+            };
             let answer = client.post_with_timeout("/api/v1/instant-recoveries", &body, LONG)?;
             if !g.json {
+                let ir: InstantInfo = typed_for(command, answer.clone())?;
                 println!(
                     "instant recovery {} of {vm} point {} is running (pid {}, QMP {}), started in {:.1} s",
-                    s(&answer, "name"),
-                    s(&answer, "point"),
-                    s_or_dash(&answer, "pid"),
-                    s(&answer, "qmp"),
-                    answer.get("start_secs").and_then(Value::as_f64).unwrap_or(0.0)
+                    ir.name,
+                    ir.point,
+                    pid_text(ir.pid),
+                    ir.qmp,
+                    ir.start_secs
                 );
                 println!(
                     "move it to production storage with: cairn instant-recovery migrate {} --to FILE.qcow2",
-                    s(&answer, "name")
+                    ir.name
                 );
             }
             answer
@@ -168,7 +198,7 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
         InstantCommand::List => {
             let all = client.get("/api/v1/instant-recoveries")?;
             if !g.json {
-                print_instant(&all);
+                print_instant(&typed_for::<Vec<InstantInfo>>("instant-recovery list", all.clone())?);
             }
             all
         }
@@ -185,7 +215,7 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
                 LONG,
             )?;
             if !g.json {
-                let host = s(&answer, "host");
+                let host = typed_for::<InstantInfo>("instant-recovery migrate", answer.clone())?.host;
                 println!(
                     "VM {name} now runs from its production disks ({}); the exports of the backup have ended",
                     to.join(", ")
@@ -198,11 +228,14 @@ pub fn instant(g: &Global, c: &InstantCommand) -> anyhow::Result<ExitCode> {
             answer
         }
         InstantCommand::Stop { name } => {
-            let ir = by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?;
+            let ir: InstantInfo = typed_for(
+                "instant-recovery stop",
+                by_name(&client, "/api/v1/instant-recoveries", "instant recovery", name)?,
+            )?;
             let answer = client.delete(&format!("/api/v1/instant-recoveries/{name}"))?;
             if !g.json {
-                if s(&ir, "state") == "migrated" {
-                    let host = s(&ir, "host");
+                if ir.state == InstantState::Migrated {
+                    let host = &ir.host;
                     println!(
                         "instant recovery {name} forgotten: it was migrated, so its VM runs on as VM {host}/{name} \
                          (stop it with `cairn vm stop {host}/{name}`)"

@@ -1,6 +1,7 @@
 //! Shared by the server commands: reading fields of the API's JSON, and finding hosts, jobs,
 //! repositories, users, proxies and VMs by name (the API addresses them by id).
 
+use cairn_api::inventory::VmDto;
 use serde_json::Value;
 
 use crate::client::{Client, usage};
@@ -34,11 +35,6 @@ pub fn u(v: &Value, key: &str) -> Option<u64> {
 /// A number field.
 pub fn f(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
-}
-
-/// A boolean field.
-pub fn b(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// An array field (empty when absent).
@@ -130,31 +126,42 @@ pub fn id_by_name(client: &Client, path: &str, kind: &str, name: &str) -> anyhow
 }
 
 /// `HOST/VM` of a VM of `GET /api/v1/vms`.
-pub fn vm_full_name(vm: &Value) -> String {
-    format!("{}/{}", s(vm, "host"), s(vm, "name"))
+pub fn vm_full_name(vm: &VmDto) -> String {
+    format!("{}/{}", vm.host, vm.name)
 }
 
-/// Finds a VM in `vms` by `NAME` (unique across hosts) or `HOST/VM`.
-pub fn resolve_vm<'a>(vms: &'a [Value], wanted: &str) -> anyhow::Result<&'a Value> {
-    let exact: Vec<&Value> = vms.iter().filter(|v| s(v, "name") == wanted).collect();
+/// Finds a VM of `GET /api/v1/vms` by `NAME` (unique across hosts) or `HOST/VM`.
+pub fn find_vm<'a>(vms: &'a [VmDto], wanted: &str) -> anyhow::Result<&'a VmDto> {
+    resolve(vms, wanted, |v| &v.host, |v| &v.name)
+}
+
+/// Finds a VM by `NAME` or `HOST/VM`, given how to read a VM's host and name.
+fn resolve<'a, T>(
+    vms: &'a [T],
+    wanted: &str,
+    host: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> &str,
+) -> anyhow::Result<&'a T> {
+    let full = |v: &T| format!("{}/{}", host(v), name(v));
+    let exact: Vec<&T> = vms.iter().filter(|v| name(v) == wanted).collect();
     match exact.len() {
         1 => return Ok(exact[0]),
         0 => {}
         _ => {
-            let names: Vec<String> = exact.iter().map(|v| vm_full_name(v)).collect();
+            let names: Vec<String> = exact.iter().map(|v| full(v)).collect();
             return Err(usage!(
                 "VM {wanted:?} is on several hosts ({}): name it as HOST/VM",
                 names.join(", ")
             ));
         }
     }
-    if let Some((host, name)) = wanted.split_once('/')
-        && let Some(v) = vms.iter().find(|v| s(v, "host") == host && s(v, "name") == name)
+    if let Some((h, n)) = wanted.split_once('/')
+        && let Some(v) = vms.iter().find(|v| host(v) == h && name(v) == n)
     {
         return Ok(v);
     }
-    let mut known: Vec<String> = vms.iter().map(|v| s(v, "name").to_string()).collect();
-    known.extend(vms.iter().map(vm_full_name));
+    let mut known: Vec<String> = vms.iter().map(|v| name(v).to_string()).collect();
+    known.extend(vms.iter().map(full));
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     Err(unknown("VM", wanted, &known))
 }
@@ -174,16 +181,19 @@ mod tests {
 
     #[test]
     fn vms_resolve_by_name_or_host_and_name() {
-        let vms = vec![
-            json!({"id": 1, "name": "web", "host": "a"}),
-            json!({"id": 2, "name": "web", "host": "b"}),
-            json!({"id": 3, "name": "db", "host": "a"}),
-        ];
-        assert_eq!(resolve_vm(&vms, "db").unwrap()["id"], 3);
-        assert_eq!(resolve_vm(&vms, "b/web").unwrap()["id"], 2);
-        let e = resolve_vm(&vms, "web").unwrap_err().to_string();
+        let vm = |id: i64, name: &str, host: &str| -> VmDto {
+            serde_json::from_value(json!({
+                "id": id, "host_id": 1, "host": host, "external_id": name, "name": name,
+                "present": true, "last_seen_at": "2026-11-23T10:00:00Z", "disks": []
+            }))
+            .expect("a VM")
+        };
+        let vms = vec![vm(1, "web", "a"), vm(2, "web", "b"), vm(3, "db", "a")];
+        assert_eq!(find_vm(&vms, "db").unwrap().id, 3);
+        assert_eq!(find_vm(&vms, "b/web").unwrap().id, 2);
+        let e = find_vm(&vms, "web").unwrap_err().to_string();
         assert!(e.contains("a/web") && e.contains("b/web"), "{e}");
-        let e = resolve_vm(&vms, "dbb").unwrap_err();
+        let e = find_vm(&vms, "dbb").unwrap_err();
         assert!(e.to_string().contains("did you mean db"), "{e}");
         assert!(
             e.is::<crate::client::UsageError>(),

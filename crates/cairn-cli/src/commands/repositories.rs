@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cairn_api::repositories::{ProxyDto, RepositoryDto};
+use cairn_api::settings::SettingsDto;
 use serde_json::{Map, Value, json};
 
 use super::login::password_from_stdin;
-use super::lookup::{arr, b, by_name, id_by_name, list, s, s_or_dash, u, yes_no};
+use super::lookup::{by_name, id_by_name, yes_no};
 use crate::args::{Global, ProxyCommand, RepoEncryption, RepositoryCommand, SettingsArgs};
-use crate::client::{Client, usage};
+use crate::client::{Client, typed_for, usage};
 use crate::output::{self, Table, bytes, rate};
 
 fn limits(body: &mut Map<String, Value>, max_tasks: Option<u32>, read: Option<u64>, write: Option<u64>) {
@@ -23,16 +25,31 @@ fn limits(body: &mut Map<String, Value>, max_tasks: Option<u32>, read: Option<u6
     }
 }
 
-fn describe(r: &Value) -> String {
-    format!(
+/// A rate limit of the API (negative reads as 0).
+fn limit(bytes: Option<i64>) -> Option<u64> {
+    bytes.map(|b| u64::try_from(b).unwrap_or(0))
+}
+
+/// `-` for an empty text.
+fn or_dash(text: Option<&str>) -> String {
+    match text {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+/// A repository of the answer to `cairn COMMAND`, for people.
+fn describe(command: &str, answer: Value) -> anyhow::Result<String> {
+    let r: RepositoryDto = typed_for(command, answer)?;
+    Ok(format!(
         "repository {} at {} ({}encrypted, {} tasks, read {}, write {})",
-        s(r, "name"),
-        s(r, "path"),
-        if b(r, "encrypted") { "" } else { "not " },
-        s_or_dash(r, "max_tasks"),
-        rate(u(r, "read_limit_bytes")),
-        rate(u(r, "write_limit_bytes")),
-    )
+        r.name,
+        r.path,
+        if r.encrypted { "" } else { "not " },
+        r.max_tasks,
+        rate(limit(r.read_limit_bytes)),
+        rate(limit(r.write_limit_bytes)),
+    ))
 }
 
 pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCode> {
@@ -94,7 +111,7 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
             if g.json {
                 output::json(&repo)?;
             } else {
-                println!("added {}", describe(&repo));
+                println!("added {}", describe("repository add", repo)?);
             }
         }
         RepositoryCommand::List => {
@@ -112,16 +129,16 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
                     ">WRITE LIMIT",
                     ">FREE",
                 ]);
-                for r in list(&all) {
+                for r in typed_for::<Vec<RepositoryDto>>("repository list", all)? {
                     t.row(vec![
-                        s(r, "name").to_string(),
-                        s(r, "path").to_string(),
-                        yes_no(b(r, "is_default")),
-                        yes_no(b(r, "encrypted")),
-                        s_or_dash(r, "max_tasks"),
-                        rate(u(r, "read_limit_bytes")),
-                        rate(u(r, "write_limit_bytes")),
-                        u(r, "free_bytes").map(bytes).unwrap_or_else(|| "-".into()),
+                        r.name,
+                        r.path,
+                        yes_no(r.is_default),
+                        yes_no(r.encrypted),
+                        r.max_tasks.to_string(),
+                        rate(limit(r.read_limit_bytes)),
+                        rate(limit(r.write_limit_bytes)),
+                        r.free_bytes.map(bytes).unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.print();
@@ -145,7 +162,7 @@ pub fn repositories(g: &Global, c: &RepositoryCommand) -> anyhow::Result<ExitCod
             if g.json {
                 output::json(&repo)?;
             } else {
-                println!("changed {}", describe(&repo));
+                println!("changed {}", describe("repository set", repo)?);
             }
         }
         RepositoryCommand::Remove { name } => {
@@ -169,26 +186,22 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&all)?;
             } else {
+                let all: Vec<ProxyDto> = typed_for("proxy list", all)?;
                 let mut t = Table::new(&["NAME", "KIND", "ADDRESS", ">TASKS", ">RUNNING"]);
-                for p in list(&all) {
+                for p in &all {
                     t.row(vec![
-                        s(p, "name").to_string(),
-                        if p["agent_id"].is_null() {
-                            "this server"
-                        } else {
-                            "agent"
-                        }
-                        .to_string(),
-                        s_or_dash(p, "address"),
-                        s_or_dash(p, "max_tasks"),
-                        s_or_dash(p, "running_tasks"),
+                        p.name.clone(),
+                        if p.agent_id.is_none() { "this server" } else { "agent" }.to_string(),
+                        or_dash(p.address.as_deref()),
+                        p.max_tasks.to_string(),
+                        p.running_tasks.to_string(),
                     ]);
                 }
                 t.print();
-                if let Some(own) = list(&all).iter().find(|p| p["agent_id"].is_null()) {
+                if let Some(own) = all.iter().find(|p| p.agent_id.is_none()) {
                     println!(
                         "{} is this backup server's own proxy: the server named it after the machine's host name",
-                        s(own, "name")
+                        own.name
                     );
                 }
             }
@@ -199,11 +212,8 @@ pub fn proxies(g: &Global, c: &ProxyCommand) -> anyhow::Result<ExitCode> {
             if g.json {
                 output::json(&p)?;
             } else {
-                println!(
-                    "proxy {} now runs up to {} tasks",
-                    s(&p, "name"),
-                    s_or_dash(&p, "max_tasks")
-                );
+                let p: ProxyDto = typed_for("proxy set", p)?;
+                println!("proxy {} now runs up to {} tasks", p.name, p.max_tasks);
             }
         }
     }
@@ -239,25 +249,19 @@ pub fn settings(g: &Global, a: &SettingsArgs) -> anyhow::Result<ExitCode> {
     if g.json {
         output::json(&settings)?;
     } else {
-        let on = if b(&settings, "parallel_processing") {
-            "on"
-        } else {
-            "off"
-        };
+        let settings: SettingsDto = typed_for("settings", settings)?;
+        let on = if settings.parallel_processing { "on" } else { "off" };
         println!("parallel processing: {on}");
-        println!("time zone: {}", s_or_dash(&settings, "time_zone"));
+        println!("time zone: {}", or_dash(Some(&settings.time_zone)));
         println!(
             "second factor required of administrators: {}",
-            if b(&settings, "require_totp_for_administrators") {
+            if settings.require_totp_for_administrators {
                 "yes"
             } else {
                 "no"
             }
         );
-        let folders: Vec<&str> = arr(&settings, "restore_folders")
-            .iter()
-            .filter_map(|f| f.as_str())
-            .collect();
+        let folders: Vec<&str> = settings.restore_folders.iter().map(String::as_str).collect();
         println!(
             "restore folders: {}",
             if folders.is_empty() {

@@ -5,16 +5,20 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cairn_api::sessions::{LogLineDto, SessionDetail, SessionDto, SessionPageDto, TaskDto};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::lookup::{arr, f, i, id_by_name, list, s, s_or_dash, u};
+use super::lookup::{f, id_by_name, s_or_dash, u};
 use crate::args::{Global, SessionCommand};
-use crate::client::Client;
+use crate::client::{Client, typed_for};
 use crate::output::{self, Table, bytes};
 
 /// How often a followed session is polled.
 const POLL: Duration = Duration::from_millis(500);
+/// The command `wait` follows a session for.
+const WAIT: &str = "job run --wait";
 /// Log lines asked for per request.
 const LOG_PAGE: u32 = 1000;
 
@@ -32,19 +36,19 @@ fn exit_code(state: &str) -> ExitCode {
     }
 }
 
-/// Seconds between two RFC 3339 times.
-fn seconds_between(start: &str, end: &str) -> Option<f64> {
-    let a: jiff::Timestamp = start.parse().ok()?;
-    let b: jiff::Timestamp = end.parse().ok()?;
-    Some(b.duration_since(a).as_secs_f64())
+/// Duration of a session or task: its statistics, else its start and end times.
+fn duration_of(statistics: &Value, started: Option<Timestamp>, ended: Option<Timestamp>) -> Option<f64> {
+    f(statistics, "duration_secs").or_else(|| Some(ended?.duration_since(started?).as_secs_f64()))
 }
 
-/// Duration of a session or task: its statistics, else its start and end times.
-fn duration_of(x: &Value) -> Option<f64> {
-    x.get("statistics").and_then(|st| f(st, "duration_secs")).or_else(|| {
-        let end = x.get("ended_at").and_then(Value::as_str)?;
-        seconds_between(s(x, "started_at"), end)
-    })
+/// Duration of a session.
+fn session_duration(x: &SessionDto) -> Option<f64> {
+    duration_of(&x.statistics, Some(x.started_at), x.ended_at)
+}
+
+/// Duration of a task.
+fn task_duration(x: &TaskDto) -> Option<f64> {
+    duration_of(&x.statistics, x.started_at, x.ended_at)
 }
 
 /// `source 80%, proxy 12%, network 3%, target 9%` from a busy object (or list of pairs).
@@ -114,38 +118,36 @@ fn bytes_of(st: &Value, key: &str) -> String {
 }
 
 /// `web01/disk0` naming a task.
-fn task_name(t: &Value) -> String {
-    let disk = s(t, "disk_name");
-    if disk.is_empty() {
-        s(t, "vm_name").to_string()
+fn task_name(t: &TaskDto) -> String {
+    if t.disk_name.is_empty() {
+        t.vm_name.clone()
     } else {
-        format!("{}/{disk}", s(t, "vm_name"))
+        format!("{}/{}", t.vm_name, t.disk_name)
     }
 }
 
 /// The session's header and statistics.
-fn print_summary(session: &Value) {
-    let st = session.get("statistics").cloned().unwrap_or(Value::Null);
-    let state = s(session, "state");
+fn print_summary(session: &SessionDto) {
+    let st = &session.statistics;
+    let state = &session.state;
     let ended_at = session
-        .get("ended_at")
-        .and_then(Value::as_str)
-        .map(|t| format!(", ended {}", output::time(t)))
+        .ended_at
+        .map(|t| format!(", ended {}", output::time(&t.to_string())))
         .unwrap_or_default();
-    let took = duration_of(session)
+    let took = session_duration(session)
         .map(|d| format!(" in {}", output::duration(d)))
         .unwrap_or_default();
     println!(
         "session {} of job {}: {state}{took} (started {}{ended_at})",
-        s_or_dash(session, "id"),
-        s(session, "job_name"),
-        output::time(s(session, "started_at")),
+        session.id,
+        session.job_name,
+        output::time(&session.started_at.to_string()),
     );
     if !st.is_object() {
         return;
     }
-    if let Some(n) = u(&st, "tasks") {
-        let count = |k: &str| u(&st, k).unwrap_or(0);
+    if let Some(n) = u(st, "tasks") {
+        let count = |k: &str| u(st, k).unwrap_or(0);
         println!(
             "  tasks: {n} ({} success, {} warning, {} failed, {} stopped)",
             count("tasks_success"),
@@ -156,49 +158,49 @@ fn print_summary(session: &Value) {
     }
     println!(
         "  read {}, transferred {}, new {}",
-        bytes_of(&st, "read_bytes"),
-        bytes_of(&st, "transferred_bytes"),
-        bytes_of(&st, "new_bytes")
+        bytes_of(st, "read_bytes"),
+        bytes_of(st, "transferred_bytes"),
+        bytes_of(st, "new_bytes")
     );
-    println!("  {}", reduction_text(&st));
+    println!("  {}", reduction_text(st));
     println!(
         "  busy: {}; bottleneck: {}",
         busy_text(st.get("busy")),
-        s_or_dash(&st, "bottleneck")
+        s_or_dash(st, "bottleneck")
     );
-    if let Some(a) = u(&st, "attempt").filter(|a| *a > 1) {
+    if let Some(a) = u(st, "attempt").filter(|a| *a > 1) {
         println!("  attempt {a}");
     }
 }
 
-/// Every log line of a task after line `after`.
-fn task_log(client: &Client, task: i64, mut after: i64) -> anyhow::Result<Vec<Value>> {
+/// Every log line of a task after line `after`, as sent (for `--json`) and as read, for
+/// `cairn COMMAND`.
+fn task_log(client: &Client, command: &str, task: i64, mut after: i64) -> anyhow::Result<Vec<(Value, LogLineDto)>> {
     let mut out = Vec::new();
     loop {
         let page = client.get_query(
             &format!("/api/v1/tasks/{task}/log"),
             &[("after", after.to_string()), ("limit", LOG_PAGE.to_string())],
         )?;
-        let lines = list(&page);
-        let Some(last) = lines.last().and_then(|l| i(l, "id")) else {
+        let raw = match page {
+            Value::Array(raw) => raw,
+            _ => Vec::new(),
+        };
+        let lines: Vec<LogLineDto> = typed_for(command, Value::Array(raw.clone()))?;
+        let Some(last) = lines.last().map(|l| l.id) else {
             break;
         };
         if last <= after {
             break;
         }
         after = last;
-        out.extend(lines.iter().cloned());
+        out.extend(raw.into_iter().zip(lines));
     }
     Ok(out)
 }
 
-fn log_line(task: &str, l: &Value) -> String {
-    format!(
-        "{}  {:<7} {task}: {}",
-        output::time(s(l, "at")),
-        s(l, "level"),
-        s(l, "text")
-    )
+fn log_line(task: &str, l: &LogLineDto) -> String {
+    format!("{}  {:<7} {task}: {}", output::time(&l.at.to_string()), l.level, l.text)
 }
 
 /// Follows a session until it ends: task states, log lines and progress bars; then prints its
@@ -222,29 +224,27 @@ pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<Exit
             multi.suspend(|| println!("{line}"));
         }
     };
-    let detail = loop {
-        let detail = client.get(&format!("/api/v1/sessions/{session_id}"))?;
-        let session = detail.get("session").cloned().unwrap_or(Value::Null);
-        let state = s(&session, "state").to_string();
+    let (raw, detail) = loop {
+        let raw = client.get(&format!("/api/v1/sessions/{session_id}"))?;
+        let detail: SessionDetail = typed_for(WAIT, raw.clone())?;
+        let state = detail.session.state.clone();
         // The final state is told by the summary at the end.
         if state != session_state && !ended(&state) {
             say(format!("session {session_id}: {state}"));
         }
         session_state.clone_from(&state);
-        for t in arr(&detail, "tasks") {
-            let Some(tid) = i(t, "id") else { continue };
+        for t in &detail.tasks {
+            let tid = t.id;
             let name = task_name(t);
-            let tstate = s(t, "state").to_string();
+            let tstate = t.state.clone();
             if states.get(&tid) != Some(&tstate) {
                 say(format!("  {name}: {tstate}"));
                 states.insert(tid, tstate.clone());
             }
             if tstate != "waiting" && !logs_done.contains(&tid) {
                 let after = log_after.get(&tid).copied().unwrap_or(0);
-                for l in task_log(client, tid, after)? {
-                    if let Some(id) = i(&l, "id") {
-                        log_after.insert(tid, id);
-                    }
+                for (_, l) in task_log(client, WAIT, tid, after)? {
+                    log_after.insert(tid, l.id);
                     say(format!("    {}", log_line(&name, &l)));
                 }
                 // A task's lines may still come after it ended (the VM's commit, retention), until
@@ -253,18 +253,17 @@ pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<Exit
                     logs_done.insert(tid);
                 }
             }
-            let progress = t.get("progress").filter(|p| p.is_object());
             if tstate == "running"
-                && let Some(p) = progress
+                && let Some(p) = &t.progress
             {
                 let bar = bars.entry(tid).or_insert_with(|| {
-                    let b = ProgressBar::new(u(p, "total_bytes").unwrap_or(0))
+                    let b = ProgressBar::new(p.total_bytes)
                         .with_style(style.clone())
                         .with_message(name.clone());
                     multi.add(b)
                 });
-                bar.set_length(u(p, "total_bytes").unwrap_or(0));
-                bar.set_position(u(p, "done_bytes").unwrap_or(0));
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.done_bytes);
             } else if tstate != "running"
                 && let Some(b) = bars.remove(&tid)
             {
@@ -273,19 +272,23 @@ pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<Exit
             }
         }
         if ended(&state) {
-            break detail;
+            break (raw, detail);
         }
         std::thread::sleep(POLL);
     };
     for (_, b) in bars.drain() {
         b.finish_and_clear();
     }
-    let session = detail.get("session").cloned().unwrap_or(Value::Null);
+    let session = detail.session;
     if g.json {
-        output::json(&json!({"session": session, "tasks": detail.get("tasks").cloned().unwrap_or(json!([]))}))?;
+        let (session, tasks) = match raw {
+            Value::Object(mut m) => (m.remove("session"), m.remove("tasks")),
+            _ => (None, None),
+        };
+        output::json(&json!({"session": session.unwrap_or(Value::Null), "tasks": tasks.unwrap_or(json!([]))}))?;
     } else {
         print_summary(&session);
-        match s(&session, "state") {
+        match session.state.as_str() {
             "warning" => {
                 eprintln!("warning: session {session_id} ended with warnings (see `cairn session show {session_id}`)")
             }
@@ -294,7 +297,7 @@ pub fn wait(g: &Global, client: &Client, session_id: i64) -> anyhow::Result<Exit
             _ => {}
         }
     }
-    Ok(exit_code(s(&session, "state")))
+    Ok(exit_code(&session.state))
 }
 
 fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all: bool) -> anyhow::Result<()> {
@@ -302,7 +305,7 @@ fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all
         Some(name) => Some(id_by_name(client, "/api/v1/jobs", "job", name)?),
         None => None,
     };
-    let mut sessions: Vec<Value> = Vec::new();
+    let mut sessions: Vec<SessionDto> = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let mut q = vec![("limit", limit.to_string())];
@@ -312,9 +315,9 @@ fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all
         if let Some(c) = &cursor {
             q.push(("cursor", c.clone()));
         }
-        let page = client.get_query("/api/v1/sessions", &q)?;
-        sessions.extend(arr(&page, "sessions").iter().cloned());
-        cursor = page.get("next_cursor").and_then(Value::as_str).map(str::to_string);
+        let page: SessionPageDto = typed_for("session list", client.get_query("/api/v1/sessions", &q)?)?;
+        sessions.extend(page.sessions);
+        cursor = page.next_cursor;
         if !all || cursor.is_none() {
             break;
         }
@@ -337,16 +340,16 @@ fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all
         "BOTTLENECK",
     ]);
     for x in &sessions {
-        let st = x.get("statistics").cloned().unwrap_or(Value::Null);
+        let st = &x.statistics;
         t.row(vec![
-            s_or_dash(x, "id"),
-            s(x, "job_name").to_string(),
-            s(x, "state").to_string(),
-            output::time(s(x, "started_at")),
-            duration_of(x).map_or_else(|| "-".into(), output::duration),
-            bytes_of(&st, "read_bytes"),
-            bytes_of(&st, "transferred_bytes"),
-            s_or_dash(&st, "bottleneck"),
+            x.id.to_string(),
+            x.job_name.clone(),
+            x.state.clone(),
+            output::time(&x.started_at.to_string()),
+            session_duration(x).map_or_else(|| "-".into(), output::duration),
+            bytes_of(st, "read_bytes"),
+            bytes_of(st, "transferred_bytes"),
+            s_or_dash(st, "bottleneck"),
         ]);
     }
     t.print();
@@ -357,20 +360,22 @@ fn list_sessions(g: &Global, client: &Client, job: Option<&str>, limit: u32, all
 }
 
 fn show_session(g: &Global, client: &Client, id: i64) -> anyhow::Result<()> {
-    let detail = client.get(&format!("/api/v1/sessions/{id}"))?;
-    let session = detail.get("session").cloned().unwrap_or(Value::Null);
-    let mut tasks: Vec<Value> = arr(&detail, "tasks").to_vec();
-    for t in &mut tasks {
-        let log = match i(t, "id") {
-            Some(tid) => task_log(client, tid, 0)?,
-            None => Vec::new(),
-        };
-        if let Some(obj) = t.as_object_mut() {
-            obj.insert("log".into(), Value::from(log));
-        }
+    let detail: SessionDetail = typed_for("session show", client.get(&format!("/api/v1/sessions/{id}"))?)?;
+    let mut logs = Vec::new();
+    for t in &detail.tasks {
+        logs.push(task_log(client, "session show", t.id, 0)?);
     }
+    let (session, tasks) = (detail.session, detail.tasks);
     if g.json {
-        return output::json(&json!({"session": session, "tasks": tasks}));
+        let mut shown = Vec::new();
+        for (t, log) in tasks.iter().zip(&logs) {
+            let mut v = serde_json::to_value(t)?;
+            if let Value::Object(m) = &mut v {
+                m.insert("log".into(), log.iter().map(|(raw, _)| raw.clone()).collect());
+            }
+            shown.push(v);
+        }
+        return output::json(&json!({"session": session, "tasks": shown}));
     }
     print_summary(&session);
     if tasks.is_empty() {
@@ -389,38 +394,35 @@ fn show_session(g: &Global, client: &Client, id: i64) -> anyhow::Result<()> {
         "BUSY",
     ]);
     for t in &tasks {
-        let st = t.get("statistics").cloned().unwrap_or(Value::Null);
-        let mut state = s(t, "state").to_string();
-        if let Some(p) = t.get("progress").filter(|p| p.is_object()) {
-            let total = u(p, "total_bytes").unwrap_or(0);
-            if total > 0 {
-                let pct = u(p, "done_bytes").unwrap_or(0) as f64 * 100.0 / total as f64;
-                state = format!("{state} {pct:.0}%");
-            }
+        let st = &t.statistics;
+        let mut state = t.state.clone();
+        if let Some(p) = &t.progress
+            && p.total_bytes > 0
+        {
+            let pct = p.done_bytes as f64 * 100.0 / p.total_bytes as f64;
+            state = format!("{state} {pct:.0}%");
         }
         table.row(vec![
             task_name(t),
             state,
-            t.get("started_at")
-                .and_then(Value::as_str)
-                .map_or_else(|| "-".into(), output::time),
-            duration_of(t).map_or_else(|| "-".into(), output::duration),
-            bytes_of(&st, "read_bytes"),
-            bytes_of(&st, "transferred_bytes"),
-            s_or_dash(&st, "bottleneck"),
+            t.started_at
+                .map_or_else(|| "-".into(), |at| output::time(&at.to_string())),
+            task_duration(t).map_or_else(|| "-".into(), output::duration),
+            bytes_of(st, "read_bytes"),
+            bytes_of(st, "transferred_bytes"),
+            s_or_dash(st, "bottleneck"),
             busy_text(st.get("busy")),
         ]);
     }
     table.print();
-    for t in &tasks {
-        let log = arr(t, "log");
+    for (t, log) in tasks.iter().zip(&logs) {
         if log.is_empty() {
             continue;
         }
         println!();
         println!("log of {}:", task_name(t));
-        for l in log {
-            println!("  {}  {:<7} {}", output::time(s(l, "at")), s(l, "level"), s(l, "text"));
+        for (_, l) in log {
+            println!("  {}  {:<7} {}", output::time(&l.at.to_string()), l.level, l.text);
         }
     }
     Ok(())
@@ -464,7 +466,8 @@ mod tests {
 
     #[test]
     fn durations_come_from_times_without_statistics() {
-        let x = json!({"started_at": "2026-11-23T10:00:00Z", "ended_at": "2026-11-23T10:01:30Z"});
-        assert_eq!(duration_of(&x), Some(90.0));
+        let at = |t: &str| t.parse::<Timestamp>().ok();
+        let d = duration_of(&Value::Null, at("2026-11-23T10:00:00Z"), at("2026-11-23T10:01:30Z"));
+        assert_eq!(d, Some(90.0));
     }
 }
