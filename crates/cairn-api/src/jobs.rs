@@ -176,5 +176,9 @@ pub struct SessionStarted {
 }
 
 fn block_size_schema() -> utoipa::openapi::Object {
-    crate::checks::integer_enum(&crate::spec::BLOCK_SIZES.map(i64::from), true, "Block size in bytes (null: 1048576)")
+    crate::checks::integer_enum(
+        &crate::spec::BLOCK_SIZES.map(i64::from),
+        true,
+        "Block size in bytes (null: 1048576)",
+    )
 }

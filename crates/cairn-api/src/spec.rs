@@ -3,7 +3,6 @@
 //! Each setting keeps one text form, the same in the API and in the database (`zstd:3`,
 //! `forever-forward`, `online`…), so a stored job reads back as it was written.
 
-
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Invalid;

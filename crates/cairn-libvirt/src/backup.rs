@@ -134,7 +134,10 @@ impl Checkpoint {
         if root.tag_name().name() != "domaincheckpoint" {
             return Err(XmlError::new(
                 "checkpoint XML",
-                format!("the root element is <{}>, not <domaincheckpoint>", root.tag_name().name()),
+                format!(
+                    "the root element is <{}>, not <domaincheckpoint>",
+                    root.tag_name().name()
+                ),
             ));
         }
         let name = child(root, "name")
@@ -198,13 +201,18 @@ mod tests {
         let full = b.xml();
         assert!(full.starts_with("<domainbackup mode='pull'>"), "{full}");
         assert!(full.contains("<server transport='unix' socket='/run/cairn/backup/web01.sock'/>"));
-        assert!(full.contains("<disk name='vda' backup='yes' type='file'><scratch file='/run/cairn/backup/vda.scratch'/></disk>"));
+        assert!(full.contains(
+            "<disk name='vda' backup='yes' type='file'><scratch file='/run/cairn/backup/vda.scratch'/></disk>"
+        ));
         assert!(!full.contains("incremental"));
         b.incremental = Some("cairn-1&2".into());
         assert!(b.xml().contains("<incremental>cairn-1&amp;2</incremental>"));
         assert!(!b.xml().contains("backupmode"));
         b.disks[0].full = true;
-        assert!(b.xml().contains("<disk name='vda' backup='yes' backupmode='full' type='file'>"));
+        assert!(
+            b.xml()
+                .contains("<disk name='vda' backup='yes' backupmode='full' type='file'>")
+        );
         roxmltree::Document::parse(&b.xml()).expect("well-formed");
     }
 
@@ -241,7 +249,12 @@ mod tests {
                 since: Some("c1".into()),
             }]
         );
-        assert!(parse_exports("<domain/>").expect_err("not a backup").to_string().contains("not <domainbackup>"));
+        assert!(
+            parse_exports("<domain/>")
+                .expect_err("not a backup")
+                .to_string()
+                .contains("not <domainbackup>")
+        );
     }
 
     #[test]
@@ -260,7 +273,8 @@ mod tests {
         let cp = |n: &str, p: Option<&str>| {
             format!(
                 "<domaincheckpoint><name>{n}</name>{}</domaincheckpoint>",
-                p.map(|p| format!("<parent><name>{p}</name></parent>")).unwrap_or_default()
+                p.map(|p| format!("<parent><name>{p}</name></parent>"))
+                    .unwrap_or_default()
             )
         };
         let xmls = vec![cp("c3", Some("c2")), cp("c2", Some("c1")), cp("c1", Some("c0"))];

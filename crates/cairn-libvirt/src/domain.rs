@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(d.qemu_owner, Some((64055, 994)));
         let targets: Vec<&str> = d.disks.iter().map(|d| d.target.as_str()).collect();
         assert_eq!(targets, ["vda", "vdb", "vdc", "sda", "vdd", "vde"]);
-        assert_eq!(d.disks[0].source, DiskSource::File("/var/lib/libvirt/images/web01.qcow2".into()));
+        assert_eq!(
+            d.disks[0].source,
+            DiskSource::File("/var/lib/libvirt/images/web01.qcow2".into())
+        );
         assert_eq!(d.disks[0].format.as_deref(), Some("qcow2"));
         assert_eq!(d.disks[1].source, DiskSource::Block("/dev/vg0/web01-data".into()));
         let backed: Vec<&str> = d.backed_up_disks().map(|d| d.target.as_str()).collect();
@@ -310,7 +313,10 @@ mod tests {
                 .and_then(Disk::skip_reason)
                 .unwrap_or_default()
         };
-        assert_eq!(reason("vdc"), "a network disk (rbd pool/web01-logs): cairn reads file and block disks");
+        assert_eq!(
+            reason("vdc"),
+            "a network disk (rbd pool/web01-logs): cairn reads file and block disks"
+        );
         assert_eq!(reason("sda"), "a CD-ROM drive, not a disk");
         assert!(reason("vdd").starts_with("shareable"), "{}", reason("vdd"));
         assert!(reason("vde").contains("storage pool default"), "{}", reason("vde"));
@@ -324,8 +330,10 @@ mod tests {
         assert!(e.to_string().contains("not <domain>"), "{e}");
         let e = DomainXml::parse("<domain><uuid>u</uuid></domain>").expect_err("no name");
         assert!(e.to_string().contains("no <name>"), "{e}");
-        let e = DomainXml::parse("<domain><name>a</name><devices><disk type='file'><source file='/x'/></disk></devices></domain>")
-            .expect_err("no target");
+        let e = DomainXml::parse(
+            "<domain><name>a</name><devices><disk type='file'><source file='/x'/></disk></devices></domain>",
+        )
+        .expect_err("no target");
         assert_eq!(e.to_string(), "domain a: a <disk>: no <target dev=…>");
     }
 

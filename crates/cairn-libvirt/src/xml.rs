@@ -35,7 +35,8 @@ pub(crate) fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, '
 
 /// The child elements of `node` named `name`.
 pub(crate) fn children<'a, 'i>(node: Node<'a, 'i>, name: &'static str) -> impl Iterator<Item = Node<'a, 'i>> {
-    node.children().filter(move |c| c.is_element() && c.tag_name().name() == name)
+    node.children()
+        .filter(move |c| c.is_element() && c.tag_name().name() == name)
 }
 
 /// The value of attribute `name`.

@@ -43,7 +43,14 @@ fn have(tool: &str) -> bool {
 
 /// Starts virtlogd and libvirtd unless a daemon answers; waits until one does.
 fn ensure_daemon() {
-    for tool in ["libvirtd", "virtlogd", "virsh", "qemu-img", "qemu-io", "qemu-system-x86_64"] {
+    for tool in [
+        "libvirtd",
+        "virtlogd",
+        "virsh",
+        "qemu-img",
+        "qemu-io",
+        "qemu-system-x86_64",
+    ] {
         assert!(
             have(tool),
             "{tool} is missing: install libvirt-daemon-system, libvirt-clients, qemu-utils and qemu-system-x86 \
@@ -80,7 +87,11 @@ fn ensure_daemon() {
 fn restart_daemon() {
     run(Command::new("pkill").args(["-x", "libvirtd"]));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Command::new("pgrep").args(["-x", "libvirtd"]).status().is_ok_and(|s| s.success()) {
+    while Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         assert!(Instant::now() < deadline, "libvirtd did not end");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -173,7 +184,11 @@ fn dirty(socket: &Path, export: &str, bitmap: &str) -> Vec<(u64, u64)> {
         },
     )
     .unwrap_or_else(|e| panic!("NBD export {export}: {e}"));
-    assert_eq!(c.meta_contexts(), std::slice::from_ref(&context), "the server exports the bitmap");
+    assert_eq!(
+        c.meta_contexts(),
+        std::slice::from_ref(&context),
+        "the server exports the bitmap"
+    );
     let size = c.size();
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut at = 0;
@@ -242,7 +257,10 @@ fn discovery_names_every_disk_and_errors_are_clear() {
     ensure_daemon();
     let t = TestDomain::new("disc");
     let qcow = t.path("os.qcow2");
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow).arg("16M"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("16M"));
     let disks = format!(
         "{}<disk type='network' device='disk'><driver name='qemu' type='raw'/>\
          <source protocol='rbd' name='pool/logs'><host name='192.0.2.10' port='6789'/></source><target dev='vdb' bus='virtio'/></disk>\
@@ -254,7 +272,10 @@ fn discovery_names_every_disk_and_errors_are_clear() {
     let lv = Libvirt::connect(URI).expect("connect");
     lv.define(&domain_xml(&t.name, &disks)).expect("define");
     let all = lv.domains().expect("domains");
-    let d = all.iter().find(|d| d.xml.name == t.name).expect("the new domain is listed");
+    let d = all
+        .iter()
+        .find(|d| d.xml.name == t.name)
+        .expect("the new domain is listed");
     assert_eq!(d.state, DomainState::ShutOff);
     assert!(d.xml.guest_agent);
     assert_eq!(d.xml.macs, ["52:54:00:aa:bb:01"]);
@@ -270,18 +291,34 @@ fn discovery_names_every_disk_and_errors_are_clear() {
         Some("a network disk (rbd pool/logs): cairn reads file and block disks")
     );
     assert_eq!(reason("sda").as_deref(), Some("a CD-ROM drive, not a disk"));
-    assert!(reason("vdc").is_some_and(|r| r.starts_with("shareable")), "{:?}", reason("vdc"));
+    assert!(
+        reason("vdc").is_some_and(|r| r.starts_with("shareable")),
+        "{:?}",
+        reason("vdc")
+    );
 
     // Errors name the URI, the domain and libvirt's cause.
-    let e = Libvirt::connect("qemu+tcp://127.0.0.1:1/system").err().expect("nothing listens on port 1");
+    let e = Libvirt::connect("qemu+tcp://127.0.0.1:1/system")
+        .err()
+        .expect("nothing listens on port 1");
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
     let text = e.to_string();
-    assert!(text.starts_with("connecting to libvirt at qemu+tcp://127.0.0.1:1/system: "), "{text}");
+    assert!(
+        text.starts_with("connecting to libvirt at qemu+tcp://127.0.0.1:1/system: "),
+        "{text}"
+    );
     assert!(text.contains("refused"), "{text}");
     let e = Libvirt::connect("nosuchdriver:///x").err().expect("no such driver");
-    assert!(e.to_string().starts_with("connecting to libvirt at nosuchdriver:///x: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("connecting to libvirt at nosuchdriver:///x: "),
+        "{e}"
+    );
     let e = lv.domain("cairn-no-such-domain").err().expect("no such domain");
-    assert_eq!(e.to_string(), "libvirt host qemu:///system has no domain named \"cairn-no-such-domain\"");
+    assert_eq!(
+        e.to_string(),
+        "libvirt host qemu:///system has no domain named \"cairn-no-such-domain\""
+    );
     // A shut-off domain has no backup job to start.
     let dom = lv.domain(&t.name).expect("domain");
     let e = dom
@@ -294,7 +331,11 @@ fn discovery_names_every_disk_and_errors_are_clear() {
             None,
         )
         .expect_err("not running");
-    assert!(e.to_string().starts_with(&format!("domain {}: starting the backup: ", t.name)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("domain {}: starting the backup: ", t.name)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -303,10 +344,20 @@ fn backups_read_the_point_and_checkpoints_survive_restarts() {
     ensure_daemon();
     let t = TestDomain::new("backup");
     let (vda, vdb) = (t.path("vda.qcow2"), t.path("vdb.raw"));
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&vda).arg("64M"));
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&vdb).arg("16M"));
-    run(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 171 0 4M"]).arg(&vda));
-    run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 17 0 1M"]).arg(&vdb));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&vda)
+        .arg("64M"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&vdb)
+        .arg("16M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 171 0 4M"])
+        .arg(&vda));
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 17 0 1M"])
+        .arg(&vdb));
     let lv = Libvirt::connect(URI).expect("connect");
     let disks = file_disk(&vda, "qcow2", "vda") + &file_disk(&vdb, "raw", "vdb");
     let dom = lv.define(&domain_xml(&t.name, &disks)).expect("define");
@@ -317,12 +368,21 @@ fn backups_read_the_point_and_checkpoints_survive_restarts() {
     let dir = backup_dir(&dom, t.dir.path(), "b1");
     let socket = backup(&dom, &dir, None, "c1");
     let exports = dom.backup_exports().expect("exports");
-    assert_eq!(exports.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), ["vda", "vdb"]);
+    assert_eq!(
+        exports.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        ["vda", "vdb"]
+    );
     assert!(exports.iter().all(|e| e.bitmap.is_none()), "{exports:?}");
     // The guest writes during the backup: the backup still reads the point in time.
     t.guest_write(VDA, 0xee, 0, 64 << 10);
-    assert!(read_all(&socket, "vda") == expected(64 * MIB, &[(0, 4 * MIB, 171)]), "vda at the full backup");
-    assert!(read_all(&socket, "vdb") == expected(16 * MIB, &[(0, MIB, 17)]), "vdb at the full backup");
+    assert!(
+        read_all(&socket, "vda") == expected(64 * MIB, &[(0, 4 * MIB, 171)]),
+        "vda at the full backup"
+    );
+    assert!(
+        read_all(&socket, "vdb") == expected(16 * MIB, &[(0, MIB, 17)]),
+        "vdb at the full backup"
+    );
     dom.end_backup().expect("end");
     let cps = dom.checkpoints().expect("checkpoints");
     assert_eq!(cps.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>(), ["c1"]);
@@ -335,11 +395,22 @@ fn backups_read_the_point_and_checkpoints_survive_restarts() {
     let exports = dom.backup_exports().expect("exports");
     let vda_export = exports.iter().find(|e| e.target == "vda").expect("vda exported");
     assert_eq!(vda_export.since.as_deref(), Some("c1"));
-    let bitmap = vda_export.bitmap.clone().expect("an incremental export carries a bitmap");
+    let bitmap = vda_export
+        .bitmap
+        .clone()
+        .expect("an incremental export carries a bitmap");
     assert_eq!(dirty(&socket, "vda", &bitmap), [(0, 64 << 10), (MIB, 64 << 10)]);
     let now = read_all(&socket, "vda");
-    assert!(now[..64 << 10].iter().all(|&b| b == 0xee) && now[MIB as usize..(MIB + (64 << 10)) as usize].iter().all(|&b| b == 0xcd));
-    assert!(read_all(&socket, "vdb") == expected(16 * MIB, &[(0, MIB, 17)]), "the raw disk is read whole");
+    assert!(
+        now[..64 << 10].iter().all(|&b| b == 0xee)
+            && now[MIB as usize..(MIB + (64 << 10)) as usize]
+                .iter()
+                .all(|&b| b == 0xcd)
+    );
+    assert!(
+        read_all(&socket, "vdb") == expected(16 * MIB, &[(0, MIB, 17)]),
+        "the raw disk is read whole"
+    );
     dom.end_backup().expect("end");
 
     // The domain restarts: its checkpoints and bitmaps stay.
@@ -351,7 +422,11 @@ fn backups_read_the_point_and_checkpoints_survive_restarts() {
     let lv = Libvirt::connect(URI).expect("reconnect");
     let dom = lv.domain(&t.name).expect("domain after the restart");
     let cps = dom.checkpoints().expect("checkpoints");
-    assert_eq!(cps.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>().len(), 2, "{cps:?}");
+    assert_eq!(
+        cps.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>().len(),
+        2,
+        "{cps:?}"
+    );
     let c2 = cps.iter().find(|(c, _)| c.name == "c2").expect("c2 kept");
     assert_eq!(c2.0.parent.as_deref(), Some("c1"));
 
@@ -362,7 +437,11 @@ fn backups_read_the_point_and_checkpoints_survive_restarts() {
     dom.delete_checkpoint("c1", true).expect("forget c1");
     assert!(dom.checkpoints().expect("checkpoints").is_empty());
     let e = dom.delete_checkpoint("c1", true).expect_err("gone");
-    assert!(e.to_string().starts_with(&format!("domain {}: deleting checkpoint c1: ", t.name)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("domain {}: deleting checkpoint c1: ", t.name)),
+        "{e}"
+    );
     for x in parents_first(&saved).expect("ordered") {
         dom.redefine_checkpoint(x).expect("redefine");
     }

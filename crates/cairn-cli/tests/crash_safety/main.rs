@@ -150,7 +150,7 @@ impl Chain<'_> {
     }
 }
 
+mod full_disk;
 mod random_kills;
 mod retention;
 mod steps;
-mod full_disk;

@@ -140,9 +140,9 @@ fn err_text(r: cairn_disk::Result<impl std::fmt::Debug>) -> (String, DiskError) 
     (e.to_string(), e)
 }
 
-mod reads;
 mod chains;
-mod malformed;
-mod writer;
 mod fuzz_seeds;
 mod independent_reader;
+mod malformed;
+mod reads;
+mod writer;

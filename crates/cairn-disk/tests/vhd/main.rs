@@ -205,8 +205,8 @@ fn small_dynamic(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
+mod bad_input;
+mod chains;
+mod fuzz_seeds;
 mod qemu_made;
 mod writes;
-mod chains;
-mod bad_input;
-mod fuzz_seeds;

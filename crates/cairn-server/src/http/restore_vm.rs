@@ -315,8 +315,7 @@ async fn write_disks(
             name: t.written.clone(),
             mode: cairn_confine::DEFAULT_FILE_MODE,
         };
-        if let Err(e) =
-            crate::http::restore::restore_disk(state, user, row, vm, point_id, i as u32, file, target).await
+        if let Err(e) = crate::http::restore::restore_disk(state, user, row, vm, point_id, i as u32, file, target).await
         {
             for w in &written {
                 let _ = w.dir.remove_file(&w.written);

@@ -221,7 +221,9 @@ impl InstantRecoveries {
     pub(crate) async fn launch(&self, l: Launch) -> ServiceResult<InstantInfo> {
         let name = l.name.clone();
         if self.is_running(&name) {
-            return Err(ServiceError::conflict(format!("instant recovery {name} is already running")));
+            return Err(ServiceError::conflict(format!(
+                "instant recovery {name} is already running"
+            )));
         }
         self.ensure_serving()?;
         let scratch = self.dir().join(&name);
