@@ -14,6 +14,7 @@ use cairn_libvirt::backup::{BackupDisk, PullBackup, checkpoint_xml, parents_firs
 use cairn_libvirt::{DiskSource, DomainState, DomainXml, Error, Libvirt, LibvirtDomain};
 use cairn_nbd::proto::STATE_DIRTY;
 use cairn_nbd::{ClientOptions, Endpoint, NbdClient};
+use cairn_testkit::tools::{installed, run};
 
 const URI: &str = "qemu:///system";
 const MIB: u64 = 1 << 20;
@@ -22,24 +23,6 @@ const VDA: &str = "virtio-disk0/virtio-backend";
 
 /// The tests share one daemon, and one of them restarts it.
 static DAEMON: Mutex<()> = Mutex::new(());
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Starts virtlogd and libvirtd unless a daemon answers; waits until one does.
 fn ensure_daemon() {
@@ -52,7 +35,7 @@ fn ensure_daemon() {
         "qemu-system-x86_64",
     ] {
         assert!(
-            have(tool),
+            installed(tool, &["/usr/sbin"]),
             "{tool} is missing: install libvirt-daemon-system, libvirt-clients, qemu-utils and qemu-system-x86 \
              (scripts/test.sh does)"
         );
