@@ -264,9 +264,7 @@ impl InstantRecoveries {
         let process = match started {
             Ok(p) => p,
             Err(e) => {
-                for (export, _) in &exports {
-                    self.server.remove_export(export);
-                }
+                self.remove_exports(&exports);
                 let _ = std::fs::remove_dir_all(&scratch);
                 return Err(e);
             }
@@ -302,6 +300,13 @@ impl InstantRecoveries {
         Ok(info)
     }
 
+    /// Stops serving `exports` (of a start that failed).
+    fn remove_exports(&self, exports: &[(String, Arc<CowExport>)]) {
+        for (name, _) in exports {
+            self.server.remove_export(name);
+        }
+    }
+
     /// One copy-on-write export per disk of the point, named `NAME-diskI`, its scratch file in
     /// `scratch`; on failure the ones added are removed.
     async fn add_exports(&self, l: &Launch, scratch: &Path) -> ServiceResult<Vec<(String, Arc<CowExport>)>> {
@@ -321,9 +326,7 @@ impl InstantRecoveries {
             let export = match opened {
                 Ok(export) => Arc::new(export),
                 Err(e) => {
-                    for (name, _) in &exports {
-                        self.server.remove_export(name);
-                    }
+                    self.remove_exports(&exports);
                     return Err(e);
                 }
             };
