@@ -8,8 +8,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -138,19 +138,10 @@ pub fn save_login(login: &StoredLogin) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("making {} private", dir.display()))?;
     let path = dir.join("client.json");
     let tmp = dir.join(".client.json.tmp");
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(login)?.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    write().with_context(|| format!("writing the login to {}", path.display()))?;
+    let mut text = serde_json::to_string_pretty(login).context("encoding the login")?;
+    text.push('\n');
+    crate::private_file::write(&path, &tmp, text.as_bytes())
+        .with_context(|| format!("writing the login to {}", path.display()))?;
     Ok(path)
 }
 

@@ -15,6 +15,7 @@ mod args;
 mod client;
 mod commands;
 mod output;
+mod private_file;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

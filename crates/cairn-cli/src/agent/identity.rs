@@ -89,17 +89,6 @@ fn finish_renewal(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes `bytes` to `path` (mode 0600) through a temporary file and a rename.
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("writing {}", path.display()))
+    crate::private_file::write(path, &path.with_extension("tmp"), bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
